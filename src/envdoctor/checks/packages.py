@@ -1,0 +1,206 @@
+"""Package health: requirements (markers, extras, versions), duplicate installs, broken metadata,
+companion versions (torchvision / torchaudio / torchao against torch), pip itself."""
+
+from __future__ import annotations
+
+from packaging.version import Version
+
+from envdoctor import deps, tables
+from envdoctor.facts.python_env import Distribution, PythonEnv, normalize
+from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
+from envdoctor.pins import pip_install, torch_build_tag
+from envdoctor.registry import check
+
+
+def _why(u: deps.Unmet) -> str:
+    via = f" (through its extra [{u.need.via_extra}])" if u.need.via_extra else ""
+    have = "it is not installed" if u.installed is None else f"{u.installed_version} is installed"
+    return f"{u.need.requirer.label} requires {u.need.req}{via}, but {have}"
+
+
+def _spec_for(env: PythonEnv, name: str) -> tuple[str | None, str | None]:
+    """(requirement to install that satisfies every installed requirer, or why none exists)."""
+    spec, needs = deps.combined_spec(env, name)
+    clash = deps.contradictory_pins(needs)
+    if clash:
+        a, b = clash
+        return None, (f"no version satisfies both {a.requirer.label} ({a.req.specifier}) and "
+                      f"{b.requirer.label} ({b.req.specifier}): one of them must change")
+    extras = sorted({e for n in needs for e in n.req.extras})
+    return f"{needs[0].req.name}{'[' + ','.join(extras) + ']' if extras else ''}{spec}", None
+
+
+@check("packages.requirements", "Package requirements", "Packages",
+       "every installed distribution's requirements, with markers and extras, against what is installed",
+       needs=("python",))
+def requirements(python: PythonEnv) -> Result:
+    unmet, bad = deps.unmet(python)
+    items, install, torch_changes, details = [], [], False, []
+    by_target: dict[str, list[deps.Unmet]] = {}
+    for u in unmet:
+        by_target.setdefault(normalize(u.need.req.name), []).append(u)
+    for key, group in sorted(by_target.items()):
+        spec, conflict = _spec_for(python, group[0].need.req.name)
+        torch_changes |= key == "torch"
+        for u in group:
+            cmd = pip_install(python, [spec], keep_torch=key != "torch") if spec else None
+            items.append(Item(Status.FAIL, _why(u), (conflict,) if conflict else (),
+                              Remedy(cmd, None if spec else conflict)))
+        if spec:
+            install.append(spec)
+    for b in bad:
+        items.append(Item(Status.WARN, f"{b.requirer.label} has a requirement pip cannot parse: {b.raw!r}",
+                          (b.error,)))
+    remedy = None
+    if install:
+        tag = torch_build_tag(python.get("torch").version) if torch_changes and python.get("torch") else None
+        remedy = Remedy(pip_install(python, install, keep_torch=not torch_changes, index_tag=tag),
+                        "This changes torch itself; its companions must follow." if torch_changes else
+                        "torch stays pinned at the installed build.")
+    n_missing = sum(1 for u in unmet if u.installed is None)
+    n_conflict = len(unmet) - n_missing
+    parts = [f"{n_missing} missing" if n_missing else "", f"{n_conflict} version conflicts" if n_conflict else "",
+             f"{len(bad)} unparseable" if bad else ""]
+    summary = "requirements: " + ", ".join(p for p in parts if p)
+    return from_items(items, f"{len(python.distributions)} distributions, every requirement met",
+                      summary, remedy, details)
+
+
+@check("packages.duplicates", "Duplicate installs", "Packages",
+       "distributions installed more than once on sys.path (stale dist-info, user site shadowing)",
+       needs=("python",))
+def duplicates(python: PythonEnv) -> Result:
+    items = []
+    for key, dists in sorted(python.by_key().items()):
+        if len(dists) < 2:
+            continue
+        active, others = dists[0], dists[1:]
+        same_dir = any(d.location == active.location for d in others)
+        versions = {d.version for d in dists}
+        status = Status.FAIL if (same_dir or len(versions) > 1) else Status.WARN
+        lines = [f"{d.version or '?'} in {d.path}" + ("  (imported)" if d is active else "") for d in dists]
+        why = ("two metadata folders in one site-packages: an interrupted upgrade; the files may be a mix "
+               "of both versions" if same_dir else "the first on sys.path is imported, the others shadow "
+                                                  "nothing but confuse pip")
+        name = active.name or key
+        cmd = (f"{python.pip_command('uninstall -y')} {name}  # repeat until none is "
+               f"left, then: {python.pip_command()} '{name}=={active.version}'")
+        items.append(Item(status, f"{name} is installed {len(dists)} times", tuple(lines) + (why,),
+                          Remedy(cmd, "Uninstall every copy, then install one.")))
+    return from_items(items, "no distribution installed twice", f"{len(items)} distributions installed twice")
+
+
+@check("packages.metadata", "Package metadata", "Packages",
+       "unreadable or incomplete metadata and leftovers of interrupted pip runs", needs=("python",))
+def metadata(python: PythonEnv) -> Result:
+    items = []
+    for d in python.distributions:
+        problems = list(d.problems)
+        if d.version and deps.parse_version(d.version) is None:
+            problems.append(f"version {d.version!r} is not a valid PEP 440 version")
+        if problems:
+            name = d.name or d.dir_name or d.path
+            items.append(Item(Status.FAIL, f"{name}: broken metadata in {d.path}", tuple(problems),
+                              Remedy(f"{python.pip_command()} --force-reinstall --no-deps "
+                                     f"'{name}=={d.version or d.dir_version}'" if (d.version or d.dir_version)
+                                     else f"rm -rf '{d.path}'", "Reinstall it over the broken metadata.")))
+        elif d.kind == "dist-info" and d.installer == "pip" and d.has_record is False:
+            items.append(Item(Status.WARN, f"{d.label}: no RECORD file, pip cannot uninstall it", (d.path,)))
+    for stray in python.strays:
+        items.append(Item(Status.WARN, f"leftover of an interrupted pip run: {stray}",
+                          ("pip renames a package to ~name while it replaces it.",),
+                          Remedy(f"rm -rf '{stray}'", "Delete it; nothing imports it.")))
+    return from_items(items, f"metadata of {len(python.distributions)} distributions readable",
+                      f"{len(items)} metadata problems")
+
+
+def _release(v: str | None) -> tuple[int, ...] | None:
+    parsed = deps.parse_version(v)
+    return parsed.release if parsed else None
+
+
+def _companion_item(python: PythonEnv, torch: Distribution, name: str, want: str | None) -> Item | None:
+    comp = python.get(name)
+    if comp is None:
+        return None
+    crel, trel = _release(comp.version), _release(torch.version)
+    tminor = ".".join(map(str, trel[:2]))
+    tag = torch_build_tag(torch.version)
+    fix = (Remedy(pip_install(python, [f"{name}=={want}.*"], index_tag=tag),
+                  f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".")
+           if want else Remedy(f"{python.pip_command('uninstall -y')} {name}",
+                               f"No {name} release exists for torch {tminor}: remove it or change torch."))
+    if want is None:
+        return Item(Status.FAIL, f"{comp.label} has no release for torch {torch.version}", (), fix)
+    if ".".join(map(str, crel[:2])) != want:
+        return Item(Status.FAIL, f"{comp.label} is not built for torch {torch.version} (needs {name} {want}.x)",
+                    ("A companion built for another torch fails at import with undefined symbols or "
+                     "'operator does not exist'.",), fix)
+    ctag = torch_build_tag(comp.version)
+    if ctag and tag and ctag != tag:
+        return Item(Status.FAIL, f"{comp.label} is a {ctag} build but torch is {tag}",
+                    ("Its CUDA kernels link against another CUDA runtime than torch's.",), fix)
+    return Item(Status.OK, f"{comp.label} matches torch {torch.version}")
+
+
+def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item | None:
+    ao = python.get("torchao")
+    if ao is None:
+        return None
+    arel, trel = _release(ao.version), _release(torch.version)
+    row = table.get(".".join(map(str, arel[:3])))
+    if row is None:
+        return Item(Status.SKIP, f"{ao.label}: not in envdoctor's torchao table")
+    fits = (trel[:3] >= Version(row["torch_min"]).release if "torch_min" in row
+            else any(trel[:3] == Version(t).release for t in row["torch"]))
+    if fits:
+        return Item(Status.OK, f"{ao.label} matches torch {torch.version}")
+    wanted = [v for v, r in table.items() if not v.startswith("_") and (
+        trel[:3] >= Version(r["torch_min"]).release if "torch_min" in r
+        else any(trel[:3] == Version(t).release for t in r["torch"]))]
+    supports = row.get("torch") or [f">= {row['torch_min']}"]
+    remedy = (Remedy(pip_install(python, [f"torchao=={wanted[-1]}"]),
+                     f"torchao {wanted[-1]} is built for torch {torch.version}.") if wanted else
+              Remedy(text=f"No torchao release in the table supports torch {torch.version}."))
+    return Item(Status.WARN, f"{ao.label} is built for torch {', '.join(supports)}, not {torch.version}",
+                ("torchao then skips its C++ extensions ('Skipping import of cpp extensions') and runs "
+                 "Python-only: slower, and some quantization paths fail.",), remedy)
+
+
+@check("packages.companions", "torch companions", "Packages",
+       "torchvision, torchaudio and torchao versions and CUDA builds against the installed torch",
+       needs=("python",))
+def companions(python: PythonEnv) -> Result:
+    torch = python.get("torch")
+    if torch is None or _release(torch.version) is None:
+        return ok("torch is not installed; nothing to match")
+    table = tables.load("companions")
+    minor = ".".join(map(str, _release(torch.version)[:2]))
+    row = table["by_torch_minor"].get(minor)
+    items = []
+    for name in ("torchvision", "torchaudio"):
+        if row is None:
+            if python.get(name):
+                items.append(Item(Status.SKIP, f"{python.get(name).label}: torch {minor} is not in the table"))
+            continue
+        item = _companion_item(python, torch, name, row[name])
+        if item:
+            items.append(item)
+    ao = _torchao_item(python, torch, table["torchao"])
+    if ao:
+        items.append(ao)
+    found = [i.message for i in items if i.status == Status.OK]
+    ok_msg = "; ".join(found) if found else f"no companions installed beside torch {torch.version}"
+    problems = [i for i in items if i.status in (Status.FAIL, Status.WARN)]
+    return from_items(items, ok_msg, f"{len(problems)} companion(s) do not match torch {torch.version}")
+
+
+@check("packages.pip", "pip", "Packages", "pip is installed in the target environment (fixes use it)",
+       needs=("python",))
+def pip(python: PythonEnv) -> Result:
+    found = python.get("pip")
+    if found is None:
+        return warn("pip is not installed in the target environment",
+                    ["envdoctor's fixes and every install command use `python -m pip`."],
+                    Remedy(f"{python.executable} -m ensurepip --upgrade"))
+    return ok(f"pip {found.version}")

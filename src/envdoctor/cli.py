@@ -1,0 +1,109 @@
+"""Command line: `envdoctor check` and `envdoctor checks`. Exit codes are decided here only."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import platform
+import sys
+import traceback
+from difflib import get_close_matches
+
+from envdoctor import __version__
+from envdoctor.errors import EXIT_INTERNAL, EXIT_USAGE, EnvdoctorError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 already; keep the message short and ours
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"envdoctor: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="envdoctor", description="Environment doctor for fine-tuning LLMs on your own GPUs.")
+    p.add_argument("--version", action="version", version=f"envdoctor {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    c = sub.add_parser("check", help="probe this machine and a Python environment; report every problem")
+    c.add_argument("--json", action="store_true", help="print the JSON report instead of text")
+    c.add_argument("--python", metavar="PATH",
+                   help="interpreter (or venv folder) to diagnose; default: the active venv, else this one")
+    c.add_argument("--only", nargs="+", metavar="ID", default=[],
+                   help="run only these checks (ids, category prefixes like 'packages', or globs)")
+    c.add_argument("--skip", nargs="+", metavar="ID", default=[], help="skip these checks")
+    c.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    c.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="timeout for probing the target interpreter (default 30 s)")
+    c.add_argument("-v", "--verbose", action="store_true", help="timings, details of passing checks, tracebacks")
+    sub.add_parser("checks", help="list every check: id, title and what it looks at")
+    return p
+
+
+def select(checks: dict, only: list[str], skip: list[str]) -> list:
+    def matches(pattern: str) -> set[str]:
+        hits = {cid for cid in checks if cid == pattern or cid.startswith(pattern + ".")
+                or fnmatch.fnmatchcase(cid, pattern)}
+        if not hits:
+            near = get_close_matches(pattern, list(checks), n=3)
+            raise UsageError(f"unknown check {pattern!r}" + (f"; did you mean {', '.join(near)}?" if near else
+                                                            "; `envdoctor checks` lists them"))
+        return hits
+    chosen = set().union(*(matches(p) for p in only)) if only else set(checks)
+    dropped = set().union(*(matches(p) for p in skip)) if skip else set()
+    return [c for cid, c in checks.items() if cid in chosen - dropped]
+
+
+def cmd_check(args) -> int:
+    from envdoctor import engine, registry
+    from envdoctor.context import Context, choose_python
+    from envdoctor.report import exit_code
+    from envdoctor.system import System
+
+    system = System()
+    python, reason = choose_python(args.python, system.env)
+    if args.python and not os.path.exists(python):
+        raise UsageError(f"--python {args.python}: no such interpreter ({python})")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    checks = select(registry.load(), args.only, args.skip)
+    ctx = Context(python=python, python_reason=reason, probe_timeout=args.timeout)
+    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
+    code = exit_code(run.results, args.strict)
+    if args.json:
+        from envdoctor.report import json_report
+        json_report.render(run, {"python": python, "reason": reason}, __version__, code, sys.stdout)
+    else:
+        from envdoctor.report import text
+        text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose)
+    return code
+
+
+def cmd_checks(args) -> int:
+    from envdoctor import registry
+    checks = registry.load()
+    width = max(len(cid) for cid in checks)
+    for cid, c in checks.items():
+        print(f"{cid:<{width}}  {c.title}: {c.looks_at}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return {"check": cmd_check, "checks": cmd_checks}[args.command](args)
+    except EnvdoctorError as exc:
+        print(f"envdoctor: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("envdoctor: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - last resort: a pasteable report, never a bare traceback
+        print(f"envdoctor {__version__} hit an internal error (Python {platform.python_version()}, "
+              f"{platform.platform()}). Please report it with this output:\n{traceback.format_exc()}",
+              file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,149 @@
+"""Run checks: gather the facts they need concurrently, run each check bounded by a timeout.
+
+A check that raises or hangs becomes an `error` result naming it; the doctor itself never dies.
+Worker threads are daemons, so a hung check cannot keep the process alive after the report.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from envdoctor.context import Context
+from envdoctor.errors import FactError
+from envdoctor.model import Result, Status
+from envdoctor.registry import Check, Provider
+from envdoctor.system import System
+
+
+@dataclass
+class FactOutcome:
+    value: object = None
+    error: str | None = None        # why the facts are missing
+    expected: bool = True           # FactError (the machine's fault) vs a crash (ours)
+    traceback: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass
+class Run:
+    results: list[Result]
+    facts: dict[str, FactOutcome] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+def _spawn(fn: Callable, *args) -> Future:
+    fut: Future = Future()
+
+    def body() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the waiting side
+            fut.set_exception(exc)
+
+    threading.Thread(target=body, daemon=True).start()
+    return fut
+
+
+def _provide(provider: Provider, system: System, ctx: Context) -> FactOutcome:
+    start = time.monotonic()
+    try:
+        return FactOutcome(provider.fn(system, ctx), duration_s=time.monotonic() - start)
+    except FactError as exc:
+        return FactOutcome(error=str(exc), duration_s=time.monotonic() - start)
+    except Exception as exc:  # noqa: BLE001
+        return FactOutcome(error=f"probe '{provider.name}' crashed: {type(exc).__name__}: {exc}",
+                           expected=False, traceback=traceback.format_exc(),
+                           duration_s=time.monotonic() - start)
+
+
+def _error(check: Check, message: str, tb: str | None = None, status: Status = Status.ERROR) -> Result:
+    return Result(status, message, traceback=tb)
+
+
+def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: System,
+               ctx: Context) -> Run:
+    start = time.monotonic()
+    checks = list(checks)
+    selected = {c.id for c in checks}
+    needed = sorted({n for c in checks for n in c.needs})
+    missing = [n for n in needed if n not in providers]
+    if missing:
+        raise ValueError(f"no fact provider for {missing}")
+    fact_futs = {n: _spawn(_provide, providers[n], system, ctx) for n in needed}
+    fact_timeout = {n: (providers[n].timeout if providers[n].timeout is not None else ctx.probe_timeout + 5)
+                    for n in needed}
+    outcomes: dict[str, FactOutcome] = {}
+    lock = threading.Lock()
+
+    def fact(name: str) -> FactOutcome:
+        try:
+            out = fact_futs[name].result(timeout=max(0.0, start + fact_timeout[name] - time.monotonic()))
+        except FutureTimeout:
+            out = FactOutcome(error=f"probe '{name}' did not finish within {fact_timeout[name]:.0f} s",
+                              expected=False)
+        with lock:
+            outcomes.setdefault(name, out)
+        return out
+
+    started: dict[str, float] = {}
+
+    def run_one(check: Check) -> Result:
+        kwargs = {}
+        for name in check.needs:
+            out = fact(name)
+            if out.error is None:
+                kwargs[name] = out.value
+                continue
+            owner = providers[name].owner
+            if owner in selected and owner != check.id:
+                return Result(Status.SKIP, f"skipped: needs facts that could not be read (see {owner})")
+            status = Status.FAIL if out.expected else Status.ERROR
+            return Result(status, out.error.splitlines()[0], out.error.splitlines()[1:], traceback=out.traceback)
+        started[check.id] = time.monotonic()
+        return check.fn(**kwargs)
+
+    futures = {c.id: _spawn(run_one, c) for c in checks}
+    results: dict[str, Result] = {}
+    pending = {c.id: c for c in checks}
+    while pending:
+        now = time.monotonic()
+        for cid, check in list(pending.items()):
+            fut = futures[cid]
+            if fut.done():
+                results[cid] = _collect(check, fut, started.get(cid), now)
+                del pending[cid]
+            elif cid in started and now - started[cid] > check.timeout:
+                results[cid] = _error(check, f"check '{cid}' did not finish within {check.timeout:g} s "
+                                             "(abandoned; the rest of the report is complete)")
+                results[cid].duration_s = now - started[cid]
+                del pending[cid]
+        if pending:
+            deadlines = [started[c] + pending[c].timeout - now for c in pending if c in started]
+            wait([futures[c] for c in pending], timeout=min(deadlines + [0.05]),
+                 return_when=FIRST_COMPLETED)
+    ordered = []
+    for check in checks:
+        res = results[check.id]
+        res.check_id, res.title, res.category = check.id, check.title, check.category
+        ordered.append(res)
+    for name in needed:  # facts of checks that were skipped before asking still get recorded
+        fact(name) if fact_futs[name].done() else None
+    return Run(ordered, outcomes, time.monotonic() - start)
+
+
+def _collect(check: Check, fut: Future, started_at: float | None, now: float) -> Result:
+    try:
+        res = fut.result()
+        if not isinstance(res, Result):
+            raise TypeError(f"check returned {type(res).__name__}, not a Result")
+    except Exception as exc:  # noqa: BLE001 - a broken check must not break the report
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        res = Result(Status.ERROR, f"check '{check.id}' crashed: {type(exc).__name__}: {exc}", traceback=tb)
+    res.duration_s = (now - started_at) if started_at else 0.0
+    return res

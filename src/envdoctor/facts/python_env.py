@@ -1,0 +1,126 @@
+"""Facts about the target Python environment, from the stdlib-only probe run by that interpreter."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from envdoctor.context import Context
+from envdoctor.errors import FactError
+from envdoctor.system import System
+
+PROBE_SOURCE_PATH = Path(__file__).resolve().parent.parent / "probe.py"
+_NORMALIZE = re.compile(r"[-_.]+")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalization: `Flash_Attn` and `flash-attn` are one project."""
+    return _NORMALIZE.sub("-", name).lower()
+
+
+@dataclass
+class Distribution:
+    name: str | None
+    version: str | None
+    path: str
+    location: str
+    kind: str
+    requires: list[str] = field(default_factory=list)
+    requires_python: str | None = None
+    provides_extra: list[str] = field(default_factory=list)
+    installer: str | None = None
+    direct_url: dict | None = None
+    problems: list[str] = field(default_factory=list)
+    dir_name: str | None = None
+    dir_version: str | None = None
+    has_record: bool | None = None
+    files: list[str] | None = None
+
+    @property
+    def key(self) -> str:
+        return normalize(self.name or self.dir_name or Path(self.path).name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name or self.dir_name} {self.version or self.dir_version or '?'}"
+
+
+@dataclass
+class PythonEnv:
+    executable: str
+    reason: str
+    version: list
+    version_string: str
+    implementation: str
+    bits: int
+    free_threaded: bool
+    prefix: str
+    base_prefix: str
+    in_venv: bool
+    conda: bool
+    externally_managed: bool
+    user_site_enabled: bool
+    purelib: str
+    platlib: str
+    sys_path: list[str]
+    glibc: str | None
+    markers: dict[str, str]
+    distributions: list[Distribution]
+    strays: list[str]
+    probe_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._by_key: dict[str, list[Distribution]] = {}
+        for d in self.distributions:  # sys.path order: the first one is the one Python imports
+            self._by_key.setdefault(d.key, []).append(d)
+
+    def get(self, name: str) -> Distribution | None:
+        found = self._by_key.get(normalize(name))
+        return found[0] if found else None
+
+    def installs(self, name: str) -> list[Distribution]:
+        return list(self._by_key.get(normalize(name), []))
+
+    def by_key(self) -> dict[str, list[Distribution]]:
+        return dict(self._by_key)
+
+    def pip_command(self, verb: str = "install") -> str:
+        return f"{_quote(self.executable)} -m pip {verb}"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        # The JSON report keeps what checks use, not every installed file.
+        for d in out["distributions"]:
+            d.pop("files", None)
+        return out
+
+
+def _quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
+
+
+def parse_probe_output(raw: str, reason: str) -> PythonEnv:
+    data = json.loads(raw)
+    dists = [Distribution(**{k: v for k, v in d.items() if k in Distribution.__dataclass_fields__})
+             for d in data.pop("distributions")]
+    data.pop("schema", None)
+    known = PythonEnv.__dataclass_fields__
+    return PythonEnv(reason=reason, distributions=dists, **{k: v for k, v in data.items() if k in known})
+
+
+def probe_python(system: System, ctx: Context, with_files: bool = False) -> PythonEnv:
+    source = PROBE_SOURCE_PATH.read_text(encoding="utf-8")
+    argv = [ctx.python, "-c", source] + (["--files"] if with_files else [])
+    res = system.run(argv, timeout=ctx.probe_timeout)
+    if not res.ok:
+        tail = "\n".join(res.stderr.strip().splitlines()[-5:])
+        raise FactError(f"could not probe {ctx.python}: {res.describe()}" + (f"\n{tail}" if tail else ""))
+    try:
+        env = parse_probe_output(res.stdout, ctx.python_reason)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FactError(f"could not probe {ctx.python}: unreadable probe output ({exc})") from exc
+    env.probe_s = res.duration_s
+    return env

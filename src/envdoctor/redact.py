@@ -1,0 +1,36 @@
+"""Secrets never reach a report: tokens, keys and credentials in URLs are masked."""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+_PATTERNS = [
+    re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),                 # Hugging Face tokens
+    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat)_[A-Za-z0-9_]{20,}\b"),  # GitHub tokens
+    re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b"),               # OpenAI-style keys
+    re.compile(r"\bwandb_v1_[A-Za-z0-9_]{20,}\b"),                # W&B keys
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),                    # AWS access key ids
+]
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?!git@)(?P<userinfo>[^/@\s:]+(?::[^/@\s]*)?)@", re.I)
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
+
+
+def redact_text(text: str) -> str:
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    for pat in _PATTERNS:
+        text = pat.sub(MASK, text)
+    return text
+
+
+def redact(obj, key: str = ""):
+    """A copy of a JSON-like object with secrets masked; values under secret-looking keys go entirely."""
+    if isinstance(obj, dict):
+        return {k: redact(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, key) for v in obj]
+    if isinstance(obj, str):
+        if key and SECRET_NAME.search(key) and obj:
+            return MASK
+        return redact_text(obj)
+    return obj

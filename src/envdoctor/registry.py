@@ -1,0 +1,51 @@
+"""The one registry: every check and every fact provider, by id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from envdoctor.model import Result
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str                 # stable dotted id, e.g. "packages.requirements"
+    title: str
+    category: str
+    looks_at: str           # one line for `envdoctor checks`
+    needs: tuple[str, ...]  # fact providers; their facts are passed as keyword arguments
+    fn: Callable[..., Result]
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    fn: Callable            # (system, ctx) -> facts
+    timeout: float | None   # None: the context's probe timeout plus a margin
+    owner: str              # the check that reports this provider's failure as a failure
+
+
+CHECKS: dict[str, Check] = {}
+PROVIDERS: dict[str, Provider] = {}
+
+
+def check(id: str, title: str, category: str, looks_at: str, needs: tuple[str, ...] = (),
+          timeout: float = 10.0):
+    def register(fn: Callable[..., Result]) -> Callable[..., Result]:
+        if id in CHECKS:
+            raise ValueError(f"check id {id!r} registered twice")
+        CHECKS[id] = Check(id, title, category, looks_at, tuple(needs), fn, timeout)
+        return fn
+    return register
+
+
+def provider(name: str, fn: Callable, owner: str, timeout: float | None = 10.0) -> None:
+    PROVIDERS[name] = Provider(name, fn, timeout, owner)
+
+
+def load() -> dict[str, Check]:
+    """Import the check modules (they register themselves) and return the registry."""
+    from envdoctor import checks  # noqa: F401  (registration side effect)
+    return CHECKS

@@ -1,0 +1,37 @@
+"""The machine-readable report (schema documented in README.md, "JSON report")."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import TextIO
+
+from envdoctor.engine import Run
+from envdoctor.redact import redact
+from envdoctor.report import counts
+
+SCHEMA_VERSION = 1
+
+
+def build(run: Run, target: dict, version: str, exit_code: int) -> dict:
+    facts = {}
+    for name, fact in sorted(run.facts.items()):
+        if fact.error is not None:
+            facts[name] = {"error": fact.error}
+        else:
+            facts[name] = fact.value.to_dict()
+    return redact({
+        "schema_version": SCHEMA_VERSION,
+        "envdoctor_version": version,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(run.duration_s, 4),
+        "target": target,
+        "summary": {**counts(run.results), "exit_code": exit_code},
+        "facts": facts,
+        "results": [r.to_dict() for r in run.results],
+    })
+
+
+def render(run: Run, target: dict, version: str, exit_code: int, stream: TextIO) -> None:
+    json.dump(build(run, target, version, exit_code), stream, indent=2)
+    stream.write("\n")

@@ -1,0 +1,154 @@
+"""The one seam between envdoctor and the machine.
+
+Every fact about the machine (files, environment variables, subprocesses, disk and CPU numbers, NVML)
+is read through a `System`. Tests hand the engine a `System` rooted in a temporary directory tree, with
+its own environment and scripted commands, so the logic under test is the real logic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int | None  # None: did not finish (timeout) or could not start
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+    error: str | None = None  # could not start: "No such file or directory: …"
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        """One line saying what went wrong, for messages."""
+        cmd = " ".join(self.argv[:1]) + (" …" if len(self.argv) > 1 else "")
+        if self.error:
+            return f"{cmd}: {self.error}"
+        if self.timed_out:
+            return f"{cmd}: timed out after {self.duration_s:.1f} s"
+        if self.returncode is not None and self.returncode < 0:
+            return f"{cmd}: killed by signal {-self.returncode}"
+        return f"{cmd}: exit code {self.returncode}"
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    total: int
+    free: int
+
+
+class System:
+    """The real machine. Paths are absolute machine paths; `root` re-bases them (tests)."""
+
+    def __init__(self, root: str | os.PathLike = "/", env: Mapping[str, str] | None = None,
+                 cwd: str | None = None) -> None:
+        self.root = Path(root)
+        self.env: Mapping[str, str] = dict(os.environ if env is None else env)
+        self.cwd = cwd or os.getcwd()
+
+    # -- files -------------------------------------------------------------------------------
+    def path(self, p: str | os.PathLike) -> Path:
+        p = Path(p)
+        if str(self.root) == "/":
+            return p
+        return self.root / p.relative_to(p.anchor) if p.is_absolute() else self.root / p
+
+    def read_text(self, p: str | os.PathLike, limit: int | None = None) -> str | None:
+        """The file's text, or None when it cannot be read. Never raises."""
+        try:
+            with open(self.path(p), encoding="utf-8", errors="replace") as fh:
+                return fh.read() if limit is None else fh.read(limit)
+        except OSError:
+            return None
+
+    def exists(self, p: str | os.PathLike) -> bool:
+        return self.path(p).exists()
+
+    def is_dir(self, p: str | os.PathLike) -> bool:
+        return self.path(p).is_dir()
+
+    def listdir(self, p: str | os.PathLike) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(p)))
+        except OSError:
+            return []
+
+    def disk_usage(self, p: str | os.PathLike) -> DiskUsage | None:
+        try:
+            u = shutil.disk_usage(self.path(p))
+        except OSError:
+            return None
+        return DiskUsage(total=u.total, free=u.free)
+
+    def device_id(self, p: str | os.PathLike) -> int | None:
+        try:
+            return os.stat(self.path(p)).st_dev
+        except OSError:
+            return None
+
+    # -- processes ---------------------------------------------------------------------------
+    def which(self, name: str) -> str | None:
+        return shutil.which(name, path=self.env.get("PATH", os.defpath))
+
+    def run(self, argv: Sequence[str], timeout: float, input: str | None = None,
+            env: Mapping[str, str] | None = None) -> CommandResult:
+        """Run a command with a timeout. Never raises: failures come back in the result."""
+        argv = tuple(str(a) for a in argv)
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                argv, input=input, capture_output=True, text=True, timeout=timeout,
+                env=dict(self.env if env is None else env), cwd=self.cwd,
+                encoding="utf-8", errors="replace",
+            )
+        except subprocess.TimeoutExpired as exc:
+            return CommandResult(argv, None, _text(exc.stdout), _text(exc.stderr),
+                                 time.monotonic() - start, timed_out=True)
+        except OSError as exc:
+            return CommandResult(argv, None, "", "", time.monotonic() - start,
+                                 error=f"{exc.strerror or exc}: {exc.filename or argv[0]}")
+        return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr,
+                             time.monotonic() - start)
+
+    # -- CPU and memory ----------------------------------------------------------------------
+    def cpu_affinity(self) -> int | None:
+        """CPUs this process may run on (taskset/cgroup cpusets), None where unknown."""
+        try:
+            return len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            return None
+
+    def cpu_count(self) -> int | None:
+        return os.cpu_count()
+
+    def memory_fallback(self) -> dict | None:
+        """RAM/swap where /proc/meminfo does not exist (macOS, Windows): psutil."""
+        try:
+            import psutil  # local: only needed off Linux
+        except ImportError:
+            return None
+        vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+        return {"total": vm.total, "available": vm.available, "swap_total": sw.total,
+                "swap_free": sw.free}
+
+    def platform(self) -> dict:
+        import platform as _platform
+        u = _platform.uname()
+        return {"system": u.system, "release": u.release, "machine": u.machine}
+
+
+def _text(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    return b if isinstance(b, str) else b.decode("utf-8", "replace")
