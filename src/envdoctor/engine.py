@@ -85,7 +85,7 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
         try:
             out = fact_futs[name].result(timeout=max(0.0, start + fact_timeout[name] - time.monotonic()))
         except FutureTimeout:
-            out = FactOutcome(error=f"probe '{name}' did not finish within {fact_timeout[name]:.0f} s",
+            out = FactOutcome(error=f"probe '{name}' did not finish within {fact_timeout[name]:g} s",
                               expected=False)
         with lock:
             outcomes.setdefault(name, out)

@@ -45,7 +45,13 @@ def provider(name: str, fn: Callable, owner: str, timeout: float | None = 10.0) 
     PROVIDERS[name] = Provider(name, fn, timeout, owner)
 
 
+# Report order of the categories; checks keep their registration order inside one.
+CATEGORIES = ("Python", "System", "Packages")
+
+
 def load() -> dict[str, Check]:
-    """Import the check modules (they register themselves) and return the registry."""
+    """Import the check modules (they register themselves); the registry in report order."""
     from envdoctor import checks  # noqa: F401  (registration side effect)
-    return CHECKS
+    rank = {c: i for i, c in enumerate(CATEGORIES)}
+    order = sorted(CHECKS.values(), key=lambda c: rank.get(c.category, len(rank)))
+    return {c.id: c for c in order}

@@ -140,4 +140,7 @@ def disk(host: HostFacts) -> Result:
         items.append(Item(status, f"{gib(free)} free for {roles}{need}"))
     summary = "; ".join(i.message for i in items)
     remedy = Remedy(text="Free space, or point HF_HOME / the output_dir at a larger disk.")
-    return from_items(items, summary, summary, remedy)
+    result = from_items(items, summary, summary, remedy)
+    if len(items) == 1:  # one disk: the summary already says it all
+        result.items = []
+    return result
