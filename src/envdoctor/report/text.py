@@ -12,6 +12,8 @@ from envdoctor.report import counts
 
 MARKS = {Status.OK: "✓", Status.WARN: "!", Status.FAIL: "✗", Status.ERROR: "E", Status.SKIP: "-"}
 ASCII_MARKS = {Status.OK: "+", Status.WARN: "!", Status.FAIL: "x", Status.ERROR: "E", Status.SKIP: "-"}
+ASCII_TEXT = {"—": "-", "–": "-", "·": "|", "≥": ">=", "≤": "<=", "…": "...", "→": "->", "✗": "x",
+              "×": "x"}
 COLOURS = {Status.OK: "32", Status.WARN: "33", Status.FAIL: "31", Status.ERROR: "35", Status.SKIP: "2"}
 INDENT = "    "
 
@@ -50,7 +52,11 @@ class Writer:
     def flush(self) -> None:
         text = redact_text("\n".join(self.lines) + "\n")
         if self.marks is ASCII_MARKS:
-            text = text.replace("—", "-").replace("·", "|").replace("≥", ">=").replace("…", "...")
+            for fancy, plain in ASCII_TEXT.items():
+                text = text.replace(fancy, plain)
+            # Whatever else the terminal cannot show (a package's own text) becomes '?', never a crash.
+            enc = getattr(self.stream, "encoding", None) or "ascii"
+            text = text.encode(enc, "replace").decode(enc)
         self.stream.write(text)
         self.stream.flush()
 
