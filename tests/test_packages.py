@@ -124,3 +124,11 @@ def test_pip_check():
     assert K.pip(pyenv(*BASE)).status == Status.OK
     r = K.pip(pyenv(TORCH))
     assert r.status == Status.WARN and "ensurepip" in r.remedy.command
+
+
+def test_extra_markers_that_apply_without_the_extra_are_not_skipped():
+    pkg = dist("pkg", "1.0", ['always; extra == "x" or python_version >= "3"', 'never; extra == "x"',
+                              'notx; extra != "x"'])
+    msgs = sorted(i.message.split(",")[0] for i in K.requirements(pyenv(pkg)).items)
+    assert msgs == ['pkg 1.0 requires always; extra == "x" or python_version >= "3"',
+                    'pkg 1.0 requires notx; extra != "x"']

@@ -66,9 +66,12 @@ def cmd_check(args) -> int:
         raise UsageError(f"--python {args.python}: no such interpreter ({python})")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    checks = select(registry.load(), args.only, args.skip)
     ctx = Context(python=python, python_reason=reason, probe_timeout=args.timeout)
-    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
+    from envdoctor import providers  # noqa: F401
+    # Almost every selection needs the Python probe (a subprocess): start it before importing the checks.
+    early = engine.start_facts(["python"], registry.PROVIDERS, system, ctx)
+    checks = select(registry.load(), args.only, args.skip)
+    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     code = exit_code(run.results, args.strict)
     if args.json:
         from envdoctor.report import json_report

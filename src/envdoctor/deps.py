@@ -5,6 +5,7 @@ Pure logic over PythonEnv facts; `packages.requirements` turns its answers into 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
@@ -54,22 +55,49 @@ def _applies(req: Requirement, markers: dict[str, str], extra: str) -> bool:
         return False
 
 
+_EXTRA_ONLY = re.compile(r";.*\bextra\s*==")
+
+
+def _only_for_extras(raw: str) -> bool:
+    """`x; extra == "y"` (in a conjunction) can never apply without an extra: skip parsing it until
+    that extra is requested. Most requirements of big packages are of this kind."""
+    return bool(_EXTRA_ONLY.search(raw)) and " or " not in raw and "!=" not in raw.split(";", 1)[1]
+
+
+@dataclass
+class Analysis:
+    needs: list[Need]
+    bad: list[BadRequirement]
+    unmet: list[Unmet]
+
+
+def analyze(env: PythonEnv) -> Analysis:
+    """Requirements of the environment, computed once per PythonEnv."""
+    cached = env.cache.get("deps")
+    if cached is None:
+        needs, bad = applicable_needs(env)
+        cached = env.cache["deps"] = Analysis(needs, bad, _unmet(env, needs))
+    return cached
+
+
 def applicable_needs(env: PythonEnv) -> tuple[list[Need], list[BadRequirement]]:
     """Every requirement that applies in this environment.
 
     Base requirements of every distribution, plus the requirements of each extra that some installed
     distribution asks for (`peft[test]`), followed until nothing new is requested.
     """
-    parsed: dict[int, list[tuple[str, Requirement]]] = {}
     bad: list[BadRequirement] = []
-    for d in env.distributions:
-        reqs = []
-        for raw in d.requires:
+    parsed: dict[tuple[int, str], Requirement | None] = {}
+
+    def parse(d: Distribution, raw: str) -> Requirement | None:
+        key = (id(d), raw)
+        if key not in parsed:
             try:
-                reqs.append((raw, Requirement(raw)))
+                parsed[key] = Requirement(raw)
             except InvalidRequirement as exc:
+                parsed[key] = None
                 bad.append(BadRequirement(d, raw, str(exc).splitlines()[0]))
-        parsed[id(d)] = reqs
+        return parsed[key]
 
     active = {key: dists[0] for key, dists in env.by_key().items()}
     requested: dict[str, set[str]] = {key: {""} for key in active}
@@ -83,8 +111,11 @@ def applicable_needs(env: PythonEnv) -> tuple[list[Need], list[BadRequirement]]:
                 if (key, extra) in done:
                     continue
                 done.add((key, extra))
-                for raw, req in parsed[id(dist)]:
-                    if (id(dist), raw) in needs or not _applies(req, env.markers, extra):
+                for raw in dist.requires:
+                    if (id(dist), raw) in needs or (not extra and _only_for_extras(raw)):
+                        continue
+                    req = parse(dist, raw)
+                    if req is None or not _applies(req, env.markers, extra):
                         continue
                     needs[(id(dist), raw)] = Need(dist, req, extra or None)
                     target = normalize(req.name)
@@ -92,11 +123,16 @@ def applicable_needs(env: PythonEnv) -> tuple[list[Need], list[BadRequirement]]:
                     if target in requested and new:
                         requested[target] |= new
                         changed = True
+    # Unparseable requirements are reported once, whether or not an extra asked for them.
+    for d in env.distributions:
+        if d is active.get(d.key):
+            for raw in d.requires:
+                if not _only_for_extras(raw):
+                    parse(d, raw)
     return list(needs.values()), bad
 
 
-def unmet(env: PythonEnv) -> tuple[list[Unmet], list[BadRequirement]]:
-    needs, bad = applicable_needs(env)
+def _unmet(env: PythonEnv, needs: list[Need]) -> list[Unmet]:
     out = []
     for need in needs:
         inst = env.get(need.req.name)
@@ -108,12 +144,12 @@ def unmet(env: PythonEnv) -> tuple[list[Unmet], list[BadRequirement]]:
             continue  # broken metadata: reported by packages.metadata
         if need.req.specifier and not need.req.specifier.contains(version, prereleases=True):
             out.append(Unmet(need, inst, inst.version))
-    return out, bad
+    return out
 
 
 def combined_spec(env: PythonEnv, name: str) -> tuple[SpecifierSet, list[Need]]:
     """Everything installed that constrains `name`, and the intersection of their specifiers."""
-    needs, _ = applicable_needs(env)
+    needs = analyze(env).needs
     mine = [n for n in needs if normalize(n.req.name) == normalize(name)]
     spec = SpecifierSet()
     for n in mine:

@@ -62,12 +62,14 @@ def _provide(provider: Provider, system: System, ctx: Context) -> FactOutcome:
                            duration_s=time.monotonic() - start)
 
 
-def _error(check: Check, message: str, tb: str | None = None, status: Status = Status.ERROR) -> Result:
-    return Result(status, message, traceback=tb)
+def start_facts(names: Iterable[str], providers: dict[str, Provider], system: System,
+                ctx: Context) -> dict[str, Future]:
+    """Start gathering facts now; hand the result to run_checks(started=…)."""
+    return {n: _spawn(_provide, providers[n], system, ctx) for n in names}
 
 
 def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: System,
-               ctx: Context) -> Run:
+               ctx: Context, started: dict[str, Future] | None = None) -> Run:
     start = time.monotonic()
     checks = list(checks)
     selected = {c.id for c in checks}
@@ -75,7 +77,8 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
     missing = [n for n in needed if n not in providers]
     if missing:
         raise ValueError(f"no fact provider for {missing}")
-    fact_futs = {n: _spawn(_provide, providers[n], system, ctx) for n in needed}
+    started = started or {}
+    fact_futs = {n: started.get(n) or _spawn(_provide, providers[n], system, ctx) for n in needed}
     fact_timeout = {n: (providers[n].timeout if providers[n].timeout is not None else ctx.probe_timeout + 5)
                     for n in needed}
     outcomes: dict[str, FactOutcome] = {}
@@ -106,7 +109,10 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
             status = Status.FAIL if out.expected else Status.ERROR
             return Result(status, out.error.splitlines()[0], out.error.splitlines()[1:], traceback=out.traceback)
         started[check.id] = time.monotonic()
-        return check.fn(**kwargs)
+        res = check.fn(**kwargs)
+        if isinstance(res, Result):
+            res.duration_s = time.monotonic() - started[check.id]
+        return res
 
     futures = {c.id: _spawn(run_one, c) for c in checks}
     results: dict[str, Result] = {}
@@ -119,8 +125,8 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
                 results[cid] = _collect(check, fut, started.get(cid), now)
                 del pending[cid]
             elif cid in started and now - started[cid] > check.timeout:
-                results[cid] = _error(check, f"check '{cid}' did not finish within {check.timeout:g} s "
-                                             "(abandoned; the rest of the report is complete)")
+                results[cid] = Result(Status.ERROR, f"check '{cid}' did not finish within {check.timeout:g} s "
+                                                    "(abandoned; the rest of the report is complete)")
                 results[cid].duration_s = now - started[cid]
                 del pending[cid]
         if pending:
@@ -132,8 +138,6 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
         res = results[check.id]
         res.check_id, res.title, res.category = check.id, check.title, check.category
         ordered.append(res)
-    for name in needed:  # facts of checks that were skipped before asking still get recorded
-        fact(name) if fact_futs[name].done() else None
     return Run(ordered, outcomes, time.monotonic() - start)
 
 
@@ -145,5 +149,5 @@ def _collect(check: Check, fut: Future, started_at: float | None, now: float) ->
     except Exception as exc:  # noqa: BLE001 - a broken check must not break the report
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         res = Result(Status.ERROR, f"check '{check.id}' crashed: {type(exc).__name__}: {exc}", traceback=tb)
-    res.duration_s = (now - started_at) if started_at else 0.0
+        res.duration_s = (now - started_at) if started_at else 0.0
     return res

@@ -1,10 +1,4 @@
-"""Checks judge facts. Each module registers its checks; the providers are registered here."""
+"""Checks judge facts. Each module registers its checks in envdoctor.registry."""
 
-from envdoctor.facts.host import probe_host
-from envdoctor.facts.python_env import probe_python
-from envdoctor.registry import provider
-
-provider("host", probe_host, owner="system.os", timeout=10.0)
-provider("python", probe_python, owner="python.interpreter", timeout=None)
-
-from envdoctor.checks import host, packages, python  # noqa: E402,F401  (registration)
+from envdoctor import providers  # noqa: F401  (the facts the checks need)
+from envdoctor.checks import host, packages, python  # noqa: F401  (registration)

@@ -34,7 +34,8 @@ def _spec_for(env: PythonEnv, name: str) -> tuple[str | None, str | None]:
        "every installed distribution's requirements, with markers and extras, against what is installed",
        needs=("python",))
 def requirements(python: PythonEnv) -> Result:
-    unmet, bad = deps.unmet(python)
+    analysis = deps.analyze(python)
+    unmet, bad = analysis.unmet, analysis.bad
     items, install, torch_changes, details = [], [], False, []
     by_target: dict[str, list[deps.Unmet]] = {}
     for u in unmet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from envdoctor.context import Context
@@ -72,6 +72,7 @@ class PythonEnv:
     probe_s: float = 0.0
 
     def __post_init__(self) -> None:
+        self.cache: dict = {}  # derived analyses (deps.analyze), computed once per run
         self._by_key: dict[str, list[Distribution]] = {}
         for d in self.distributions:  # sys.path order: the first one is the one Python imports
             self._by_key.setdefault(d.key, []).append(d)
@@ -90,10 +91,10 @@ class PythonEnv:
         return f"{_quote(self.executable)} -m pip {verb}"
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        # The JSON report keeps what checks use, not every installed file.
-        for d in out["distributions"]:
-            d.pop("files", None)
+        out = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "cache"}
+        # The JSON report keeps what checks use, not every installed file. (Shallow copies: asdict's
+        # deep copy of a hundred distributions costs more than the whole probe.)
+        out["distributions"] = [{k: v for k, v in vars(d).items() if k != "files"} for d in self.distributions]
         return out
 
 

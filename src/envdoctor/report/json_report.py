@@ -33,5 +33,6 @@ def build(run: Run, target: dict, version: str, exit_code: int) -> dict:
 
 
 def render(run: Run, target: dict, version: str, exit_code: int, stream: TextIO) -> None:
-    json.dump(build(run, target, version, exit_code), stream, indent=2)
+    # Compact: the C encoder is used only without indent (pipe through `jq` to read it).
+    json.dump(build(run, target, version, exit_code), stream)
     stream.write("\n")
