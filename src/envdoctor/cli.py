@@ -33,14 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these checks (ids, category prefixes like 'packages', or globs)")
     c.add_argument("--skip", nargs="+", metavar="ID", default=[], help="skip these checks")
     c.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    c.add_argument("--deep", action="store_true",
+                   help="also run smoke tests on the GPU (torch, bitsandbytes, flash-attn, torchao), each in a "
+                        "timeout-bounded subprocess")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="timeout for probing the target interpreter (default 30 s)")
+    c.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
+                   help="timeout for each --deep smoke test (default 120 s)")
     c.add_argument("-v", "--verbose", action="store_true", help="timings, details of passing checks, tracebacks")
     sub.add_parser("checks", help="list every check: id, title and what it looks at")
     return p
 
 
-def select(checks: dict, only: list[str], skip: list[str]) -> list:
+def select(checks: dict, only: list[str], skip: list[str], deep: bool = False) -> list:
     def matches(pattern: str) -> set[str]:
         hits = {cid for cid in checks if cid == pattern or cid.startswith(pattern + ".")
                 or fnmatch.fnmatchcase(cid, pattern)}
@@ -49,7 +54,8 @@ def select(checks: dict, only: list[str], skip: list[str]) -> list:
             raise UsageError(f"unknown check {pattern!r}" + (f"; did you mean {', '.join(near)}?" if near else
                                                             "; `envdoctor checks` lists them"))
         return hits
-    chosen = set().union(*(matches(p) for p in only)) if only else set(checks)
+    # Deep checks run with --deep, or when --only names them.
+    chosen = set().union(*(matches(p) for p in only)) if only else {c for c in checks if deep or not checks[c].deep}
     dropped = set().union(*(matches(p) for p in skip)) if skip else set()
     return [c for cid, c in checks.items() if cid in chosen - dropped]
 
@@ -64,13 +70,17 @@ def cmd_check(args) -> int:
     python, reason = choose_python(args.python, system.env)
     if args.python and not os.path.exists(python):
         raise UsageError(f"--python {args.python}: no such interpreter ({python})")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    ctx = Context(python=python, python_reason=reason, probe_timeout=args.timeout)
+    if args.timeout <= 0 or args.smoke_timeout <= 0:
+        raise UsageError("--timeout and --smoke-timeout must be positive")
+    ctx = Context(python=python, python_reason=reason, probe_timeout=args.timeout,
+                  smoke_timeout=args.smoke_timeout)
     from envdoctor import providers  # noqa: F401
-    # Almost every selection needs the Python probe (a subprocess): start it before importing the checks.
-    early = engine.start_facts(["python"], registry.PROVIDERS, system, ctx)
-    checks = select(registry.load(), args.only, args.skip)
+    from envdoctor.facts.smoke import STAGES
+    # The subprocesses are the slow part: start them before importing the checks. Almost every selection
+    # needs the Python probe; --deep needs every smoke test.
+    early = engine.start_facts(["python"] + ([f"smoke_{s}" for s in STAGES] if args.deep else []),
+                               registry.PROVIDERS, system, ctx)
+    checks = select(registry.load(), args.only, args.skip, deep=args.deep)
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     code = exit_code(run.results, args.strict)
     if args.json:

@@ -14,6 +14,7 @@ class Context:
     python: str                 # the target interpreter
     python_reason: str          # why this one ("--python", "active virtualenv …", …)
     probe_timeout: float = 30.0
+    smoke_timeout: float = 120.0   # each deep-mode smoke test (torch import + CUDA init can be slow)
 
 
 def _venv_python(prefix: str) -> str | None:

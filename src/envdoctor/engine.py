@@ -50,10 +50,16 @@ def _spawn(fn: Callable, *args) -> Future:
     return fut
 
 
-def _provide(provider: Provider, system: System, ctx: Context) -> FactOutcome:
+def _provide(provider: Provider, system: System, ctx: Context, deps: dict[str, Future]) -> FactOutcome:
+    inputs = {}
+    for name, fut in deps.items():
+        out = fut.result()  # bounded: the dependency's own timeout is enforced by whoever waits on us
+        if out.error is not None:
+            return FactOutcome(error=f"needs '{name}', which failed: {out.error}", expected=out.expected)
+        inputs[name] = out.value
     start = time.monotonic()
     try:
-        return FactOutcome(provider.fn(system, ctx), duration_s=time.monotonic() - start)
+        return FactOutcome(provider.fn(system, ctx, **inputs), duration_s=time.monotonic() - start)
     except FactError as exc:
         return FactOutcome(error=str(exc), duration_s=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001
@@ -63,9 +69,19 @@ def _provide(provider: Provider, system: System, ctx: Context) -> FactOutcome:
 
 
 def start_facts(names: Iterable[str], providers: dict[str, Provider], system: System,
-                ctx: Context) -> dict[str, Future]:
-    """Start gathering facts now; hand the result to run_checks(started=…)."""
-    return {n: _spawn(_provide, providers[n], system, ctx) for n in names}
+                ctx: Context, started: dict[str, Future] | None = None) -> dict[str, Future]:
+    """Start gathering facts (and the facts they read) now; returns every future, by provider name."""
+    futs = dict(started or {})
+
+    def ensure(name: str) -> Future:
+        if name not in futs:
+            deps = {d: ensure(d) for d in providers[name].needs}
+            futs[name] = _spawn(_provide, providers[name], system, ctx, deps)
+        return futs[name]
+
+    for n in names:
+        ensure(n)
+    return futs
 
 
 def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: System,
@@ -77,10 +93,14 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
     missing = [n for n in needed if n not in providers]
     if missing:
         raise ValueError(f"no fact provider for {missing}")
-    started = started or {}
-    fact_futs = {n: started.get(n) or _spawn(_provide, providers[n], system, ctx) for n in needed}
-    fact_timeout = {n: (providers[n].timeout if providers[n].timeout is not None else ctx.probe_timeout + 5)
-                    for n in needed}
+    fact_futs = start_facts(needed, providers, system, ctx, started)
+
+    def budget(name: str) -> float:  # a provider waits for its inputs first
+        own = providers[name].timeout
+        own = getattr(ctx, own) + 5 if isinstance(own, str) else own
+        return own + max((budget(d) for d in providers[name].needs), default=0.0)
+
+    fact_timeout = {n: budget(n) for n in fact_futs}
     outcomes: dict[str, FactOutcome] = {}
     lock = threading.Lock()
 

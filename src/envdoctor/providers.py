@@ -1,9 +1,19 @@
 """Fact providers by name. Kept apart from the check modules so the CLI can start the slow probes
 before it imports the checks (the Python probe is a subprocess: it overlaps with those imports)."""
 
+from envdoctor.facts.gpu import probe_gpu
 from envdoctor.facts.host import probe_host
 from envdoctor.facts.python_env import probe_python
+from envdoctor.facts.smoke import STAGES, provider_for
+from envdoctor.facts.toolkit import probe_toolkit
+from envdoctor.facts.torch_build import probe_torch
 from envdoctor.registry import provider
 
 provider("host", probe_host, owner="system.os", timeout=10.0)
-provider("python", probe_python, owner="python.interpreter", timeout=None)
+provider("python", probe_python, owner="python.interpreter", timeout="probe_timeout")
+provider("gpu", probe_gpu, owner="gpu.driver", timeout=30.0)
+provider("toolkit", probe_toolkit, owner="gpu.nvcc", timeout=30.0)
+provider("torch", probe_torch, owner="gpu.torch", timeout=30.0, needs=("python",))
+for _stage in STAGES:
+    provider(f"smoke_{_stage}", provider_for(_stage), owner=f"deep.{_stage}", timeout="smoke_timeout",
+             needs=("gpu",))

@@ -17,14 +17,16 @@ class Check:
     needs: tuple[str, ...]  # fact providers; their facts are passed as keyword arguments
     fn: Callable[..., Result]
     timeout: float = 10.0
+    deep: bool = False      # runs only with --deep (or when named explicitly)
 
 
 @dataclass(frozen=True)
 class Provider:
     name: str
-    fn: Callable            # (system, ctx) -> facts
-    timeout: float | None   # None: the context's probe timeout plus a margin
+    fn: Callable            # (system, ctx, **facts of `needs`) -> facts
+    timeout: float | str    # seconds, or the name of a Context field (plus a margin)
     owner: str              # the check that reports this provider's failure as a failure
+    needs: tuple[str, ...] = ()  # other providers whose facts this one reads
 
 
 CHECKS: dict[str, Check] = {}
@@ -32,21 +34,22 @@ PROVIDERS: dict[str, Provider] = {}
 
 
 def check(id: str, title: str, category: str, looks_at: str, needs: tuple[str, ...] = (),
-          timeout: float = 10.0):
+          timeout: float = 10.0, deep: bool = False):
     def register(fn: Callable[..., Result]) -> Callable[..., Result]:
         if id in CHECKS:
             raise ValueError(f"check id {id!r} registered twice")
-        CHECKS[id] = Check(id, title, category, looks_at, tuple(needs), fn, timeout)
+        CHECKS[id] = Check(id, title, category, looks_at, tuple(needs), fn, timeout, deep)
         return fn
     return register
 
 
-def provider(name: str, fn: Callable, owner: str, timeout: float | None = 10.0) -> None:
-    PROVIDERS[name] = Provider(name, fn, timeout, owner)
+def provider(name: str, fn: Callable, owner: str, timeout: float | str = 10.0,
+             needs: tuple[str, ...] = ()) -> None:
+    PROVIDERS[name] = Provider(name, fn, timeout, owner, tuple(needs))
 
 
 # Report order of the categories; checks keep their registration order inside one.
-CATEGORIES = ("Python", "System", "Packages")
+CATEGORIES = ("Python", "System", "GPU", "Packages", "Deep")
 
 
 def load() -> dict[str, Check]:

@@ -72,6 +72,16 @@ class System:
         except OSError:
             return None
 
+    def realpath(self, p: str | os.PathLike) -> str:
+        """Symlinks resolved, as a machine path (inside the root of a fake machine)."""
+        resolved = self.path(p).resolve()
+        if str(self.root) == "/":
+            return str(resolved)
+        try:
+            return "/" + str(resolved.relative_to(self.root.resolve()))
+        except ValueError:
+            return str(resolved)
+
     def exists(self, p: str | os.PathLike) -> bool:
         return self.path(p).exists()
 
@@ -83,6 +93,29 @@ class System:
             return sorted(os.listdir(self.path(p)))
         except OSError:
             return []
+
+    def stat_key(self, p: str | os.PathLike) -> str | None:
+        """path:size:mtime, for caches of facts derived from a file's content."""
+        try:
+            st = os.stat(self.path(p))
+        except OSError:
+            return None
+        return f"{self.realpath(p)}:{st.st_size}:{st.st_mtime_ns}"
+
+    def write_text(self, p: str | os.PathLike, text: str) -> None:
+        """Write atomically: a staging file in the same folder, then os.replace."""
+        target = self.path(p)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     def disk_usage(self, p: str | os.PathLike) -> DiskUsage | None:
         try:
@@ -99,7 +132,13 @@ class System:
 
     # -- processes ---------------------------------------------------------------------------
     def which(self, name: str) -> str | None:
-        return shutil.which(name, path=self.env.get("PATH", os.defpath))
+        """Like `command -v`, over this machine's PATH and files."""
+        for folder in self.env.get("PATH", os.defpath).split(os.pathsep):
+            candidate = f"{folder.rstrip('/')}/{name}"
+            real = self.path(candidate)
+            if folder and real.is_file() and os.access(real, os.X_OK):
+                return candidate
+        return None
 
     def run(self, argv: Sequence[str], timeout: float, input: str | None = None,
             env: Mapping[str, str] | None = None) -> CommandResult:
@@ -142,6 +181,27 @@ class System:
         return {"total": vm.total, "available": vm.available, "swap_total": sw.total,
                 "swap_free": sw.free}
 
+    # -- NVML ----------------------------------------------------------------------------------
+    def nvml(self) -> dict:
+        """Driver and GPUs from NVML (nvidia-ml-py), as plain data. Raises NvmlUnavailable."""
+        try:
+            import pynvml
+        except ImportError as exc:
+            raise NvmlUnavailable(f"nvidia-ml-py is not installed ({exc})") from exc
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise NvmlUnavailable(f"NVML: {exc}") from exc
+        try:
+            return _nvml_snapshot(pynvml)
+        except pynvml.NVMLError as exc:
+            raise NvmlUnavailable(f"NVML: {exc}") from exc
+        finally:
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError:
+                pass
+
     def platform(self) -> dict:
         import platform as _platform
         u = _platform.uname()
@@ -152,3 +212,35 @@ def _text(b: bytes | str | None) -> str:
     if b is None:
         return ""
     return b if isinstance(b, str) else b.decode("utf-8", "replace")
+
+
+class NvmlUnavailable(Exception):
+    """NVML could not be loaded or queried (no driver, no library, no permission)."""
+
+
+def _str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _nvml_snapshot(nv) -> dict:
+    def optional(fn, *args):
+        try:
+            return fn(*args)
+        except nv.NVMLError:
+            return None
+
+    gpus = []
+    for i in range(nv.nvmlDeviceGetCount()):
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        mig = optional(nv.nvmlDeviceGetMigMode, h)
+        procs = optional(nv.nvmlDeviceGetComputeRunningProcesses, h) or []
+        gpus.append({
+            "index": i, "name": _str(nv.nvmlDeviceGetName(h)), "uuid": _str(optional(nv.nvmlDeviceGetUUID, h) or ""),
+            "cc": list(nv.nvmlDeviceGetCudaComputeCapability(h)),
+            "mem_total": int(mem.total), "mem_free": int(mem.free), "mem_used": int(mem.used),
+            "mig": bool(mig[0]) if mig else None,
+            "processes": [{"pid": int(p.pid), "used": int(p.usedGpuMemory or 0)} for p in procs],
+        })
+    return {"driver": _str(nv.nvmlSystemGetDriverVersion()),
+            "cuda_driver": int(nv.nvmlSystemGetCudaDriverVersion_v2()), "gpus": gpus}

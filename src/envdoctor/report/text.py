@@ -98,6 +98,20 @@ def _result(w: Writer, r: Result) -> None:
             w.add(f"{INDENT}{w.paint(line, '2')}")
 
 
+def _fold_skips(results: list[Result]) -> list[Result]:
+    """Consecutive skips with one reason (no GPU: eight checks) become one line."""
+    out: list[Result] = []
+    for r in results:
+        prev = out[-1] if out else None
+        if (prev is not None and r.status == prev.status == Status.SKIP and r.message == prev.message
+                and r.category == prev.category):
+            out[-1] = Result(Status.SKIP, prev.message, prev.details, title=f"{prev.title}, {r.title}",
+                             category=prev.category)
+            continue
+        out.append(r)
+    return out
+
+
 def render(run: Run, target: str, version: str, stream: TextIO, verbose: bool = False,
            env=os.environ) -> None:
     w = Writer(stream, use_colour(stream, env), verbose)
@@ -107,7 +121,8 @@ def render(run: Run, target: str, version: str, stream: TextIO, verbose: bool = 
             state = "ok" if fact.error is None else f"failed: {fact.error.splitlines()[0]}"
             w.add(w.paint(f"  facts '{name}': {fact.duration_s * 1000:.0f} ms, {state}", "2"))
     category = None
-    for r in run.results:
+    results = run.results if verbose else _fold_skips(run.results)
+    for r in results:
         if r.category != category:
             category = r.category
             w.add()

@@ -1,0 +1,69 @@
+"""Deep mode (`envdoctor check --deep`): smoke tests of the stack on the GPU, each in its own process,
+and the statically read arch list cross-checked against torch's own."""
+
+from __future__ import annotations
+
+from envdoctor.checks.gpu import NO_GPU
+from envdoctor.facts.gpu import GpuFacts
+from envdoctor.facts.python_env import PythonEnv
+from envdoctor.facts.smoke import SmokeResult
+from envdoctor.facts.torch_build import TorchFacts
+from envdoctor.model import Remedy, Result, Status, ok, skip
+from envdoctor.registry import check
+
+STATUS = {"ok": Status.OK, "warn": Status.WARN, "fail": Status.FAIL, "skip": Status.SKIP}
+
+
+def remedy(stage: str, python: PythonEnv) -> Remedy:
+    return {
+        "torch": Remedy(text="The GPU checks above name the cause (driver, build, arch)."),
+        "bitsandbytes": Remedy(f"{python.executable} -m bitsandbytes",
+                               "Its self-check names the CUDA library it looked for; BNB_CUDA_VERSION overrides "
+                               "the choice, a reinstall fixes a broken wheel."),
+        "flash_attn": Remedy(text="Install the flash-attn wheel built for this torch, CUDA, ABI and Python, or "
+                                  "rebuild it: MAX_JOBS=4 pip install flash-attn --no-build-isolation."),
+        "torchao": Remedy(text="Install the torchao release built for this torch (see packages.companions)."),
+    }[stage]
+
+
+def from_smoke(s: SmokeResult, gpu: GpuFacts, python: PythonEnv) -> Result:
+    if not gpu.present:
+        return skip(NO_GPU)
+    status = STATUS.get(s.status, Status.FAIL)
+    timing = f" ({s.seconds:.1f} s)" if s.seconds else ""
+    return Result(status, s.message + (timing if status == Status.OK else ""), list(s.details),
+                  remedy(s.stage, python) if status in (Status.FAIL, Status.WARN) else None)
+
+
+def _smoke_check(stage: str, title: str, looks_at: str) -> None:
+    def run(gpu: GpuFacts, python: PythonEnv, **smoke: SmokeResult) -> Result:
+        return from_smoke(smoke[f"smoke_{stage}"], gpu, python)
+    check(f"deep.{stage}", title, "Deep", looks_at, needs=(f"smoke_{stage}", "gpu", "python"), deep=True,
+          timeout=5.0)(run)
+
+
+_smoke_check("torch", "torch on the GPU", "import torch, CUDA init and a bf16 matmul, in a subprocess")
+_smoke_check("bitsandbytes", "bitsandbytes NF4",
+             "a bitsandbytes NF4 Linear4bit forward and backward on the GPU, in a subprocess")
+_smoke_check("flash_attn", "flash-attn", "a flash-attn forward on a tiny tensor, in a subprocess")
+_smoke_check("torchao", "torchao", "import torchao (and whether it skips its C++ extensions), in a subprocess")
+
+
+@check("deep.arch_list", "Arch list cross-check", "Deep",
+       "the archs read from torch's fat binaries equal torch.cuda.get_arch_list()",
+       needs=("smoke_torch", "torch", "gpu"), deep=True, timeout=5.0)
+def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Result:
+    if not gpu.present:
+        return skip(NO_GPU)
+    runtime = smoke_torch.data.get("arch_list")
+    if not runtime:
+        return skip("torch reported no arch list (not a CUDA build, or the smoke test failed)")
+    # get_arch_list() names the generic archs; arch-specific SASS (sm_90a) is extra code for one GPU.
+    static = {a for a in torch.archs["sass"] + torch.archs["ptx"] if not a.endswith("a")}
+    extra = sorted(set(torch.archs["sass"]) - static)
+    if static == set(runtime):
+        return ok(f"fat binaries and torch agree: {', '.join(runtime)}",
+                  [f"also arch-specific code: {', '.join(extra)}"] if extra else [])
+    return Result(Status.WARN, "the archs read from torch's libraries differ from torch.cuda.get_arch_list()", [
+        f"read from fat binaries: {', '.join(sorted(static))}", f"torch.cuda.get_arch_list(): {', '.join(runtime)}",
+        "envdoctor's static arch check may be wrong for this build; the smoke test result above is authoritative."])
