@@ -1,0 +1,84 @@
+"""The fat-binary arch reader on real binaries: CUDA code compiled by nvcc for chosen archs, and
+libraries built by gcc; the torch facts cache."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from torchfake import c10_library, fatbin_library, install_torch
+
+from envdoctor.context import Context
+from envdoctor.elf import ElfError, ElfFile
+from envdoctor.facts.torch_build import probe_torch
+from envdoctor.fatbin import read_archs
+from fakes import linux_box
+from envbuild import SITE, dist, pyenv
+
+KERNEL = "__global__ void add(float *a, float b) { a[threadIdx.x] += b; }\n" \
+         "void launch(float *a) { add<<<1, 32>>>(a, 1.0f); }\n"
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
+
+
+def nvcc_build(tmp_path, *gencodes):
+    src = tmp_path / "k.cu"
+    src.write_text(KERNEL)
+    out = tmp_path / "libk.so"
+    args = [f"-gencode=arch={a},code={c}" for a, c in gencodes]
+    subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", *args, str(src), "-o", str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@needs_nvcc
+def test_reads_sass_ptx_and_arch_specific_code_from_nvcc_output(tmp_path):
+    lib = nvcc_build(tmp_path, ("compute_80", "sm_80"), ("compute_86", "sm_86"), ("compute_90", "compute_90"),
+                     ("compute_90a", "sm_90a"), ("compute_120", "sm_120"), ("compute_120", "compute_120"))
+    archs = read_archs(str(lib))
+    assert archs.to_dict() == {"sass": ["sm_80", "sm_86", "sm_90a", "sm_120"], "ptx": ["compute_90", "compute_120"]}
+
+
+@needs_nvcc
+def test_ptx_only_and_single_arch(tmp_path):
+    archs = read_archs(str(nvcc_build(tmp_path, ("compute_75", "compute_75"))))
+    assert archs.to_dict() == {"sass": [], "ptx": ["compute_75"]}
+    (tmp_path / "b").mkdir()
+    archs = read_archs(str(nvcc_build(tmp_path / "b", ("compute_100", "sm_100"))))
+    assert archs.to_dict() == {"sass": ["sm_100"], "ptx": []}
+
+
+def test_gcc_built_fatbin_section_and_plain_libraries():
+    assert read_archs(str(fatbin_library(["sm_75", "sm_120"], ["compute_120"]))).to_dict() == {
+        "sass": ["sm_75", "sm_120"], "ptx": ["compute_120"]}
+    assert read_archs(str(c10_library())).to_dict() == {"sass": [], "ptx": []}
+
+
+def test_not_elf_is_a_clean_error(tmp_path):
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"not an elf file at all, just text" * 4)
+    with pytest.raises(ElfError, match="not an ELF file"):
+        ElfFile(junk)
+
+
+def test_cxx11_abi_detection(tmp_path):
+    system = linux_box(tmp_path)
+    install_torch(system.root, SITE, "2.5.1+cu124", "12.4", ["sm_90"], [], cxx11=False)
+    t = probe_torch(system, Context("/venv/bin/python", "t"), pyenv(dist("torch", "2.5.1+cu124")))
+    assert t.cxx11_abi is False
+
+
+def test_scan_is_cached_by_path_size_and_mtime(tmp_path):
+    system = linux_box(tmp_path)
+    install_torch(system.root, SITE, "2.8.0+cu128", "12.8", ["sm_120"], [])
+    py, ctx = pyenv(dist("torch", "2.8.0+cu128")), Context("/venv/bin/python", "t")
+    assert probe_torch(system, ctx, py).archs["sass"] == ["sm_120"]
+    cache_file = system.path("/home/u/.cache/envdoctor/elf-scan.json")
+    text = cache_file.read_text()
+    assert "libtorch_cuda.so" in text
+    cache_file.write_text(text.replace('"sm_120"', '"sm_999"'))  # proves the second run reads the cache
+    assert probe_torch(system, ctx, py).archs["sass"] == ["sm_999"]
+    lib = system.path(f"{SITE}/torch/lib/libtorch_cuda.so")
+    later = time.time() + 5
+    os.utime(lib, (later, later))  # a changed file is scanned again
+    assert probe_torch(system, ctx, py).archs["sass"] == ["sm_120"]
