@@ -82,3 +82,12 @@ def test_scan_is_cached_by_path_size_and_mtime(tmp_path):
     later = time.time() + 5
     os.utime(lib, (later, later))  # a changed file is scanned again
     assert probe_torch(system, ctx, py).archs["sass"] == ["sm_120"]
+
+
+def test_build_archs_are_the_ones_in_most_containers(tmp_path):
+    """As in torch 2.11's libtorch_cuda.so: 444 containers carry sm_75…sm_120; a few add sm_89 or sm_90a."""
+    system = linux_box(tmp_path)
+    install_torch(system.root, SITE, "2.11.0+cu130", "13.0", ["sm_80", "sm_90"], [], copies=6,
+                  special=[["sm_90a"], ["sm_89", "sm_90a"]])
+    t = probe_torch(system, Context("/venv/bin/python", "t"), pyenv(dist("torch", "2.11.0+cu130")))
+    assert t.archs == {"sass": ["sm_80", "sm_90"], "ptx": [], "extra": ["sm_89", "sm_90a"]}

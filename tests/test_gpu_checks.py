@@ -175,4 +175,5 @@ def test_torch_facts_from_disk(tmp_path):
     system, py = gpu_box(tmp_path, None, ("2.7.0+cu126", "12.6", ["sm_80", "sm_90a"], ["compute_90"]))
     t = probe_torch(system, CTX, py)
     assert (t.version, t.build_tag, t.cuda, t.cxx11_abi) == ("2.7.0+cu126", "cu126", "12.6", True)
-    assert t.archs == {"sass": ["sm_80", "sm_90a"], "ptx": ["compute_90"]} and t.arch_libs == ["libtorch_cuda.so"]
+    assert t.archs == {"sass": ["sm_80", "sm_90a"], "ptx": ["compute_90"], "extra": []}
+    assert t.arch_libs == ["libtorch_cuda.so"]

@@ -59,8 +59,8 @@ def test_deep_checks_turn_smoke_results_into_results(tmp_path):
                        data={"arch_list": ["sm_75", "sm_80", "sm_90"]})
     assert D.from_smoke(good, gpu, py).message.endswith("(2.5 s)")
     torch = TorchFacts(True, "2.11.0+cu130", "cu130", "13.0",
-                       archs={"sass": ["sm_75", "sm_80", "sm_90", "sm_90a"], "ptx": []})
+                       archs={"sass": ["sm_75", "sm_80", "sm_90"], "ptx": [], "extra": ["sm_90a"]})
     r = D.arch_list(good, torch, gpu)
-    assert r.status == Status.OK and r.details == ["also arch-specific code: sm_90a"]
+    assert r.status == Status.OK and r.details == ["a few kernels also for sm_90a"]
     torch.archs = {"sass": ["sm_80"], "ptx": []}
     assert D.arch_list(good, torch, gpu).status == Status.WARN

@@ -44,8 +44,11 @@ def _compile(source: str, lang: str) -> Path:
     return out
 
 
-def fatbin_library(sass=(), ptx=()) -> Path:
-    data = ", ".join(str(b) for b in fatbin(sass, ptx))
+def fatbin_library(sass=(), ptx=(), copies: int = 1, special=()) -> Path:
+    """`copies` containers with the build archs (one per compiled file), plus one per `special`
+    arch list (a hand-tuned kernel compiled for other archs)."""
+    blob = fatbin(sass, ptx) * copies + b"".join(fatbin(extra) for extra in special)
+    data = ", ".join(str(b) for b in blob)
     return _compile(f'__attribute__((section(".nv_fatbin"), used)) const unsigned char fb[] = {{{data}}};\n', "c")
 
 
@@ -54,7 +57,8 @@ def c10_library(cxx11: bool = True) -> Path:
                     "namespace c10 { void check(const std::string& s) { (void)s; } }\n", "cpp")
 
 
-def install_torch(root: Path, site: str, version: str, cuda: str | None, sass=(), ptx=(), cxx11=True) -> None:
+def install_torch(root: Path, site: str, version: str, cuda: str | None, sass=(), ptx=(), cxx11=True,
+                  copies=1, special=()) -> None:
     """Write torch into <root><site> as pip would leave it (the parts envdoctor reads)."""
     pkg = root / site.lstrip("/") / "torch"
     (pkg / "lib").mkdir(parents=True, exist_ok=True)
@@ -63,4 +67,4 @@ def install_torch(root: Path, site: str, version: str, cuda: str | None, sass=()
         f"debug = False\ncuda: Optional[str] = {cuda!r}\ngit_version = 'abc123'\nhip: Optional[str] = None\n")
     shutil.copy(c10_library(cxx11), pkg / "lib" / "libc10.so")
     if cuda:
-        shutil.copy(fatbin_library(sass, ptx), pkg / "lib" / "libtorch_cuda.so")
+        shutil.copy(fatbin_library(sass, ptx, copies, special), pkg / "lib" / "libtorch_cuda.so")

@@ -23,13 +23,24 @@ FLAG_ARCH_SPECIFIC = 0x100000
 class Archs:
     sass: set[str] = field(default_factory=set)   # "sm_90", "sm_90a"
     ptx: set[str] = field(default_factory=set)    # "compute_90"
-
-    def update(self, other: "Archs") -> None:
-        self.sass |= other.sass
-        self.ptx |= other.ptx
+    # In how many fat-binary containers (about one per compiled source file) each arch appears.
+    counts: dict[str, int] = field(default_factory=dict)
+    containers: int = 0
 
     def to_dict(self) -> dict:
         return {"sass": sorted(self.sass, key=arch_key), "ptx": sorted(self.ptx, key=arch_key)}
+
+    def build_archs(self) -> tuple[list[str], list[str], list[str]]:
+        """(sass, ptx, extra): the archs the library was built for, and the ones only a few kernels have.
+
+        A library's build archs (TORCH_CUDA_ARCH_LIST) are in nearly every container; hand-tuned kernels
+        add others (sm_89 fp8 kernels, sm_90a/sm_100a variants) in a few. A GPU needs the former.
+        """
+        floor = max(1, self.containers // 2)
+        main = {a for a, n in self.counts.items() if n >= floor}
+        key = lambda names: sorted(names, key=arch_key)  # noqa: E731
+        return (key(a for a in main if a.startswith("sm_")), key(a for a in main if a.startswith("compute_")),
+                key(set(self.counts) - main))
 
 
 def arch_key(name: str) -> tuple[int, str]:
@@ -52,6 +63,7 @@ def archs_of(elf: ElfFile) -> Archs:
             pos = nxt
             continue
         entry, stop = pos + hsize, min(pos + hsize + fsize, end)
+        seen = set()
         while entry + 64 <= stop:
             kind, _unk, esize, padded = struct.unpack_from("<HHIQ", data, entry)
             sm, = struct.unpack_from("<I", data, entry + 28)
@@ -60,10 +72,14 @@ def archs_of(elf: ElfFile) -> Archs:
                 break
             suffix = "a" if flags & FLAG_ARCH_SPECIFIC else ""
             if kind == KIND_ELF:
-                out.sass.add(f"sm_{sm}{suffix}")
+                seen.add(f"sm_{sm}{suffix}")
             elif kind == KIND_PTX:
-                out.ptx.add(f"compute_{sm}{suffix}")
+                seen.add(f"compute_{sm}{suffix}")
             entry += esize + padded
+        out.containers += 1
+        for arch in seen:
+            out.counts[arch] = out.counts.get(arch, 0) + 1
+            (out.sass if arch.startswith("sm_") else out.ptx).add(arch)
         pos = stop
     return out
 

@@ -58,12 +58,12 @@ def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Res
     runtime = smoke_torch.data.get("arch_list")
     if not runtime:
         return skip("torch reported no arch list (not a CUDA build, or the smoke test failed)")
-    # get_arch_list() names the generic archs; arch-specific SASS (sm_90a) is extra code for one GPU.
-    static = {a for a in torch.archs["sass"] + torch.archs["ptx"] if not a.endswith("a")}
-    extra = sorted(set(torch.archs["sass"]) - static)
+    # get_arch_list() names the build archs; hand-tuned kernels (sm_89, sm_90a) are "extra".
+    static = set(torch.archs["sass"] + torch.archs["ptx"])
+    extra = torch.archs.get("extra") or []
     if static == set(runtime):
         return ok(f"fat binaries and torch agree: {', '.join(runtime)}",
-                  [f"also arch-specific code: {', '.join(extra)}"] if extra else [])
+                  [f"a few kernels also for {', '.join(extra)}"] if extra else [])
     return Result(Status.WARN, "the archs read from torch's libraries differ from torch.cuda.get_arch_list()", [
         f"read from fat binaries: {', '.join(sorted(static))}", f"torch.cuda.get_arch_list(): {', '.join(runtime)}",
         "envdoctor's static arch check may be wrong for this build; the smoke test result above is authoritative."])

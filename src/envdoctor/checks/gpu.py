@@ -164,9 +164,11 @@ def arch(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
                 "'no kernel image is available for execution on the device'."),
                 _torch_remedy(python, gpu, torch, f"has {g.sm} kernels")))
     built = f"built for {', '.join(sass + ptx)}"
+    extra = torch.archs.get("extra") or []
     bad = [i for i in items if i.status != Status.OK]
     result = from_items(items, "; ".join(i.message for i in items) + f" ({built})",
-                        bad[0].message if len(bad) == 1 else f"{len(bad)} GPUs lack kernels", details=[built])
+                        bad[0].message if len(bad) == 1 else f"{len(bad)} GPUs lack kernels",
+                        details=[built] + ([f"a few kernels also for {', '.join(extra)}"] if extra else []))
     if bad and all(i.remedy == bad[0].remedy for i in bad):
         result.remedy = bad[0].remedy
     return result

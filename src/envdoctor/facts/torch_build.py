@@ -29,7 +29,8 @@ class TorchFacts:
     git_version: str | None = None
     path: str | None = None            # the torch package folder
     cxx11_abi: bool | None = None
-    archs: dict = field(default_factory=lambda: {"sass": [], "ptx": []})
+    # Build archs (in most fat binaries) and extra ones only a few hand-tuned kernels carry.
+    archs: dict = field(default_factory=lambda: {"sass": [], "ptx": [], "extra": []})
     arch_libs: list[str] = field(default_factory=list)
     cuda_wheels: dict[str, str] = field(default_factory=dict)  # nvidia-* wheels: name -> version
 
@@ -72,7 +73,7 @@ def _scan_lib(path: str, system: System, cache: FileCache) -> dict:
             if dynstr is not None:
                 strings = elf.section_bytes(dynstr)
                 abi = strings.find(b"St7__cxx11") >= 0 if path.endswith("libc10.so") else None
-        value = {"archs": archs.to_dict(), "cxx11": abi}
+        value = {"counts": archs.counts, "containers": archs.containers, "cxx11": abi}
     except (OSError, ElfError, ValueError) as exc:
         value = {"error": str(exc)}
     cache.put(path, value)
@@ -105,10 +106,12 @@ def probe_torch(system: System, ctx: Context, python: PythonEnv) -> TorchFacts:
             continue
         if scanned.get("cxx11") is not None:
             facts.cxx11_abi = scanned["cxx11"]
-        if lib in CUDA_LIBS:
+        if lib in CUDA_LIBS and scanned["containers"]:
             facts.arch_libs.append(lib)
-            archs.sass |= set(scanned["archs"]["sass"])
-            archs.ptx |= set(scanned["archs"]["ptx"])
+            archs.containers += scanned["containers"]
+            for arch, n in scanned["counts"].items():
+                archs.counts[arch] = archs.counts.get(arch, 0) + n
     cache.save()
-    facts.archs = archs.to_dict()
+    sass, ptx, extra = archs.build_archs()
+    facts.archs = {"sass": sass, "ptx": ptx, "extra": extra}
     return facts
