@@ -1,8 +1,10 @@
 """Fact providers by name. Kept apart from the check modules so the CLI can start the slow probes
 before it imports the checks (the Python probe is a subprocess: it overlaps with those imports)."""
 
+from envdoctor.facts.binaries import probe_binaries
 from envdoctor.facts.gpu import probe_gpu
 from envdoctor.facts.host import probe_host
+from envdoctor.facts.imports import probe_imports
 from envdoctor.facts.python_env import probe_python
 from envdoctor.facts.smoke import STAGES, provider_for
 from envdoctor.facts.toolkit import probe_toolkit
@@ -14,6 +16,8 @@ provider("python", probe_python, owner="python.interpreter", timeout="probe_time
 provider("gpu", probe_gpu, owner="gpu.driver", timeout=30.0)
 provider("toolkit", probe_toolkit, owner="gpu.nvcc", timeout=30.0)
 provider("torch", probe_torch, owner="gpu.torch", timeout=30.0, needs=("python",))
+provider("binaries", probe_binaries, owner="binaries.extensions", timeout=30.0, needs=("python", "torch"))
+provider("imports", probe_imports, owner="deep.imports", timeout="smoke_timeout", needs=("binaries",))
 for _stage in STAGES:
     provider(f"smoke_{_stage}", provider_for(_stage), owner=f"deep.{_stage}", timeout="smoke_timeout",
              needs=("gpu",))

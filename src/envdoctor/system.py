@@ -54,6 +54,7 @@ class System:
     def __init__(self, root: str | os.PathLike = "/", env: Mapping[str, str] | None = None,
                  cwd: str | None = None) -> None:
         self.root = Path(root)
+        self._plain = str(self.root) == "/"
         self.env: Mapping[str, str] = dict(os.environ if env is None else env)
         self.cwd = cwd or os.getcwd()
 
@@ -83,7 +84,7 @@ class System:
             return str(resolved)
 
     def exists(self, p: str | os.PathLike) -> bool:
-        return self.path(p).exists()
+        return os.path.exists(str(p) if self._plain else self.path(p))
 
     def is_dir(self, p: str | os.PathLike) -> bool:
         return self.path(p).is_dir()
@@ -95,12 +96,12 @@ class System:
             return []
 
     def stat_key(self, p: str | os.PathLike) -> str | None:
-        """path:size:mtime, for caches of facts derived from a file's content."""
+        """path:size:mtime, for caches of facts derived from a file's content (hot: no pathlib)."""
         try:
-            st = os.stat(self.path(p))
+            st = os.stat(str(p) if self._plain else self.path(p))
         except OSError:
             return None
-        return f"{self.realpath(p)}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{p}:{st.st_size}:{st.st_mtime_ns}"
 
     def write_text(self, p: str | os.PathLike, text: str) -> None:
         """Write atomically: a staging file in the same folder, then os.replace."""

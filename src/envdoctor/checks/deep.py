@@ -4,11 +4,13 @@ and the statically read arch list cross-checked against torch's own."""
 from __future__ import annotations
 
 from envdoctor.checks.gpu import NO_GPU
+from envdoctor.facts.binaries import BinaryFacts
 from envdoctor.facts.gpu import GpuFacts
+from envdoctor.facts.imports import ImportOutcomes
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.smoke import SmokeResult
 from envdoctor.facts.torch_build import TorchFacts
-from envdoctor.model import Remedy, Result, Status, ok, skip
+from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
 from envdoctor.registry import check
 
 STATUS = {"ok": Status.OK, "warn": Status.WARN, "fail": Status.FAIL, "skip": Status.SKIP}
@@ -67,3 +69,29 @@ def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Res
     return Result(Status.WARN, "the archs read from torch's libraries differ from torch.cuda.get_arch_list()", [
         f"read from fat binaries: {', '.join(sorted(static))}", f"torch.cuda.get_arch_list(): {', '.join(runtime)}",
         "envdoctor's static arch check may be wrong for this build; the smoke test result above is authoritative."])
+
+
+@check("deep.imports", "Extensions loaded for real", "Deep",
+       "every compiled extension imported (or dlopen'ed) after torch in a subprocess, against the prediction",
+       needs=("imports", "binaries"), deep=True, timeout=5.0)
+def imports(imports: ImportOutcomes, binaries: BinaryFacts) -> Result:
+    items = []
+    for ext in binaries.extensions:
+        real = imports.outcomes.get(ext.path)
+        if ext.unused or real is None:
+            continue
+        name = ext.module or ext.path.rsplit("/", 1)[-1]
+        predicted_ok = not ext.will_fail
+        if predicted_ok == real["ok"]:
+            items.append(Item(Status.OK, f"{name}: {'loads' if real['ok'] else 'fails'}, as predicted"))
+        else:
+            items.append(Item(Status.FAIL, f"{name}: predicted to {'load' if predicted_ok else 'fail'}, but it "
+                                           f"{'loads' if real['ok'] else 'fails'}",
+                              (real["error"] or "loaded without error",),
+                              Remedy(text="A disagreement is a gap in envdoctor's scan: please report it with "
+                                          "`envdoctor check --deep --json`.")))
+    if not items:
+        return skip("no compiled extensions link against torch")
+    agreed = sum(1 for i in items if i.status == Status.OK)
+    return from_items(items, f"{agreed} extensions loaded for real: every prediction held",
+                      f"{len(items) - agreed} of {len(items)} predictions disagreed with a real load")

@@ -1,0 +1,140 @@
+"""Compiled extensions against the installed torch: predicted import failures, from the ELF files."""
+
+from __future__ import annotations
+
+import re
+
+from envdoctor import tables
+from envdoctor.facts.binaries import BinaryFacts, Extension
+from envdoctor.facts.gpu import GpuFacts
+from envdoctor.facts.host import GiB, HostFacts
+from envdoctor.facts.python_env import PythonEnv
+from envdoctor.facts.torch_build import TorchFacts
+from envdoctor.gpu_compat import companion_pins
+from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
+from envdoctor.pins import pip_install
+from envdoctor.registry import check
+
+FA_TAG = re.compile(r"\+cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
+FA_JOB_GB = 9  # flash-attn's own estimate of one compile job's peak with NVCC_THREADS=4
+
+
+def built_for(ext: Extension, python: PythonEnv) -> str | None:
+    """The torch an extension was built for, where its version says so."""
+    m = FA_TAG.search(ext.version or "")
+    if m:
+        return m[2]
+    row = tables.load("companions")["by_torch_minor"]
+    minor = ".".join((ext.version or "").split("+")[0].split(".")[:2])
+    for torch_minor, comps in row.items():
+        if comps.get(ext.dist.lower()) == minor:
+            return torch_minor
+    return None
+
+
+def what_fails(ext: Extension) -> str:
+    name = ext.path.rsplit("/", 1)[-1]
+    return f"`import {ext.module}` will fail" if ext.module else f"loading {name} will fail"
+
+
+def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, tuple[str, ...]]:
+    head = what_fails(ext)
+    details = []
+    if ext.unresolved:
+        libs = ", ".join(u["name"] for u in ext.unresolved)
+        cuda_libs = [u["name"] for u in ext.unresolved if "cuda" in u["name"]]
+        why = f"{libs} not found"
+        if cuda_libs and not torch.cuda:
+            why += f" ({ext.dist} {ext.version} is a CUDA build; torch {torch.version} is CPU-only)"
+        details += [f"{u['name']}: searched {', '.join(u['searched'])}" for u in ext.unresolved]
+        return f"{head}: {why}", tuple(details)
+    first = ext.missing[0]
+    abi_clash = (ext.abi == "pre-cxx11" and torch.cxx11_abi) or (ext.abi == "cxx11" and torch.cxx11_abi is False)
+    if abi_clash:
+        theirs = "the cxx11 ABI" if torch.cxx11_abi else "the pre-cxx11 ABI"
+        msg = (f"{head}: built with the {ext.abi} C++ ABI, torch {torch.version} uses {theirs}; it needs "
+               f"{first['demangled']}, which torch does not export")
+    else:
+        target = built_for(ext, python)
+        built = f"built for torch {target}, it" if target and target != torch.minor else "it"
+        msg = f"{head}: {built} needs {first['demangled']}, which torch {torch.version} does not export"
+    for m in ext.missing:
+        details.append(f"undefined symbol: {m['mangled']}")
+        details += [f"torch exports instead: {i}" for i in m["instead"]]
+    return msg, tuple(details[:8])
+
+
+def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
+    key = ext.dist.lower().replace("_", "-")
+    if key == "flash-attn":
+        base = (ext.version or "").split("+")[0]
+        jobs = max(1, min((host.cpus_usable or 2) // 2, int((host.mem_available or 0) / GiB // FA_JOB_GB)))
+        archs = ";".join(sorted({f"{g.cc[0]}{g.cc[1]}" for g in gpu.gpus if g.cc})) if gpu.present else ""
+        env = f"MAX_JOBS={jobs} NVCC_THREADS=4" + (f" FLASH_ATTN_CUDA_ARCHS='{archs}'" if archs else "")
+        abi = "TRUE" if torch.cxx11_abi else "FALSE"
+        cu = (torch.cuda or "12").split(".")[0]
+        py = "".join(map(str, python.version[:2]))
+        wheel = (f"flash_attn-{base}+cu{cu}torch{torch.minor}cxx11abi{abi}-cp{py}-cp{py}-linux_x86_64.whl")
+        return Remedy(f"{env} {python.pip_command()} --no-build-isolation --no-cache-dir --force-reinstall "
+                      f"--no-deps 'flash-attn=={base}'",
+                      f"Rebuild it against this torch (MAX_JOBS from {(host.mem_available or 0) / GiB:.0f} GiB free "
+                      f"at ~{FA_JOB_GB} GB a job), or install the release wheel {wheel} if it exists.")
+    if key in ("torchvision", "torchaudio") and torch.minor:
+        pins = companion_pins(torch.minor, [key])
+        if pins:
+            return Remedy(pip_install(python, pins, index_tag=torch.build_tag),
+                          f"Install the {key} built for torch {torch.version}.")
+    return Remedy(f"{python.pip_command()} --force-reinstall --no-deps --no-build-isolation '{ext.dist}=="
+                  f"{(ext.version or '').split('+')[0]}'",
+                  f"Install the {ext.dist} built for torch {torch.version}, or rebuild it against it.")
+
+
+@check("binaries.extensions", "Compiled extensions", "Binaries",
+       "every installed shared object linking torch or CUDA: libraries that will not load, torch symbols "
+       "torch does not export, C++ ABI", needs=("binaries", "torch", "python", "gpu", "host"))
+def extensions(binaries: BinaryFacts, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Result:
+    if not torch.installed:
+        return skip("torch is not installed")
+    items = []
+    for ext in binaries.extensions:
+        if not ext.will_fail:
+            continue
+        msg, details = explain(ext, torch, python)
+        items.append(Item(Status.FAIL, msg, details, remedy_for(ext, torch, python, gpu, host)))
+    used = [e for e in binaries.extensions if not e.unused]
+    cached = f", {binaries.from_cache} from cache" if binaries.from_cache else ""
+    return from_items(items, f"{len(used)} compiled extensions link against torch {torch.version}: all resolve "
+                             f"({binaries.files_scanned} shared objects read in {binaries.seconds * 1000:.0f} ms"
+                             f"{cached})", f"{len(items)} compiled extension(s) will fail to load")
+
+
+@check("binaries.flash_attn", "flash-attn build", "Binaries",
+       "flash-attn's wheel tag (+cuXXtorchX.Ycxx11abiX) against the installed torch, CUDA and ABI",
+       needs=("binaries", "torch", "python", "gpu", "host"))
+def flash_attn(binaries: BinaryFacts, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Result:
+    fa = python.get("flash-attn")
+    if fa is None:
+        return skip("flash-attn is not installed")
+    exts = [e for e in binaries.extensions if e.dist.lower().replace("_", "-") == "flash-attn"]
+    fails = any(e.will_fail for e in exts)
+    m = FA_TAG.search(fa.version or "")
+    if not m:
+        if fails:
+            return Result(Status.FAIL, f"flash-attn {fa.version} was built here from source, for another torch "
+                                       "(see binaries.extensions)")
+        return ok(f"flash-attn {fa.version} was built here from source; its symbols resolve")
+    cu, tminor, abi = m[1], m[2], m[3].upper() == "TRUE"
+    diffs = []
+    if torch.minor and tminor != torch.minor:
+        diffs.append(f"torch {tminor} (installed {torch.version})")
+    if torch.cuda and cu != torch.cuda.split(".")[0]:
+        diffs.append(f"CUDA {cu} (torch has CUDA {torch.cuda})")
+    if torch.cxx11_abi is not None and abi != torch.cxx11_abi:
+        diffs.append(f"cxx11abi{str(abi).upper()} (torch is cxx11abi{str(torch.cxx11_abi).upper()})")
+    if not diffs:
+        return ok(f"flash-attn {fa.version} matches torch {torch.version}")
+    ext = exts[0] if exts else Extension(fa.name, fa.version, fa.path, "flash_attn_2_cuda")
+    status = Status.FAIL if fails else Status.WARN
+    tail = "" if fails else "; its symbols resolve today, but this combination is untested"
+    return Result(status, f"flash-attn {fa.version} was built for {', '.join(diffs)}{tail}", [],
+                  remedy_for(ext, torch, python, gpu, host))
