@@ -104,8 +104,8 @@ def test_companions_match():
 def test_companion_for_other_torch_and_other_cuda():
     r = K.companions(pyenv(TORCH, dist("torchvision", "0.22.0+cu128")))
     assert r.status == Status.FAIL and "needs torchvision 0.23.x" in r.items[0].message
-    assert "'torchvision==0.23.*' 'torch==2.8.0+cu128' --extra-index-url https://download.pytorch.org/whl/cu128" \
-        in r.items[0].remedy.command
+    assert r.items[0].remedy.command == ("/venv/bin/python -m pip install --force-reinstall --no-deps "
+                                         "'torchvision==0.23.*' --index-url https://download.pytorch.org/whl/cu128")
     r = K.companions(pyenv(TORCH, dist("torchaudio", "2.8.0+cu126")))
     assert r.status == Status.FAIL and "cu126 build but torch is cu128" in r.items[0].message
 

@@ -12,7 +12,7 @@ from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.gpu_compat import companion_pins
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
-from envdoctor.pins import pip_install
+from envdoctor.pins import reinstall_companions
 from envdoctor.registry import check
 
 FA_TAG = re.compile(r"\+cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
@@ -33,8 +33,10 @@ def built_for(ext: Extension, python: PythonEnv) -> str | None:
 
 
 def what_fails(ext: Extension) -> str:
-    name = ext.path.rsplit("/", 1)[-1]
-    return f"`import {ext.module}` will fail" if ext.module else f"loading {name} will fail"
+    if ext.module:
+        return f"`import {ext.module}` will fail"
+    rel = ext.path.split("/site-packages/", 1)[-1] if "/site-packages/" in ext.path else ext.path.rsplit("/", 1)[-1]
+    return f"loading {rel} will fail"
 
 
 def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, tuple[str, ...]]:
@@ -82,7 +84,7 @@ def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFac
     if key in ("torchvision", "torchaudio") and torch.minor:
         pins = companion_pins(torch.minor, [key])
         if pins:
-            return Remedy(pip_install(python, pins, index_tag=torch.build_tag),
+            return Remedy(reinstall_companions(python, pins, torch.build_tag),
                           f"Install the {key} built for torch {torch.version}.")
     return Remedy(f"{python.pip_command()} --force-reinstall --no-deps --no-build-isolation '{ext.dist}=="
                   f"{(ext.version or '').split('+')[0]}'",

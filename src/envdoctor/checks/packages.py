@@ -8,7 +8,7 @@ from packaging.version import Version
 from envdoctor import deps, tables
 from envdoctor.facts.python_env import Distribution, PythonEnv, normalize
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
-from envdoctor.pins import pip_install, torch_build_tag
+from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
 from envdoctor.registry import check
 
 
@@ -127,7 +127,7 @@ def _companion_item(python: PythonEnv, torch: Distribution, name: str, want: str
     crel, trel = _release(comp.version), _release(torch.version)
     tminor = ".".join(map(str, trel[:2]))
     tag = torch_build_tag(torch.version)
-    fix = (Remedy(pip_install(python, [f"{name}=={want}.*"], index_tag=tag),
+    fix = (Remedy(reinstall_companions(python, [f"{name}=={want}.*"], tag),
                   f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".")
            if want else Remedy(f"{python.pip_command('uninstall -y')} {name}",
                                f"No {name} release exists for torch {tminor}: remove it or change torch."))
