@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import venv
 
 import pytest
 from elfbuild import build_site
@@ -25,10 +26,12 @@ OLD = "_ZN3c104cuda29c10_cuda_check_implementationEiPKcS2_jb"
 def scanned(tmp_path_factory):
     root = tmp_path_factory.mktemp("bin")
     built = build_site(root / "site", root / "build")
+    # A bare venv: what the test interpreter itself has installed (a real torch, say) stays out of sight.
+    venv.EnvBuilder(with_pip=False).create(root / "venv")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / "site"), "PYTHONNOUSERSITE": "1",
            "HOME": str(root / "home")}
     system = System(env=env, cwd=str(root))
-    ctx = Context(python=sys.executable, python_reason="test", smoke_timeout=60)
+    ctx = Context(python=str(root / "venv" / "bin" / "python"), python_reason="test", smoke_timeout=60)
     py = probe_python(system, ctx)
     torch = probe_torch(system, ctx, py)
     facts = probe_binaries(system, ctx, py, torch)
