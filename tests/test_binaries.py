@@ -119,3 +119,16 @@ def test_gnu_hash_lookup_agrees_with_the_full_table(scanned):
         defined, _ = elf.dynamic_symbols()
         assert defined and all(elf.exports(n) for n in defined)
         assert not elf.exports(OLD) and not elf.exports("no_such_symbol")
+
+
+def test_torch_extension_built_for_another_cuda_major_cannot_work():
+    from envdoctor.facts.binaries import _cuda_conflict
+    from envdoctor.facts.torch_build import TorchFacts
+    cu13 = TorchFacts(True, "2.11.0+cu130", "cu130", "13.0")
+    needed = ["libc10.so", "libtorch.so", "libcudart.faf08d9a.so.12", "libstdc++.so.6"]
+    major, conflicts = _cuda_conflict(needed, cu13)
+    assert major == 12 and conflicts[0].startswith("built for CUDA 12; torch 2.11.0+cu130 uses CUDA 13")
+    assert _cuda_conflict(["libc10.so", "libcudart.so.13"], cu13) == (13, [])
+    assert _cuda_conflict(["libcudart.so.12"], cu13) == (12, [])  # not a torch extension (cupy): its own business
+    cpu = TorchFacts(True, "2.13.0+cpu", "cpu", None)
+    assert _cuda_conflict(["libtorch.so", "libcudart.so.13"], cpu)[1] == ["built for CUDA 13; torch 2.13.0+cpu has no CUDA"]

@@ -33,10 +33,7 @@ def built_for(ext: Extension, python: PythonEnv) -> str | None:
 
 
 def what_fails(ext: Extension) -> str:
-    if ext.module:
-        return f"`import {ext.module}` will fail"
-    rel = ext.path.split("/site-packages/", 1)[-1] if "/site-packages/" in ext.path else ext.path.rsplit("/", 1)[-1]
-    return f"loading {rel} will fail"
+    return f"`import {ext.module}` will fail" if ext.module else f"loading {ext.rel} will fail"
 
 
 def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, tuple[str, ...]]:
@@ -50,6 +47,8 @@ def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, 
             why += f" ({ext.dist} {ext.version} is a CUDA build; torch {torch.version} is CPU-only)"
         details += [f"{u['name']}: searched {', '.join(u['searched'])}" for u in ext.unresolved]
         return f"{head}: {why}", tuple(details)
+    if not ext.missing:  # it links, but cannot work beside this torch
+        return f"{head}: {ext.conflicts[0]}", tuple(ext.conflicts[1:])
     first = ext.missing[0]
     abi_clash = (ext.abi == "pre-cxx11" and torch.cxx11_abi) or (ext.abi == "cxx11" and torch.cxx11_abi is False)
     if abi_clash:
@@ -135,7 +134,7 @@ def flash_attn(binaries: BinaryFacts, torch: TorchFacts, python: PythonEnv, gpu:
         diffs.append(f"cxx11abi{str(abi).upper()} (torch is cxx11abi{str(torch.cxx11_abi).upper()})")
     if not diffs:
         return ok(f"flash-attn {fa.version} matches torch {torch.version}")
-    ext = exts[0] if exts else Extension(fa.name, fa.version, fa.path, "flash_attn_2_cuda")
+    ext = exts[0] if exts else Extension(fa.name, fa.version, fa.path, "", "flash_attn_2_cuda")
     status = Status.FAIL if fails else Status.WARN
     tail = "" if fails else "; its symbols resolve today, but this combination is untested"
     return Result(status, f"flash-attn {fa.version} was built for {', '.join(diffs)}{tail}", [],

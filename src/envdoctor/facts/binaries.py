@@ -26,6 +26,7 @@ CUDA_LIB = re.compile(r"^lib(cuda|cudart|cublas|cublasLt|cusparse|cusolver|curan
 TORCH_SYMBOL = re.compile(r"^_Z(?:T[VIS])?N[KVRO]*(?:3c10|2at|5torch|6caffe2)")
 OLD_STRING = re.compile(r"(?:RK|PK|E|I|_)Ss")
 BNB_VARIANT = re.compile(r"libbitsandbytes_(cuda\d+|cpu|rocm[\w.]*|xpu|mps)\.so$")
+CUDART = re.compile(r"^libcudart[\w.-]*\.so\.(\d+)")  # also auditwheel's libcudart.faf08d9a.so.12
 
 
 @dataclass
@@ -33,16 +34,19 @@ class Extension:
     dist: str
     version: str | None
     path: str
+    rel: str                           # path inside its site-packages folder
     module: str | None                 # import name for Python extension modules, None for plain libraries
     needed: list[str] = field(default_factory=list)
     unresolved: list[dict] = field(default_factory=list)   # {name, searched}
     missing: list[dict] = field(default_factory=list)      # {mangled, demangled, instead}
     abi: str | None = None             # "cxx11", "pre-cxx11", None: no std::string in torch calls
     unused: str | None = None          # why this file is never loaded in this environment
+    cuda_major: int | None = None      # the CUDA runtime it was built against (from its libcudart)
+    conflicts: list[str] = field(default_factory=list)  # loads, but cannot work with this torch
 
     @property
     def will_fail(self) -> bool:
-        return not self.unused and bool(self.unresolved or self.missing)
+        return not self.unused and bool(self.unresolved or self.missing or self.conflicts)
 
 
 @dataclass
@@ -200,10 +204,11 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
                     cache.put(path, info)
                 if not info or not info.get("related"):
                     continue
-                ext = Extension(dist.name or dist.key, dist.version, path,
+                ext = Extension(dist.name or dist.key, dist.version, path, path[len(dist.location) + 1:],
                                 _module_name(path, dist.location) if info.get("pyinit") else None,
                                 info["needed"], abi=_abi(info.get("torch_symbols", [])),
                                 unused=_unused(path, torch, system.env))
+                ext.cuda_major, ext.conflicts = _cuda_conflict(info["needed"], torch)
                 origin = path.rsplit("/", 1)[0]
                 siblings = []
                 for name in info["needed"]:
@@ -248,3 +253,21 @@ def _not_in_siblings(system: System, missing: list[str], siblings: list[str]) ->
         except (OSError, ElfError):
             continue
     return still
+
+
+def _cuda_conflict(needed: list[str], torch: TorchFacts) -> tuple[int | None, list[str]]:
+    """A torch extension built for another CUDA major than torch's: two CUDA runtimes in one process,
+    its kernels and torch's tensors on different ones. (Seen for real: torchvision 0.25's image.so, a CUDA 12
+    build, aborts the interpreter when loaded beside torch 2.11+cu130.)"""
+    majors = {int(m[1]) for n in needed for m in [CUDART.match(n)] if m}
+    major = max(majors) if majors else None
+    links_torch = any(TORCH_LIB.match(n) for n in needed)
+    want = torch.cuda_tuple[0] if torch.cuda_tuple else None
+    if major is None or not links_torch:
+        return major, []
+    if want is None:
+        return major, [f"built for CUDA {major}; torch {torch.version} has no CUDA"]
+    if major != want:
+        return major, [f"built for CUDA {major}; torch {torch.version} uses CUDA {want}: two CUDA runtimes in "
+                       "one process, and torch's tensors are not this runtime's"]
+    return major, []
