@@ -87,9 +87,9 @@ def test_check_reports_what_will_happen_and_why(scanned, tmp_path):
     r = B.extensions(facts, torch, py, GpuFacts(None), probe_host(linux_box(tmp_path / "h"), ctx))
     assert r.status == Status.FAIL and r.message == "3 compiled extension(s) will fail to load"
     msgs = sorted(i.message for i in r.items)
-    assert msgs[0].startswith("loading ext_abi.so will fail: built with the pre-cxx11 C++ ABI")
-    assert msgs[1] == "loading ext_missing.so will fail: libabsent.so not found"
-    assert msgs[2] == ("loading ext_old.so will fail: it needs c10::cuda::c10_cuda_check_implementation(int, "
+    assert msgs[0].startswith("loading fakeext/ext_abi.so will fail: built with the pre-cxx11 C++ ABI")
+    assert msgs[1] == "loading fakeext/ext_missing.so will fail: libabsent.so not found"
+    assert msgs[2] == ("loading fakeext/ext_old.so will fail: it needs c10::cuda::c10_cuda_check_implementation(int, "
                        "char const*, char const*, unsigned int, bool), which torch 2.9.0+cpu does not export")
 
 
