@@ -128,7 +128,39 @@ def test_torch_extension_built_for_another_cuda_major_cannot_work():
     needed = ["libc10.so", "libtorch.so", "libcudart.faf08d9a.so.12", "libstdc++.so.6"]
     major, conflicts = _cuda_conflict(needed, cu13)
     assert major == 12 and conflicts[0].startswith("built for CUDA 12; torch 2.11.0+cu130 uses CUDA 13")
+    from envdoctor.facts.binaries import Extension
+    ext = Extension("torchvision", "0.25.0", "/s/torchvision/image.so", "torchvision/image.so", None, needed,
+                    cuda_major=12, conflicts=conflicts)
+    assert not ext.will_fail  # it loads (its own CUDA 12 runtime): a warning, not a predicted load failure
     assert _cuda_conflict(["libc10.so", "libcudart.so.13"], cu13) == (13, [])
     assert _cuda_conflict(["libcudart.so.12"], cu13) == (12, [])  # not a torch extension (cupy): its own business
     cpu = TorchFacts(True, "2.13.0+cpu", "cpu", None)
     assert _cuda_conflict(["libtorch.so", "libcudart.so.13"], cpu)[1] == ["built for CUDA 13; torch 2.13.0+cpu has no CUDA"]
+
+
+def test_shadowed_distribution_is_never_loaded(tmp_path):
+    """torchvision 0.25 first on sys.path shadows 0.26: 0.26's libraries are never imported."""
+    from elfbuild import C10, gxx
+    from envbuild import dist, pyenv
+    from envdoctor.facts.torch_build import TorchFacts
+    from envdoctor.system import System as RealSystem
+    torch_dir = tmp_path / "torch"
+    (torch_dir / "lib").mkdir(parents=True)
+    gxx(torch_dir / "lib" / "libc10.so", C10)
+    for site in ("a", "b"):
+        (tmp_path / site / "tv").mkdir(parents=True)
+        gxx(tmp_path / site / "tv" / "_C.so", "int f() { return 0; }\n", f"-L{torch_dir / 'lib'}", "-Wl,--no-as-needed",
+            "-lc10")
+        info = tmp_path / site / f"tv-{site}.dist-info"
+        info.mkdir()
+        (info / "RECORD").write_text("tv/_C.so,,\n")
+    first = dist("tv", "0.25.0", site=str(tmp_path / "a"))
+    first.path = str(tmp_path / "a" / "tv-a.dist-info")
+    second = dist("tv", "0.26.0", site=str(tmp_path / "b"))
+    second.path = str(tmp_path / "b" / "tv-b.dist-info")
+    torch = TorchFacts(True, "2.11.0+cu130", "cu130", "13.0", path=str(torch_dir))
+    sysm = RealSystem(env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    facts = probe_binaries(sysm, Context("/x/python", "t"), pyenv(first, second), torch)
+    by_version = {e.version: e for e in facts.extensions}
+    assert by_version["0.25.0"].unused is None
+    assert by_version["0.26.0"].unused == "shadowed by tv 0.25.0 earlier on sys.path: never imported"

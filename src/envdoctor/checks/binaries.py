@@ -47,8 +47,6 @@ def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, 
             why += f" ({ext.dist} {ext.version} is a CUDA build; torch {torch.version} is CPU-only)"
         details += [f"{u['name']}: searched {', '.join(u['searched'])}" for u in ext.unresolved]
         return f"{head}: {why}", tuple(details)
-    if not ext.missing:  # it links, but cannot work beside this torch
-        return f"{head}: {ext.conflicts[0]}", tuple(ext.conflicts[1:])
     first = ext.missing[0]
     abi_clash = (ext.abi == "pre-cxx11" and torch.cxx11_abi) or (ext.abi == "cxx11" and torch.cxx11_abi is False)
     if abi_clash:
@@ -98,15 +96,20 @@ def extensions(binaries: BinaryFacts, torch: TorchFacts, python: PythonEnv, gpu:
         return skip("torch is not installed")
     items = []
     for ext in binaries.extensions:
-        if not ext.will_fail:
-            continue
-        msg, details = explain(ext, torch, python)
-        items.append(Item(Status.FAIL, msg, details, remedy_for(ext, torch, python, gpu, host)))
+        if ext.will_fail:
+            msg, details = explain(ext, torch, python)
+            items.append(Item(Status.FAIL, msg, details, remedy_for(ext, torch, python, gpu, host)))
+        elif ext.conflicts and not ext.unused:
+            items.append(Item(Status.WARN, f"{ext.rel} loads, but was {ext.conflicts[0]}", (),
+                              remedy_for(ext, torch, python, gpu, host)))
     used = [e for e in binaries.extensions if not e.unused]
     cached = f", {binaries.from_cache} from cache" if binaries.from_cache else ""
+    failing = sum(1 for i in items if i.status == Status.FAIL)
     return from_items(items, f"{len(used)} compiled extensions link against torch {torch.version}: all resolve "
                              f"({binaries.files_scanned} shared objects read in {binaries.seconds * 1000:.0f} ms"
-                             f"{cached})", f"{len(items)} compiled extension(s) will fail to load")
+                             f"{cached})",
+                      f"{failing} compiled extension(s) will fail to load" if failing else
+                      f"{len(items)} compiled extension(s) do not fit torch {torch.version}")
 
 
 @check("binaries.flash_attn", "flash-attn build", "Binaries",

@@ -80,7 +80,7 @@ def imports(imports: ImportOutcomes, binaries: BinaryFacts) -> Result:
         real = imports.outcomes.get(ext.path)
         if ext.unused or real is None:
             continue
-        name = ext.module or ext.path.rsplit("/", 1)[-1]
+        name = ext.module or ext.rel
         predicted_ok = not ext.will_fail
         if predicted_ok == real["ok"]:
             items.append(Item(Status.OK, f"{name}: {'loads' if real['ok'] else 'fails'}, as predicted"))

@@ -42,11 +42,12 @@ class Extension:
     abi: str | None = None             # "cxx11", "pre-cxx11", None: no std::string in torch calls
     unused: str | None = None          # why this file is never loaded in this environment
     cuda_major: int | None = None      # the CUDA runtime it was built against (from its libcudart)
-    conflicts: list[str] = field(default_factory=list)  # loads, but cannot work with this torch
+    conflicts: list[str] = field(default_factory=list)  # it loads, but does not fit this torch
 
     @property
     def will_fail(self) -> bool:
-        return not self.unused and bool(self.unresolved or self.missing or self.conflicts)
+        """Loading it will fail (what --deep checks against a real load)."""
+        return not self.unused and bool(self.unresolved or self.missing)
 
 
 @dataclass
@@ -194,6 +195,9 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
         for dist in python.distributions:
             if dist.key == "torch" or dist.key.startswith("nvidia-"):
                 continue  # the libraries everything else links against, not extensions of them
+            active = python.get(dist.key)
+            shadowed = (f"shadowed by {active.label} earlier on sys.path: never imported"
+                        if active is not None and active is not dist else None)
             for path in _so_files(system, dist):
                 if path.startswith(skip_dirs):
                     continue
@@ -207,7 +211,7 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
                 ext = Extension(dist.name or dist.key, dist.version, path, path[len(dist.location) + 1:],
                                 _module_name(path, dist.location) if info.get("pyinit") else None,
                                 info["needed"], abi=_abi(info.get("torch_symbols", [])),
-                                unused=_unused(path, torch, system.env))
+                                unused=shadowed or _unused(path, torch, system.env))
                 ext.cuda_major, ext.conflicts = _cuda_conflict(info["needed"], torch)
                 origin = path.rsplit("/", 1)[0]
                 siblings = []
@@ -256,9 +260,9 @@ def _not_in_siblings(system: System, missing: list[str], siblings: list[str]) ->
 
 
 def _cuda_conflict(needed: list[str], torch: TorchFacts) -> tuple[int | None, list[str]]:
-    """A torch extension built for another CUDA major than torch's: two CUDA runtimes in one process,
-    its kernels and torch's tensors on different ones. (Seen for real: torchvision 0.25's image.so, a CUDA 12
-    build, aborts the interpreter when loaded beside torch 2.11+cu130.)"""
+    """A torch extension built for another CUDA major than torch's. It may still load (torchvision's
+    image.so brings its own libcudart.so.12 and loads beside torch 2.11+cu130), but then two CUDA runtimes
+    share the process and torch's tensors are not its runtime's."""
     majors = {int(m[1]) for n in needed for m in [CUDART.match(n)] if m}
     major = max(majors) if majors else None
     links_torch = any(TORCH_LIB.match(n) for n in needed)
