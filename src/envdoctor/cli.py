@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timeout for each --deep smoke test (default 120 s)")
     c.add_argument("-v", "--verbose", action="store_true", help="timings, details of passing checks, tracebacks")
     sub.add_parser("checks", help="list every check: id, title and what it looks at")
+    f = sub.add_parser("fix", help="apply the scripted fixes for failing checks: plan, confirm, apply, verify")
+    f.add_argument("ids", nargs="*", metavar="ID", help="fix ids to apply (see `envdoctor check` remedies)")
+    f.add_argument("--all", action="store_true", help="every fix for every failing finding")
+    f.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    f.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    f.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to fix")
+    f.add_argument("--timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
     return p
 
 
@@ -92,6 +99,22 @@ def cmd_check(args) -> int:
     return code
 
 
+def target(args):
+    from envdoctor.context import Context, choose_python
+    from envdoctor.system import System
+    system = System()
+    python, reason = choose_python(args.python, system.env)
+    if args.python and not os.path.exists(python):
+        raise UsageError(f"--python {args.python}: no such interpreter ({python})")
+    return system, Context(python=python, python_reason=reason, probe_timeout=args.timeout)
+
+
+def cmd_fix(args) -> int:
+    from envdoctor.commands.fix import run_fix
+    system, ctx = target(args)
+    return run_fix(args, system, ctx)
+
+
 def cmd_checks(args) -> int:
     from envdoctor import registry
     checks = registry.load()
@@ -108,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return {"check": cmd_check, "checks": cmd_checks}[args.command](args)
+        return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

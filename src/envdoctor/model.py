@@ -30,9 +30,12 @@ class Remedy:
     command: str | None = None
     text: str | None = None
     fix_id: str | None = None
+    # What `envdoctor fix` needs to act (specs to install, an index, build settings): computed by the
+    # check from the facts, so the fix and the printed command never disagree.
+    params: dict | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
-        return {"command": self.command, "text": self.text, "fix_id": self.fix_id}
+        return {"command": self.command, "text": self.text, "fix_id": self.fix_id, "params": self.params}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from envdoctor import tables
+from envdoctor.buildjobs import JOB_GIB, NVCC_THREADS, flash_attn_jobs
 from envdoctor.facts.binaries import BinaryFacts, Extension
 from envdoctor.facts.gpu import GpuFacts
 from envdoctor.facts.host import GiB, HostFacts
@@ -16,7 +17,8 @@ from envdoctor.pins import reinstall_companions
 from envdoctor.registry import check
 
 FA_TAG = re.compile(r"\+cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
-FA_JOB_GB = 9  # flash-attn's own estimate of one compile job's peak with NVCC_THREADS=4
+FA_WHEEL_URL = ("https://github.com/Dao-AILab/flash-attention/releases/download/v{version}/"
+                "flash_attn-{version}+cu{cuda_major}torch{torch_minor}cxx11abi{abi}-cp{py}-cp{py}-linux_x86_64.whl")
 
 
 def built_for(ext: Extension, python: PythonEnv) -> str | None:
@@ -63,26 +65,39 @@ def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, 
     return msg, tuple(details[:8])
 
 
+def flash_attn_wheel_url(version: str, torch: TorchFacts, python: PythonEnv, pattern: str = FA_WHEEL_URL) -> str:
+    """The release wheel flash-attn's own setup.py would look for. `envdoctor fix` takes another pattern
+    from ENVDOCTOR_FLASH_ATTN_WHEEL_URL (a mirror, a wheel house)."""
+    abi = "TRUE" if torch.cxx11_abi else "FALSE"
+    cu = (torch.cuda or "12").split(".")[0]
+    py = "".join(map(str, python.version[:2]))
+    return pattern.format(version=version, cuda_major=cu, torch_minor=torch.minor, abi=abi, py=py)
+
+
+def flash_attn_remedy(version: str, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
+    jobs = flash_attn_jobs(host)
+    archs = ";".join(sorted({f"{g.cc[0]}{g.cc[1]}" for g in gpu.gpus if g.cc})) if gpu.present else ""
+    env = f"MAX_JOBS={jobs} NVCC_THREADS={NVCC_THREADS}" + (f" FLASH_ATTN_CUDA_ARCHS='{archs}'" if archs else "")
+    url = flash_attn_wheel_url(version, torch, python)
+    free = (host.mem_available or 0) / GiB
+    return Remedy(f"{env} {python.pip_command()} --no-build-isolation --no-cache-dir --force-reinstall "
+                  f"--no-deps 'flash-attn=={version}'",
+                  f"Rebuild it against this torch (MAX_JOBS={jobs}: {free:.0f} GiB free at ~{JOB_GIB} GiB a job, "
+                  f"at most the CPUs), or install the release wheel {url.rsplit('/', 1)[-1]} if it exists.",
+                  "flash-attn.rebuild", {"version": version, "wheel_url": url, "max_jobs": jobs,
+                                         "nvcc_threads": NVCC_THREADS, "archs": archs})
+
+
 def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
     key = ext.dist.lower().replace("_", "-")
     if key == "flash-attn":
-        base = (ext.version or "").split("+")[0]
-        jobs = max(1, min((host.cpus_usable or 2) // 2, int((host.mem_available or 0) / GiB // FA_JOB_GB)))
-        archs = ";".join(sorted({f"{g.cc[0]}{g.cc[1]}" for g in gpu.gpus if g.cc})) if gpu.present else ""
-        env = f"MAX_JOBS={jobs} NVCC_THREADS=4" + (f" FLASH_ATTN_CUDA_ARCHS='{archs}'" if archs else "")
-        abi = "TRUE" if torch.cxx11_abi else "FALSE"
-        cu = (torch.cuda or "12").split(".")[0]
-        py = "".join(map(str, python.version[:2]))
-        wheel = (f"flash_attn-{base}+cu{cu}torch{torch.minor}cxx11abi{abi}-cp{py}-cp{py}-linux_x86_64.whl")
-        return Remedy(f"{env} {python.pip_command()} --no-build-isolation --no-cache-dir --force-reinstall "
-                      f"--no-deps 'flash-attn=={base}'",
-                      f"Rebuild it against this torch (MAX_JOBS from {(host.mem_available or 0) / GiB:.0f} GiB free "
-                      f"at ~{FA_JOB_GB} GB a job), or install the release wheel {wheel} if it exists.")
+        return flash_attn_remedy((ext.version or "").split("+")[0], torch, python, gpu, host)
     if key in ("torchvision", "torchaudio") and torch.minor:
         pins = companion_pins(torch.minor, [key])
         if pins:
             return Remedy(reinstall_companions(python, pins, torch.build_tag),
-                          f"Install the {key} built for torch {torch.version}.")
+                          f"Install the {key} built for torch {torch.version}.", "packages.align-companions",
+                          {"specs": pins, "index_tag": torch.build_tag, "reinstall": True})
     return Remedy(f"{python.pip_command()} --force-reinstall --no-deps --no-build-isolation '{ext.dist}=="
                   f"{(ext.version or '').split('+')[0]}'",
                   f"Install the {ext.dist} built for torch {torch.version}, or rebuild it against it.")

@@ -20,10 +20,14 @@ def _cuda(t: tuple[int, int] | None) -> str:
     return f"{t[0]}.{t[1]}" if t else "?"
 
 
-def torch_command(python: PythonEnv, build: Build) -> str:
+def torch_specs(python: PythonEnv, build: Build) -> list[str]:
     installed = [n for n in ("torchvision", "torchaudio") if python.get(n)]
     minor = ".".join(build.version.split(".")[:2])
-    specs = [f"torch=={build.version}"] + companion_pins(minor, installed)
+    return [f"torch=={build.version}"] + companion_pins(minor, installed)
+
+
+def torch_command(python: PythonEnv, build: Build) -> str:
+    specs = torch_specs(python, build)
     return f"{python.pip_command()} " + " ".join(f"'{s}'" for s in specs) + f" --index-url {build.index_url}"
 
 
@@ -36,7 +40,8 @@ def _torch_remedy(python: PythonEnv, gpu: GpuFacts, torch: TorchFacts, why: str)
     if not driver_ok:
         text += (f" It needs a driver for CUDA {_cuda(tuple(int(x) for x in [build.tag[2:-1], build.tag[-1]]))}"
                  f" (≥ {min_driver((int(build.tag[2:-1]), int(build.tag[-1])))}): upgrade the driver first.")
-    return Remedy(torch_command(python, build), text)
+    return Remedy(torch_command(python, build), text, "torch.reinstall",
+                  {"specs": torch_specs(python, build), "index_url": build.index_url})
 
 
 @check("gpu.driver", "NVIDIA driver", "GPU", "the driver answers (NVML, else nvidia-smi) and its CUDA level",
@@ -132,7 +137,8 @@ def driver_cuda(gpu: GpuFacts, torch: TorchFacts, host: HostFacts, python: Pytho
     text = f"Upgrade the {where} to ≥ {bundled}, or install the build for this driver."
     return fail(f"driver {gpu.driver} supports CUDA ≤ {_cuda(have)}, but torch {torch.version} needs CUDA "
                 f"{torch.cuda}", ["CUDA initialisation fails: 'The NVIDIA driver on your system is too old'."],
-                Remedy(remedy.command, text + (" " + remedy.text if remedy.text else "")))
+                Remedy(remedy.command, text + (" " + remedy.text if remedy.text else ""), remedy.fix_id,
+                       remedy.params))
 
 
 @check("gpu.arch", "Kernels for this GPU", "GPU",

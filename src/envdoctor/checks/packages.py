@@ -45,8 +45,9 @@ def requirements(python: PythonEnv) -> Result:
         torch_changes |= key == "torch"
         for u in group:
             cmd = pip_install(python, [spec], keep_torch=key != "torch") if spec else None
+            fix = ("packages.install-missing", {"specs": [spec]}) if spec and key != "torch" else (None, None)
             items.append(Item(Status.FAIL, _why(u), (conflict,) if conflict else (),
-                              Remedy(cmd, None if spec else conflict)))
+                              Remedy(cmd, None if spec else conflict, *fix)))
         if spec:
             install.append(spec)
     for b in bad:
@@ -57,7 +58,9 @@ def requirements(python: PythonEnv) -> Result:
         tag = torch_build_tag(python.get("torch").version) if torch_changes and python.get("torch") else None
         remedy = Remedy(pip_install(python, install, keep_torch=not torch_changes, index_tag=tag),
                         "This changes torch itself; its companions must follow." if torch_changes else
-                        "torch stays pinned at the installed build.")
+                        "torch stays pinned at the installed build.",
+                        None if torch_changes else "packages.install-missing",
+                        None if torch_changes else {"specs": install})
     n_missing = sum(1 for u in unmet if u.installed is None)
     n_conflict = len(unmet) - n_missing
     parts = [f"{n_missing} missing" if n_missing else "", f"{n_conflict} version conflicts" if n_conflict else "",
@@ -128,7 +131,8 @@ def _companion_item(python: PythonEnv, torch: Distribution, name: str, want: str
     tminor = ".".join(map(str, trel[:2]))
     tag = torch_build_tag(torch.version)
     fix = (Remedy(reinstall_companions(python, [f"{name}=={want}.*"], tag),
-                  f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".")
+                  f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".",
+                  "packages.align-companions", {"specs": [f"{name}=={want}.*"], "index_tag": tag, "reinstall": True})
            if want else Remedy(f"{python.pip_command('uninstall -y')} {name}",
                                f"No {name} release exists for torch {tminor}: remove it or change torch."))
     if want is None:
@@ -161,7 +165,8 @@ def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item |
         else any(trel[:3] == Version(t).release for t in r["torch"]))]
     supports = row.get("torch") or [f">= {row['torch_min']}"]
     remedy = (Remedy(pip_install(python, [f"torchao=={wanted[-1]}"]),
-                     f"torchao {wanted[-1]} is built for torch {torch.version}.") if wanted else
+                     f"torchao {wanted[-1]} is built for torch {torch.version}.", "packages.align-companions",
+                     {"specs": [f"torchao=={wanted[-1]}"], "index_tag": None, "reinstall": False}) if wanted else
               Remedy(text=f"No torchao release in the table supports torch {torch.version}."))
     return Item(Status.WARN, f"{ao.label} is built for torch {', '.join(supports)}, not {torch.version}",
                 ("torchao then skips its C++ extensions ('Skipping import of cpp extensions') and runs "

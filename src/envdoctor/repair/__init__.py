@@ -1,0 +1,1 @@
+"""Fixes: plan (from the remedies checks computed) → show → apply with rollback → verify."""

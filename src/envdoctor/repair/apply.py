@@ -1,0 +1,89 @@
+"""Applying plans: record the environment, run the steps with a log, restore on failure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envdoctor.assets import asset
+from envdoctor.repair.plan import Plan
+from envdoctor.system import System
+
+
+def freeze(system: System, python: str) -> dict[str, str]:
+    """name -> requirement line, exactly as `pip freeze --all` prints it."""
+    res = system.run([python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"], timeout=120.0)
+    if not res.ok:
+        raise RuntimeError(f"pip freeze failed: {res.describe()}: {res.stderr.strip()[-300:]}")
+    out = {}
+    for line in res.stdout.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name = line.split("==")[0].split(" @ ")[0].strip().lower().replace("_", "-")
+            out[name] = line
+    return out
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    ok: bool
+    seconds: float = 0.0
+    failed_step: str | None = None
+    tail: list[str] = field(default_factory=list)
+    restored: bool | None = None      # None: nothing needed restoring
+    restore_problems: list[str] = field(default_factory=list)
+
+
+def restore(system: System, python: str, before: dict[str, str], log) -> list[str]:
+    """Put the environment back to `before`; returns what could not be restored (empty: exact)."""
+    now = freeze(system, python)
+    added = sorted(set(now) - set(before))
+    changed = sorted(n for n in before if now.get(n) != before[n])
+    if added:
+        res = system.run([python, "-m", "pip", "uninstall", "-y", *added], timeout=600.0)
+        log(res)
+    if changed:
+        res = system.run([python, "-m", "pip", "install", "--no-deps", "--force-reinstall",
+                          "--disable-pip-version-check", *[before[n] for n in changed]], timeout=1800.0)
+        log(res)
+    after = freeze(system, python)
+    return [f"{n}: {after.get(n, 'absent')} (was {before.get(n, 'absent')})"
+            for n in sorted(set(after) | set(before)) if after.get(n) != before.get(n)]
+
+
+def apply(system: System, python: str, plan: Plan, log_path: Path, progress) -> Outcome:
+    start = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log_path, "a", encoding="utf-8")
+
+    def log(res) -> None:
+        fh.write(f"$ {' '.join(res.argv)}\n{res.stdout}{res.stderr}\n[exit {res.returncode}]\n")
+        fh.flush()
+
+    try:
+        before = freeze(system, python)
+        fh.write(f"# envdoctor fix {plan.fix_id}\n# before:\n" + "".join(f"#   {v}\n" for v in before.values()))
+        env = dict(system.env, PYTHON=python)
+        constraint = None
+        if plan.pin_torch:
+            constraint = log_path.with_suffix(".constraints.txt")
+            constraint.write_text(plan.pin_torch + "\n")
+            env["PIP_CONSTRAINT"] = str(constraint)
+        for i, step in enumerate(plan.steps, 1):
+            progress(f"  [{i}/{len(plan.steps)}] {step.description} …")
+            res = system.run(["bash", str(asset("fixes", step.script)), *step.args], timeout=step.timeout,
+                             env={**env, **step.env})
+            log(res)
+            if not res.ok:
+                out = Outcome(plan, False, failed_step=step.description,
+                              tail=(res.stdout + res.stderr).strip().splitlines()[-15:] or [res.describe()])
+                progress("  failed; restoring the environment as it was …")
+                out.restore_problems = restore(system, python, before, log)
+                out.restored = not out.restore_problems
+                out.seconds = time.monotonic() - start
+                return out
+        return Outcome(plan, True, time.monotonic() - start)
+    finally:
+        fh.close()

@@ -1,0 +1,134 @@
+"""Plans: what a fix will run, with which parameters, and which checks it must turn green.
+
+A planner turns the params of every failing finding that names its fix id into steps. Each step runs
+one script from fixes/ with environment variables and arguments; nothing else is executed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable
+
+from envdoctor.checks.binaries import FA_WHEEL_URL, flash_attn_wheel_url
+from envdoctor.facts.python_env import PythonEnv
+from envdoctor.facts.torch_build import TorchFacts
+from envdoctor.pins import index_url
+
+
+@dataclass
+class Step:
+    description: str
+    script: str                      # a file in fixes/
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float = 1800.0
+
+    def shell(self, script_path: str) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return f"{env} bash {shlex.quote(script_path)} " + " ".join(shlex.quote(a) for a in self.args)
+
+
+@dataclass
+class Plan:
+    fix_id: str
+    title: str
+    steps: list[Step]
+    targets: list[str]               # check ids that must pass afterwards
+    pin_torch: str | None = None     # "torch==2.8.0+cu128" written to a constraints file, or None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Fix:
+    id: str
+    title: str
+    targets: tuple[str, ...]
+    planner: Callable[..., Plan | None]
+
+
+def _specs(params: list[dict]) -> list[str]:
+    seen: list[str] = []
+    for p in params:
+        for s in p.get("specs", []):
+            if s not in seen:
+                seen.append(s)
+    return seen
+
+
+def _pin(python: PythonEnv, torch: TorchFacts | None) -> str | None:
+    dist = python.get("torch")
+    version = (torch.version if torch and torch.installed else None) or (dist.version if dist else None)
+    return f"torch=={version}" if version else None
+
+
+def plan_install_missing(params, python, torch, env) -> Plan | None:
+    specs = _specs(params)
+    if not specs:
+        return None
+    pin = _pin(python, torch)
+    # One pip call each: a failure names its package, and the ones before it are rolled back.
+    steps = [Step(f"install {s}", "pip-install.sh", [s]) for s in specs]
+    return Plan("packages.install-missing", "Install missing and conflicting requirements", steps,
+                list(FIXES["packages.install-missing"].targets), pin,
+                [f"torch stays {pin.split('==')[1]} (constraints file)"] if pin else [])
+
+
+def plan_align_companions(params, python, torch, env) -> Plan | None:
+    steps = []
+    for p in params:
+        for spec in p.get("specs", []):
+            url = index_url(p.get("index_tag"))
+            args = (["--force-reinstall", "--no-deps"] if p.get("reinstall") else []) + [spec]
+            args += ["--index-url", url] if url else []
+            desc = f"install {spec}" + (f" from {url}" if url else "")
+            if all(s.description != desc for s in steps):
+                steps.append(Step(desc, "pip-install.sh", args))
+    if not steps:
+        return None
+    pin = _pin(python, torch)
+    return Plan("packages.align-companions", "Install the torchvision/torchaudio/torchao built for this torch",
+                steps, list(FIXES["packages.align-companions"].targets), pin,
+                ["--no-deps and a constraints file: torch itself is not touched"])
+
+
+def plan_torch_reinstall(params, python, torch, env) -> Plan | None:
+    if not params:
+        return None
+    p = params[0]
+    return Plan("torch.reinstall", "Install the PyTorch build for these GPUs and this driver",
+                [Step(f"install {' '.join(p['specs'])} from {p['index_url']}", "pip-install.sh",
+                      list(p["specs"]) + ["--index-url", p["index_url"]], timeout=3600.0)],
+                list(FIXES["torch.reinstall"].targets), None,
+                ["this fix exists to change torch: no constraints file",
+                 "packages built against the old torch (flash-attn) may need rebuilding afterwards"])
+
+
+def plan_flash_attn(params, python, torch, env) -> Plan | None:
+    if not params:
+        return None
+    p = params[0]
+    pattern = env.get("ENVDOCTOR_FLASH_ATTN_WHEEL_URL")
+    url = flash_attn_wheel_url(p["version"], torch, python, pattern) if pattern else p["wheel_url"]
+    step_env = {"FA_VERSION": p["version"], "FA_WHEEL_URL": url, "MAX_JOBS": str(p["max_jobs"]),
+                "NVCC_THREADS": str(p["nvcc_threads"]), "FLASH_ATTN_CUDA_ARCHS": p["archs"]}
+    return Plan("flash-attn.rebuild", "Replace flash-attn with a build for this torch",
+                [Step(f"flash-attn {p['version']}: prebuilt wheel if one matches, else a source build",
+                      "flash-attn.sh", [], step_env, timeout=4 * 3600.0)],
+                list(FIXES["flash-attn.rebuild"].targets), _pin(python, torch),
+                [f"wheel tried first: {url}" + (" (FA pattern from ENVDOCTOR_FLASH_ATTN_WHEEL_URL)" if pattern
+                                                  else f" (pattern {FA_WHEEL_URL.split('/download/')[0]}/…)"),
+                 f"source build: MAX_JOBS={p['max_jobs']} NVCC_THREADS={p['nvcc_threads']} "
+                 f"FLASH_ATTN_CUDA_ARCHS={p['archs'] or '(flash-attn default)'} --no-build-isolation"])
+
+
+FIXES: dict[str, Fix] = {f.id: f for f in (
+    Fix("packages.install-missing", "install missing requirements", ("packages.requirements",),
+        plan_install_missing),
+    Fix("packages.align-companions", "align torchvision/torchaudio/torchao with torch",
+        ("packages.companions", "binaries.extensions"), plan_align_companions),
+    Fix("torch.reinstall", "reinstall torch for the GPU and driver", ("gpu.torch", "gpu.arch", "gpu.driver_cuda"),
+        plan_torch_reinstall),
+    Fix("flash-attn.rebuild", "replace or rebuild flash-attn", ("binaries.extensions", "binaries.flash_attn"),
+        plan_flash_attn),
+)}
