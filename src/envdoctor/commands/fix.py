@@ -42,8 +42,7 @@ def show(plan: Plan, python: str, out) -> None:
         out.write(f"  constraints file: {plan.pin_torch}\n")
     for step in plan.steps:
         out.write(f"  - {step.description}\n")
-        out.write(f"    $ {step.shell(str(asset('fixes', step.script))).replace('  ', ' ')}\n".replace(
-            "bash ", " ".join(f"{k}={v}" for k, v in env.items()) + " bash ", 1))
+        out.write(f"    $ {step.shell(str(asset('fixes', step.script)), env)}\n")
     for note in plan.notes:
         out.write(f"  note: {note}\n")
     out.write(f"  then re-checks: {', '.join(plan.targets)}\n")

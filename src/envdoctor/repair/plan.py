@@ -24,9 +24,11 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float = 1800.0
 
-    def shell(self, script_path: str) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        return f"{env} bash {shlex.quote(script_path)} " + " ".join(shlex.quote(a) for a in self.args)
+    def shell(self, script_path: str, env: dict[str, str]) -> str:
+        """The exact call, as a shell line a user could run."""
+        assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, **self.env}.items())
+        return " ".join(filter(None, (assigned, "bash", shlex.quote(script_path),
+                                      " ".join(shlex.quote(a) for a in self.args))))
 
 
 @dataclass

@@ -1,0 +1,69 @@
+"""Fix plans computed on fake machines (what this machine cannot have: a Blackwell GPU)."""
+
+import io
+
+from envbuild import dist, pyenv
+from fakes import linux_box
+from gpufake import RTX5090, gpu_box, nvml
+
+from envdoctor.checks.binaries import flash_attn_remedy
+from envdoctor.commands.fix import collect, show
+from envdoctor.context import Context
+from envdoctor.facts.gpu import probe_gpu
+from envdoctor.facts.host import probe_host
+from envdoctor.facts.torch_build import TorchFacts
+from envdoctor.model import Item, Result, Status
+from envdoctor.repair.plan import FIXES
+
+CTX = Context("/venv/bin/python", "t")
+TORCH = TorchFacts(True, "2.8.0+cu128", "cu128", "12.8", cxx11_abi=True)
+
+
+def test_flash_attn_plan_on_a_16gb_12_core_blackwell_box(tmp_path):
+    system, py = gpu_box(tmp_path, nvml("570.124.06", 12080, RTX5090), ram=16, avail=15, cpus=12)
+    host, gpu = probe_host(system, CTX), probe_gpu(system, CTX)
+    remedy = flash_attn_remedy("2.8.3", TORCH, py, gpu, host)
+    # MAX_JOBS = max(1, min(12 CPUs, floor(15 GiB available / 7 GiB a job))) = 2
+    assert remedy.params["max_jobs"] == 2 and remedy.params["archs"] == "120"
+    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, {})
+    out = io.StringIO()
+    show(plan, "/venv/bin/python", out)
+    text = out.getvalue()
+    assert "MAX_JOBS=2" in text and "NVCC_THREADS=2" in text and "FLASH_ATTN_CUDA_ARCHS=120" in text
+    assert "--no-build-isolation" in text and "constraints file: torch==2.8.0+cu128" in text
+    assert ("flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp311-cp311-linux_x86_64.whl") in text
+
+
+def test_max_jobs_never_exceeds_the_cpus(tmp_path):
+    host = probe_host(linux_box(tmp_path, ram=512, avail=500, cpus=8), CTX)
+    system, py = gpu_box(tmp_path / "g", nvml("570.124.06", 12080, RTX5090))
+    assert flash_attn_remedy("2.8.3", TORCH, py, probe_gpu(system, CTX), host).params["max_jobs"] == 8
+
+
+def test_wheel_url_pattern_is_configurable(tmp_path):
+    system, py = gpu_box(tmp_path, nvml("570.124.06", 12080, RTX5090))
+    remedy = flash_attn_remedy("2.8.3", TORCH, py, probe_gpu(system, CTX), probe_host(system, CTX))
+    env = {"ENVDOCTOR_FLASH_ATTN_WHEEL_URL": "https://mirror.example/fa/{version}/cu{cuda_major}-{torch_minor}.whl"}
+    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, env)
+    assert plan.steps[0].env["FA_WHEEL_URL"] == "https://mirror.example/fa/2.8.3/cu12-2.8.whl"
+
+
+def test_collect_takes_failures_and_only_named_warnings():
+    from envdoctor.model import Remedy
+    fail = Result(Status.FAIL, "x", items=[Item(Status.FAIL, "a", remedy=Remedy(
+        "cmd", None, "packages.install-missing", {"specs": ["a>=1"]}))])
+    warn = Result(Status.WARN, "y", remedy=Remedy("cmd", None, "flash-attn.rebuild", {"version": "2.8.3"}))
+    assert collect([fail, warn], []) == {"packages.install-missing": [{"specs": ["a>=1"]}]}
+    assert collect([fail, warn], ["flash-attn.rebuild"]) == {"flash-attn.rebuild": [{"version": "2.8.3"}]}
+
+
+def test_torch_reinstall_and_companion_plans():
+    py = pyenv(dist("torch", "2.6.0+cu126"), dist("torchvision", "0.21.0+cu126"))
+    plan = FIXES["torch.reinstall"].planner([{"specs": ["torch==2.7.1", "torchvision==0.22.*"],
+                                              "index_url": "https://download.pytorch.org/whl/cu128"}], py, None, {})
+    assert plan.pin_torch is None and plan.steps[0].args == [
+        "torch==2.7.1", "torchvision==0.22.*", "--index-url", "https://download.pytorch.org/whl/cu128"]
+    plan = FIXES["packages.align-companions"].planner(
+        [{"specs": ["torchvision==0.23.*"], "index_tag": "cu128", "reinstall": True}], py, TORCH, {})
+    assert plan.pin_torch == "torch==2.8.0+cu128" and plan.steps[0].args == [
+        "--force-reinstall", "--no-deps", "torchvision==0.23.*", "--index-url", "https://download.pytorch.org/whl/cu128"]
