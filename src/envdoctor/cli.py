@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--deep", action="store_true",
                    help="also run smoke tests on the GPU (torch, bitsandbytes, flash-attn, torchao), each in a "
                         "timeout-bounded subprocess")
+    c.add_argument("--recipe", metavar="NAME", help="also compare the environment with this recipe (name or file)")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="timeout for probing the target interpreter (default 30 s)")
     c.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
@@ -49,10 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     f.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to fix")
     f.add_argument("--timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
+    r = sub.add_parser("recipes", help="known-good stacks: list, show NAME, validate FILE")
+    r.add_argument("action", choices=("list", "show", "validate"))
+    r.add_argument("name", nargs="?", metavar="NAME|FILE")
+    i = sub.add_parser("install", help="create a fresh venv and install a recipe's stack in the right order")
+    i.add_argument("--venv", required=True, metavar="PATH", help="the venv to create (must not exist, or be empty)")
+    i.add_argument("--recipe", metavar="NAME", help="recipe name or file; default: picked from the GPU and driver")
+    i.add_argument("--base-python", metavar="PATH", help="interpreter that creates the venv (default: this one)")
+    i.add_argument("--dry-run", action="store_true", help="show the steps, change nothing")
     return p
 
 
-def select(checks: dict, only: list[str], skip: list[str], deep: bool = False) -> list:
+def select(checks: dict, only: list[str], skip: list[str], enabled: frozenset = frozenset()) -> list:
     def matches(pattern: str) -> set[str]:
         hits = {cid for cid in checks if cid == pattern or cid.startswith(pattern + ".")
                 or fnmatch.fnmatchcase(cid, pattern)}
@@ -61,8 +70,9 @@ def select(checks: dict, only: list[str], skip: list[str], deep: bool = False) -
             raise UsageError(f"unknown check {pattern!r}" + (f"; did you mean {', '.join(near)}?" if near else
                                                             "; `envdoctor checks` lists them"))
         return hits
-    # Deep checks run with --deep, or when --only names them.
-    chosen = set().union(*(matches(p) for p in only)) if only else {c for c in checks if deep or not checks[c].deep}
+    # Checks behind an option (--deep, --recipe) run with it, or when --only names them.
+    chosen = set().union(*(matches(p) for p in only)) if only else {
+        c for c in checks if checks[c].option is None or checks[c].option in enabled}
     dropped = set().union(*(matches(p) for p in skip)) if skip else set()
     return [c for cid, c in checks.items() if cid in chosen - dropped]
 
@@ -79,15 +89,19 @@ def cmd_check(args) -> int:
         raise UsageError(f"--python {args.python}: no such interpreter ({python})")
     if args.timeout <= 0 or args.smoke_timeout <= 0:
         raise UsageError("--timeout and --smoke-timeout must be positive")
+    if args.recipe:
+        from envdoctor.recipes import load
+        load(args.recipe)  # a bad name or file is a usage error before anything runs
     ctx = Context(python=python, python_reason=reason, probe_timeout=args.timeout,
-                  smoke_timeout=args.smoke_timeout)
+                  smoke_timeout=args.smoke_timeout, recipe=args.recipe)
     from envdoctor import providers  # noqa: F401
     from envdoctor.facts.smoke import STAGES
     # The subprocesses are the slow part: start them before importing the checks. Almost every selection
     # needs the Python probe; --deep needs every smoke test.
     early = engine.start_facts(["python"] + ([f"smoke_{s}" for s in STAGES] if args.deep else []),
                                registry.PROVIDERS, system, ctx)
-    checks = select(registry.load(), args.only, args.skip, deep=args.deep)
+    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe)) if on)
+    checks = select(registry.load(), args.only, args.skip, enabled)
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     code = exit_code(run.results, args.strict)
     if args.json:
@@ -115,6 +129,34 @@ def cmd_fix(args) -> int:
     return run_fix(args, system, ctx)
 
 
+def cmd_recipes(args) -> int:
+    from envdoctor import recipes
+    if args.action == "list":
+        for name, path in recipes.bundled().items():
+            r = recipes.load(str(path))
+            print(f"{name:<18} {r.description}")
+        return 0
+    if args.action == "show":
+        if not args.name:
+            raise UsageError("recipes show needs a recipe name")
+        r = recipes.load(args.name)
+        print(open(r.path, encoding="utf-8").read(), end="")
+        return 0
+    if not args.name:
+        raise UsageError("recipes validate needs a file")
+    _recipe, errors = recipes.validate(__import__("pathlib").Path(args.name))
+    for e in errors:
+        print(e, file=sys.stderr)
+    print(f"{args.name}: {'valid' if not errors else f'{len(errors)} error(s)'}")
+    return 1 if errors else 0
+
+
+def cmd_install(args) -> int:
+    from envdoctor.commands.install import run_install
+    from envdoctor.system import System
+    return run_install(args, System())
+
+
 def cmd_checks(args) -> int:
     from envdoctor import registry
     checks = registry.load()
@@ -131,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix}[args.command](args)
+        return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
+                "install": cmd_install}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -15,6 +15,7 @@ class Context:
     python_reason: str          # why this one ("--python", "active virtualenv …", …)
     probe_timeout: float = 30.0
     smoke_timeout: float = 120.0   # each deep-mode smoke test (torch import + CUDA init can be slow)
+    recipe: str | None = None      # --recipe: the stack to compare with
 
 
 def _venv_python(prefix: str) -> str | None:

@@ -11,6 +11,13 @@ from envdoctor.facts.toolkit import probe_toolkit
 from envdoctor.facts.torch_build import probe_torch
 from envdoctor.registry import provider
 
+
+def probe_recipe(system, ctx):
+    from envdoctor.recipes import load
+    return load(ctx.recipe)
+
+
+
 provider("host", probe_host, owner="system.os", timeout=10.0)
 provider("python", probe_python, owner="python.interpreter", timeout="probe_timeout")
 provider("gpu", probe_gpu, owner="gpu.driver", timeout=30.0)
@@ -21,3 +28,4 @@ provider("imports", probe_imports, owner="deep.imports", timeout="smoke_timeout"
 for _stage in STAGES:
     provider(f"smoke_{_stage}", provider_for(_stage), owner=f"deep.{_stage}", timeout="smoke_timeout",
              needs=("gpu",))
+provider("recipe", probe_recipe, owner="recipe.match", timeout=10.0)

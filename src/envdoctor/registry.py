@@ -17,7 +17,7 @@ class Check:
     needs: tuple[str, ...]  # fact providers; their facts are passed as keyword arguments
     fn: Callable[..., Result]
     timeout: float = 10.0
-    deep: bool = False      # runs only with --deep (or when named explicitly)
+    option: str | None = None  # runs only with this CLI option ("deep", "recipe") or when named explicitly
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,11 @@ PROVIDERS: dict[str, Provider] = {}
 
 
 def check(id: str, title: str, category: str, looks_at: str, needs: tuple[str, ...] = (),
-          timeout: float = 10.0, deep: bool = False):
+          timeout: float = 10.0, option: str | None = None):
     def register(fn: Callable[..., Result]) -> Callable[..., Result]:
         if id in CHECKS:
             raise ValueError(f"check id {id!r} registered twice")
-        CHECKS[id] = Check(id, title, category, looks_at, tuple(needs), fn, timeout, deep)
+        CHECKS[id] = Check(id, title, category, looks_at, tuple(needs), fn, timeout, option)
         return fn
     return register
 
@@ -49,7 +49,7 @@ def provider(name: str, fn: Callable, owner: str, timeout: float | str = 10.0,
 
 
 # Report order of the categories; checks keep their registration order inside one.
-CATEGORIES = ("Python", "System", "GPU", "Binaries", "Packages", "Deep")
+CATEGORIES = ("Python", "System", "GPU", "Binaries", "Packages", "Recipe", "Deep")
 
 
 def load() -> dict[str, Check]:

@@ -40,7 +40,7 @@ def from_smoke(s: SmokeResult, gpu: GpuFacts, python: PythonEnv) -> Result:
 def _smoke_check(stage: str, title: str, looks_at: str) -> None:
     def run(gpu: GpuFacts, python: PythonEnv, **smoke: SmokeResult) -> Result:
         return from_smoke(smoke[f"smoke_{stage}"], gpu, python)
-    check(f"deep.{stage}", title, "Deep", looks_at, needs=(f"smoke_{stage}", "gpu", "python"), deep=True,
+    check(f"deep.{stage}", title, "Deep", looks_at, needs=(f"smoke_{stage}", "gpu", "python"), option="deep",
           timeout=5.0)(run)
 
 
@@ -53,7 +53,7 @@ _smoke_check("torchao", "torchao", "import torchao (and whether it skips its C++
 
 @check("deep.arch_list", "Arch list cross-check", "Deep",
        "the archs read from torch's fat binaries equal torch.cuda.get_arch_list()",
-       needs=("smoke_torch", "torch", "gpu"), deep=True, timeout=5.0)
+       needs=("smoke_torch", "torch", "gpu"), option="deep", timeout=5.0)
 def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Result:
     if not gpu.present:
         return skip(NO_GPU)
@@ -73,7 +73,7 @@ def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Res
 
 @check("deep.imports", "Extensions loaded for real", "Deep",
        "every compiled extension imported (or dlopen'ed) after torch in a subprocess, against the prediction",
-       needs=("imports", "binaries"), deep=True, timeout=5.0)
+       needs=("imports", "binaries"), option="deep", timeout=5.0)
 def imports(imports: ImportOutcomes, binaries: BinaryFacts) -> Result:
     items = []
     for ext in binaries.extensions:

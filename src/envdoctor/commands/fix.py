@@ -70,7 +70,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
         raise UsageError(f"unknown fix {', '.join(unknown)}; fixes: {', '.join(FIXES)}")
     if not args.ids and not args.all:
         raise UsageError("name the fixes to apply, or pass --all (fixes: " + ", ".join(FIXES) + ")")
-    checks = [c for c in registry.load().values() if not c.deep]
+    checks = [c for c in registry.load().values() if not c.option]
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     facts = {n: o.value for n, o in run.facts.items() if o.error is None}
     python_env, torch = facts.get("python"), facts.get("torch")
