@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import os
 import platform
@@ -79,21 +80,16 @@ def select(checks: dict, only: list[str], skip: list[str], enabled: frozenset = 
 
 def cmd_check(args) -> int:
     from envdoctor import engine, registry
-    from envdoctor.context import Context, choose_python
     from envdoctor.report import exit_code
-    from envdoctor.system import System
 
-    system = System()
-    python, reason = choose_python(args.python, system.env)
-    if args.python and not os.path.exists(python):
-        raise UsageError(f"--python {args.python}: no such interpreter ({python})")
-    if args.timeout <= 0 or args.smoke_timeout <= 0:
-        raise UsageError("--timeout and --smoke-timeout must be positive")
+    if args.smoke_timeout <= 0:
+        raise UsageError("--smoke-timeout must be positive")
     if args.recipe:
         from envdoctor.recipes import load
         load(args.recipe)  # a bad name or file is a usage error before anything runs
-    ctx = Context(python=python, python_reason=reason, probe_timeout=args.timeout,
-                  smoke_timeout=args.smoke_timeout, recipe=args.recipe)
+    system, ctx = target(args)
+    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe)
+    python, reason = ctx.python, ctx.python_reason
     from envdoctor import providers  # noqa: F401
     from envdoctor.facts.smoke import STAGES
     # The subprocesses are the slow part: start them before importing the checks. Almost every selection
@@ -114,12 +110,15 @@ def cmd_check(args) -> int:
 
 
 def target(args):
+    """The machine and the interpreter to diagnose (--python, the active venv, …)."""
     from envdoctor.context import Context, choose_python
     from envdoctor.system import System
     system = System()
     python, reason = choose_python(args.python, system.env)
     if args.python and not os.path.exists(python):
         raise UsageError(f"--python {args.python}: no such interpreter ({python})")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
     return system, Context(python=python, python_reason=reason, probe_timeout=args.timeout)
 
 
