@@ -25,7 +25,7 @@ def test_flash_attn_plan_on_a_16gb_12_core_blackwell_box(tmp_path):
     remedy = flash_attn_remedy("2.8.3", TORCH, py, gpu, host)
     # MAX_JOBS = max(1, min(12 CPUs, floor(15 GiB available / 7 GiB a job))) = 2
     assert remedy.params["max_jobs"] == 2 and remedy.params["archs"] == "120"
-    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, {})
+    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, system)
     out = io.StringIO()
     show(plan, "/venv/bin/python", out)
     text = out.getvalue()
@@ -44,7 +44,8 @@ def test_wheel_url_pattern_is_configurable(tmp_path):
     system, py = gpu_box(tmp_path, nvml("570.124.06", 12080, RTX5090))
     remedy = flash_attn_remedy("2.8.3", TORCH, py, probe_gpu(system, CTX), probe_host(system, CTX))
     env = {"ENVDOCTOR_FLASH_ATTN_WHEEL_URL": "https://mirror.example/fa/{version}/cu{cuda_major}-{torch_minor}.whl"}
-    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, env)
+    system.env = env
+    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, system)
     assert plan.steps[0].env["FA_WHEEL_URL"] == "https://mirror.example/fa/2.8.3/cu12-2.8.whl"
 
 
@@ -60,10 +61,10 @@ def test_collect_takes_failures_and_only_named_warnings():
 def test_torch_reinstall_and_companion_plans():
     py = pyenv(dist("torch", "2.6.0+cu126"), dist("torchvision", "0.21.0+cu126"))
     plan = FIXES["torch.reinstall"].planner([{"specs": ["torch==2.7.1", "torchvision==0.22.*"],
-                                              "index_url": "https://download.pytorch.org/whl/cu128"}], py, None, {})
+                                              "index_url": "https://download.pytorch.org/whl/cu128"}], py, None, None)
     assert plan.pin_torch is None and plan.steps[0].args == [
         "torch==2.7.1", "torchvision==0.22.*", "--index-url", "https://download.pytorch.org/whl/cu128"]
     plan = FIXES["packages.align-companions"].planner(
-        [{"specs": ["torchvision==0.23.*"], "index_tag": "cu128", "reinstall": True}], py, TORCH, {})
+        [{"specs": ["torchvision==0.23.*"], "index_tag": "cu128", "reinstall": True}], py, TORCH, None)
     assert plan.pin_torch == "torch==2.8.0+cu128" and plan.steps[0].args == [
         "--force-reinstall", "--no-deps", "torchvision==0.23.*", "--index-url", "https://download.pytorch.org/whl/cu128"]

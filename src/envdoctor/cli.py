@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     f.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     f.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to fix")
+    f.add_argument("--restart-wsl", action="store_true",
+                   help="after wsl.memory, run `wsl.exe --shutdown` through interop (ends this WSL session)")
     f.add_argument("--timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
     r = sub.add_parser("recipes", help="known-good stacks: list, show NAME, validate FILE")
     r.add_argument("action", choices=("list", "show", "validate"))

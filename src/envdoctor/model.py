@@ -71,6 +71,7 @@ class Result:
     category: str = ""
     duration_s: float = 0.0
     traceback: str | None = None
+    quiet: bool = False     # a skip that is not news (WSL checks off WSL): text shows it only with -v
 
     def to_dict(self) -> dict:
         return {
@@ -91,8 +92,8 @@ def ok(message: str, details=()) -> Result:
     return Result(Status.OK, message, list(details))
 
 
-def skip(message: str, details=()) -> Result:
-    return Result(Status.SKIP, message, list(details))
+def skip(message: str, details=(), quiet: bool = False) -> Result:
+    return Result(Status.SKIP, message, list(details), quiet=quiet)
 
 
 def warn(message: str, details=(), remedy: Remedy | None = None, items=()) -> Result:

@@ -104,13 +104,22 @@ class System:
         return f"{p}:{st.st_size}:{st.st_mtime_ns}"
 
     def write_text(self, p: str | os.PathLike, text: str) -> None:
-        """Write atomically: a staging file in the same folder, then os.replace."""
+        self.write_bytes(p, text.encode("utf-8"))
+
+    def read_bytes(self, p: str | os.PathLike) -> bytes | None:
+        try:
+            return self.path(p).read_bytes()
+        except OSError:
+            return None
+
+    def write_bytes(self, p: str | os.PathLike, data: bytes) -> None:
+        """Write atomically: a staging file in the same folder, fsync, then os.replace."""
         target = self.path(p)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)

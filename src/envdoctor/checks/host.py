@@ -37,9 +37,6 @@ def os_check(host: HostFacts) -> Result:
         return warn(f"native Windows ({where})", ["flash-attn and the axolotl stack are built for Linux; "
                     "native Windows wheels are missing or unofficial."],
                     Remedy("wsl --install -d Ubuntu-24.04", "Train inside WSL2."))
-    if host.wsl == 1:
-        return fail(f"WSL1 ({where}): no GPU access", ["CUDA works only in WSL2 distributions."],
-                    Remedy("wsl --set-version <distro> 2", "Convert the distribution to WSL2 (from Windows)."))
     if host.system != "Linux":
         return warn(f"untested OS: {where}")
     return ok(where)

@@ -43,9 +43,15 @@ def show(plan: Plan, python: str, out) -> None:
     for step in plan.steps:
         out.write(f"  - {step.description}\n")
         out.write(f"    $ {step.shell(str(asset('fixes', step.script)), env)}\n")
+    for edit in plan.edits:
+        out.write(f"  edit {edit.path}:\n")
+        out.writelines(f"    {line}\n" for line in edit.diff.rstrip("\n").splitlines())
     for note in plan.notes:
         out.write(f"  note: {note}\n")
-    out.write(f"  then re-checks: {', '.join(plan.targets)}\n")
+    for line in plan.afterwards:
+        out.write(f"  afterwards: {line}\n")
+    if plan.targets:
+        out.write(f"  then re-checks: {', '.join(plan.targets)}\n")
 
 
 def confirm(n: int, yes: bool) -> bool:
@@ -79,7 +85,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
         return 1
     wanted = collect(run.results, list(args.ids))
     plans = [p for fid, params in wanted.items()
-             if (p := FIXES[fid].planner(params, python_env, torch, system.env)) is not None]
+             if (p := FIXES[fid].planner(params, python_env, torch, system)) is not None]
     if not plans:
         failing = [r.check_id for r in run.results if r.status == Status.FAIL]
         out.write("Nothing to fix: " + (f"no scripted fix for the failing checks ({', '.join(failing)}); "
@@ -101,7 +107,15 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
         log = log_dir(system) / f"{stamp}-{plan.fix_id}.log"
         out.write(f"\n{plan.fix_id} (log: {log})\n")
         out.flush()
-        outcomes.append(apply(system, ctx.python, plan, log, lambda m: (out.write(m + "\n"), out.flush())))
+        outcomes.append(apply(system, ctx.python, plan, log, lambda m: (out.write(m + "\n"), out.flush()), stamp))
+    for o in outcomes:
+        if o.ok and o.plan.afterwards:
+            out.write("\nNext:\n" + "".join(f"  {line}\n" for line in o.plan.afterwards))
+            if o.plan.fix_id == "wsl.memory" and getattr(args, "restart_wsl", False):
+                wsl_exe = "/mnt/c/Windows/System32/wsl.exe"
+                out.write(f"  --restart-wsl: running {wsl_exe} --shutdown (this session ends with the VM)\n")
+                out.flush()
+                system.run([wsl_exe, "--shutdown"], timeout=60.0)
     targets = sorted({t for o in outcomes if o.ok for t in o.plan.targets})
     recheck = engine.run_checks([registry.CHECKS[t] for t in targets], registry.PROVIDERS, system, ctx) \
         if targets else None

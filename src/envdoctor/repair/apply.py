@@ -53,8 +53,27 @@ def restore(system: System, python: str, before: dict[str, str], log) -> list[st
             for n in sorted(set(after) | set(before)) if after.get(n) != before.get(n)]
 
 
-def apply(system: System, python: str, plan: Plan, log_path: Path, progress) -> Outcome:
+def write_edits(system: System, plan: Plan, stamp: str, progress) -> list[str]:
+    """Back up each file byte for byte, then write the new content atomically. Returns the backups."""
+    backups = []
+    for edit in plan.edits:
+        if edit.old is not None:
+            backup = f"{edit.path}.envdoctor-{stamp}.bak"
+            system.write_bytes(backup, edit.old)
+            if system.read_bytes(backup) != edit.old:
+                raise RuntimeError(f"backup {backup} does not match {edit.path}; nothing was changed")
+            backups.append(backup)
+            progress(f"  backed up {edit.path} to {backup}")
+        system.write_bytes(edit.path, edit.new)
+        progress(f"  wrote {edit.path}")
+    return backups
+
+
+def apply(system: System, python: str, plan: Plan, log_path: Path, progress, stamp: str) -> Outcome:
     start = time.monotonic()
+    if plan.edits and not plan.steps:
+        write_edits(system, plan, stamp, progress)
+        return Outcome(plan, True, time.monotonic() - start)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log_path, "a", encoding="utf-8")
 

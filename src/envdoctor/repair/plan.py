@@ -32,6 +32,16 @@ class Step:
 
 
 @dataclass
+class FileEdit:
+    """A user's file rewritten: backed up byte for byte first, written atomically, in its own encoding."""
+
+    path: str
+    old: bytes | None        # None: the file does not exist yet
+    new: bytes
+    diff: str
+
+
+@dataclass
 class Plan:
     fix_id: str
     title: str
@@ -39,6 +49,8 @@ class Plan:
     targets: list[str]               # check ids that must pass afterwards
     pin_torch: str | None = None     # "torch==2.8.0+cu128" written to a constraints file, or None
     notes: list[str] = field(default_factory=list)
+    edits: list[FileEdit] = field(default_factory=list)
+    afterwards: list[str] = field(default_factory=list)   # what the user must do next (restart WSL)
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,7 @@ def _pin(python: PythonEnv, torch: TorchFacts | None) -> str | None:
     return f"torch=={version}" if version else None
 
 
-def plan_install_missing(params, python, torch, env) -> Plan | None:
+def plan_install_missing(params, python, torch, system) -> Plan | None:
     specs = _specs(params)
     if not specs:
         return None
@@ -76,7 +88,7 @@ def plan_install_missing(params, python, torch, env) -> Plan | None:
                 [f"torch stays {pin.split('==')[1]} (constraints file)"] if pin else [])
 
 
-def plan_align_companions(params, python, torch, env) -> Plan | None:
+def plan_align_companions(params, python, torch, system) -> Plan | None:
     steps = []
     for p in params:
         for spec in p.get("specs", []):
@@ -94,7 +106,7 @@ def plan_align_companions(params, python, torch, env) -> Plan | None:
                 ["--no-deps and a constraints file: torch itself is not touched"])
 
 
-def plan_torch_reinstall(params, python, torch, env) -> Plan | None:
+def plan_torch_reinstall(params, python, torch, system) -> Plan | None:
     if not params:
         return None
     p = params[0]
@@ -106,11 +118,11 @@ def plan_torch_reinstall(params, python, torch, env) -> Plan | None:
                  "packages built against the old torch (flash-attn) may need rebuilding afterwards"])
 
 
-def plan_flash_attn(params, python, torch, env) -> Plan | None:
+def plan_flash_attn(params, python, torch, system) -> Plan | None:
     if not params:
         return None
     p = params[0]
-    pattern = env.get("ENVDOCTOR_FLASH_ATTN_WHEEL_URL")
+    pattern = system.env.get("ENVDOCTOR_FLASH_ATTN_WHEEL_URL")
     url = flash_attn_wheel_url(p["version"], torch, python, pattern) if pattern else p["wheel_url"]
     step_env = {"FA_VERSION": p["version"], "FA_WHEEL_URL": url, "MAX_JOBS": str(p["max_jobs"]),
                 "NVCC_THREADS": str(p["nvcc_threads"]), "FLASH_ATTN_CUDA_ARCHS": p["archs"]}
@@ -124,6 +136,33 @@ def plan_flash_attn(params, python, torch, env) -> Plan | None:
                  f"FLASH_ATTN_CUDA_ARCHS={p['archs'] or '(flash-attn default)'} --no-build-isolation"])
 
 
+def plan_wsl_memory(params, python, torch, system) -> Plan | None:
+    import difflib
+
+    from envdoctor.wslconfig import set_values
+    if not params:
+        return None
+    p = params[0]
+    old = system.read_bytes(p["path"])
+    encoding = "utf-16" if old and old[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
+    try:
+        text = old.decode(encoding) if old is not None else ""
+    except UnicodeDecodeError:
+        return Plan("wsl.memory", "Give the WSL VM enough memory", [], [], notes=[
+            f"{p['path']} is neither UTF-8 nor UTF-16: not touching it; set {p['values']} by hand"])
+    new_text = set_values(text, p["values"])
+    if new_text == text:
+        return None
+    diff = "".join(difflib.unified_diff(text.lstrip("\ufeff").splitlines(True), new_text.lstrip("\ufeff").splitlines(True),
+                                        p["path"], p["path"] + " (new)"))
+    return Plan("wsl.memory", "Give the WSL VM enough memory (.wslconfig)", [], ["wsl.config"],
+                edits=[FileEdit(p["path"], old, new_text.encode(encoding), diff)],
+                notes=["every other key, section and comment stays as it is; the old file is kept as a "
+                       "timestamped backup"],
+                afterwards=["In Windows (PowerShell or cmd): wsl --shutdown", "Wait ~8 seconds, then reopen the "
+                            "distro: the VM starts with the new memory (or pass --restart-wsl to do this now)"])
+
+
 FIXES: dict[str, Fix] = {f.id: f for f in (
     Fix("packages.install-missing", "install missing requirements", ("packages.requirements",),
         plan_install_missing),
@@ -133,4 +172,5 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
         plan_torch_reinstall),
     Fix("flash-attn.rebuild", "replace or rebuild flash-attn", ("binaries.extensions", "binaries.flash_attn"),
         plan_flash_attn),
+    Fix("wsl.memory", "set memory/processors/swap in .wslconfig", ("wsl.config",), plan_wsl_memory),
 )}

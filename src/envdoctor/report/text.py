@@ -121,7 +121,7 @@ def render(run: Run, target: str, version: str, stream: TextIO, verbose: bool = 
             state = "ok" if fact.error is None else f"failed: {fact.error.splitlines()[0]}"
             w.add(w.paint(f"  facts '{name}': {fact.duration_s * 1000:.0f} ms, {state}", "2"))
     category = None
-    results = run.results if verbose else _fold_skips(run.results)
+    results = run.results if verbose else _fold_skips([r for r in run.results if not r.quiet])
     for r in results:
         if r.category != category:
             category = r.category
