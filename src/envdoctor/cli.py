@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--restart-wsl", action="store_true",
                    help="after wsl.memory, run `wsl.exe --shutdown` through interop (ends this WSL session)")
     f.add_argument("--timeout", type=float, default=30.0, metavar="S", help=argparse.SUPPRESS)
+    t = sub.add_parser("train", help="preflight, then the bundled QLoRA runner in the target environment")
+    t.add_argument("config", nargs="?", help="training config (YAML, the seed's keys)")
+    t.add_argument("--demo", action="store_true", help="the offline CPU demo: a tiny Llama on train/demo_corpus")
+    t.add_argument("--dry-run", action="store_true", help="validate, preflight, prepare the data; train nothing")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    t.add_argument("--force", action="store_true", help="start even when the preflight fails")
+    t.add_argument("--output-dir", help="override the config's output_dir")
+    t.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to train with")
+    t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     r = sub.add_parser("recipes", help="known-good stacks: list, show NAME, validate FILE")
     r.add_argument("action", choices=("list", "show", "validate"))
     r.add_argument("name", nargs="?", metavar="NAME|FILE")
@@ -152,6 +161,12 @@ def cmd_recipes(args) -> int:
     return 1 if errors else 0
 
 
+def cmd_train(args) -> int:
+    from envdoctor.commands.train import run_train
+    system, ctx = target(args)
+    return run_train(args, system, ctx)
+
+
 def cmd_install(args) -> int:
     from envdoctor.commands.install import run_install
     from envdoctor.system import System
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
-                "install": cmd_install}[args.command](args)
+                "install": cmd_install, "train": cmd_train}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

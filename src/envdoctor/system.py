@@ -170,6 +170,15 @@ class System:
         return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr,
                              time.monotonic() - start)
 
+    def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+        """Run a long command with its output going straight to ours (a training run); its exit code."""
+        try:
+            return subprocess.run([str(a) for a in argv], env=dict(self.env if env is None else env),
+                                  cwd=self.cwd).returncode
+        except OSError as exc:
+            print(f"cannot run {argv[0]}: {exc}", flush=True)
+            return 127
+
     # -- CPU and memory ----------------------------------------------------------------------
     def cpu_affinity(self) -> int | None:
         """CPUs this process may run on (taskset/cgroup cpusets), None where unknown."""

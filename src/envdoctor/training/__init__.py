@@ -1,0 +1,1 @@
+"""The doctor's side of training: config validation, preflight, and launching the runner in train/."""

@@ -1,0 +1,1 @@
+"""Shared pieces of the training recipes: data, model, checkpoints, reporting."""

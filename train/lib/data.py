@@ -1,0 +1,76 @@
+"""A style corpus → token chunks: read text files / a folder / jsonl, clean, chunk to sequence_len with
+overlap, deduplicate, split into train and validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from pathlib import Path
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def read_documents(paths: list[str], base: Path) -> list[str]:
+    docs: list[str] = []
+    for entry in paths:
+        p = (base / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if f.suffix == ".jsonl":
+                for line in f.read_text(encoding="utf-8").splitlines():
+                    if line.strip():
+                        row = json.loads(line)
+                        docs.append(row.get("text") or row.get("content") or "")
+            elif f.suffix in (".txt", ".md", ""):
+                docs.append(f.read_text(encoding="utf-8", errors="replace"))
+    return [d for d in (clean(d) for d in docs) if d]
+
+
+def chunk(ids: list[int], length: int, overlap: int) -> list[list[int]]:
+    """Windows of `length` tokens, each starting `length - overlap` after the previous; the tail too."""
+    stride = max(1, length - overlap)
+    out = [ids[i:i + length] for i in range(0, max(1, len(ids) - overlap), stride)]
+    return [c for c in out if len(c) >= min(length, 16)]
+
+
+def prepare(docs: list[str], tokenizer, length: int, overlap: int, val: float | int, seed: int):
+    """(train chunks, val chunks, stats)."""
+    chunks, seen, dupes = [], set(), 0
+    for d in docs:
+        ids = tokenizer(d, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        for c in chunk(ids, length, overlap):
+            key = hashlib.sha1(str(c).encode()).hexdigest()
+            if key in seen:
+                dupes += 1
+                continue
+            seen.add(key)
+            chunks.append(c)
+    random.Random(seed).shuffle(chunks)
+    n_val = int(round(len(chunks) * val)) if isinstance(val, float) and val < 1 else int(val)
+    n_val = min(max(n_val, 1 if len(chunks) > 1 and val else 0), len(chunks) - 1)
+    return chunks[n_val:], chunks[:n_val], {"documents": len(docs), "chunks": len(chunks), "duplicates": dupes,
+                                           "train": len(chunks) - n_val, "val": n_val}
+
+
+def batches(chunks: list[list[int]], size: int, pad_id: int, epoch: int, seed: int):
+    """Deterministic per epoch (so a resumed run sees the same order)."""
+    order = list(range(len(chunks)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    for i in range(0, len(order), size):
+        rows = [chunks[j] for j in order[i:i + size]]
+        width = max(len(r) for r in rows)
+        ids = [r + [pad_id] * (width - len(r)) for r in rows]
+        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+        yield ids, mask
