@@ -54,6 +54,9 @@ def main() -> int:
         return 0
 
     model = build_model(cfg, tokenizer, device, notes)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
     optimizer = build_optimizer(cfg, model, device, notes)
     epochs = cfg["num_epochs"]
     total = steps_per_epoch * epochs

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run smoke tests on the GPU (torch, bitsandbytes, flash-attn, torchao), each in a "
                         "timeout-bounded subprocess")
     c.add_argument("--recipe", metavar="NAME", help="also compare the environment with this recipe (name or file)")
+    c.add_argument("--config", metavar="FILE", help="also validate a training config and estimate its GPU memory")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="timeout for probing the target interpreter (default 30 s)")
     c.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
@@ -99,7 +100,9 @@ def cmd_check(args) -> int:
         from envdoctor.recipes import load
         load(args.recipe)  # a bad name or file is a usage error before anything runs
     system, ctx = target(args)
-    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe)
+    if args.config and not os.path.isfile(args.config):
+        raise UsageError(f"--config {args.config}: no such file")
+    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe, train_config=args.config)
     python, reason = ctx.python, ctx.python_reason
     from envdoctor import providers  # noqa: F401
     from envdoctor.facts.smoke import STAGES
@@ -107,7 +110,7 @@ def cmd_check(args) -> int:
     # needs the Python probe; --deep needs every smoke test.
     early = engine.start_facts(["python"] + ([f"smoke_{s}" for s in STAGES] if args.deep else []),
                                registry.PROVIDERS, system, ctx)
-    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe)) if on)
+    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe), ("config", args.config)) if on)
     checks = select(registry.load(), args.only, args.skip, enabled)
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     code = exit_code(run.results, args.strict)

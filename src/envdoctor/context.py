@@ -16,6 +16,7 @@ class Context:
     probe_timeout: float = 30.0
     smoke_timeout: float = 120.0   # each deep-mode smoke test (torch import + CUDA init can be slow)
     recipe: str | None = None      # --recipe: the stack to compare with
+    train_config: str | None = None  # --config: a training config to validate and cost
 
 
 def _venv_python(prefix: str) -> str | None:

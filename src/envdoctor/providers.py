@@ -9,6 +9,7 @@ from envdoctor.facts.python_env import probe_python
 from envdoctor.facts.smoke import STAGES, provider_for
 from envdoctor.facts.toolkit import probe_toolkit
 from envdoctor.facts.torch_build import probe_torch
+from envdoctor.facts.train_config import probe_train_config
 from envdoctor.facts.wsl import probe_wsl
 from envdoctor.registry import provider
 
@@ -31,3 +32,4 @@ for _stage in STAGES:
              needs=("gpu",))
 provider("recipe", probe_recipe, owner="recipe.match", timeout=10.0)
 provider("wsl", probe_wsl, owner="wsl.version", timeout=30.0)
+provider("train_config", probe_train_config, owner="config.valid", timeout=10.0)

@@ -71,8 +71,15 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str]):
                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id)
         torch.manual_seed(cfg.get("seed", 0))
-        with torch.device(device):  # built where it runs: an 8B shape is initialised on the GPU, not the CPU
-            model = LlamaForCausalLM(LlamaConfig(**mc)).to(dtype)
+        # Built where it runs and in its dtype: an 8B shape is initialised on the GPU in bf16 (16 GB), not
+        # in fp32 on the CPU.
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = LlamaForCausalLM(LlamaConfig(**mc))
+        finally:
+            torch.set_default_dtype(default)
         if want_4bit and not why_not:
             n = quantize_linears(model, cfg, dtype, device)
             notes.append(f"{n} linear layers quantized to NF4 with bitsandbytes on {device}")

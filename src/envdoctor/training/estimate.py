@@ -1,6 +1,6 @@
 """Memory and size arithmetic for a QLoRA run, from the model's config.json alone.
 
-Peak GPU memory (torch's max_memory_allocated) is the sum of:
+Peak GPU memory (torch's max_memory_allocated, the bf16 compute of the seed's config) is the sum of:
   base      4-bit linears: 0.5 B/param + quantisation constants (NF4 blocks of 64; with double quant
             ~0.016 B/param, else 0.0625)
   embed     embed_tokens and lm_head: fp32 after peft's prepare_model_for_kbit_training (4 B/param)
@@ -8,9 +8,10 @@ Peak GPU memory (torch's max_memory_allocated) is the sum of:
             ones 2 B/param, paged ones outside allocated memory: 0)
   save      modules_to_save copies: fp32 weights + grads + optimizer state, as for LoRA
   act       activations: with gradient checkpointing, each layer's input (bf16) plus one layer's
-            recompute; without, every layer's saved tensors — per token per layer ACT_ELEMS elements
-  logits    B × S × vocab × LOGIT_BYTES: the fp32 logits, their log-softmax and their gradient
-The two constants marked CALIBRATED are fitted to runs on an H200 (bench/calibrate_memory.py).
+            recompute and its attention; without, every layer's saved tensors and attention probabilities
+  logits    B × S × vocab × LOGIT_BYTES
+The constants marked CALIBRATED come from runs on an H200 (bench/calibrate_memory.py); the optimizer
+state of non-paged optimizers and lora_dropout: 0 are accounted by the formula, not measured.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GiB = 1024 ** 3
-# CALIBRATED: elements saved per token per decoder layer, as multiples of (hidden, kv, intermediate);
-# and bytes per logit element.
-ACT_H, ACT_KV, ACT_I = 13.0, 2.0, 5.0
-LOGIT_BYTES = 12.0
-DROPOUT_H = 6.0            # extra saved elements per token per layer when lora_dropout > 0 (×hidden), plus ACT_I/5
+# CALIBRATED on an H200 (bench/results/h200-llama8b-calibration.json, fitted by bench/fit_memory.py on
+# 4 grid points, within ±3 % on the 5 held-out ones):
+ACT_SCALE = 1.417        # × the saved elements per token per layer counted in _layer_elements()
+ATT_GC = 13.0            # bytes per (batch × heads × seq²): one layer's attention, recomputed, in backward
+ATT_SAVED = 4.0          # bytes per (batch × heads × seq²) per layer without checkpointing (fp32 probs)
+LOGIT_BYTES = 2.745      # bytes per logit element at the peak (loss and its gradient)
+SAVE_BYTES = 5.22        # bytes per modules_to_save parameter beyond the base copy (weights + grads)
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 OPT_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adamw_bnb_8bit": 2.0, "paged_adamw_8bit": 0.0}
 
@@ -72,6 +75,14 @@ class Estimate:
         return sum(self.parts.values())
 
 
+def _layer_elements(shape: Shape, dropout: bool) -> float:
+    """Tensors one decoder layer saves for backward, in elements per token: attention (norm in/out, q, k,
+    v, output), MLP (norm in/out, gate, up, act, product) and, with LoRA dropout, each adapter's dropped
+    input. ACT_SCALE turns this count into what is measured."""
+    h, kv, i = shape.hidden, shape.kv_heads * shape.head_dim, shape.intermediate
+    return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
+
+
 def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None) -> Estimate:
     b = micro_batch or cfg.get("micro_batch_size", 1)
     s = seq or cfg.get("sequence_len", 2048)
@@ -90,18 +101,17 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     base_params = shape.layers * sum(i * o for i, o in lin.values())
     base = base_params * ((0.5 + QUANT_CONST[cfg.get("bnb_4bit_use_double_quant", True)]) if four_bit else 2.0)
     tokens = b * s
-    per_layer = ACT_H * shape.hidden + ACT_KV * shape.kv_heads * shape.head_dim + ACT_I * shape.intermediate
-    if cfg.get("lora_dropout", 0) > 0:
-        per_layer += DROPOUT_H * shape.hidden + shape.intermediate
+    per_layer = ACT_SCALE * _layer_elements(shape, cfg.get("lora_dropout", 0) > 0)
+    att = b * shape.heads * s * s
     if cfg.get("gradient_checkpointing", True):
-        act = tokens * 2 * (shape.layers * shape.hidden + per_layer)
+        act = tokens * 2 * (shape.layers * shape.hidden + per_layer) + ATT_GC * att
     else:
-        act = tokens * 2 * shape.layers * per_layer
+        act = shape.layers * (tokens * 2 * per_layer + ATT_SAVED * att)
     parts = {
         "base (4-bit linears)" if four_bit else "base (bf16 linears)": base,
         "embeddings + lm_head (fp32)": embed * heads * 4.0,
         "LoRA weights, grads, optimizer": lora * (8.0 + opt),
-        "modules_to_save weights, grads, optimizer": save * (8.0 + opt),
+        "modules_to_save weights, grads, optimizer": save * (SAVE_BYTES + opt),
         "activations": act,
         "logits and loss": tokens * shape.vocab * LOGIT_BYTES,
     }
@@ -109,29 +119,31 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
 
 
 def ways_to_fit(shape: Shape, cfg: dict, free: float) -> list[str]:
-    """Concrete changes that bring the peak under `free`, cheapest first."""
-    out = []
+    """Concrete changes that bring the peak under `free`: each single change that is enough on its own,
+    else the cheapest combination (drop modules_to_save, checkpointing, halve the micro batch keeping the
+    effective batch, then halve the sequence length)."""
+    steps = []
     if cfg.get("lora_modules_to_save"):
-        c = dict(cfg, lora_modules_to_save=[])
-        if estimate(shape, c).peak < free:
-            out.append(f"drop lora_modules_to_save ({estimate(shape, c).peak / GiB:.1f} GiB): only needed for new tokens")
+        steps.append(("lora_modules_to_save: [] (only needed for new tokens)", {"lora_modules_to_save": []}))
     if not cfg.get("gradient_checkpointing", True):
-        c = dict(cfg, gradient_checkpointing=True)
-        if estimate(shape, c).peak < free:
-            out.append(f"gradient_checkpointing: true ({estimate(shape, c).peak / GiB:.1f} GiB)")
-    b, s = cfg.get("micro_batch_size", 1), cfg.get("sequence_len", 2048)
+        steps.append(("gradient_checkpointing: true", {"gradient_checkpointing": True}))
+    b, accum, s = cfg.get("micro_batch_size", 1), cfg.get("gradient_accumulation_steps", 1), cfg.get("sequence_len", 2048)
     while b > 1:
-        b //= 2
-        e = estimate(shape, cfg, micro_batch=b)
-        if e.peak < free:
-            accum = cfg.get("gradient_accumulation_steps", 1) * (cfg.get("micro_batch_size", 1) // b)
-            out.append(f"micro_batch_size: {b} with gradient_accumulation_steps: {accum} ({e.peak / GiB:.1f} GiB, "
-                       "same effective batch)")
-            break
+        b, accum = b // 2, accum * 2
+        steps.append((f"micro_batch_size: {b} with gradient_accumulation_steps: {accum} (same effective batch)",
+                      {"micro_batch_size": b, "gradient_accumulation_steps": accum}))
     while s > 256:
         s //= 2
-        e = estimate(shape, cfg, seq=s)
-        if e.peak < free:
-            out.append(f"sequence_len: {s} ({e.peak / GiB:.1f} GiB)")
-            break
-    return out
+        steps.append((f"sequence_len: {s}", {"sequence_len": s}))
+    single = [f"{label} → {estimate(shape, dict(cfg, **change)).peak / GiB:.1f} GiB" for label, change in steps
+              if estimate(shape, dict(cfg, **change)).peak < free]
+    if single:
+        return single
+    merged, labels = dict(cfg), []
+    for label, change in steps:
+        merged.update(change)
+        labels.append(label)
+        peak = estimate(shape, merged).peak
+        if peak < free:
+            return [" + ".join(labels) + f" → {peak / GiB:.1f} GiB"]
+    return []

@@ -1,0 +1,54 @@
+"""`envdoctor check --config FILE`: the config's errors, and what the run costs before anything loads."""
+
+from __future__ import annotations
+
+from envdoctor.facts.gpu import GpuFacts
+from envdoctor.facts.train_config import TrainConfigFacts
+from envdoctor.model import Remedy, Result, fail, ok, skip, warn
+from envdoctor.registry import check
+from envdoctor.training.estimate import GiB, Shape, estimate, ways_to_fit
+
+
+@check("config.valid", "Training config", "Config", "every key of the training config, all errors at once",
+       needs=("train_config",), option="config")
+def valid(train_config: TrainConfigFacts) -> Result:
+    c = train_config.config
+    if c.errors:
+        return fail(f"{len(c.errors)} error(s) in {c.path}", c.errors + c.warnings,
+                    Remedy(text="Fix the keys named above; `envdoctor train` refuses to start until then."))
+    if c.warnings:
+        return warn(f"{c.path}: {len(c.warnings)} key(s) envdoctor does not use", c.warnings)
+    return ok(f"{c.path}: valid")
+
+
+@check("config.memory", "Fits in GPU memory", "Config",
+       "trainable parameters, adapter size, modules_to_save cost and peak GPU memory, from config.json alone",
+       needs=("train_config", "gpu"), option="config")
+def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
+    cfg, model = train_config.config.data, train_config.model
+    if model is None:
+        return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
+                    [f"looked in {p}" for p in train_config.looked] + ["and envdoctor's table of known shapes"],
+                    Remedy(text="Download the model (or its config.json) first, or add model_config."))
+    try:
+        shape = Shape.from_config(model)
+        e = estimate(shape, cfg)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return skip(f"cannot estimate from this config ({type(exc).__name__}: {exc}); see config.valid")
+    details = [f"trainable: {e.lora_params:,} LoRA" + (f" + {e.save_params:,} modules_to_save" if e.save_params else ""),
+               f"adapter on disk: {e.adapter_bytes_bf16 / 1e6:,.0f} MB in bf16, {e.adapter_bytes_fp32 / 1e6:,.0f} MB "
+               "in fp32"]
+    details += [f"{name}: {v / GiB:.2f} GiB" for name, v in e.parts.items() if v]
+    details.append(f"shape from {train_config.model_from}")
+    if e.save_params:
+        no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]))
+        details.append(f"modules_to_save costs {(e.peak - no_save.peak) / GiB:.1f} GiB and "
+                       f"{e.save_params:,} trainable parameters: only needed when you add tokens")
+    if not gpu.present:
+        return ok(f"estimated peak {e.peak / GiB:.1f} GiB of GPU memory (no GPU here to compare with)", details)
+    free = min(g.mem_free or 0 for g in gpu.gpus)
+    if e.peak > free * 0.95:
+        fits = ways_to_fit(shape, cfg, free * 0.9)
+        return fail(f"estimated peak {e.peak / GiB:.1f} GiB, but the GPU has {free / GiB:.1f} GiB free", details,
+                    Remedy(text="To fit: " + ("; or ".join(fits) if fits else "a GPU with more memory") + "."))
+    return ok(f"estimated peak {e.peak / GiB:.1f} GiB of {free / GiB:.1f} GiB free", details)

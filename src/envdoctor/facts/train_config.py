@@ -1,0 +1,54 @@
+"""Facts for `envdoctor check --config FILE`: the training config and the base model's shape, from
+the config itself (model_config), a local model folder, the Hugging Face cache, or envdoctor's table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from envdoctor import tables
+from envdoctor.context import Context
+from envdoctor.facts.host import hf_cache_dir
+from envdoctor.system import System
+from envdoctor.training.config import TrainConfig, load
+
+
+@dataclass
+class TrainConfigFacts:
+    config: TrainConfig
+    model: dict | None = None          # config.json fields
+    model_from: str | None = None
+    looked: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.config.path), "errors": self.config.errors, "warnings": self.config.warnings,
+                "model_from": self.model_from, "model": self.model}
+
+
+def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
+    cfg = load(ctx.train_config)
+    facts = TrainConfigFacts(cfg)
+    data = cfg.data
+    if isinstance(data.get("model_config"), dict):
+        facts.model, facts.model_from = data["model_config"], "model_config in the config"
+        return facts
+    base = data.get("base_model")
+    if not isinstance(base, str):
+        return facts
+    candidates = [f"{base}/config.json"]
+    cache = hf_cache_dir(system.env)
+    snap = f"{cache}/models--{base.replace('/', '--')}/snapshots"
+    candidates += [f"{snap}/{d}/config.json" for d in system.listdir(snap)]
+    for c in candidates:
+        facts.looked.append(c)
+        text = system.read_text(c)
+        if text:
+            try:
+                facts.model, facts.model_from = json.loads(text), c
+                return facts
+            except ValueError:
+                continue
+    known = tables.load("models").get(base)
+    if known:
+        facts.model, facts.model_from = known, "envdoctor's table of known shapes"
+    return facts
