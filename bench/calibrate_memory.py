@@ -39,7 +39,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--shape", default="llama-3.1-8b")
+    ap.add_argument("--points", help="only these grid points, e.g. 2048x2 (seq x micro batch, no modules_to_save, "
+                                     "checkpointing): the plain transformers+peft+bitsandbytes loop as a baseline")
+    ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
+    grid = GRID
+    if args.points:
+        grid = [(int(p.split("x")[0]), int(p.split("x")[1]), False, True, "baseline") for p in args.points.split(",")]
     import bitsandbytes as bnb
     import torch
     from lib.modeling import quantize_linears
@@ -59,7 +65,7 @@ def main() -> int:
           f"{torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
     shape = Shape.from_config(shape_cfg)
     rows = []
-    for seq, micro, mts, gc_on, role in GRID:
+    for seq, micro, mts, gc_on, role in grid:
         cfg = dict(BASE, sequence_len=seq, micro_batch_size=micro, gradient_checkpointing=gc_on,
                    lora_modules_to_save=["embed_tokens", "lm_head"] if mts else [])
         if gc_on:
@@ -75,13 +81,13 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
         ids = torch.randint(0, shape.vocab, (micro, seq), device="cuda")
         start = time.time()
-        for _ in range(2):
+        for _ in range(args.steps):
             loss = peft_model(input_ids=ids, labels=ids).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-        took = (time.time() - start) / 2
+        took = (time.time() - start) / args.steps
         peak = torch.cuda.max_memory_allocated()
         est = estimate(shape, cfg)
         row = dict(seq=seq, micro=micro, modules_to_save=mts, gradient_checkpointing=gc_on, role=role,
