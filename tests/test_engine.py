@@ -1,6 +1,5 @@
 """The engine: concurrency, timeouts, crashes and failed probes become results, never a dead doctor."""
 
-import io
 import time
 
 import pytest

@@ -11,7 +11,7 @@ from envdoctor.facts.smoke import SmokeResult, run_smoke
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.model import Status
 from envdoctor.system import System
-from envbuild import pyenv
+
 
 
 def fake_python(tmp_path, body: str) -> str:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import venv
-from pathlib import Path
 
 import pytest
 import yaml

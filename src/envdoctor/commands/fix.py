@@ -70,7 +70,6 @@ def log_dir(system: System) -> Path:
 
 
 def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
-    from envdoctor import providers  # noqa: F401
     unknown = [f for f in args.ids if f not in FIXES]
     if unknown:
         raise UsageError(f"unknown fix {', '.join(unknown)}; fixes: {', '.join(FIXES)}")

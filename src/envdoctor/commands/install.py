@@ -119,9 +119,8 @@ def run_install(args, system: System, out=sys.stdout) -> int:
                 pin = next((ln for ln in frozen.splitlines() if ln.lower().startswith("torch==")), recipe.torch_spec)
                 constraints.write_text(pin + "\n")
     out.write(f"installed (log: {log}); checking the result:\n")
-    from envdoctor import providers  # noqa: F401
     from envdoctor.report import exit_code, text
-    check_ctx = Context(python=py, python_reason=f"venv created by envdoctor install", recipe=recipe.name)
+    check_ctx = Context(python=py, python_reason="venv created by envdoctor install", recipe=recipe.name)
     checks = [c for c in registry.load().values() if c.option in (None, "recipe")]
     run = engine.run_checks(checks, registry.PROVIDERS, system, check_ctx)
     from envdoctor import __version__

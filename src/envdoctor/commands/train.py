@@ -30,7 +30,6 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if cfg.errors:
         out.write(f"{len(cfg.errors)} error(s) in the config:\n" + "".join(f"  {e}\n" for e in cfg.errors))
         return 2
-    from envdoctor import providers  # noqa: F401
     checks = [registry.load()[c] for c in PREFLIGHT]
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")
