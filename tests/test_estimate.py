@@ -68,3 +68,30 @@ def test_model_shape_from_the_hf_cache(tmp_path):
     facts = config_facts(tmp_path, base_model="acme/tiny")
     assert facts.model_from.endswith("snapshots/abc/config.json")
     assert memory(facts, GpuFacts(None)).status == Status.OK
+
+
+def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
+    """envdoctor train runs config.memory in its preflight: a 16 GB GPU and the seed's config → refused."""
+    import io
+    import sys
+
+    from gpufake import RTX5090 as CARD
+    from envdoctor.commands.train import run_train
+    from envdoctor.system import System as Real
+
+    data = dict(SEED, datasets=[{"path": "."}], output_dir=str(tmp_path / "out"))
+    config = tmp_path / "seed.yaml"
+    config.write_text(yaml.safe_dump(data))
+    small = dict(CARD, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
+    real = Real()
+    system, _ = gpu_box(tmp_path / "m", nvml("570.124.06", 12080, small),
+                        commands={sys.executable: lambda argv, timeout: real.run(argv, timeout)})
+
+    from types import SimpleNamespace
+    Args = SimpleNamespace(demo=False, config=str(config), force=False, resume=False, dry_run=True, output_dir=None)
+    out = io.StringIO()
+    code = run_train(Args, system, Context(sys.executable, "test"), out)
+    text = out.getvalue()
+    assert code == 1 and "refusing to start a run that cannot work" in text
+    assert "[✗] config.memory: estimated peak 21.0 GiB, but the GPU has 15.0 GiB free" in text
+    assert not (tmp_path / "out" / "config.resolved.json").exists()

@@ -3,6 +3,7 @@ failures (unless --force), then run the bundled runner in the target environment
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -16,7 +17,7 @@ from envdoctor.training.config import load
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
 PREFLIGHT = ("python.interpreter", "python.version", "gpu.driver", "gpu.torch", "gpu.driver_cuda", "gpu.arch",
-             "gpu.bf16", "packages.requirements", "binaries.extensions")
+             "gpu.bf16", "packages.requirements", "binaries.extensions", "config.memory")
 RUNTIME = ("torch", "transformers", "peft")
 
 
@@ -31,6 +32,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         out.write(f"{len(cfg.errors)} error(s) in the config:\n" + "".join(f"  {e}\n" for e in cfg.errors))
         return 2
     checks = [registry.load()[c] for c in PREFLIGHT]
+    ctx = dataclasses.replace(ctx, train_config=str(path))  # config.memory: will it fit this GPU?
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
