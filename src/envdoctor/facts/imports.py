@@ -13,7 +13,7 @@ from envdoctor.facts.binaries import BinaryFacts
 from envdoctor.facts.gpu import SMOKE_MARK
 from envdoctor.system import System
 
-SOURCE = Path(__file__).resolve().parent.parent / "importcheck.py"
+SOURCE = Path(__file__).resolve().parent.parent / "target" / "importcheck.py"
 
 
 @dataclass

@@ -11,7 +11,7 @@ from envdoctor.context import Context
 from envdoctor.errors import FactError
 from envdoctor.system import System
 
-PROBE_SOURCE_PATH = Path(__file__).resolve().parent.parent / "probe.py"
+PROBE_SOURCE_PATH = Path(__file__).resolve().parent.parent / "target" / "probe.py"
 _NORMALIZE = re.compile(r"[-_.]+")
 
 

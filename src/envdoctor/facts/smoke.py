@@ -11,7 +11,7 @@ from envdoctor.context import Context
 from envdoctor.facts.gpu import SMOKE_MARK, GpuFacts
 from envdoctor.system import System
 
-SOURCE = Path(__file__).resolve().parent.parent / "smoke.py"
+SOURCE = Path(__file__).resolve().parent.parent / "target" / "smoke.py"
 STAGES = ("torch", "bitsandbytes", "flash_attn", "torchao")
 
 

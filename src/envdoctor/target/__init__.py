@@ -1,0 +1,7 @@
+"""Scripts the *target* interpreter runs, never imported by the doctor.
+
+The doctor reads each file's source and runs it as `python -c <source>` with the interpreter it
+diagnoses, under a timeout: probe.py (stdlib only: interpreter and distributions), smoke.py (deep-mode
+smoke tests: torch, bitsandbytes, flash-attn, torchao) and importcheck.py (loads compiled extensions for
+real). This is where `import torch` may appear; nowhere else in src/envdoctor.
+"""
