@@ -25,6 +25,15 @@ def parse_arch(name: str) -> tuple[int, int, str] | None:
     return int(digits[:-1]), int(digits[-1]), suffix
 
 
+def major_minor(version: str | None) -> tuple[int, int] | None:
+    """"12.8" or "13.0.88" -> (12, 8); None when it is not such a version."""
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+    except (AttributeError, ValueError):
+        return None
+
+
 def sm_name(cc: CC) -> str:
     return f"sm_{cc[0]}{cc[1]}"
 

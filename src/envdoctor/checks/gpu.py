@@ -8,7 +8,8 @@ from envdoctor.facts.host import GiB, HostFacts
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.toolkit import ToolkitFacts
 from envdoctor.facts.torch_build import TorchFacts
-from envdoctor.gpu_compat import Build, companion_pins, coverage, min_driver, parse_arch, pick_build, sm_name
+from envdoctor.gpu_compat import (Build, companion_pins, coverage, min_driver, parse_arch, pick_build, sm_name,
+                                  tag_cuda)
 from envdoctor.model import Item, Remedy, Result, Status, fail, from_items, ok, skip, warn
 from envdoctor.registry import check
 
@@ -38,8 +39,8 @@ def _torch_remedy(python: PythonEnv, gpu: GpuFacts, torch: TorchFacts, why: str)
         return Remedy(text=f"No PyTorch build in envdoctor's table runs on {', '.join(map(sm_name, ccs))}.")
     text = f"torch {build.version} {build.tag} {why}."
     if not driver_ok:
-        text += (f" It needs a driver for CUDA {_cuda(tuple(int(x) for x in [build.tag[2:-1], build.tag[-1]]))}"
-                 f" (≥ {min_driver((int(build.tag[2:-1]), int(build.tag[-1])))}): upgrade the driver first.")
+        cuda = tag_cuda(build.tag)
+        text += f" It needs a driver for CUDA {_cuda(cuda)} (≥ {min_driver(cuda)}): upgrade the driver first."
     return Remedy(torch_command(python, build), text, "torch.reinstall",
                   {"specs": torch_specs(python, build), "index_url": build.index_url})
 

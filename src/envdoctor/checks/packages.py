@@ -148,6 +148,13 @@ def _companion_item(python: PythonEnv, torch: Distribution, name: str, want: str
     return Item(Status.OK, f"{comp.label} matches torch {torch.version}")
 
 
+def _ao_fits(row: dict, torch_release: tuple[int, ...]) -> bool:
+    """torchao's own list: exact torch releases, or (ABI-stable builds) any torch from a minimum."""
+    if "torch_min" in row:
+        return torch_release[:3] >= Version(row["torch_min"]).release
+    return any(torch_release[:3] == Version(t).release for t in row["torch"])
+
+
 def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item | None:
     ao = python.get("torchao")
     if ao is None:
@@ -156,13 +163,9 @@ def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item |
     row = table.get(".".join(map(str, arel[:3])))
     if row is None:
         return Item(Status.SKIP, f"{ao.label}: not in envdoctor's torchao table")
-    fits = (trel[:3] >= Version(row["torch_min"]).release if "torch_min" in row
-            else any(trel[:3] == Version(t).release for t in row["torch"]))
-    if fits:
+    if _ao_fits(row, trel):
         return Item(Status.OK, f"{ao.label} matches torch {torch.version}")
-    wanted = [v for v, r in table.items() if not v.startswith("_") and (
-        trel[:3] >= Version(r["torch_min"]).release if "torch_min" in r
-        else any(trel[:3] == Version(t).release for t in r["torch"]))]
+    wanted = [v for v, r in table.items() if not v.startswith("_") and _ao_fits(r, trel)]
     supports = row.get("torch") or [f">= {row['torch_min']}"]
     remedy = (Remedy(pip_install(python, [f"torchao=={wanted[-1]}"]),
                      f"torchao {wanted[-1]} is built for torch {torch.version}.", "packages.align-companions",

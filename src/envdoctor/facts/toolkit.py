@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from envdoctor.context import Context
+from envdoctor.gpu_compat import major_minor
 from envdoctor.system import System
 
 _RELEASE = re.compile(r"release (\d+)\.(\d+)")
@@ -20,11 +21,7 @@ class Nvcc:
 
     @property
     def major_minor(self) -> tuple[int, int] | None:
-        try:
-            major, minor = self.version.split(".")[:2]
-            return int(major), int(minor)
-        except (AttributeError, ValueError):
-            return None
+        return major_minor(self.version)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from envdoctor.context import Context
 from envdoctor.elf import ElfError, ElfFile
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.fatbin import Archs, archs_of
+from envdoctor.gpu_compat import major_minor
 from envdoctor.pins import torch_build_tag
 from envdoctor.system import System
 
@@ -36,11 +37,7 @@ class TorchFacts:
 
     @property
     def cuda_tuple(self) -> tuple[int, int] | None:
-        try:
-            major, minor = self.cuda.split(".")[:2]
-            return int(major), int(minor)
-        except (AttributeError, ValueError):
-            return None
+        return major_minor(self.cuda)
 
     @property
     def minor(self) -> str | None:
