@@ -39,16 +39,23 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--shape", default="llama-3.1-8b")
-    ap.add_argument("--points", help="only these grid points, e.g. 2048x2 (seq x micro batch, no modules_to_save, "
-                                     "checkpointing): the plain transformers+peft+bitsandbytes loop as a baseline")
+    ap.add_argument("--points", help="only these points, e.g. 2048x2,1024x2m,512x2n: seq x micro batch, m = with "
+                                     "modules_to_save, n = no gradient checkpointing")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--engine", choices=("peft", "runner"), default="peft",
+                    help="peft: the plain loop (prepare_model_for_kbit_training, model(labels=...)); runner: "
+                         "envdoctor's runner (bf16 frozen base, fp32 trainables, chunked cross-entropy)")
+    ap.add_argument("--accum", type=int, default=1, help="micro batches per optimizer step")
+    ap.add_argument("--role", default=None, help="role recorded for --points (default: the engine)")
     args = ap.parse_args()
     grid = GRID
     if args.points:
-        grid = [(int(p.split("x")[0]), int(p.split("x")[1]), False, True, "baseline") for p in args.points.split(",")]
+        grid = [(int(p.split("x")[0]), int(p.split("x")[1].rstrip("mn")), "m" in p.split("x")[1],
+                 "n" not in p.split("x")[1], args.role or args.engine) for p in args.points.split(",")]
     import bitsandbytes as bnb
     import torch
-    from lib.modeling import quantize_linears
+    from lib.loss import CausalLMLoss
+    from lib.modeling import attach_lora, quantize_linears
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,7 +66,8 @@ def main() -> int:
     with torch.device("cuda"):
         model = LlamaForCausalLM(LlamaConfig(**shape_cfg)).to(torch.bfloat16)
     quantize_linears(model, BASE, torch.bfloat16, "cuda")
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    if args.engine == "peft":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     torch.cuda.empty_cache()
     print(f"built the 4-bit base in {time.time() - t0:.0f} s; "
           f"{torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
@@ -68,29 +76,42 @@ def main() -> int:
     for seq, micro, mts, gc_on, role in grid:
         cfg = dict(BASE, sequence_len=seq, micro_batch_size=micro, gradient_checkpointing=gc_on,
                    lora_modules_to_save=["embed_tokens", "lm_head"] if mts else [])
-        if gc_on:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        if args.engine == "runner":
+            peft_model = attach_lora(model, cfg, torch.bfloat16)
+            loss_of = CausalLMLoss(peft_model)
         else:
-            model.gradient_checkpointing_disable()
-        peft_model = get_peft_model(model, LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05,
-                                                      target_modules=BASE["lora_target_modules"],
-                                                      modules_to_save=cfg["lora_modules_to_save"] or None,
-                                                      task_type="CAUSAL_LM"))
+            if gc_on:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+            else:
+                model.gradient_checkpointing_disable()
+            peft_model = get_peft_model(model, LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05,
+                                                          target_modules=BASE["lora_target_modules"],
+                                                          modules_to_save=cfg["lora_modules_to_save"] or None,
+                                                          task_type="CAUSAL_LM"))
         opt = bnb.optim.PagedAdamW8bit([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         ids = torch.randint(0, shape.vocab, (micro, seq), device="cuda")
-        start = time.time()
-        for _ in range(args.steps):
-            loss = peft_model(input_ids=ids, labels=ids).loss
-            loss.backward()
+
+        def step():
+            for _ in range(args.accum):
+                loss = (loss_of(ids, None, ids) if args.engine == "runner"
+                        else peft_model(input_ids=ids, labels=ids).loss)
+                (loss / args.accum).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            return loss
+
+        loss = step()  # warm-up (kernels, allocator, paged optimizer state), not timed
         torch.cuda.synchronize()
-        took = (time.time() - start) / args.steps
+        start = time.time()
+        for _ in range(args.steps - 1):
+            loss = step()
+        torch.cuda.synchronize()
+        took = (time.time() - start) / max(args.steps - 1, 1) / args.accum
         peak = torch.cuda.max_memory_allocated()
-        est = estimate(shape, cfg)
-        row = dict(seq=seq, micro=micro, modules_to_save=mts, gradient_checkpointing=gc_on, role=role,
+        est = estimate(shape, cfg, engine=args.engine)
+        row = dict(engine=args.engine, seq=seq, micro=micro, modules_to_save=mts, gradient_checkpointing=gc_on, role=role,
                    measured_gib=peak / 2**30, estimated_gib=est.peak / 2**30, step_s=took,
                    tokens_per_s=micro * seq / took, parts={k: v / 2**30 for k, v in est.parts.items()})
         rows.append(row)

@@ -2,6 +2,7 @@
 """QLoRA fine-tuning recipe: NF4 base (where bitsandbytes can), LoRA adapters, per-epoch checkpoints.
 
     python train/qlora.py --config OUTPUT_DIR/config.resolved.json [--resume] [--dry-run]
+    torchrun --nproc-per-node N train/qlora.py --config …      (data parallel, one process per GPU)
 
 `envdoctor train CONFIG` writes the resolved config after its preflight and runs this in the target
 environment. The script is meant to be read and changed: the loop is below, the pieces in lib/.
@@ -10,6 +11,7 @@ environment. The script is meant to be read and changed: the loop is below, the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -33,103 +35,140 @@ def main() -> int:
     notes: list[str] = []
 
     import torch
+    from lib import distributed
+    from lib.loss import CausalLMLoss
     from lib.modeling import build_model, build_optimizer, build_tokenizer
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from lib.progress import Progress
+    world = distributed.init()  # torchrun / accelerate launch set RANK and WORLD_SIZE; alone: one process
+    device = distributed.device(world)
+    say = print if world.main else (lambda *a, **k: None)
     torch.manual_seed(cfg.get("seed", 0))
 
     docs = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]))
     tokenizer = build_tokenizer(cfg, docs)
     seq = cfg["sequence_len"]
     train, val, stats = data.prepare(docs, tokenizer, seq, cfg.get("chunk_overlap", seq // 8),
-                                     cfg.get("val_set_size", 0.1), cfg.get("seed", 0))
+                                     cfg.get("val_set_size", 0.1), cfg.get("seed", 0),
+                                     packing=cfg.get("sample_packing", False))
     micro, accum = cfg["micro_batch_size"], cfg.get("gradient_accumulation_steps", 1)
-    steps_per_epoch = math.ceil(math.ceil(len(train) / micro) / accum)
-    print(f"data: {stats['documents']} documents → {stats['chunks']} chunks of ≤{seq} tokens "
-          f"({stats['duplicates']} duplicates dropped): {stats['train']} train, {stats['val']} val; "
-          f"{steps_per_epoch} optimizer steps per epoch (micro batch {micro} × accumulation {accum})", flush=True)
+    # Data parallel: each rank takes every world.size-th micro batch and accumulates accum / world.size of
+    # them, so the effective batch (micro × accum) and the steps per epoch stay those of one process.
+    local_accum = max(1, accum // world.size)
+    if world.distributed and accum % world.size:
+        notes.append(f"gradient_accumulation_steps {accum} is not a multiple of {world.size} processes: "
+                     f"effective batch {micro * local_accum * world.size} instead of {micro * accum}")
+    per_rank = math.ceil(math.ceil(len(train) / micro) / world.size)
+    steps_per_epoch = math.ceil(per_rank / local_accum)
+    say(f"data: {stats['documents']} documents → {stats['chunks']} chunks of ≤{seq} tokens "
+        f"({stats['duplicates']} duplicates dropped): {stats['train']} train, {stats['val']} val; "
+        f"{steps_per_epoch} optimizer steps per epoch (micro batch {micro} × accumulation {accum}"
+        + (f", {world.size} processes" if world.distributed else "") + ")", flush=True)
     if steps_per_epoch < 10:
-        print(f"warning: only {steps_per_epoch} optimizer steps per epoch: the learning-rate schedule and the "
-              "per-epoch checkpoints will be coarse; add text or lower gradient_accumulation_steps", flush=True)
+        say(f"warning: only {steps_per_epoch} optimizer steps per epoch: the learning-rate schedule and the "
+            "per-epoch checkpoints will be coarse; add text or lower gradient_accumulation_steps", flush=True)
     if args.dry_run:
+        distributed.finish(world)
         return 0
 
-    model = build_model(cfg, tokenizer, device, notes)
-    if device == "cuda":
+    model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None)
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
     optimizer = build_optimizer(cfg, model, device, notes)
+    step_loss = distributed.wrap(CausalLMLoss(model, cfg.get("loss_chunk_tokens", 1024)), world, device)
     epochs = cfg["num_epochs"]
     total = steps_per_epoch * epochs
     warmup = cfg.get("warmup_steps", max(1, int(total * cfg.get("warmup_ratio", 0.05))))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     for n in notes:
-        print(f"note: {n}", flush=True)
+        say(f"note: {n}", flush=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"model: {trainable:,} trainable parameters on {device}", flush=True)
+    say(f"model: {trainable:,} trainable parameters on {device}", flush=True)
 
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
     if args.resume and (last := checkpoint.latest(out)):
         state = checkpoint.restore(last, model, optimizer, scheduler)
-        print(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
+        say(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
 
     save_every = cfg.get("save_steps")  # optimizer steps between mid-epoch checkpoints (None: per epoch)
-    started, tokens = time.time(), 0
+    started, tokens, window = time.time(), 0, []
+    progress = Progress(total, state["step"]) if world.main else None
     pad = tokenizer.pad_token_id
     for epoch in range(state["epoch"], epochs):
-        model.train()
-        batches = list(data.batches(train, micro, pad, epoch, cfg.get("seed", 0)))
+        step_loss.train()
+        batches = list(data.batches(train, micro, pad, epoch, cfg.get("seed", 0)))[world.rank::world.size]
         for b in range(state["batch"] if epoch == state["epoch"] else 0, len(batches)):
             ids, mask = (torch.tensor(x, device=device) for x in batches[b])
-            labels = ids.masked_fill(mask == 0, -100)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            (loss / accum).backward()
+            last_micro = (b + 1) % local_accum == 0 or b + 1 == len(batches)
+            sync = contextlib.nullcontext() if last_micro or not world.distributed else step_loss.no_sync()
+            with sync:
+                loss = step_loss(ids, mask, ids.masked_fill(mask == 0, -100))
+                (loss / local_accum).backward()
             tokens += int(mask.sum())
-            if (b + 1) % accum == 0 or b + 1 == len(batches):
+            window.append(float(loss.detach()))
+            if last_micro:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
-                state["losses"].append(round(float(loss.detach()), 5))
-                rate = tokens / max(time.time() - started, 1e-6)
-                eta = (total - state["step"]) * (time.time() - started) / max(state["step"], 1)
-                print(f"step {state['step']}/{total} epoch {epoch + 1} loss {float(loss.detach()):.4f} "
-                      f"{rate:,.0f} tok/s eta {eta:,.0f}s", flush=True)
-                report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "loss": float(loss.detach()),
-                                         "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
+                mean_loss = distributed.mean(sum(window) / len(window), world)  # this step's loss, all ranks
+                window = []
+                state["losses"].append(round(mean_loss, 5))
+                rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
+                if world.main:
+                    progress.update(state["step"], epoch + 1, mean_loss, rate)
+                    report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "loss": mean_loss,
+                                             "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
                 if save_every and state["step"] % save_every == 0 and b + 1 < len(batches):
-                    checkpoint.save(out, f"step-{state['step']}", model, optimizer, scheduler,
-                                    {**state, "epoch": epoch, "batch": b + 1})
+                    if world.main:
+                        checkpoint.save(out, f"step-{state['step']}", model, optimizer, scheduler,
+                                        {**state, "epoch": epoch, "batch": b + 1, "world_size": world.size})
+                    distributed.barrier(world)
         state["batch"] = 0
-        vloss = evaluate(model, val, micro, pad, device)
+        vloss = evaluate(model, val, micro, pad, device, cfg.get("loss_chunk_tokens", 1024))
         state["val"].append([state["step"], vloss])
-        print(f"epoch {epoch + 1}: validation loss {vloss:.4f}", flush=True)
-        report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
-        checkpoint.save(out, f"epoch-{epoch + 1}", model, optimizer, scheduler, {**state, "epoch": epoch + 1})
-    model.save_pretrained(out / "adapter")
-    tokenizer.save_pretrained(out / "adapter")
-    report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]])
-    (out / "run_summary.json").write_text(json.dumps({
-        "base_model": cfg.get("base_model"), "model_config": cfg.get("model_config"), "config": cfg,
-        "versions": report.versions(), "device": device, "notes": notes, "data": stats,
-        "steps": state["step"], "first_loss": state["losses"][0] if state["losses"] else None,
-        "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
-        "adapter": str(out / "adapter"), "tokens_per_s": tokens / max(time.time() - started, 1e-6),
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}, indent=2))
-    print(f"done: adapter in {out / 'adapter'}, summary in {out / 'run_summary.json'}", flush=True)
+        if world.main:
+            progress.message(f"epoch {epoch + 1}: validation loss {vloss:.4f}")
+            report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
+            checkpoint.save(out, f"epoch-{epoch + 1}", model, optimizer, scheduler,
+                            {**state, "epoch": epoch + 1, "world_size": world.size})
+        distributed.barrier(world)
+    rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    if world.main:
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+        # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
+        (out / "heldout.json").write_text(json.dumps({"chunks": val[:16], "sequence_len": seq}))
+        report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]])
+        base = str(out / "base") if (out / "base" / "config.json").exists() else cfg.get("base_model")
+        (out / "run_summary.json").write_text(json.dumps({
+            "base_model": cfg.get("base_model"), "base_model_path": base, "model_config": cfg.get("model_config"),
+            "config": cfg, "versions": report.versions(), "device": device, "world_size": world.size,
+            "notes": notes, "data": stats, "steps": state["step"],
+            "first_loss": state["losses"][0] if state["losses"] else None,
+            "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
+            "heldout": "heldout.json", "adapter": str(out / "adapter"), "tokens_per_s": rate,
+            "peak_memory_gib": peak}, indent=2))
+        say(f"done: adapter in {out / 'adapter'}, summary in {out / 'run_summary.json'}", flush=True)
+    distributed.finish(world)
     return 0
 
 
-def evaluate(model, chunks, micro, pad, device) -> float:
+def evaluate(model, chunks, micro, pad, device, chunk_tokens) -> float:
+    """Mean validation loss; every rank computes it on the whole (small) validation set, no collectives."""
     import torch
+    from lib.loss import CausalLMLoss
     if not chunks:
         return float("nan")
+    loss_of = CausalLMLoss(model, chunk_tokens)
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for ids, mask in data.batches(chunks, micro, pad, 0, 0):
             ids, mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
-            total += float(model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss)
+            total += float(loss_of(ids, mask, ids.masked_fill(mask == 0, -100)))
             n += 1
     model.train()
     return total / n

@@ -62,7 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="start even when the preflight fails")
     t.add_argument("--output-dir", help="override the config's output_dir")
     t.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to train with")
+    t.add_argument("--backend", choices=("runner", "axolotl"), default="runner",
+                   help="runner: envdoctor's bundled runner (default); axolotl: `axolotl train CONFIG` after the "
+                        "preflight")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel processes through torchrun (default: every visible GPU; 1 on a CPU)")
     t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    m = sub.add_parser("merge", help="merge a run's adapter into its bf16 base, verify it, ready for vLLM")
+    m.add_argument("run", metavar="RUN_DIR", help="an `envdoctor train` output folder (with --backend axolotl: "
+                                                  "the axolotl config)")
+    m.add_argument("--out", metavar="DIR", help="where the merged model goes (default RUN_DIR/merged)")
+    m.add_argument("--base", metavar="DIR", help="base model folder (default: from the run's provenance)")
+    m.add_argument("--from-nf4", action="store_true",
+                   help="merge into the NF4-dequantized base weights (what 4-bit training saw) instead of bf16")
+    m.add_argument("--device", default="auto", help="auto (GPU when there is one), cuda or cpu")
+    m.add_argument("--backend", choices=("envdoctor", "axolotl"), default="envdoctor")
+    m.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to merge with")
+    m.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     r = sub.add_parser("recipes", help="known-good stacks: list, show NAME, validate FILE")
     r.add_argument("action", choices=("list", "show", "validate"))
     r.add_argument("name", nargs="?", metavar="NAME|FILE")
@@ -170,6 +186,12 @@ def cmd_train(args) -> int:
     return run_train(args, system, ctx)
 
 
+def cmd_merge(args) -> int:
+    from envdoctor.commands.merge import run_merge
+    system, ctx = target(args)
+    return run_merge(args, system, ctx)
+
+
 def cmd_install(args) -> int:
     from envdoctor.commands.install import run_install
     from envdoctor.system import System
@@ -193,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
-                "install": cmd_install, "train": cmd_train}[args.command](args)
+                "install": cmd_install, "train": cmd_train, "merge": cmd_merge}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -43,13 +43,20 @@ def chunk(ids: list[int], length: int, overlap: int) -> list[list[int]]:
     return [c for c in out if len(c) >= min(length, 16)]
 
 
-def prepare(docs: list[str], tokenizer, length: int, overlap: int, val: float | int, seed: int):
-    """(train chunks, val chunks, stats)."""
-    chunks, seen, dupes = [], set(), 0
+def prepare(docs: list[str], tokenizer, length: int, overlap: int, val: float | int, seed: int,
+            packing: bool = False):
+    """(train chunks, val chunks, stats). With packing, documents are joined (each ended by EOS) into one
+    stream before chunking: no padding, at the price of attention across a document boundary."""
+    streams = []
     for d in docs:
         ids = tokenizer(d, add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
+        streams.append(ids)
+    if packing:
+        streams = [[t for ids in streams for t in ids]]
+    chunks, seen, dupes = [], set(), 0
+    for ids in streams:
         for c in chunk(ids, length, overlap):
             key = hashlib.sha1(str(c).encode()).hexdigest()
             if key in seen:

@@ -56,9 +56,10 @@ def quantize_linears(model, cfg: dict, compute_dtype, device: str) -> int:
     return count
 
 
-def build_model(cfg: dict, tokenizer, device: str, notes: list[str]):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    use_bf16 = cfg.get("bf16", True) and device == "cuda"
+def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None):
+    """The peft model to train. A model built from `model_config` (random weights) is first saved
+    unquantized to `base_dir`, when given: merging needs the base weights the adapter was trained on."""
+    use_bf16 = cfg.get("bf16", True) and device.startswith("cuda")
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     want_4bit = cfg.get("load_in_4bit", False)
     why_not = four_bit_works(device) if want_4bit else None
@@ -80,6 +81,9 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str]):
                 model = LlamaForCausalLM(LlamaConfig(**mc))
         finally:
             torch.set_default_dtype(default)
+        if base_dir is not None and not (base_dir / "config.json").exists():
+            model.save_pretrained(base_dir, max_shard_size="2GB")
+            tokenizer.save_pretrained(base_dir)
         if want_4bit and not why_not:
             n = quantize_linears(model, cfg, dtype, device)
             notes.append(f"{n} linear layers quantized to NF4 with bitsandbytes on {device}")
@@ -91,24 +95,41 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str]):
                                    bnb_4bit_use_double_quant=cfg.get("bnb_4bit_use_double_quant", True)) \
             if want_4bit and not why_not else None
         model = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=dtype, quantization_config=quant,
-                                                     device_map={"": device} if device == "cuda" else None)
-    if want_4bit and not why_not:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.get("gradient_checkpointing", True))
+                                                     device_map={"": device} if device.startswith("cuda") else None)
+    return attach_lora(model, cfg, dtype)
+
+
+def attach_lora(model, cfg: dict, dtype):
+    """Freeze the base, turn on gradient checkpointing, add LoRA (and modules_to_save) per the config.
+
+    Not peft's prepare_model_for_kbit_training: it casts every non-quantized weight to fp32, which for
+    Llama-3's 128k vocabulary is 2 GiB more per embedding matrix and an fp32 residual stream. The frozen
+    base stays in its dtype; only what trains is fp32."""
+    from peft import LoraConfig, get_peft_model
+    for p in model.parameters():
+        p.requires_grad_(False)
     if cfg.get("gradient_checkpointing", False):
-        # Explicitly: with transformers 5 / peft 0.21, prepare_model_for_kbit_training alone left it off
-        # (measured on an H200: 101 GiB peak instead of 16 for the 8B shape at 2 × 2048).
+        # Explicitly, non-reentrant (no input-grad hook needed). With transformers 5 / peft 0.21 the kbit
+        # preparation alone left it off: measured on an H200, 101 GiB peak instead of 16 (8B, 2 × 2048).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    else:
+        model.gradient_checkpointing_disable()
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg.get("lora_dropout", 0.0),
                       target_modules=cfg["lora_target_modules"], modules_to_save=cfg.get("lora_modules_to_save") or None,
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    for p in model.parameters():  # LoRA weights are fp32 already; modules_to_save copies are not
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if dtype != torch.float32:  # a trained fp32 embedding copy must not turn the residual stream into fp32
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(dtype))
+    return model
 
 
 def build_optimizer(cfg: dict, model, device: str, notes: list[str]):
     params = [p for p in model.parameters() if p.requires_grad]
     name = cfg.get("optimizer", "adamw_torch")
-    if name in ("paged_adamw_8bit", "adamw_8bit") and device == "cuda":
+    if name in ("paged_adamw_8bit", "adamw_8bit") and device.startswith("cuda"):
         import bitsandbytes as bnb
         cls = bnb.optim.PagedAdamW8bit if name.startswith("paged") else bnb.optim.AdamW8bit
         return cls(params, lr=cfg["learning_rate"], weight_decay=cfg.get("weight_decay", 0.0))

@@ -1,5 +1,6 @@
 """`envdoctor train`: validate the config, run the checks that matter for training and refuse on
-failures (unless --force), then run the bundled runner in the target environment."""
+failures (unless --force), then run the bundled runner in the target environment — through torchrun
+when more than one GPU is visible (or with --nproc) — or hand the config to `axolotl train`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.model import Status
 from envdoctor.system import System
+from envdoctor.training.backends import axolotl_argv
 from envdoctor.training.config import load
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
@@ -21,10 +23,32 @@ PREFLIGHT = ("python.interpreter", "python.version", "gpu.driver", "gpu.torch", 
 RUNTIME = ("torch", "transformers", "peft")
 
 
+def visible_gpus(system: System, gpu) -> int:
+    """GPUs a launched process would see: NVML's count, narrowed by CUDA_VISIBLE_DEVICES."""
+    count = len(gpu.gpus) if gpu and gpu.present else 0
+    mask = system.env.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        count = min(count, len([d for d in mask.split(",") if d.strip() and not d.strip().startswith("-")]))
+    return count
+
+
+def launcher_argv(ctx: Context, nproc: int, script: str) -> list[str]:
+    """One process (python), or N through torchrun — the launcher that ships with torch."""
+    if nproc <= 1:
+        return [ctx.python, script]
+    return [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script]
+
+
 def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     path = asset("train", "configs", "demo.yaml") if args.demo else args.config
     if path is None:
         raise UsageError("name a config (e.g. train/configs/qlora_style_transfer.yaml) or pass --demo")
+    axolotl = args.backend == "axolotl"
+    if axolotl and (args.demo or args.resume or args.nproc):
+        raise UsageError("--backend axolotl takes a config only: axolotl resumes with its own "
+                         "resume_from_checkpoint key and launches its own processes")
+    if args.nproc is not None and args.nproc < 1:
+        raise UsageError("--nproc must be at least 1")
     cfg = load(path)
     for w in cfg.warnings:
         out.write(f"warning: {w}\n")
@@ -48,6 +72,15 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             out.write("refusing to start a run that cannot work (--force overrides; `envdoctor check` has the fixes)\n")
             return 1
         out.write("--force: starting anyway\n")
+    if axolotl:
+        argv = axolotl_argv(system, ctx, "train", str(path))  # the user's own file, unchanged
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1"})
+    gpus = visible_gpus(system, run.facts.get("gpu").value if run.facts.get("gpu") else None)
+    nproc = args.nproc or (gpus if gpus > 1 else 1)
+    if gpus and nproc > gpus:
+        raise UsageError(f"--nproc {nproc}: only {gpus} GPU(s) visible")
     resolved = cfg.resolved()
     if args.output_dir:
         resolved["output_dir"] = args.output_dir
@@ -56,7 +89,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     config_path = outdir / "config.resolved.json"
     config_path.write_text(json.dumps(resolved, indent=2))
-    argv = [ctx.python, str(asset("train", "qlora.py")), "--config", str(config_path)]
+    argv = launcher_argv(ctx, nproc, str(asset("train", "qlora.py"))) + ["--config", str(config_path)]
     argv += ["--resume"] if args.resume else []
     argv += ["--dry-run"] if args.dry_run else []
     out.write(f"$ {' '.join(argv)}\n")

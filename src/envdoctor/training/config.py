@@ -14,7 +14,8 @@ OPTIONAL = {"val_set_size": (int, float), "seed": int, "load_in_4bit": bool, "ad
             "lora_dropout": (int, float), "lora_modules_to_save": list, "gradient_accumulation_steps": int,
             "optimizer": str, "gradient_checkpointing": bool, "bf16": (bool, str), "fp16": bool,
             "warmup_steps": int, "warmup_ratio": (int, float), "save_steps": int, "chunk_overlap": int,
-            "weight_decay": (int, float), "model_config": dict, "tokenizer": str}
+            "weight_decay": (int, float), "model_config": dict, "tokenizer": str, "sample_packing": bool,
+            "loss_chunk_tokens": int}
 CHOICES = {"adapter": {"qlora", "lora"}, "bnb_4bit_quant_type": {"nf4", "fp4"},
            "bnb_4bit_compute_dtype": {"bfloat16", "float16", "float32"},
            "optimizer": {"paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_bnb_8bit"},

@@ -3,13 +3,16 @@
 Peak GPU memory (torch's max_memory_allocated, the bf16 compute of the seed's config) is the sum of:
   base      4-bit linears: 0.5 B/param + quantisation constants (NF4 blocks of 64; with double quant
             ~0.016 B/param, else 0.0625)
-  embed     embed_tokens and lm_head: fp32 after peft's prepare_model_for_kbit_training (4 B/param)
+  embed     embed_tokens and lm_head: fp32 after peft's prepare_model_for_kbit_training (4 B/param);
+            bf16 in envdoctor's runner, which does not upcast the frozen base (2 B/param)
   lora      LoRA weights fp32 + their grads (8 B/param) + optimizer state (AdamW 8 B/param; the 8-bit
             ones 2 B/param, paged ones outside allocated memory: 0)
   save      modules_to_save copies: fp32 weights + grads + optimizer state, as for LoRA
   act       activations: with gradient checkpointing, each layer's input (bf16) plus one layer's
             recompute and its attention; without, every layer's saved tensors and attention probabilities
-  logits    B × S × vocab × LOGIT_BYTES
+  logits    B × S × vocab × LOGIT_BYTES for a full-logits loss (axolotl, a plain peft loop); the runner's
+            chunked cross-entropy holds one chunk: CE_CHUNK × vocab × CHUNK_BYTES
+Two engines: "peft" (the plain loop and axolotl: what was calibrated) and "runner" (envdoctor's runner).
 The constants marked CALIBRATED come from runs on an H200 (bench/calibrate_memory.py); the optimizer
 state of non-paged optimizers and lora_dropout: 0 are accounted by the formula, not measured.
 """
@@ -27,6 +30,11 @@ ATT_SAVED = 4.0          # bytes per (batch × heads × seq²) per layer without
 LOGIT_BYTES = 2.745      # bytes per logit element at the peak (loss and its gradient)
 SAVE_BYTES = 5.22        # bytes per modules_to_save parameter beyond the base copy (weights + grads)
 QUANT_CONST = {True: 0.0159, False: 0.0625}
+# The runner's terms, by formula (checked on the H200, see bench/results): a chunk's logits in bf16 and
+# fp32 plus the fp32 gradient and its bf16 cast; modules_to_save copies in fp32 with fp32 grads.
+CE_CHUNK = 1024
+CHUNK_BYTES = 12.0
+SAVE_BYTES_RUNNER = 8.0
 OPT_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adamw_bnb_8bit": 2.0, "paged_adamw_8bit": 0.0}
 
 
@@ -83,7 +91,8 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
-def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None) -> Estimate:
+def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
+             engine: str = "runner") -> Estimate:
     b = micro_batch or cfg.get("micro_batch_size", 1)
     s = seq or cfg.get("sequence_len", 2048)
     r = cfg.get("lora_r", 8)
@@ -107,13 +116,15 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         act = tokens * 2 * (shape.layers * shape.hidden + per_layer) + ATT_GC * att
     else:
         act = shape.layers * (tokens * 2 * per_layer + ATT_SAVED * att)
+    runner = engine == "runner"
+    chunk = min(cfg.get("loss_chunk_tokens", CE_CHUNK), tokens)
     parts = {
         "base (4-bit linears)" if four_bit else "base (bf16 linears)": base,
-        "embeddings + lm_head (fp32)": embed * heads * 4.0,
+        "embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)": embed * heads * (2.0 if runner else 4.0),
         "LoRA weights, grads, optimizer": lora * (8.0 + opt),
-        "modules_to_save weights, grads, optimizer": save * (SAVE_BYTES + opt),
+        "modules_to_save weights, grads, optimizer": save * ((SAVE_BYTES_RUNNER if runner else SAVE_BYTES) + opt),
         "activations": act,
-        "logits and loss": tokens * shape.vocab * LOGIT_BYTES,
+        "logits and loss": chunk * shape.vocab * CHUNK_BYTES if runner else tokens * shape.vocab * LOGIT_BYTES,
     }
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts)
 

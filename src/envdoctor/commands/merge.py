@@ -1,0 +1,137 @@
+"""`envdoctor merge RUN_DIR`: the adapter of a run merged into its bf16 base (train/merge.py in the
+target environment), verified against base + adapter (train/verify.py), recorded so that a second merge
+of the same inputs is a no-op. With --backend axolotl: `axolotl merge-lora CONFIG`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from envdoctor.assets import asset
+from envdoctor.context import Context
+from envdoctor.errors import UsageError
+from envdoctor.system import System
+from envdoctor.training.backends import axolotl_argv
+
+MANIFEST = "envdoctor-merge.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(base: Path, adapter: Path, from_nf4: bool) -> dict:
+    """What the merged weights depend on: the adapter's bytes, the base's files, the mode."""
+    weights = sorted(p for p in base.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".index.json"))
+    return {"adapter_sha256": _sha256(adapter / "adapter_model.safetensors"),
+            "adapter_config_sha256": _sha256(adapter / "adapter_config.json"),
+            "base": str(base.resolve()), "base_files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+                                                        for p in weights},
+            "from_nf4": from_nf4}
+
+
+def complete(out: Path, fp: dict) -> bool:
+    """An earlier merge of these inputs, verified, with every shard still there at its size."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    files = manifest.get("files", {})
+    return (manifest.get("inputs") == fp and manifest.get("verified") is True and bool(files)
+            and all((out / n).is_file() and (out / n).stat().st_size == s for n, s in files.items()))
+
+
+def resolve_base(run: Path, summary: dict, override: str | None, system: System) -> Path:
+    from envdoctor.facts.host import hf_cache_dir
+    name = override or summary.get("base_model_path") or summary.get("base_model")
+    if not name:
+        raise UsageError(f"{run / 'run_summary.json'}: base_model: missing; pass --base DIR")
+    candidates = [Path(name)] if Path(name).is_absolute() else [run / name, Path(name)]
+    snap = Path(hf_cache_dir(system.env)) / f"models--{name.replace('/', '--')}" / "snapshots"
+    candidates += sorted(snap.iterdir()) if snap.is_dir() else []
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return c
+    raise UsageError(f"base model {name!r} not found locally (looked in {', '.join(map(str, candidates))}); "
+                     "download it (huggingface-cli download …) or pass --base DIR")
+
+
+def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
+    if args.backend == "axolotl":
+        argv = axolotl_argv(system, ctx, "merge-lora", args.run)
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        return system.stream(argv)
+    run = Path(args.run)
+    summary_path = run / "run_summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except OSError:
+        raise UsageError(f"{summary_path}: not found; RUN_DIR is a finished `envdoctor train` output folder")
+    except ValueError as exc:
+        raise UsageError(f"{summary_path}: not valid JSON ({exc})")
+    adapter = Path(summary.get("adapter") or run / "adapter")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise UsageError(f"{adapter}: no adapter_model.safetensors (did the run finish?)")
+    base = resolve_base(run, summary, args.base, system)
+    dest = Path(args.out) if args.out else run / ("merged-nf4" if args.from_nf4 else "merged")
+    fp = fingerprint(base, adapter, args.from_nf4)
+    if complete(dest, fp):
+        report = json.loads((dest / MANIFEST).read_text())
+        out.write(f"already merged: {dest} holds this adapter merged into {base} and verified "
+                  f"(loss {report['verify']['loss_merged']:.4f}); nothing to do\n")
+        return 0
+    if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).exists() \
+            and not (dest / "merge_report.json").exists():
+        raise UsageError(f"{dest}: exists and is not an envdoctor merge; choose another --out")
+    env = {**system.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    argv = [ctx.python, str(asset("train", "merge.py")), "--base", str(base), "--adapter", str(adapter),
+            "--out", str(dest)] + (["--from-nf4"] if args.from_nf4 else []) + ["--device", args.device]
+    out.write(f"$ {' '.join(argv)}\n")
+    out.flush()
+    code = system.stream(argv, env=env)
+    if code != 0:
+        out.write(f"merge failed (exit {code}); {dest} was not changed\n")
+        return 1
+    verify_path = dest / "verify_report.json"
+    heldout = run / "heldout.json"
+    if not heldout.is_file():
+        out.write(f"not verified: {heldout} is missing (a run from an older envdoctor)\n")
+        return 1
+    argv = [ctx.python, str(asset("train", "verify.py")), "--base", str(base), "--adapter", str(adapter),
+            "--merged", str(dest), "--heldout", str(heldout), "--report", str(verify_path), "--device", args.device]
+    out.write(f"$ {' '.join(argv)}\n")
+    out.flush()
+    system.stream(argv, env=env)
+    try:
+        verify = json.loads(verify_path.read_text())
+    except (OSError, ValueError):
+        out.write("verification did not produce a report (see its output above)\n")
+        return 1
+    merge = json.loads((dest / "merge_report.json").read_text())
+    out.write(f"verification on {verify['tokens']} held-out tokens: loss {verify['loss_adapter']:.4f} (base + adapter) "
+              f"vs {verify['loss_merged']:.4f} (merged); logits max |Δ| {verify['max_abs_diff']:.3g}, mean |Δ| "
+              f"{verify['mean_abs_diff']:.3g} (mean |logit| {verify['mean_abs_logit']:.3g}); argmax agreement "
+              f"{verify['argmax_agreement']:.1%}\n")
+    if args.from_nf4:  # not a failure: the point of this mode is to show what NF4 rounding of the base does
+        out.write("merged into the NF4-dequantized base: the difference above is what 4-bit rounding of the base "
+                  "weights does to the model; the bf16 merge (the default) reproduces base + adapter\n")
+        verify["passed"] = True
+    if not verify["passed"]:
+        out.write("FAILED: the merged model does not reproduce base + adapter within the tolerance "
+                  f"{verify['tolerance']}\n")
+        return 1
+    files = {p.name: p.stat().st_size for p in dest.iterdir() if p.suffix == ".safetensors"}
+    system.write_text(str(dest / MANIFEST), json.dumps({"inputs": fp, "verified": True, "verify": verify,
+                                                        "merge": merge, "files": files}, indent=2))
+    out.write(f"merged: {dest} ({merge['shards']} shard(s), {merge['bytes'] / 1e9:.2f} GB, {merge['lora_merged']} "
+              f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "
+              f"serve it with: vllm serve {dest}\n")
+    return 0

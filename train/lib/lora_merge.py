@@ -1,0 +1,74 @@
+"""Merging a LoRA adapter into base weights, tensor by tensor: W + scale · B·A for every adapted linear,
+the trained copy for every modules_to_save weight, everything else copied as it is."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from lib import safetensors_stream as sts
+
+PREFIX = "base_model.model."
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def load_adapter(adapter_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    problems = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {cfg.get('peft_type')!r} (only LORA merges here)")
+    if cfg.get("use_dora"):
+        problems.append("use_dora: true (DoRA's magnitude vector is not merged here; use peft's merge_and_unload)")
+    if cfg.get("alpha_pattern") or cfg.get("rank_pattern"):
+        problems.append("alpha_pattern/rank_pattern (per-module scaling is not merged here)")
+    if problems:
+        raise AdapterError(f"{adapter_dir / 'adapter_config.json'}: " + "; ".join(problems))
+    path = adapter_dir / "adapter_model.safetensors"
+    head, start = sts.header(path)
+    return cfg, {name: sts.read(path, name, head, start) for name in head}
+
+
+def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[str]) -> tuple[dict, dict, list[str]]:
+    """(lora: base name → (A, B), replaced: base name → tensor, unmatched adapter keys)."""
+    lora, replaced, unmatched = {}, {}, []
+    for key, value in tensors.items():
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        if ".lora_A." in name or ".lora_B." in name:
+            part = "A" if ".lora_A." in name else "B"
+            base = name.replace(f".lora_{part}.weight", ".weight").replace(f".lora_{part}.default.weight", ".weight")
+            if base not in base_names:
+                unmatched.append(key)
+                continue
+            lora.setdefault(base, {})[part] = value
+        elif name in base_names:
+            replaced[name] = value  # a modules_to_save copy, saved under the base's own name
+        else:
+            unmatched.append(key)
+    incomplete = [k for k, v in lora.items() if set(v) != {"A", "B"}]
+    if incomplete:
+        raise AdapterError(f"lora_A without lora_B (or the reverse) for {incomplete[:3]}")
+    return lora, replaced, unmatched
+
+
+def scale(adapter_cfg: dict, rank: int) -> float:
+    alpha = adapter_cfg.get("lora_alpha", rank)
+    return alpha / math.sqrt(rank) if adapter_cfg.get("use_rslora") else alpha / rank
+
+
+def merged(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, adapter_cfg: dict, device: str,
+           dequantize=None) -> torch.Tensor:
+    """W + scale · B·A in fp32 on `device`, returned in W's dtype. `dequantize` (NF4 round trip) replaces
+    W by what the 4-bit training actually saw."""
+    w = weight.to(device)
+    if dequantize is not None:
+        w = dequantize(w)
+    delta = b.to(device, torch.float32) @ a.to(device, torch.float32)
+    if adapter_cfg.get("fan_in_fan_out"):
+        delta = delta.T
+    return (w.float() + scale(adapter_cfg, a.shape[0]) * delta).to(weight.dtype).cpu()

@@ -1,0 +1,47 @@
+"""Causal-LM loss without materialising the whole logits tensor.
+
+For a 128k vocabulary, 2 × 2048 tokens make 0.5 G logits: 1 GiB in bf16, 2 GiB more as fp32 for the
+softmax, and as much again for its gradient. Here the lm_head and the cross-entropy run on chunks of
+tokens under activation checkpointing: a chunk's logits exist only while that chunk is computed (and
+recomputed in backward), so the peak holds one chunk's logits, not all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    logits = head(hidden.to(head.weight.dtype)).float()
+    return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                          chunk: int = 1024) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (labels -100 are ignored), as
+    `LlamaForCausalLM(labels=...)` computes it."""
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    y = labels[:, 1:].reshape(-1)
+    count = (y != -100).sum().clamp(min=1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk):
+        piece = (h[i:i + chunk], y[i:i + chunk], head)
+        total = total + (checkpoint(_chunk_loss, *piece, use_reentrant=False) if torch.is_grad_enabled()
+                         else _chunk_loss(*piece))
+    return total / count
+
+
+class CausalLMLoss(torch.nn.Module):
+    """Wraps a peft model so that one forward returns the loss; this is what DDP wraps."""
+
+    def __init__(self, peft_model, chunk: int = 1024):
+        super().__init__()
+        self.peft_model = peft_model
+        self.chunk = chunk
+
+    def forward(self, input_ids, attention_mask, labels):
+        base = self.peft_model.get_base_model()
+        hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return chunked_cross_entropy(hidden, labels, base.lm_head, self.chunk)

@@ -1,0 +1,83 @@
+"""Safetensors read and written one tensor at a time, with plain file reads (no mmap), so that a
+process merging a 16 GB model holds one tensor, not a shard: the format is an 8-byte little-endian
+header length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def header(path: Path) -> tuple[dict, int]:
+    """(header without __metadata__, offset where the data starts)."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        head = json.loads(fh.read(n))
+    head.pop("__metadata__", None)
+    return head, 8 + n
+
+
+def read(path: Path, name: str, head: dict, start: int) -> torch.Tensor:
+    info = head[name]
+    begin, end = info["data_offsets"]
+    with open(path, "rb") as fh:
+        fh.seek(start + begin)
+        buf = bytearray(fh.read(end - begin))
+    if not buf:
+        return torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
+    return torch.frombuffer(buf, dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def weight_files(model_dir: Path) -> dict[str, Path]:
+    """tensor name → the file holding it, from model.safetensors.index.json or a single file."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        return {k: model_dir / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    single = model_dir / "model.safetensors"
+    if single.exists():
+        return {k: single for k in header(single)[0]}
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+class ShardWriter:
+    """Writes one shard whose tensors (names, dtypes, shapes) are known in advance, tensor by tensor."""
+
+    def __init__(self, path: Path, specs: list[tuple[str, torch.dtype, list[int]]]):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        head, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, dtype, shape in specs:
+            size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            head[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        blob = json.dumps(head, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # data 8-byte aligned, as the reference writer does
+        self.order = [name for name, _, _ in specs]
+        self.sizes = {name: head[name]["data_offsets"][1] - head[name]["data_offsets"][0] for name in self.order}
+        self.fh = open(self.tmp, "wb")
+        self.fh.write(struct.pack("<Q", len(blob)) + blob)
+        self.next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if name != self.order[self.next]:
+            raise ValueError(f"expected tensor {self.order[self.next]}, got {name}")
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+        if len(data) != self.sizes[name]:
+            raise ValueError(f"{name}: {len(data)} bytes, header says {self.sizes[name]}")
+        self.fh.write(data)
+        self.next += 1
+
+    def close(self) -> int:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+        return self.path.stat().st_size

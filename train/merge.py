@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Merge a trained LoRA adapter into its base model: a full bf16 model ready for vLLM.
+
+    python train/merge.py --base BASE_DIR --adapter ADAPTER_DIR --out OUT_DIR [--from-nf4] [--device D]
+
+Never into 4-bit weights: the base's own bf16 tensors are read one at a time (no full model in memory),
+LoRA deltas added in fp32 (on the GPU when there is one), written as sharded safetensors with the dtype
+in config.json, then tokenizer, chat template and generation_config. `envdoctor merge RUN_DIR` runs
+this, then train/verify.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from lib import lora_merge, safetensors_stream as sts  # noqa: E402
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+
+
+def nf4_round_trip(device: str):
+    import bitsandbytes.functional as F
+
+    def dequantize(w: torch.Tensor) -> torch.Tensor:
+        q, state = F.quantize_4bit(w.to(device, torch.bfloat16), quant_type="nf4", compress_statistics=True)
+        return F.dequantize_4bit(q, state).to(w.dtype)
+    return dequantize
+
+
+def shards(names: list[str], specs: dict, max_bytes: int) -> list[list[str]]:
+    out, cur, size = [], [], 0
+    for n in names:
+        dtype, shape = specs[n]
+        b = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        if cur and size + b > max_bytes:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(n)
+        size += b
+    return out + ([cur] if cur else [])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--from-nf4", action="store_true", help="merge into the NF4-dequantized base weights")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--max-shard-gb", type=float, default=5.0)
+    args = ap.parse_args()
+    base, adapter, out = Path(args.base), Path(args.adapter), Path(args.out)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    started = time.time()
+    files = sts.weight_files(base)
+    heads = {f: sts.header(f) for f in set(files.values())}
+    specs = {n: (sts.DTYPES[heads[f][0][n]["dtype"]], heads[f][0][n]["shape"]) for n, f in files.items()}
+    try:
+        acfg, tensors = lora_merge.load_adapter(adapter)
+        lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files))
+    except (lora_merge.AdapterError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if unmatched:
+        print(f"error: {len(unmatched)} adapter tensors match no base weight (another base model?): "
+              f"{unmatched[:3]}", file=sys.stderr)
+        return 2
+    dequantize = nf4_round_trip(device) if args.from_nf4 else None
+    linear_names = {n for n in files if n.endswith(".weight") and "layers." in n and len(specs[n][1]) == 2}
+    order = sorted(files)
+    groups = shards(order, specs, int(args.max_shard_gb * 1e9))
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups, 1):
+        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        writer = sts.ShardWriter(tmp / fname, [(n, specs[n][0], specs[n][1]) for n in group])
+        for n in group:
+            f = files[n]
+            if n in replaced:
+                t = replaced[n].to(specs[n][0])
+            else:
+                t = sts.read(f, n, *heads[f])
+                if n in lora:
+                    t = lora_merge.merged(t, lora[n]["A"], lora[n]["B"], acfg, device, dequantize)
+                elif dequantize is not None and n in linear_names:
+                    t = dequantize(t.to(device)).cpu()  # what 4-bit training saw, also where no adapter sits
+            writer.write(n, t)
+            weight_map[n] = fname
+            del t
+        total += writer.close()
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    config = json.loads((base / "config.json").read_text())
+    dtypes = {str(d).removeprefix("torch.") for d, _ in specs.values() if d.is_floating_point}
+    config["dtype"] = config["torch_dtype"] = "bfloat16" if "bfloat16" in dtypes else sorted(dtypes)[0]
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    if (base / "generation_config.json").exists():
+        shutil.copy2(base / "generation_config.json", tmp / "generation_config.json")
+    else:
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}, indent=2))
+    tok_src = adapter if (adapter / "tokenizer_config.json").exists() else base
+    for name in TOKENIZER_FILES:
+        if (tok_src / name).exists():
+            shutil.copy2(tok_src / name, tmp / name)
+    if not any((tmp / n).exists() for n in ("chat_template.jinja", "chat_template.json")) and \
+            (base / "chat_template.jinja").exists():
+        shutil.copy2(base / "chat_template.jinja", tmp / "chat_template.jinja")
+    summary = {"base": str(base.resolve()), "adapter": str(adapter.resolve()), "from_nf4": args.from_nf4,
+               "device": device, "lora_merged": len(lora), "replaced": sorted(replaced), "shards": len(groups),
+               "bytes": total, "seconds": round(time.time() - started, 2)}
+    (tmp / "merge_report.json").write_text(json.dumps(summary, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

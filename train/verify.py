@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Prove a merge: logits of base + adapter (unmerged, through peft) against the merged model on held-out
+token chunks of the run; max and mean absolute difference and the held-out loss of both.
+
+    python train/verify.py --base BASE --adapter ADAPTER --merged MERGED --heldout RUN/heldout.json
+
+Tolerance (documented in README "Merging"): the merge passes when the held-out losses differ by at most
+1 % and the mean absolute logit difference is at most 1 % of the mean absolute logit (fp32 weights are
+exact to ~1e-5; bf16 rounding of W + BA is well inside). The models are loaded one after the other, on
+the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+LOSS_REL_TOL = 0.01
+LOGIT_REL_TOL = 0.01
+
+
+def logits_and_loss(model, chunks, device):
+    outs, total, n = [], 0.0, 0
+    with torch.no_grad():
+        for ids in chunks:
+            x = torch.tensor([ids], device=device)
+            logits = model(input_ids=x).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum")
+            total, n = total + float(loss), n + x.shape[1] - 1
+            outs.append(logits[0].cpu())
+    return torch.cat(outs), total / max(n, 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--merged", required=True)
+    ap.add_argument("--heldout", required=True)
+    ap.add_argument("--tokens", type=int, default=2048, help="held-out tokens compared (logits kept on the CPU)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--report", help="also write the result here (JSON)")
+    args = ap.parse_args()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    device = args.device
+    if device == "auto":  # the GPU when one model fits in its free memory (they are loaded one at a time)
+        size = sum(p.stat().st_size for p in Path(args.merged).glob("*.safetensors"))
+        device = "cuda" if torch.cuda.is_available() and torch.cuda.mem_get_info()[0] > 1.3 * size else "cpu"
+    chunks, budget = [], args.tokens
+    for c in json.loads(Path(args.heldout).read_text())["chunks"]:
+        if budget <= 1:
+            break
+        chunks.append(c[:budget])
+        budget -= len(chunks[-1])
+    if not chunks:
+        print(json.dumps({"error": f"{args.heldout}: no held-out chunks"}))
+        return 2
+    dtype = json.loads((Path(args.merged) / "config.json").read_text()).get("dtype", "bfloat16")
+    dtype = getattr(torch, dtype)
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).to(device),
+                                    args.adapter).eval()
+    ref_logits, ref_loss = logits_and_loss(ref, chunks, device)
+    del ref
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    merged = AutoModelForCausalLM.from_pretrained(args.merged, dtype=dtype).to(device).eval()
+    m_logits, m_loss = logits_and_loss(merged, chunks, device)
+    diff = (ref_logits - m_logits).abs()
+    scale = float(ref_logits.abs().mean())
+    result = {"tokens": int(ref_logits.shape[0]), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+              "mean_abs_logit": scale, "loss_adapter": ref_loss, "loss_merged": m_loss,
+              "argmax_agreement": float((ref_logits.argmax(-1) == m_logits.argmax(-1)).float().mean()),
+              "tolerance": {"loss_rel": LOSS_REL_TOL, "mean_abs_diff_rel": LOGIT_REL_TOL}, "device": device}
+    result["passed"] = (abs(m_loss - ref_loss) <= LOSS_REL_TOL * abs(ref_loss)
+                        and result["mean_abs_diff"] <= LOGIT_REL_TOL * scale)
+    print(json.dumps(result), flush=True)
+    if args.report:
+        Path(args.report).write_text(json.dumps(result, indent=2))
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
