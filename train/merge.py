@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--from-nf4", action="store_true", help="merge into the NF4-dequantized base weights")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-shard-gb", type=float, default=5.0)
+    ap.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                    help="dtype of the merged floating-point weights (auto: the base's)")
     args = ap.parse_args()
     base, adapter, out = Path(args.base), Path(args.adapter), Path(args.out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -64,6 +66,8 @@ def main() -> int:
     files = sts.weight_files(base)
     heads = {f: sts.header(f) for f in set(files.values())}
     specs = {n: (sts.DTYPES[heads[f][0][n]["dtype"]], heads[f][0][n]["shape"]) for n, f in files.items()}
+    if args.dtype != "auto":
+        specs = {n: (getattr(torch, args.dtype) if d.is_floating_point else d, shape) for n, (d, shape) in specs.items()}
     try:
         acfg, tensors = lora_merge.load_adapter(adapter)
         lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files))
@@ -90,7 +94,7 @@ def main() -> int:
             if n in replaced:
                 t = replaced[n].to(specs[n][0])
             else:
-                t = sts.read(f, n, *heads[f])
+                t = sts.read(f, n, *heads[f]).to(specs[n][0])
                 if n in lora:
                     t = lora_merge.merged(t, lora[n]["A"], lora[n]["B"], acfg, device, dequantize)
                 elif dequantize is not None and n in linear_names:
@@ -118,6 +122,7 @@ def main() -> int:
             (base / "chat_template.jinja").exists():
         shutil.copy2(base / "chat_template.jinja", tmp / "chat_template.jinja")
     summary = {"base": str(base.resolve()), "adapter": str(adapter.resolve()), "from_nf4": args.from_nf4,
+               "dtype": config["dtype"],
                "device": device, "lora_merged": len(lora), "replaced": sorted(replaced), "shards": len(groups),
                "bytes": total, "seconds": round(time.time() - started, 2)}
     (tmp / "merge_report.json").write_text(json.dumps(summary, indent=2))

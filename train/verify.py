@@ -5,9 +5,12 @@ token chunks of the run; max and mean absolute difference and the held-out loss 
     python train/verify.py --base BASE --adapter ADAPTER --merged MERGED --heldout RUN/heldout.json
 
 Tolerance (documented in README "Merging"): the merge passes when the held-out losses differ by at most
-1 % and the mean absolute logit difference is at most 1 % of the mean absolute logit (fp32 weights are
-exact to ~1e-5; bf16 rounding of W + BA is well inside). The models are loaded one after the other, on
-the GPU when there is one.
+1 % and the merged logits' mean absolute difference from base + adapter is at most 1 % of the mean
+absolute logit or at most 10 % of what the adapter itself changes (base + adapter against the base
+alone). fp32 merges are exact to ~1e-6. A bf16 merge rounds W + B·A to bf16: where the adapter's
+deltas are small next to the bf16 spacing of W (few or gentle training steps), part of the adapter is
+rounded away — that is a real loss, reported as a failure with its remedy (--dtype float32, or serve
+base + adapter). The models are loaded one after the other, on the GPU when one fits.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 LOSS_REL_TOL = 0.01
 LOGIT_REL_TOL = 0.01
+EFFECT_REL_TOL = 0.10
 
 
 def logits_and_loss(model, chunks, device):
@@ -66,7 +70,10 @@ def main() -> int:
     ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).to(device),
                                     args.adapter).eval()
     ref_logits, ref_loss = logits_and_loss(ref, chunks, device)
-    del ref
+    with ref.disable_adapter():
+        base_logits, base_loss = logits_and_loss(ref, chunks, device)
+    effect = float((ref_logits - base_logits).abs().mean())
+    del ref, base_logits
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -75,11 +82,14 @@ def main() -> int:
     diff = (ref_logits - m_logits).abs()
     scale = float(ref_logits.abs().mean())
     result = {"tokens": int(ref_logits.shape[0]), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-              "mean_abs_logit": scale, "loss_adapter": ref_loss, "loss_merged": m_loss,
+              "mean_abs_logit": scale, "adapter_effect": effect, "loss_base": base_loss,
+              "loss_adapter": ref_loss, "loss_merged": m_loss,
               "argmax_agreement": float((ref_logits.argmax(-1) == m_logits.argmax(-1)).float().mean()),
-              "tolerance": {"loss_rel": LOSS_REL_TOL, "mean_abs_diff_rel": LOGIT_REL_TOL}, "device": device}
+              "tolerance": {"loss_rel": LOSS_REL_TOL, "mean_abs_diff_rel": LOGIT_REL_TOL,
+                            "mean_abs_diff_of_adapter_effect": EFFECT_REL_TOL}, "device": device}
     result["passed"] = (abs(m_loss - ref_loss) <= LOSS_REL_TOL * abs(ref_loss)
-                        and result["mean_abs_diff"] <= LOGIT_REL_TOL * scale)
+                        and (result["mean_abs_diff"] <= LOGIT_REL_TOL * scale
+                             or result["mean_abs_diff"] <= EFFECT_REL_TOL * effect))
     print(json.dumps(result), flush=True)
     if args.report:
         Path(args.report).write_text(json.dumps(result, indent=2))

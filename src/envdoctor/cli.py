@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--from-nf4", action="store_true",
                    help="merge into the NF4-dequantized base weights (what 4-bit training saw) instead of bf16")
     m.add_argument("--device", default="auto", help="auto (GPU when there is one), cuda or cpu")
+    m.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="dtype of the merged weights (default: the base's, bf16 for Llama)")
     m.add_argument("--backend", choices=("envdoctor", "axolotl"), default="envdoctor")
     m.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to merge with")
     m.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)

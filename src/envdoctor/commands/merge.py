@@ -27,14 +27,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(base: Path, adapter: Path, from_nf4: bool) -> dict:
+def fingerprint(base: Path, adapter: Path, from_nf4: bool, dtype: str) -> dict:
     """What the merged weights depend on: the adapter's bytes, the base's files, the mode."""
     weights = sorted(p for p in base.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".index.json"))
     return {"adapter_sha256": _sha256(adapter / "adapter_model.safetensors"),
             "adapter_config_sha256": _sha256(adapter / "adapter_config.json"),
             "base": str(base.resolve()), "base_files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns]
                                                         for p in weights},
-            "from_nf4": from_nf4}
+            "from_nf4": from_nf4, "dtype": dtype}
 
 
 def complete(out: Path, fp: dict) -> bool:
@@ -82,7 +82,7 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         raise UsageError(f"{adapter}: no adapter_model.safetensors (did the run finish?)")
     base = resolve_base(run, summary, args.base, system)
     dest = Path(args.out) if args.out else run / ("merged-nf4" if args.from_nf4 else "merged")
-    fp = fingerprint(base, adapter, args.from_nf4)
+    fp = fingerprint(base, adapter, args.from_nf4, args.dtype)
     if complete(dest, fp):
         report = json.loads((dest / MANIFEST).read_text())
         out.write(f"already merged: {dest} holds this adapter merged into {base} and verified "
@@ -93,7 +93,8 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         raise UsageError(f"{dest}: exists and is not an envdoctor merge; choose another --out")
     env = {**system.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     argv = [ctx.python, str(asset("train", "merge.py")), "--base", str(base), "--adapter", str(adapter),
-            "--out", str(dest)] + (["--from-nf4"] if args.from_nf4 else []) + ["--device", args.device]
+            "--out", str(dest), "--dtype", args.dtype] + (["--from-nf4"] if args.from_nf4 else []) + \
+        ["--device", args.device]
     out.write(f"$ {' '.join(argv)}\n")
     out.flush()
     code = system.stream(argv, env=env)
@@ -125,8 +126,13 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
                   "weights does to the model; the bf16 merge (the default) reproduces base + adapter\n")
         verify["passed"] = True
     if not verify["passed"]:
-        out.write("FAILED: the merged model does not reproduce base + adapter within the tolerance "
-                  f"{verify['tolerance']}\n")
+        out.write(f"FAILED: the merged model does not reproduce base + adapter (tolerance {verify['tolerance']}).\n")
+        if args.dtype != "float32":
+            out.write(f"  The adapter changes the logits by {verify['adapter_effect']:.3g} on average; rounding "
+                      f"W + B·A to {merge.get('dtype', 'bf16')} changed them by {verify['mean_abs_diff']:.3g}: the adapter's "
+                      "deltas are small next to the spacing of the base weights, so part of the adapter is rounded "
+                      f"away. Merge in fp32 (twice the size): envdoctor merge {run} --dtype float32, or serve base + "
+                      "adapter unmerged (vllm serve BASE --enable-lora --lora-modules run=ADAPTER).\n")
         return 1
     files = {p.name: p.stat().st_size for p in dest.iterdir() if p.suffix == ".safetensors"}
     system.write_text(str(dest / MANIFEST), json.dumps({"inputs": fp, "verified": True, "verify": verify,
