@@ -2,7 +2,8 @@
 """Fit the estimator's calibrated constants to bench/calibrate_memory.py's output, and print the table:
 measured vs estimated peak for every grid point, the fit points and the held-out ones.
 
-    python bench/fit_memory.py bench/results/h200-llama8b-calibration.json
+    python bench/fit_memory.py bench/results/h200-llama8b-calibration.json         (the plain loop, "peft")
+    python bench/fit_memory.py bench/results/h200-llama8b-calibration-runner.json  (envdoctor's runner)
 
 ATT_SAVED is fixed at 4 bytes (fp32 attention probabilities per layer, kept without checkpointing);
 ACT_SCALE, ATT_GC, LOGIT_BYTES and SAVE_BYTES are solved by least squares on the "fit" rows.
@@ -37,19 +38,47 @@ def terms(r: dict) -> tuple[list[float], float]:
     return [t * 2 * per_layer * SHAPE.layers, 0, t * SHAPE.vocab, save], fixed + E.ATT_SAVED * att * SHAPE.layers
 
 
+def fit_runner(rows: list[dict]) -> None:
+    """The runner's four constants: a grid search minimising the worst relative error on the fit rows
+    (its peak is a max() of two phases, not a linear sum)."""
+    import itertools
+    fit = [r for r in rows if r["role"] == "fit"]
+
+    def worst(c):
+        E.CHUNK_BYTES, E.ACT_RUNNER, E.ACT_RUNNER_FULL, E.SAVE_BYTES_RUNNER = c
+        return max(abs(E.estimate(SHAPE, config(r), engine="runner").peak / E.GiB / r["measured_gib"] - 1)
+                   for r in fit)
+    grid = itertools.product(np.arange(6.0, 12.01, 0.2), np.arange(0.8, 1.6, 0.01), np.arange(0.9, 1.5, 0.01),
+                             np.arange(8.0, 11.01, 0.5))
+    best = min(grid, key=worst)
+    E.CHUNK_BYTES, E.ACT_RUNNER, E.ACT_RUNNER_FULL, E.SAVE_BYTES_RUNNER = best
+    print(f"CHUNK_BYTES = {best[0]:.1f}, ACT_RUNNER = {best[1]:.2f}, ACT_RUNNER_FULL = {best[2]:.2f}, "
+          f"SAVE_BYTES_RUNNER = {best[3]:.1f} (worst fit error {worst(best) * 100:.1f} %)")
+
+
+def config(r: dict) -> dict:
+    return dict(BASE, sequence_len=r["seq"], micro_batch_size=r["micro"], gradient_checkpointing=r["gradient_checkpointing"],
+                lora_modules_to_save=["embed_tokens", "lm_head"] if r["modules_to_save"] else [])
+
+
 def main() -> int:
-    rows = json.load(open(sys.argv[1]))["rows"]
+    data = json.load(open(sys.argv[1]))
+    rows = data["rows"]
+    if data.get("engine") == "runner":
+        fit_runner(rows)
+        return table(rows, "runner")
     fit = [r for r in rows if r["role"] == "fit"]
     a = np.array([terms(r)[0] for r in fit], float)
     y = np.array([r["measured_gib"] * E.GiB - terms(r)[1] for r in fit], float)
     x, *_ = np.linalg.lstsq(a, y, rcond=None)
     print(f"ACT_SCALE = {x[0]:.3f}, ATT_GC = {x[1]:.2f}, LOGIT_BYTES = {x[2]:.3f}, SAVE_BYTES = {x[3]:.2f}")
+    return table(rows, "peft")
+
+
+def table(rows: list[dict], engine: str) -> int:
     print(f"{'role':<6} {'seq':>5} {'batch':>5} {'mts':>5} {'ckpt':>5} {'measured':>9} {'estimated':>9} {'error':>7}")
     for r in rows:
-        cfg = dict(BASE, sequence_len=r["seq"], micro_batch_size=r["micro"],
-                   gradient_checkpointing=r["gradient_checkpointing"],
-                   lora_modules_to_save=["embed_tokens", "lm_head"] if r["modules_to_save"] else [])
-        est = E.estimate(SHAPE, cfg).peak / E.GiB
+        est = E.estimate(SHAPE, config(r), engine=engine).peak / E.GiB
         print(f"{r['role']:<6} {r['seq']:>5} {r['micro']:>5} {str(r['modules_to_save']):>5} "
               f"{str(r['gradient_checkpointing']):>5} {r['measured_gib']:>8.2f}G {est:>8.2f}G "
               f"{(est / r['measured_gib'] - 1) * 100:>+6.1f}%")

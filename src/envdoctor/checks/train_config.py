@@ -32,23 +32,24 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
                     Remedy(text="Download the model (or its config.json) first, or add model_config."))
     try:
         shape = Shape.from_config(model)
-        e = estimate(shape, cfg)
+        e = estimate(shape, cfg, engine=train_config.engine)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
         return skip(f"cannot estimate from this config ({type(exc).__name__}: {exc}); see config.valid")
     details = [f"trainable: {e.lora_params:,} LoRA" + (f" + {e.save_params:,} modules_to_save" if e.save_params else ""),
                f"adapter on disk: {e.adapter_bytes_bf16 / 1e6:,.0f} MB in bf16, {e.adapter_bytes_fp32 / 1e6:,.0f} MB "
                "in fp32"]
     details += [f"{name}: {v / GiB:.2f} GiB" for name, v in e.parts.items() if v]
-    details.append(f"shape from {train_config.model_from}")
+    details.append(f"shape from {train_config.model_from}; memory of "
+                   + ("envdoctor's runner" if train_config.engine == "runner" else "axolotl / a plain peft loop"))
     if e.save_params:
-        no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]))
+        no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]), engine=train_config.engine)
         details.append(f"modules_to_save costs {(e.peak - no_save.peak) / GiB:.1f} GiB and "
                        f"{e.save_params:,} trainable parameters: only needed when you add tokens")
     if not gpu.present:
         return ok(f"estimated peak {e.peak / GiB:.1f} GiB of GPU memory (no GPU here to compare with)", details)
     free = min(g.mem_free or 0 for g in gpu.gpus)
     if e.peak > free * 0.95:
-        fits = ways_to_fit(shape, cfg, free * 0.9)
+        fits = ways_to_fit(shape, cfg, free * 0.9, train_config.engine)
         return fail(f"estimated peak {e.peak / GiB:.1f} GiB, but the GPU has {free / GiB:.1f} GiB free", details,
                     Remedy(text="To fit: " + ("; or ".join(fits) if fits else "a GPU with more memory") + "."))
     return ok(f"estimated peak {e.peak / GiB:.1f} GiB of {free / GiB:.1f} GiB free", details)

@@ -56,7 +56,8 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         out.write(f"{len(cfg.errors)} error(s) in the config:\n" + "".join(f"  {e}\n" for e in cfg.errors))
         return 2
     checks = [registry.load()[c] for c in PREFLIGHT]
-    ctx = dataclasses.replace(ctx, train_config=str(path))  # config.memory: will it fit this GPU?
+    ctx = dataclasses.replace(ctx, train_config=str(path),  # config.memory: will it fit this GPU?
+                              train_engine="peft" if axolotl else "runner")
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]

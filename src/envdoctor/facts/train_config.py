@@ -19,15 +19,16 @@ class TrainConfigFacts:
     model: dict | None = None          # config.json fields
     model_from: str | None = None
     looked: list[str] = field(default_factory=list)
+    engine: str = "runner"             # whose memory: envdoctor's runner, or "peft" (axolotl, a plain loop)
 
     def to_dict(self) -> dict:
         return {"path": str(self.config.path), "errors": self.config.errors, "warnings": self.config.warnings,
-                "model_from": self.model_from, "model": self.model}
+                "model_from": self.model_from, "model": self.model, "engine": self.engine}
 
 
 def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
     cfg = load(ctx.train_config)
-    facts = TrainConfigFacts(cfg)
+    facts = TrainConfigFacts(cfg, engine=ctx.train_engine)
     data = cfg.data
     if isinstance(data.get("model_config"), dict):
         facts.model, facts.model_from = data["model_config"], "model_config in the config"

@@ -30,11 +30,15 @@ ATT_SAVED = 4.0          # bytes per (batch × heads × seq²) per layer without
 LOGIT_BYTES = 2.745      # bytes per logit element at the peak (loss and its gradient)
 SAVE_BYTES = 5.22        # bytes per modules_to_save parameter beyond the base copy (weights + grads)
 QUANT_CONST = {True: 0.0159, False: 0.0625}
-# The runner's terms, by formula (checked on the H200, see bench/results): a chunk's logits in bf16 and
-# fp32 plus the fp32 gradient and its bf16 cast; modules_to_save copies in fp32 with fp32 grads.
+# The runner (bf16 residual stream, SDPA attention without a seq² buffer, chunked loss). Checkpointed, its
+# peak is the layer inputs plus the larger of one layer's recompute and one loss chunk's logits.
+# CALIBRATED on an H200 (bench/results/h200-llama8b-calibration-runner.json, bench/fit_memory.py --engine
+# runner: 6 fit points, 8 held out):
 CE_CHUNK = 1024
-CHUNK_BYTES = 12.0
-SAVE_BYTES_RUNNER = 8.0
+CHUNK_BYTES = 7.8         # bytes per logit of one chunk (bf16 + fp32 logits, fp32 gradient)
+ACT_RUNNER = 1.16         # × _layer_elements × 2 bytes per token: one layer recomputed in backward
+ACT_RUNNER_FULL = 1.10    # the same per layer, all layers kept (no checkpointing)
+SAVE_BYTES_RUNNER = 9.5   # per modules_to_save parameter: fp32 copy + fp32 grad + a transient
 OPT_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adamw_bnb_8bit": 2.0, "paged_adamw_8bit": 0.0}
 
 
@@ -118,18 +122,27 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         act = shape.layers * (tokens * 2 * per_layer + ATT_SAVED * att)
     runner = engine == "runner"
     chunk = min(cfg.get("loss_chunk_tokens", CE_CHUNK), tokens)
+    if runner:
+        elems = 2 * _layer_elements(shape, cfg.get("lora_dropout", 0) > 0)
+        loss_phase = CHUNK_BYTES * chunk * shape.vocab
+        if cfg.get("gradient_checkpointing", True):  # the backward peak is one layer's recompute or one chunk
+            layer_phase = ACT_RUNNER * tokens * elems
+            act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
+            loss_phase = loss_phase if loss_phase > layer_phase else 0.0
+        else:
+            act = ACT_RUNNER_FULL * shape.layers * tokens * elems
     parts = {
         "base (4-bit linears)" if four_bit else "base (bf16 linears)": base,
         "embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)": embed * heads * (2.0 if runner else 4.0),
         "LoRA weights, grads, optimizer": lora * (8.0 + opt),
         "modules_to_save weights, grads, optimizer": save * ((SAVE_BYTES_RUNNER if runner else SAVE_BYTES) + opt),
         "activations": act,
-        "logits and loss": chunk * shape.vocab * CHUNK_BYTES if runner else tokens * shape.vocab * LOGIT_BYTES,
+        "logits and loss": loss_phase if runner else tokens * shape.vocab * LOGIT_BYTES,
     }
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts)
 
 
-def ways_to_fit(shape: Shape, cfg: dict, free: float) -> list[str]:
+def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner") -> list[str]:
     """Concrete changes that bring the peak under `free`: each single change that is enough on its own,
     else the cheapest combination (drop modules_to_save, checkpointing, halve the micro batch keeping the
     effective batch, then halve the sequence length)."""
@@ -146,15 +159,18 @@ def ways_to_fit(shape: Shape, cfg: dict, free: float) -> list[str]:
     while s > 256:
         s //= 2
         steps.append((f"sequence_len: {s}", {"sequence_len": s}))
-    single = [f"{label} → {estimate(shape, dict(cfg, **change)).peak / GiB:.1f} GiB" for label, change in steps
-              if estimate(shape, dict(cfg, **change)).peak < free]
+    def peak(c: dict) -> float:
+        return estimate(shape, c, engine=engine).peak
+
+    single = [f"{label} → {peak(dict(cfg, **change)) / GiB:.1f} GiB" for label, change in steps
+              if peak(dict(cfg, **change)) < free]
     if single:
         return single
     merged, labels = dict(cfg), []
     for label, change in steps:
         merged.update(change)
         labels.append(label)
-        peak = estimate(shape, merged).peak
-        if peak < free:
-            return [" + ".join(labels) + f" → {peak / GiB:.1f} GiB"]
+        total = peak(merged)
+        if total < free:
+            return [" + ".join(labels) + f" → {total / GiB:.1f} GiB"]
     return []
