@@ -89,6 +89,11 @@ def main() -> int:
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
     if args.resume and (last := checkpoint.latest(out)):
         state = checkpoint.restore(last, model, optimizer, scheduler)
+        if state.get("world_size", 1) != world.size and state["batch"]:
+            say(f"error: {last.name} was written mid-epoch by {state.get('world_size', 1)} process(es); resume it with "
+                f"--nproc {state.get('world_size', 1)} (the data position is per process)", flush=True)
+            distributed.finish(world)
+            return 2
         say(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
 
     save_every = cfg.get("save_steps")  # optimizer steps between mid-epoch checkpoints (None: per epoch)
@@ -123,7 +128,8 @@ def main() -> int:
                 if save_every and state["step"] % save_every == 0 and b + 1 < len(batches):
                     if world.main:
                         checkpoint.save(out, f"step-{state['step']}", model, optimizer, scheduler,
-                                        {**state, "epoch": epoch, "batch": b + 1, "world_size": world.size})
+                                        {**state, "epoch": epoch, "batch": b + 1, "world_size": world.size,
+                                         "written_by_rank": world.rank})
                     distributed.barrier(world)
         state["batch"] = 0
         vloss = evaluate(model, val, micro, pad, device, cfg.get("loss_chunk_tokens", 1024))
@@ -132,7 +138,8 @@ def main() -> int:
             progress.message(f"epoch {epoch + 1}: validation loss {vloss:.4f}")
             report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
             checkpoint.save(out, f"epoch-{epoch + 1}", model, optimizer, scheduler,
-                            {**state, "epoch": epoch + 1, "world_size": world.size})
+                            {**state, "epoch": epoch + 1, "world_size": world.size,
+                             "written_by_rank": world.rank})
         distributed.barrier(world)
     rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
