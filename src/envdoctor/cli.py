@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "timeout-bounded subprocess")
     c.add_argument("--recipe", metavar="NAME", help="also compare the environment with this recipe (name or file)")
     c.add_argument("--config", metavar="FILE", help="also validate a training config and estimate its GPU memory")
+    c.add_argument("--model", metavar="DIR", help="also validate a model folder (a merged model): config, shards, "
+                                                  "tokenizer, chat template, stray adapter files, vLLM support")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="timeout for probing the target interpreter (default 30 s)")
     c.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
@@ -81,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--backend", choices=("envdoctor", "axolotl"), default="envdoctor")
     m.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to merge with")
     m.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    e = sub.add_parser("eval", help="style-transfer score and perplexity: the base against the merged model")
+    e.add_argument("run", metavar="RUN_DIR", help="an `envdoctor train` output folder")
+    e.add_argument("--merged", metavar="DIR", help="the merged model (default RUN_DIR/merged)")
+    e.add_argument("--base", metavar="DIR", help="base model folder (default: from the run's provenance)")
+    e.add_argument("--prompts", metavar="FILE", help="prompts, one per line or jsonl with \"prompt\" "
+                                                     "(default: openings of held-out chunks)")
+    e.add_argument("--max-new-tokens", type=int, default=48)
+    e.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to run the models with")
+    e.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     r = sub.add_parser("recipes", help="known-good stacks: list, show NAME, validate FILE")
     r.add_argument("action", choices=("list", "show", "validate"))
     r.add_argument("name", nargs="?", metavar="NAME|FILE")
@@ -120,7 +131,10 @@ def cmd_check(args) -> int:
     system, ctx = target(args)
     if args.config and not os.path.isfile(args.config):
         raise UsageError(f"--config {args.config}: no such file")
-    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe, train_config=args.config)
+    if args.model and not os.path.isdir(args.model):
+        raise UsageError(f"--model {args.model}: no such folder")
+    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe, train_config=args.config,
+                              model_dir=args.model)
     python, reason = ctx.python, ctx.python_reason
     from envdoctor import providers  # noqa: F401
     from envdoctor.facts.smoke import STAGES
@@ -128,7 +142,8 @@ def cmd_check(args) -> int:
     # needs the Python probe; --deep needs every smoke test.
     early = engine.start_facts(["python"] + ([f"smoke_{s}" for s in STAGES] if args.deep else []),
                                registry.PROVIDERS, system, ctx)
-    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe), ("config", args.config)) if on)
+    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe), ("config", args.config),
+                                        ("model", args.model)) if on)
     checks = select(registry.load(), args.only, args.skip, enabled)
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     code = exit_code(run.results, args.strict)
@@ -194,6 +209,12 @@ def cmd_merge(args) -> int:
     return run_merge(args, system, ctx)
 
 
+def cmd_eval(args) -> int:
+    from envdoctor.commands.evaluate import run_eval
+    system, ctx = target(args)
+    return run_eval(args, system, ctx)
+
+
 def cmd_install(args) -> int:
     from envdoctor.commands.install import run_install
     from envdoctor.system import System
@@ -217,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
-                "install": cmd_install, "train": cmd_train, "merge": cmd_merge}[args.command](args)
+                "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

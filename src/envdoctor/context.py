@@ -17,6 +17,7 @@ class Context:
     smoke_timeout: float = 120.0   # each deep-mode smoke test (torch import + CUDA init can be slow)
     recipe: str | None = None      # --recipe: the stack to compare with
     train_config: str | None = None  # --config: a training config to validate and cost
+    model_dir: str | None = None     # --model: a model folder to validate (a merge's output)
     train_engine: str = "runner"        # whose memory to estimate: "runner", or "peft" (axolotl, plain loops)
 
 

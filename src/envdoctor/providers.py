@@ -5,6 +5,7 @@ from envdoctor.facts.binaries import probe_binaries
 from envdoctor.facts.gpu import probe_gpu
 from envdoctor.facts.host import probe_host
 from envdoctor.facts.imports import probe_imports
+from envdoctor.facts.model_dir import probe_model_dir
 from envdoctor.facts.python_env import probe_python
 from envdoctor.facts.smoke import STAGES, provider_for
 from envdoctor.facts.toolkit import probe_toolkit
@@ -33,3 +34,4 @@ for _stage in STAGES:
 provider("recipe", probe_recipe, owner="recipe.match", timeout=10.0)
 provider("wsl", probe_wsl, owner="wsl.version", timeout=30.0)
 provider("train_config", probe_train_config, owner="config.valid", timeout=10.0)
+provider("model_dir", probe_model_dir, owner="model.files", timeout=300.0)

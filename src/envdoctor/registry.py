@@ -49,7 +49,7 @@ def provider(name: str, fn: Callable, owner: str, timeout: float | str = 10.0,
 
 
 # Report order of the categories; checks keep their registration order inside one.
-CATEGORIES = ("Python", "System", "WSL", "GPU", "Binaries", "Packages", "Recipe", "Config", "Deep")
+CATEGORIES = ("Python", "System", "WSL", "GPU", "Binaries", "Packages", "Recipe", "Config", "Model", "Deep")
 
 
 def load() -> dict[str, Check]:

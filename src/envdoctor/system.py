@@ -112,6 +112,14 @@ class System:
         except OSError:
             return None
 
+    def read_head(self, p: str | os.PathLike, n: int) -> tuple[bytes, int] | None:
+        """The first n bytes of a (possibly huge) file and its size, or None when it cannot be read."""
+        try:
+            with open(self.path(p), "rb") as fh:
+                return fh.read(n), os.fstat(fh.fileno()).st_size
+        except OSError:
+            return None
+
     def write_bytes(self, p: str | os.PathLike, data: bytes) -> None:
         """Write atomically: a staging file in the same folder, fsync, then os.replace."""
         target = self.path(p)

@@ -15,7 +15,10 @@ def build_tokenizer(cfg: dict, docs: list[str]):
         vocab = min(cfg["model_config"].get("vocab_size", 512), 4096)
         tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"],
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+        # A plain-text template, so that the merged model can be served on a chat endpoint too.
+        fast.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+        return fast
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(cfg["base_model"])
     if tok.pad_token is None:

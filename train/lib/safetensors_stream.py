@@ -29,12 +29,18 @@ def header(path: Path) -> tuple[dict, int]:
 def read(path: Path, name: str, head: dict, start: int) -> torch.Tensor:
     info = head[name]
     begin, end = info["data_offsets"]
-    with open(path, "rb") as fh:
-        fh.seek(start + begin)
-        buf = bytearray(fh.read(end - begin))
-    if not buf:
-        return torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
-    return torch.frombuffer(buf, dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
+    out = torch.empty(info["shape"], dtype=DTYPES[info["dtype"]])
+    if end > begin:
+        with open(path, "rb", buffering=0) as fh:  # straight into the tensor's memory: no intermediate copy
+            fh.seek(start + begin)
+            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < end - begin:
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise ValueError(f"{path}: {name} is truncated")
+                done += got
+    return out
 
 
 def weight_files(model_dir: Path) -> dict[str, Path]:
@@ -69,9 +75,9 @@ class ShardWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if name != self.order[self.next]:
             raise ValueError(f"expected tensor {self.order[self.next]}, got {name}")
-        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
-        if len(data) != self.sizes[name]:
-            raise ValueError(f"{name}: {len(data)} bytes, header says {self.sizes[name]}")
+        data = memoryview(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+        if data.nbytes != self.sizes[name]:
+            raise ValueError(f"{name}: {data.nbytes} bytes, header says {self.sizes[name]}")
         self.fh.write(data)
         self.next += 1
 
