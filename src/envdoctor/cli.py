@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"envdoctor {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     c = sub.add_parser("check", help="probe this machine and a Python environment; report every problem")
-    c.add_argument("--json", action="store_true", help="print the JSON report instead of text")
+    c.add_argument("--json", action="store_true", help="print the JSON report instead of text (= --format json)")
+    c.add_argument("--format", choices=("text", "json", "github"), default=None,
+                   help="text (default), json, or github: GitHub Actions annotations, then the text report")
+    c.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report (one test case per check)")
     c.add_argument("--python", metavar="PATH",
                    help="interpreter (or venv folder) to diagnose; default: the active venv, else this one")
     c.add_argument("--only", nargs="+", metavar="ID", default=[],
@@ -92,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=48)
     e.add_argument("--python", metavar="PATH", help="interpreter (or venv folder) to run the models with")
     e.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    rp = sub.add_parser("report", help="merge JSON reports from many nodes: which nodes differ in what")
+    rp.add_argument("action", choices=("merge",))
+    rp.add_argument("files", nargs="+", metavar="REPORT", help="envdoctor check --json outputs, or pdsh output files")
+    rp.add_argument("--json", action="store_true", help="the differences as JSON")
     r = sub.add_parser("recipes", help="known-good stacks: list, show NAME, validate FILE")
     r.add_argument("action", choices=("list", "show", "validate"))
     r.add_argument("name", nargs="?", metavar="NAME|FILE")
@@ -147,12 +154,19 @@ def cmd_check(args) -> int:
     checks = select(registry.load(), args.only, args.skip, enabled)
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     code = exit_code(run.results, args.strict)
-    if args.json:
+    fmt = "json" if args.json else (args.format or "text")
+    if args.junit:
+        from envdoctor.report import junit
+        system.write_bytes(args.junit, junit.build(run.results, run.duration_s, args.strict, platform.node()))
+    if fmt == "json":
         from envdoctor.report import json_report
         json_report.render(run, {"python": python, "reason": reason}, __version__, code, sys.stdout)
-    else:
-        from envdoctor.report import text
-        text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose)
+        return code
+    if fmt == "github":
+        from envdoctor.report import github
+        github.render(run.results, sys.stdout)
+    from envdoctor.report import text
+    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose)
     return code
 
 
@@ -215,6 +229,18 @@ def cmd_eval(args) -> int:
     return run_eval(args, system, ctx)
 
 
+def cmd_report(args) -> int:
+    import json
+
+    from envdoctor import fleet
+    nodes = fleet.load(args.files)
+    if args.json:
+        print(json.dumps(fleet.to_json(nodes), indent=2))
+        differ, _ = fleet.differences(nodes)
+        return 1 if differ else 0
+    return fleet.render(nodes, sys.stdout)
+
+
 def cmd_install(args) -> int:
     from envdoctor.commands.install import run_install
     from envdoctor.system import System
@@ -238,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
-                "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval}[args.command](args)
+                "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval,
+                "report": cmd_report}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import platform
 from typing import TextIO
 
 from envdoctor.engine import Run
@@ -26,10 +28,19 @@ def build(run: Run, target: dict, version: str, exit_code: int) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(run.duration_s, 4),
         "target": target,
+        "node": node(),
         "summary": {**counts(run.results), "exit_code": exit_code},
         "facts": facts,
         "results": [r.to_dict() for r in run.results],
     })
+
+
+def node() -> dict:
+    """Which machine wrote this report (for `envdoctor report merge` over a fleet)."""
+    env = os.environ
+    return {k: v for k, v in {"hostname": platform.node(), "slurm_node": env.get("SLURMD_NODENAME"),
+                              "slurm_job": env.get("SLURM_JOB_ID"), "rank": env.get("RANK") or env.get("SLURM_PROCID")
+                              }.items() if v}
 
 
 def render(run: Run, target: dict, version: str, exit_code: int, stream: TextIO) -> None:

@@ -1,0 +1,121 @@
+"""`envdoctor report merge A.json B.json …`: reports collected on many nodes (srun, pdsh, torchrun), one
+table of what differs between them: driver, GPUs, torch build, Python, every package version, failures.
+
+A file may hold one JSON report, or many lines of `pdsh` output (`node01: {…}`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from envdoctor.errors import UsageError
+
+BAD = ("fail", "error")
+
+
+@dataclass
+class Node:
+    name: str
+    source: str
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def _reports(path: Path) -> list[tuple[str | None, dict]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})")
+    try:
+        return [(None, json.loads(text))]
+    except ValueError:
+        pass
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):  # pdsh: "host: {json}"
+        host, sep, rest = line.partition(": ")
+        if not sep or not rest.lstrip().startswith("{"):
+            continue
+        try:
+            found.append((host.strip(), json.loads(rest)))
+        except ValueError as exc:
+            raise UsageError(f"{path}:{n}: not a JSON report after '{host}:' ({exc})")
+    if not found:
+        raise UsageError(f"{path}: neither a JSON report (envdoctor check --json) nor pdsh lines 'host: {{…}}'")
+    return found
+
+
+def flatten(report: dict) -> dict[str, str]:
+    """The comparable facts of one report, as key → value strings."""
+    f = report.get("facts", {})
+    gpu, torch, py, tk = (f.get(k) or {} for k in ("gpu", "torch", "python", "toolkit"))
+    gpus = Counter(f"{g.get('name')} (sm_{''.join(map(str, g.get('cc') or []))})" for g in gpu.get("gpus") or [])
+    out = {"envdoctor": report.get("envdoctor_version"), "driver": gpu.get("driver"),
+           "gpus": ", ".join(f"{n} × {name}" for name, n in sorted(gpus.items())) or "none",
+           "python": py.get("version_string"),
+           "torch": torch.get("version") if torch.get("installed") else "not installed",
+           "torch cuda": torch.get("cuda"), "glibc": py.get("glibc"),
+           "nvcc": ", ".join(sorted({str(t.get("version")) for t in tk.get("nvccs") or [] if t.get("version")})) or None}
+    for d in py.get("distributions") or []:
+        out[f"pkg {d.get('name')}"] = d.get("version")
+    for r in report.get("results", []):
+        if r.get("status") in BAD:
+            out[f"check {r['id']}"] = f"{r['status']}: {r.get('message', '')}"[:80]
+    return {k: str(v) for k, v in out.items() if v is not None}
+
+
+def load(paths: list[str]) -> list[Node]:
+    nodes: list[Node] = []
+    for p in paths:
+        for host, report in _reports(Path(p)):
+            if not isinstance(report, dict) or "results" not in report:
+                raise UsageError(f"{p}: not an envdoctor JSON report (no 'results'); write them with "
+                                 "`envdoctor check --json`")
+            node = report.get("node") or {}
+            name = host or node.get("slurm_node") or node.get("hostname") or Path(p).stem
+            nodes.append(Node(name, p, flatten(report)))
+    seen = Counter(n.name for n in nodes)
+    index: Counter = Counter()
+    for n in nodes:  # two reports from one host (two tasks per node): tell them apart
+        if seen[n.name] > 1:
+            index[n.name] += 1
+            n.name = f"{n.name}#{index[n.name]}"
+    return nodes
+
+
+def differences(nodes: list[Node]) -> tuple[list[str], int]:
+    """(keys whose value is not the same on every node, number of keys that agree). A key missing on a
+    node counts as a difference ("—"); failing checks always show."""
+    keys = sorted({k for n in nodes for k in n.values}, key=lambda k: (k.startswith("pkg "), k.startswith("check "), k))
+    differ = [k for k in keys if len({n.values.get(k, "—") for n in nodes}) > 1 or k.startswith("check ")]
+    return differ, len(keys) - len(differ)
+
+
+def render(nodes: list[Node], out) -> int:
+    differ, same = differences(nodes)
+    failing = sorted({n.name for n in nodes for k in n.values if k.startswith("check ")})
+    out.write(f"{len(nodes)} node(s): {', '.join(n.name for n in nodes)}\n")
+    if not differ:
+        out.write(f"all {same} compared facts are identical; no failing checks\n")
+        return 0
+    names = [n.name for n in nodes]
+    width = max(len(k) for k in differ) + 2
+    cols = [min(28, max([len(n)] + [len(node.values.get(k, "—")) for k in differ])) for n, node in zip(names, nodes)]
+    out.write(f"{'':<{width}}" + "  ".join(f"{n:<{c}}" for n, c in zip(names, cols)) + "\n")
+    for k in differ:
+        vals = [n.values.get(k, "—") for n in nodes]
+        common = Counter(vals).most_common(1)[0][0]
+        cells = []
+        for v, c in zip(vals, cols):
+            mark = "*" if v != common and len(nodes) > 2 else " "
+            cells.append(f"{(v[:c - 1] + '…') if len(v) > c else v:<{c}}" + mark)
+        out.write(f"{k:<{width}}" + " ".join(cells) + "\n")
+    out.write(f"{len(differ)} differ, {same} identical" + ("  (* differs from the majority)" if len(nodes) > 2 else "")
+              + (f"; failing checks on: {', '.join(failing)}" if failing else "") + "\n")
+    return 1
+
+
+def to_json(nodes: list[Node]) -> dict:
+    differ, same = differences(nodes)
+    return {"nodes": [n.name for n in nodes], "identical": same,
+            "differences": {k: {n.name: n.values.get(k) for n in nodes} for k in differ}}
