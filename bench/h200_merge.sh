@@ -6,15 +6,7 @@ set -u
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 NO_COLOR=1 OUT=${OUT:-/tmp}
 RUN=/tmp/envdoctor-bench-run
 if [[ ! -f $RUN/run_summary.json ]]; then
-  python3 - <<'PY'
-import os, random
-words = [''.join(random.Random(i).choice('abcdefghijklmnopqrstuvwxyz') for _ in range(random.Random(i).randint(2, 9))) for i in range(3000)]
-os.makedirs('/tmp/envdoctor-bench-corpus', exist_ok=True)
-rng = random.Random(0)
-for f in range(4):
-    with open(f'/tmp/envdoctor-bench-corpus/part{f}.txt', 'w') as fh:
-        fh.write('\n\n'.join(' '.join(rng.choice(words) for _ in range(120)) + '.' for _ in range(120)))
-PY
+  python3 bench/make_corpus.py
   echo "== envdoctor train (5 steps)"; python3 -m envdoctor train bench/configs/llama8b-random.yaml 2>&1 | grep -E "^done|validation|refus"
 fi
 if [[ "${1:-}" == "--bench" ]]; then echo "== merge benchmark"; python3 bench/bench_merge.py $RUN | tee $OUT/bench_merge.jsonl; fi
