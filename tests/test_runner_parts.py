@@ -1,0 +1,48 @@
+"""Pieces of the bundled runner that can be checked exactly: the chunked cross-entropy against the
+full-logits loss (value and gradients), and the progress display on a terminal and in a log."""
+
+import io
+import sys
+
+import pytest
+
+from envdoctor.assets import asset
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(asset("train")))
+from lib.loss import chunked_cross_entropy  # noqa: E402
+from lib.progress import Progress  # noqa: E402
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+def test_chunked_cross_entropy_equals_the_full_loss_and_its_gradients(chunk):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 17, 32, generator=g, requires_grad=True)
+    head = torch.nn.Linear(32, 101, bias=False)
+    labels = torch.randint(0, 101, (3, 17), generator=g)
+    labels[1, 10:] = -100  # padding is ignored
+    full = torch.nn.functional.cross_entropy(head(hidden)[:, :-1].reshape(-1, 101), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100)
+    full.backward()
+    want_h, want_w = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    got = chunked_cross_entropy(hidden, labels, head, chunk=chunk)
+    got.backward()
+    assert torch.allclose(got, full, atol=1e-6)
+    assert torch.allclose(hidden.grad, want_h, atol=1e-6) and torch.allclose(head.weight.grad, want_w, atol=1e-6)
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_redraws_one_line_on_a_terminal_and_writes_lines_in_a_log():
+    tty, log = Tty(), io.StringIO()
+    for stream in (tty, log):
+        p = Progress(total=10, stream=stream, width=10)
+        p.update(5, 1, 2.5, 1234.0)
+        p.message("epoch 1: validation loss 2.4")
+    assert tty.getvalue().startswith("\r\x1b[2K█████····· step 5/10 epoch 1 loss 2.5000 1,234 tok/s elapsed 0:00 eta")
+    assert tty.getvalue().count("\n") == 1 and log.getvalue().count("\n") == 2
+    assert "\x1b" not in log.getvalue() and log.getvalue().splitlines()[1] == "epoch 1: validation loss 2.4"
