@@ -153,3 +153,20 @@ def test_tensor_by_tensor_merge_holds_far_less_than_the_model(tmp_path):
     want = w + 2.0 * lora[f"{stem}.lora_B.weight"] @ lora[f"{stem}.lora_A.weight"]
     assert torch.allclose(got, want, atol=1e-6)
 
+
+
+def test_merge_names_what_the_target_environment_lacks(tmp_path):
+    """A target without torch/peft: a clear usage error (exit 2) before anything runs, not a traceback."""
+    import venv
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "base").mkdir()
+    (run / "base" / "config.json").write_text("{}")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run_summary.json").write_text(json.dumps({"base_model_path": str(run / "base")}))
+    res = envdoctor("merge", str(run), "--python", str(tmp_path / "bare" / "bin" / "python"), cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "needs torch, safetensors, transformers, peft in the target environment" in res.stderr
+    assert not (run / "merged").exists()

@@ -10,6 +10,7 @@ from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.system import System
+from envdoctor.training.runtime import require
 
 
 def run_eval(args, system: System, ctx: Context, out=sys.stdout) -> int:
@@ -22,6 +23,7 @@ def run_eval(args, system: System, ctx: Context, out=sys.stdout) -> int:
         raise UsageError(f"{merged}: no merged model; run `envdoctor merge {run}` first (or pass --merged DIR)")
     if args.prompts and not Path(args.prompts).is_file():
         raise UsageError(f"--prompts {args.prompts}: no such file")
+    require(system, ctx, ["torch", "transformers"], "envdoctor eval")
     argv = [ctx.python, str(asset("train", "eval.py")), "--run", str(run), "--merged", str(merged),
             "--max-new-tokens", str(args.max_new_tokens), "--report", str(run / "eval_report.json")]
     argv += ["--prompts", args.prompts] if args.prompts else []

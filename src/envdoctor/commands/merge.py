@@ -14,6 +14,7 @@ from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.system import System
 from envdoctor.training.backends import axolotl_argv
+from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -91,6 +92,8 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).exists() \
             and not (dest / "merge_report.json").exists():
         raise UsageError(f"{dest}: exists and is not an envdoctor merge; choose another --out")
+    require(system, ctx, ["torch", "safetensors", "transformers", "peft"] + (["bitsandbytes"] if args.from_nf4 else []),
+            "envdoctor merge")
     env = {**system.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     argv = [ctx.python, str(asset("train", "merge.py")), "--base", str(base), "--adapter", str(adapter),
             "--out", str(dest), "--dtype", args.dtype] + (["--from-nf4"] if args.from_nf4 else []) + \

@@ -1,0 +1,28 @@
+"""Before a script runs in the target environment: are the packages it imports there? Asked with
+importlib.util.find_spec in a subprocess of the target interpreter (nothing is imported)."""
+
+from __future__ import annotations
+
+import json
+
+from envdoctor.context import Context
+from envdoctor.errors import UsageError
+from envdoctor.system import System
+
+FIND = "import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))"
+PIP_NAMES = {"safetensors": "safetensors", "transformers": "transformers", "peft": "peft", "bitsandbytes": "bitsandbytes"}
+
+
+def require(system: System, ctx: Context, modules: list[str], what: str) -> None:
+    res = system.run([ctx.python, "-c", FIND, *modules], timeout=ctx.probe_timeout)
+    try:
+        missing = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise UsageError(f"cannot run {ctx.python} ({res.describe()})")
+    if missing:
+        rest = [PIP_NAMES.get(m, m) for m in missing if m != "torch"]
+        how = ["torch: the build for your GPU, `envdoctor install --venv DIR` (or `envdoctor check` names the "
+               "exact pip command)"] if "torch" in missing else []
+        how += [f"{ctx.python} -m pip install {' '.join(rest)}"] if rest else []
+        raise UsageError(f"{what} needs {', '.join(missing)} in the target environment ({ctx.python}); "
+                         + "; ".join(how))
