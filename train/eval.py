@@ -22,17 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from lib import data, style  # noqa: E402
-
-
-def perplexity(model, chunks, device) -> float:
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for ids in chunks:
-            x = torch.tensor([ids], device=device)
-            logits = model(input_ids=x).logits.float()
-            total += float(torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum"))
-            n += x.shape[1] - 1
-    return math.exp(total / max(n, 1))
+from lib.heldout import loss_and_logits  # noqa: E402
 
 
 def generate(model, tokenizer, prompts, device, max_new, seed) -> list[str]:
@@ -77,7 +67,7 @@ def main() -> int:
         dtype = json.loads((Path(path) / "config.json").read_text()).get("dtype") or "bfloat16"
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
         texts = generate(model, tokenizer, prompts, device, args.max_new_tokens, args.seed)
-        results[name] = {**style.score(texts, corpus), "perplexity": perplexity(model, heldout[:8], device),
+        results[name] = {**style.score(texts, corpus), "perplexity": math.exp(loss_and_logits(model, heldout[:8], device)[0]),
                          "samples": texts[:3]}
         del model
         gc.collect()

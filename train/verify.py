@@ -23,21 +23,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lib.heldout import loss_and_logits  # noqa: E402
+
 LOSS_REL_TOL = 0.01
 LOGIT_REL_TOL = 0.01
 EFFECT_REL_TOL = 0.10
-
-
-def logits_and_loss(model, chunks, device):
-    outs, total, n = [], 0.0, 0
-    with torch.no_grad():
-        for ids in chunks:
-            x = torch.tensor([ids], device=device)
-            logits = model(input_ids=x).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum")
-            total, n = total + float(loss), n + x.shape[1] - 1
-            outs.append(logits[0].cpu())
-    return torch.cat(outs), total / max(n, 1)
 
 
 def main() -> int:
@@ -69,16 +60,16 @@ def main() -> int:
     dtype = getattr(torch, dtype)
     ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).to(device),
                                     args.adapter).eval()
-    ref_logits, ref_loss = logits_and_loss(ref, chunks, device)
+    ref_loss, ref_logits = loss_and_logits(ref, chunks, device, keep_logits=True)
     with ref.disable_adapter():
-        base_logits, base_loss = logits_and_loss(ref, chunks, device)
+        base_loss, base_logits = loss_and_logits(ref, chunks, device, keep_logits=True)
     effect = float((ref_logits - base_logits).abs().mean())
     del ref, base_logits
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
     merged = AutoModelForCausalLM.from_pretrained(args.merged, dtype=dtype).to(device).eval()
-    m_logits, m_loss = logits_and_loss(merged, chunks, device)
+    m_loss, m_logits = loss_and_logits(merged, chunks, device, keep_logits=True)
     diff = (ref_logits - m_logits).abs()
     scale = float(ref_logits.abs().mean())
     result = {"tokens": int(ref_logits.shape[0]), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),

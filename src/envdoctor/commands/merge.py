@@ -17,7 +17,6 @@ from envdoctor.training.backends import axolotl_argv
 from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
 def _sha256(path: Path) -> str:
