@@ -106,7 +106,7 @@ def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
 
     from types import SimpleNamespace
     Args = SimpleNamespace(demo=False, config=str(config), force=False, resume=False, dry_run=True, output_dir=None,
-                           backend="runner", nproc=None)
+                           backend="runner", nproc=None, fsdp=False)
     out = io.StringIO()
     code = run_train(Args, system, Context(sys.executable, "test"), out)
     text = out.getvalue()

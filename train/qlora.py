@@ -11,7 +11,6 @@ environment. The script is meant to be read and changed: the loop is below, the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -70,31 +69,42 @@ def main() -> int:
         distributed.finish(world)
         return 0
 
+    fsdp = bool(cfg.get("fsdp"))
     model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None)
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
-    optimizer = build_optimizer(cfg, model, device, notes)
-    step_loss = distributed.wrap(CausalLMLoss(model, cfg.get("loss_chunk_tokens", 1024)), world, device)
-    epochs = cfg["num_epochs"]
-    total = steps_per_epoch * epochs
-    warmup = cfg.get("warmup_steps", max(1, int(total * cfg.get("warmup_ratio", 0.05))))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    for n in notes:
-        say(f"note: {n}", flush=True)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"model: {trainable:,} trainable parameters on {device}", flush=True)
-
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
-    if args.resume and (last := checkpoint.latest(out)):
-        state = checkpoint.restore(last, model, optimizer, scheduler)
+    last = checkpoint.latest(out) if args.resume else None
+    if last:
+        state = checkpoint.restore_weights(last, model)  # before wrapping: every process loads the same file
         if state.get("world_size", 1) != world.size and state["batch"]:
             say(f"error: {last.name} was written mid-epoch by {state.get('world_size', 1)} process(es); resume it with "
                 f"--nproc {state.get('world_size', 1)} (the data position is per process)", flush=True)
             distributed.finish(world)
             return 2
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
+    step_loss = distributed.wrap(CausalLMLoss(model, cfg.get("loss_chunk_tokens", 1024)), world, device, fsdp)
+    optimizer = build_optimizer(cfg, model, device, notes)  # after wrapping: FSDP replaces the parameters
+    epochs = cfg["num_epochs"]
+    total = steps_per_epoch * epochs
+    warmup = cfg.get("warmup_steps", max(1, int(total * cfg.get("warmup_ratio", 0.05))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if last:
+        checkpoint.restore_training(last, optimizer, scheduler, step_loss if fsdp else None)
         say(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
+    for n in notes:
+        say(f"note: {n}", flush=True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"model: {trainable:,} trainable parameters on {device}"
+        + (f", sharded over {world.size} process(es) (FSDP)" if fsdp else ""), flush=True)
+
+    def save(name: str, extra: dict) -> None:
+        if fsdp:  # gathering a sharded adapter is a collective: every rank calls, rank 0 writes
+            checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra}, step_loss, world.main)
+        elif world.main:
+            checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra})
+        distributed.barrier(world)
 
     save_every = cfg.get("save_steps")  # optimizer steps between mid-epoch checkpoints (None: per epoch)
     started, tokens, window = time.time(), 0, []
@@ -106,8 +116,7 @@ def main() -> int:
         for b in range(state["batch"] if epoch == state["epoch"] else 0, len(batches)):
             ids, mask = (torch.tensor(x, device=device) for x in batches[b])
             last_micro = (b + 1) % local_accum == 0 or b + 1 == len(batches)
-            sync = contextlib.nullcontext() if last_micro or not world.distributed else step_loss.no_sync()
-            with sync:
+            with distributed.gradient_sync(step_loss, world, last_micro):
                 loss = step_loss(ids, mask, ids.masked_fill(mask == 0, -100))
                 (loss / local_accum).backward()
             tokens += int(mask.sum())
@@ -126,25 +135,20 @@ def main() -> int:
                     report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "loss": mean_loss,
                                              "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
                 if save_every and state["step"] % save_every == 0 and b + 1 < len(batches):
-                    if world.main:
-                        checkpoint.save(out, f"step-{state['step']}", model, optimizer, scheduler,
-                                        {**state, "epoch": epoch, "batch": b + 1, "world_size": world.size,
-                                         "written_by_rank": world.rank})
-                    distributed.barrier(world)
+                    save(f"step-{state['step']}", {"epoch": epoch, "batch": b + 1, "world_size": world.size,
+                                                   "written_by_rank": world.rank})
         state["batch"] = 0
-        vloss = evaluate(model, val, micro, pad, device, cfg.get("loss_chunk_tokens", 1024))
+        vloss = evaluate(step_loss, val, micro, pad, device)
         state["val"].append([state["step"], vloss])
         if world.main:
             progress.message(f"epoch {epoch + 1}: validation loss {vloss:.4f}")
             report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
-            checkpoint.save(out, f"epoch-{epoch + 1}", model, optimizer, scheduler,
-                            {**state, "epoch": epoch + 1, "world_size": world.size,
-                             "written_by_rank": world.rank})
-        distributed.barrier(world)
+        save(f"epoch-{epoch + 1}", {"epoch": epoch + 1, "world_size": world.size, "written_by_rank": world.rank})
     rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    weights = checkpoint.gathered_weights(step_loss if fsdp else None)  # FSDP: every rank takes part
     if world.main:
-        model.save_pretrained(out / "adapter")
+        checkpoint.write_adapter(out / "adapter", model, weights)
         tokenizer.save_pretrained(out / "adapter")
         # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
         (out / "heldout.json").write_text(json.dumps({"chunks": val[:16], "sequence_len": seq}))
@@ -163,21 +167,20 @@ def main() -> int:
     return 0
 
 
-def evaluate(model, chunks, micro, pad, device, chunk_tokens) -> float:
-    """Mean validation loss; every rank computes it on the whole (small) validation set, no collectives."""
+def evaluate(loss_of, chunks, micro, pad, device) -> float:
+    """Mean validation loss of the (wrapped) loss module; every rank computes it on the whole (small)
+    validation set, so DDP needs no collective and FSDP's gathers run in step on every rank."""
     import torch
-    from lib.loss import CausalLMLoss
     if not chunks:
         return float("nan")
-    loss_of = CausalLMLoss(model, chunk_tokens)
-    model.eval()
+    loss_of.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for ids, mask in data.batches(chunks, micro, pad, 0, 0):
             ids, mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
             total += float(loss_of(ids, mask, ids.masked_fill(mask == 0, -100)))
             n += 1
-    model.train()
+    loss_of.train()
     return total / n
 
 

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "preflight")
     t.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel processes through torchrun (default: every visible GPU; 1 on a CPU)")
+    t.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and optimizer state over the processes (FSDP2) instead of "
+                        "DDP; bf16 LoRA only (load_in_4bit: false)")
     t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     m = sub.add_parser("merge", help="merge a run's adapter into its bf16 base, verify it, ready for vLLM")
     m.add_argument("run", metavar="RUN_DIR", help="an `envdoctor train` output folder (with --backend axolotl: "

@@ -1,4 +1,7 @@
-"""Checkpoints written atomically (a staging folder, then a rename), and found again for --resume."""
+"""Checkpoints written atomically (a staging folder, then a rename), and found again for --resume.
+
+Under FSDP the adapter and the optimizer state are sharded: every process takes part in gathering them
+(collectives), rank 0 writes. Otherwise rank 0 alone saves (the caller only calls it there)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,47 @@ from pathlib import Path
 import torch
 
 
-def save(out: Path, name: str, model, optimizer, scheduler, state: dict) -> Path:
+def _full_state(module, optimizer):
+    """(trainable weights, optimizer state), gathered whole on the CPU from an FSDP-sharded module."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(module, options=opts)
+    return ({k.removeprefix("peft_model."): v for k, v in weights.items()},
+            get_optimizer_state_dict(module, optimizer, options=opts) if optimizer is not None else None)
+
+
+def write_adapter(folder: Path, model, weights: dict | None) -> None:
+    """The adapter (and modules_to_save), not the base: peft's own files, from gathered weights under FSDP."""
+    if weights is None:
+        model.save_pretrained(folder)
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model, state_dict=weights).items()},
+              folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    model.peft_config["default"].save_pretrained(folder)
+
+
+def gathered_weights(fsdp_module) -> dict | None:
+    """Under FSDP, the trainable weights gathered whole (a collective: call on every rank)."""
+    return None if fsdp_module is None else _full_state(fsdp_module, None)[0]
+
+
+def save(out: Path, name: str, model, optimizer, scheduler, state: dict, fsdp_module=None, main: bool = True) -> Path:
     final = out / "checkpoints" / name
     tmp = out / "checkpoints" / f".{name}.tmp"
+    if fsdp_module is not None:
+        weights, optim_state = _full_state(fsdp_module, optimizer)  # every rank: these are collectives
+        if not main:
+            return final
+    else:
+        weights, optim_state = None, optimizer.state_dict()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)  # the adapter (and modules_to_save), not the base
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    write_adapter(tmp, model, weights)
+    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(),
                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
@@ -34,13 +71,23 @@ def latest(out: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
-def restore(path: Path, model, optimizer, scheduler) -> dict:
+def restore_weights(path: Path, model) -> dict:
+    """The adapter's weights into the (not yet wrapped) model; the saved run state."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
     set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    return json.loads((path / "state.json").read_text())
+
+
+def restore_training(path: Path, optimizer, scheduler, fsdp_module=None) -> None:
+    """Optimizer, scheduler and RNG state (after the optimizer exists, i.e. after wrapping)."""
     blob = torch.load(path / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    if fsdp_module is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(fsdp_module, optimizer, blob["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     random.setstate(blob["rng"]["python"])
     torch.set_rng_state(blob["rng"]["torch"])
-    return json.loads((path / "state.json").read_text())

@@ -15,7 +15,7 @@ from envdoctor.errors import UsageError
 from envdoctor.model import Status
 from envdoctor.system import System
 from envdoctor.training.backends import axolotl_argv
-from envdoctor.training.config import load
+from envdoctor.training.config import load, load_data
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
 PREFLIGHT = ("python.interpreter", "python.version", "gpu.driver", "gpu.torch", "gpu.driver_cuda", "gpu.arch",
@@ -44,12 +44,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if path is None:
         raise UsageError("name a config (e.g. train/configs/qlora_style_transfer.yaml) or pass --demo")
     axolotl = args.backend == "axolotl"
-    if axolotl and (args.demo or args.resume or args.nproc):
+    if axolotl and (args.demo or args.resume or args.nproc or args.fsdp):
         raise UsageError("--backend axolotl takes a config only: axolotl resumes with its own "
-                         "resume_from_checkpoint key and launches its own processes")
+                         "resume_from_checkpoint key, launches its own processes and sets FSDP in its config")
     if args.nproc is not None and args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
     cfg = load(path)
+    if args.fsdp and not cfg.errors:  # validated with the config: FSDP and a 4-bit base are refused together
+        cfg = load_data(path, {**cfg.data, "fsdp": True})
     for w in cfg.warnings:
         out.write(f"warning: {w}\n")
     if cfg.errors:

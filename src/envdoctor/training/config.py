@@ -15,7 +15,7 @@ OPTIONAL = {"val_set_size": (int, float), "seed": int, "load_in_4bit": bool, "ad
             "optimizer": str, "gradient_checkpointing": bool, "bf16": (bool, str), "fp16": bool,
             "warmup_steps": int, "warmup_ratio": (int, float), "save_steps": int, "chunk_overlap": int,
             "weight_decay": (int, float), "model_config": dict, "tokenizer": str, "sample_packing": bool,
-            "loss_chunk_tokens": int}
+            "loss_chunk_tokens": int, "fsdp": bool}
 CHOICES = {"adapter": {"qlora", "lora"}, "bnb_4bit_quant_type": {"nf4", "fp4"},
            "bnb_4bit_compute_dtype": {"bfloat16", "float16", "float32"},
            "optimizer": {"paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_bnb_8bit"},
@@ -60,7 +60,13 @@ def load(path: str | Path) -> TrainConfig:
     if not isinstance(data, dict):
         cfg.errors.append(f"{path}: expected a mapping of keys, got {type(data).__name__}")
         return cfg
-    cfg.data = data
+    return load_data(path, data)
+
+
+def load_data(path: str | Path, data: dict) -> TrainConfig:
+    """Validate a config's keys (from `path`, with any command-line overrides already applied)."""
+    path = Path(path)
+    cfg = TrainConfig(path, data)
     for key, kind in REQUIRED.items():
         if key not in data:
             cfg.errors.append(f"{path}: {key}: required")
@@ -77,6 +83,10 @@ def load(path: str | Path) -> TrainConfig:
     for key in ("sequence_len", "lora_r", "num_epochs", "micro_batch_size", "gradient_accumulation_steps"):
         if _is(data.get(key), int) and data[key] < 1:
             cfg.errors.append(f"{path}: {key}: expected a positive number, got {data[key]}")
+    if data.get("fsdp") is True and data.get("load_in_4bit") is True:
+        cfg.errors.append(f"{path}: fsdp: the runner shards bf16 LoRA only (set load_in_4bit: false); sharding a "
+                          "4-bit base needs FSDP1 with bnb_4bit_quant_storage: use --backend axolotl with an FSDP "
+                          "config, or DDP (the default) when the 4-bit model fits one GPU")
     if _is(data.get("learning_rate"), (int, float)) and not 0 < data["learning_rate"] < 1:
         cfg.errors.append(f"{path}: learning_rate: expected between 0 and 1, got {data['learning_rate']}")
     for i, d in enumerate(data.get("datasets") or [] if isinstance(data.get("datasets"), list) else []):
