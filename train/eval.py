@@ -65,7 +65,8 @@ def main() -> int:
     results = {}
     for name, path in (("base", base_dir), ("merged", args.merged)):
         dtype = json.loads((Path(path) / "config.json").read_text()).get("dtype") or "bfloat16"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                     device_map={"": device} if device == "cuda" else None).eval()
         texts = generate(model, tokenizer, prompts, device, args.max_new_tokens, args.seed)
         results[name] = {**style.score(texts, corpus), "perplexity": math.exp(loss_and_logits(model, heldout[:8], device)[0]),
                          "samples": texts[:3]}

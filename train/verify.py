@@ -58,8 +58,9 @@ def main() -> int:
         return 2
     dtype = json.loads((Path(args.merged) / "config.json").read_text()).get("dtype", "bfloat16")
     dtype = getattr(torch, dtype)
-    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).to(device),
-                                    args.adapter).eval()
+    # Straight onto the device (device_map): not the whole model in host memory first.
+    place = {"dtype": dtype, "device_map": {"": device}} if device == "cuda" else {"dtype": dtype}
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.base, **place), args.adapter).eval()
     ref_loss, ref_logits = loss_and_logits(ref, chunks, device, keep_logits=True)
     with ref.disable_adapter():
         base_loss, base_logits = loss_and_logits(ref, chunks, device, keep_logits=True)
@@ -68,7 +69,7 @@ def main() -> int:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    merged = AutoModelForCausalLM.from_pretrained(args.merged, dtype=dtype).to(device).eval()
+    merged = AutoModelForCausalLM.from_pretrained(args.merged, **place).eval()
     m_loss, m_logits = loss_and_logits(merged, chunks, device, keep_logits=True)
     diff = (ref_logits - m_logits).abs()
     scale = float(ref_logits.abs().mean())
