@@ -46,3 +46,24 @@ def test_progress_redraws_one_line_on_a_terminal_and_writes_lines_in_a_log():
     assert tty.getvalue().startswith("\r\x1b[2K█████····· step 5/10 epoch 1 loss 2.5000 1,234 tok/s elapsed 0:00 eta")
     assert tty.getvalue().count("\n") == 1 and log.getvalue().count("\n") == 2
     assert "\x1b" not in log.getvalue() and log.getvalue().splitlines()[1] == "epoch 1: validation loss 2.4"
+
+
+class WordTokenizer:
+    """One id per distinct word (what chunking needs of a tokenizer), EOS = 0."""
+    eos_token_id = 0
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.setdefault(w, len(self.vocab) + 1) for w in text.split()]}
+
+
+def test_sample_packing_fills_every_chunk_where_per_document_chunks_are_short():
+    from lib import data
+    docs = [" ".join(f"w{i}x{j}" for j in range(n)) for i, n in enumerate((17, 20, 23, 18, 21, 21))]  # 120 words
+    plain, _, _ = data.prepare(docs, WordTokenizer(), 32, 0, 0, seed=0)
+    packed, _, stats = data.prepare(docs, WordTokenizer(), 32, 0, 0, seed=0, packing=True)
+    assert len(plain) == 6 and max(map(len, plain)) < 32  # one short chunk a document: each padded to 32
+    assert sorted(map(len, packed)) == [30, 32, 32, 32]  # 120 words + 6 EOS = 126 tokens, packed
+    assert stats["chunks"] == 4
