@@ -6,7 +6,9 @@ estimator's prediction. Needs a CUDA GPU, torch, transformers, peft, bitsandbyte
     PYTHONPATH=src python bench/calibrate_memory.py --out calib.json [--shape llama-3.1-8b]
 
 The 4-bit base is built once with the runner's own code (train/lib/modeling.py); each grid point wraps
-it in fresh LoRA adapters, runs two optimizer steps, and reads torch.cuda.max_memory_allocated().
+it in fresh LoRA adapters (--engine peft: the plain loop; runner: envdoctor's runner), runs a warm-up
+optimizer step and --steps - 1 timed ones (--accum micro batches each), and reads
+torch.cuda.max_memory_allocated() over all of them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from envdoctor.errors import UsageError
 from envdoctor.system import System
 
 FIND = "import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))"
-PIP_NAMES = {"safetensors": "safetensors", "transformers": "transformers", "peft": "peft", "bitsandbytes": "bitsandbytes"}
 
 
 def require(system: System, ctx: Context, modules: list[str], what: str) -> None:
@@ -20,7 +19,7 @@ def require(system: System, ctx: Context, modules: list[str], what: str) -> None
     except (ValueError, IndexError):
         raise UsageError(f"cannot run {ctx.python} ({res.describe()})")
     if missing:
-        rest = [PIP_NAMES.get(m, m) for m in missing if m != "torch"]
+        rest = [m for m in missing if m != "torch"]  # these modules are named as their distributions
         how = ["torch: the build for your GPU, `envdoctor install --venv DIR` (or `envdoctor check` names the "
                "exact pip command)"] if "torch" in missing else []
         how += [f"{ctx.python} -m pip install {' '.join(rest)}"] if rest else []
