@@ -5,7 +5,7 @@ estimator's prediction. Needs a CUDA GPU, torch, transformers, peft, bitsandbyte
 
     PYTHONPATH=src python bench/calibrate_memory.py --out calib.json [--shape llama-3.1-8b]
 
-The 4-bit base is built once with the runner's own code (train/lib/modeling.py); each grid point wraps
+The 4-bit base is built once with the runner's own code (train/envdoctor_runner/modeling.py); each grid point wraps
 it in fresh LoRA adapters (--engine peft: the plain loop; runner: envdoctor's runner), runs a warm-up
 optimizer step and --steps - 1 timed ones (--accum micro batches each), and reads
 torch.cuda.max_memory_allocated() over all of them.
@@ -56,8 +56,8 @@ def main() -> int:
                  "n" not in p.split("x")[1], args.role or args.engine) for p in args.points.split(",")]
     import bitsandbytes as bnb
     import torch
-    from lib.loss import CausalLMLoss
-    from lib.modeling import attach_lora, quantize_linears
+    from envdoctor_runner.loss import CausalLMLoss
+    from envdoctor_runner.modeling import attach_lora, quantize_linears
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -10,8 +10,8 @@ from envdoctor.assets import asset
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(asset("train")))
-from lib.loss import chunked_cross_entropy  # noqa: E402
-from lib.progress import Progress  # noqa: E402
+from envdoctor_runner.loss import chunked_cross_entropy  # noqa: E402
+from envdoctor_runner.progress import Progress  # noqa: E402
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
@@ -60,7 +60,7 @@ class WordTokenizer:
 
 
 def test_sample_packing_fills_every_chunk_where_per_document_chunks_are_short():
-    from lib import data
+    from envdoctor_runner import data
     docs = [" ".join(f"w{i}x{j}" for j in range(n)) for i, n in enumerate((17, 20, 23, 18, 21, 21))]  # 120 words
     plain, _, _ = data.prepare(docs, WordTokenizer(), 32, 0, 0, seed=0)
     packed, _, stats = data.prepare(docs, WordTokenizer(), 32, 0, 0, seed=0, packing=True)

@@ -1,11 +1,11 @@
-"""The style measures of `envdoctor eval` (train/lib/style.py), on texts whose answers are known."""
+"""The style measures of `envdoctor eval` (train/envdoctor_runner/style.py), on texts whose answers are known."""
 
 import sys
 
 from envdoctor.assets import asset
 
 sys.path.insert(0, str(asset("train")))
-from lib import style  # noqa: E402
+from envdoctor_runner import style  # noqa: E402
 
 CORPUS = ["The rain came down on the old town. It was late, and the streets were empty of men.",
           "She said that the river was high. It had rained for three days and the bridge was gone."]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Style-transfer evaluation: the base and the merged model continue the same prompts; each one's text
-is scored against the run's corpus (lib/style.py), and each one's perplexity is measured on the run's
+is scored against the run's corpus (envdoctor_runner/style.py), and each one's perplexity is measured on the run's
 held-out chunks.
 
     python train/eval.py --run RUN_DIR --merged MERGED_DIR [--prompts FILE] [--max-new-tokens 48]
@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from lib import data, style  # noqa: E402
-from lib.heldout import loss_and_logits  # noqa: E402
+from envdoctor_runner import data, style  # noqa: E402
+from envdoctor_runner.heldout import loss_and_logits  # noqa: E402
 
 
 def generate(model, tokenizer, prompts, device, max_new, seed) -> list[str]:

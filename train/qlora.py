@@ -5,7 +5,7 @@
     torchrun --nproc-per-node N train/qlora.py --config …      (data parallel, one process per GPU)
 
 `envdoctor train CONFIG` writes the resolved config after its preflight and runs this in the target
-environment. The script is meant to be read and changed: the loop is below, the pieces in lib/.
+environment. The script is meant to be read and changed: the loop is below, the pieces in envdoctor_runner/.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import checkpoint, data, report  # noqa: E402
+from envdoctor_runner import checkpoint, data, report  # noqa: E402
 
 
 def main() -> int:
@@ -34,10 +34,10 @@ def main() -> int:
     notes: list[str] = []
 
     import torch
-    from lib import distributed
-    from lib.loss import CausalLMLoss
-    from lib.modeling import build_model, build_optimizer, build_tokenizer
-    from lib.progress import Progress
+    from envdoctor_runner import distributed
+    from envdoctor_runner.loss import CausalLMLoss
+    from envdoctor_runner.modeling import build_model, build_optimizer, build_tokenizer
+    from envdoctor_runner.progress import Progress
     world = distributed.init()  # torchrun / accelerate launch set RANK and WORLD_SIZE; alone: one process
     device = distributed.device(world)
     say = print if world.main else (lambda *a, **k: None)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lib.heldout import loss_and_logits  # noqa: E402
+from envdoctor_runner.heldout import loss_and_logits  # noqa: E402
 
 LOSS_REL_TOL = 0.01
 LOGIT_REL_TOL = 0.01

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lib import safetensors_stream as sts
+from envdoctor_runner import safetensors_stream as sts
 
 PREFIX = "base_model.model."
 
