@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "train"))
+from envdoctor.training.config import resolve  # noqa: E402  (the docstring: PYTHONPATH=src)
 
 SHAPES = {"llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
@@ -32,9 +33,10 @@ GRID = [  # (seq, micro batch, modules_to_save, gradient checkpointing, role)
     (2048, 2, True, True, "check"), (4096, 1, False, True, "check"), (512, 2, False, False, "check"),
     (512, 4, True, True, "check"), (2048, 1, True, True, "check"),
 ]
-BASE = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, lora_r=64, lora_alpha=128,
+BASE = resolve(dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, lora_r=64, lora_alpha=128,
             lora_dropout=0.05, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                    "down_proj"], optimizer="paged_adamw_8bit", learning_rate=1e-4)
+                                                    "down_proj"], optimizer="paged_adamw_8bit", learning_rate=1e-4,
+                    bf16=True))
 
 
 def main() -> int:

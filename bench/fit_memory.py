@@ -17,11 +17,12 @@ import sys
 import numpy as np
 
 from envdoctor.training import estimate as E
+from envdoctor.training.config import resolve
 
 SHAPE = E.Shape(4096, 14336, 32, 32, 8, 128256)
-BASE = dict(load_in_4bit=True, bnb_4bit_use_double_quant=True, lora_r=64, lora_dropout=0.05,
-            lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-            optimizer="paged_adamw_8bit")
+BASE = resolve(dict(load_in_4bit=True, bnb_4bit_use_double_quant=True, lora_r=64, lora_dropout=0.05,
+                    lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                    optimizer="paged_adamw_8bit", gradient_checkpointing=True, bf16=True))
 
 
 def terms(r: dict) -> tuple[list[float], float]:

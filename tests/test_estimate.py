@@ -17,10 +17,11 @@ from envdoctor.facts.gpu import GpuFacts, probe_gpu
 from envdoctor.facts.train_config import probe_train_config
 from envdoctor.model import Status
 from envdoctor.system import System
+from envdoctor.training.config import load
 from envdoctor.training.estimate import Shape, estimate
 
 LLAMA8B = Shape(4096, 14336, 32, 32, 8, 128256)
-SEED = yaml.safe_load(asset("train", "configs", "qlora_style_transfer.yaml").read_text())
+SEED = load(asset("train", "configs", "qlora_style_transfer.yaml")).resolved()  # every default filled
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 CALIBRATION = RESULTS / "h200-llama8b-calibration.json"
 

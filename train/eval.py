@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from envdoctor_runner import data, style  # noqa: E402
+from envdoctor_runner import config, data, style  # noqa: E402
 from envdoctor_runner.heldout import loss_and_logits  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> int:
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     run = Path(args.run)
-    cfg = json.loads((run / "config.resolved.json").read_text())
+    cfg = config.load(run / "config.resolved.json")
     summary = json.loads((run / "run_summary.json").read_text())
     corpus = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]))
     heldout = json.loads((run / "heldout.json").read_text())["chunks"]

@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import checkpoint, data, report  # noqa: E402
+from envdoctor_runner import checkpoint, config, data, report  # noqa: E402
 
 
 def main() -> int:
@@ -28,7 +31,7 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="prepare the data, print the plan, train nothing")
     args = ap.parse_args()
-    cfg = json.loads(Path(args.config).read_text())
+    cfg = config.load(args.config)  # every key filled by envdoctor: the runner has no defaults of its own
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -41,15 +44,14 @@ def main() -> int:
     world = distributed.init()  # torchrun / accelerate launch set RANK and WORLD_SIZE; alone: one process
     device = distributed.device(world)
     say = print if world.main else (lambda *a, **k: None)
-    torch.manual_seed(cfg.get("seed", 0))
+    torch.manual_seed(cfg["seed"])
 
     docs = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]))
     tokenizer = build_tokenizer(cfg, docs)
     seq = cfg["sequence_len"]
-    train, val, stats = data.prepare(docs, tokenizer, seq, cfg.get("chunk_overlap", seq // 8),
-                                     cfg.get("val_set_size", 0.1), cfg.get("seed", 0),
-                                     packing=cfg.get("sample_packing", False))
-    micro, accum = cfg["micro_batch_size"], cfg.get("gradient_accumulation_steps", 1)
+    train, val, stats = data.prepare(docs, tokenizer, seq, cfg["chunk_overlap"], cfg["val_set_size"], cfg["seed"],
+                                     packing=cfg["sample_packing"])
+    micro, accum = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
     # Data parallel: each rank takes every world.size-th micro batch and accumulates accum / world.size of
     # them, so the effective batch (micro × accum) and the steps per epoch stay those of one process.
     local_accum = max(1, accum // world.size)
@@ -69,12 +71,14 @@ def main() -> int:
         distributed.finish(world)
         return 0
 
-    fsdp = bool(cfg.get("fsdp"))
+    fsdp = bool(cfg["fsdp"])
     model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None)
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
     last = checkpoint.latest(out) if args.resume else None
     if last:
         state = checkpoint.restore_weights(last, model)  # before wrapping: every process loads the same file
+        if world.main:
+            checkpoint.trim_metrics(out, state["step"])
         if state.get("world_size", 1) != world.size and state["batch"]:
             say(f"error: {last.name} was written mid-epoch by {state.get('world_size', 1)} process(es); resume it with "
                 f"--nproc {state.get('world_size', 1)} (the data position is per process)", flush=True)
@@ -83,13 +87,12 @@ def main() -> int:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
-    step_loss = distributed.wrap(CausalLMLoss(model, cfg.get("loss_chunk_tokens", 1024)), world, device, fsdp)
+    step_loss = distributed.wrap(CausalLMLoss(model, cfg["loss_chunk_tokens"]), world, device, fsdp)
     optimizer = build_optimizer(cfg, model, device, notes)  # after wrapping: FSDP replaces the parameters
     epochs = cfg["num_epochs"]
     total = steps_per_epoch * epochs
-    warmup = cfg.get("warmup_steps", max(1, int(total * cfg.get("warmup_ratio", 0.05))))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    warmup = cfg["warmup_steps"] if cfg["warmup_steps"] is not None else int(total * cfg["warmup_ratio"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg["lr_scheduler"], warmup, total))
     if last:
         checkpoint.restore_training(last, optimizer, scheduler, step_loss if fsdp else None)
         say(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
@@ -106,13 +109,13 @@ def main() -> int:
             checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra})
         distributed.barrier(world)
 
-    save_every = cfg.get("save_steps")  # optimizer steps between mid-epoch checkpoints (None: per epoch)
+    save_every = cfg["save_steps"]  # optimizer steps between mid-epoch checkpoints (None: per epoch)
     started, tokens, window = time.time(), 0, []
     progress = Progress(total, state["step"]) if world.main else None
     pad = tokenizer.pad_token_id
     for epoch in range(state["epoch"], epochs):
         step_loss.train()
-        batches = list(data.batches(train, micro, pad, epoch, cfg.get("seed", 0)))[world.rank::world.size]
+        batches = list(data.batches(train, micro, pad, epoch, cfg["seed"]))[world.rank::world.size]
         for b in range(state["batch"] if epoch == state["epoch"] else 0, len(batches)):
             ids, mask = (torch.tensor(x, device=device) for x in batches[b])
             last_micro = (b + 1) % local_accum == 0 or b + 1 == len(batches)
@@ -153,18 +156,28 @@ def main() -> int:
         # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
         (out / "heldout.json").write_text(json.dumps({"chunks": val[:16], "sequence_len": seq}))
         report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]])
-        base = str(out / "base") if (out / "base" / "config.json").exists() else cfg.get("base_model")
+        base = str(out / "base") if (out / "base" / "config.json").exists() else cfg["base_model"]
         (out / "run_summary.json").write_text(json.dumps({
-            "base_model": cfg.get("base_model"), "base_model_path": base, "model_config": cfg.get("model_config"),
+            "base_model": cfg["base_model"], "base_model_path": base, "model_config": cfg["model_config"],
             "config": cfg, "versions": report.versions(), "device": device, "world_size": world.size,
             "notes": notes, "data": stats, "steps": state["step"],
             "first_loss": state["losses"][0] if state["losses"] else None,
             "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
             "heldout": "heldout.json", "adapter": str(out / "adapter"), "tokens_per_s": rate,
-            "peak_memory_gib": peak}, indent=2))
+            "peak_memory_gib": peak, "python": sys.executable}, indent=2))
         say(f"done: adapter in {out / 'adapter'}, summary in {out / 'run_summary.json'}", flush=True)
     distributed.finish(world)
     return 0
+
+
+def schedule(kind: str, warmup: int, total: int):
+    """The learning-rate factor per optimizer step: linear warm-up, then cosine / linear decay or constant."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        done = min(step - warmup, total) / max(total - warmup, 1)
+        return {"cosine": 0.5 * (1 + math.cos(math.pi * done)), "linear": 1.0 - done, "constant": 1.0}[kind]
+    return factor
 
 
 def evaluate(loss_of, chunks, micro, pad, device) -> float:
@@ -184,5 +197,32 @@ def evaluate(loss_of, chunks, micro, pad, device) -> float:
     return total / n
 
 
+def _stop_cleanly(signum, _frame):
+    """Ctrl-C (or torchrun's SIGTERM to its workers): once, then ignored while the run unwinds."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def interrupted(argv: list[str]) -> int:
+    """What a stopped run says: where it can continue from, and the command that does (exit 130)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 130
+    try:
+        cfg = config.load(argv[argv.index("--config") + 1])
+        last = checkpoint.latest(Path(cfg["output_dir"]))
+        how = f"envdoctor train {shlex.quote(cfg['config_path'])} --resume"
+    except (SystemExit, ValueError, IndexError, OSError):
+        last, how = None, "envdoctor train CONFIG --resume"
+    print("\ninterrupted: " + (f"the last checkpoint is {last.name}; continue with: {how}" if last else
+                               "no checkpoint was written yet; start again with the same command"), flush=True)
+    return 130
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    signal.signal(signal.SIGINT, _stop_cleanly)
+    signal.signal(signal.SIGTERM, _stop_cleanly)
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        raise SystemExit(interrupted(sys.argv)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -179,13 +180,27 @@ class System:
                              time.monotonic() - start)
 
     def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
-        """Run a long command with its output going straight to ours (a training run); its exit code."""
+        """Run a long command with its output going straight to ours (a training run); its exit code.
+
+        Ctrl-C reaches the child too (it is in our process group on a terminal; it is forwarded when only
+        we got it): the child is given time to stop cleanly (a run prints how to resume), then
+        KeyboardInterrupt goes on up. Killed only if it does not stop, or on a second Ctrl-C."""
         try:
-            return subprocess.run([str(a) for a in argv], env=dict(self.env if env is None else env),
-                                  cwd=self.cwd).returncode
+            proc = subprocess.Popen([str(a) for a in argv], env=dict(self.env if env is None else env),
+                                    cwd=self.cwd)
         except OSError as exc:
             print(f"cannot run {argv[0]}: {exc}", flush=True)
             return 127
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            try:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=120)
+            except (OSError, subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+                proc.wait()
+            raise
 
     # -- CPU and memory ----------------------------------------------------------------------
     def cpu_affinity(self) -> int | None:

@@ -71,6 +71,28 @@ def latest(out: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
+def trim_metrics(out: Path, step: int) -> int:
+    """Drop the metrics.jsonl rows after `step` (written between the checkpoint resumed from and the
+    interruption): after a resume each step is logged once. Atomic; returns the rows dropped."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = [line for line in lines if _step_of(line) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return float("inf")  # a row cut by the kill: dropped
+
+
 def restore_weights(path: Path, model) -> dict:
     """The adapter's weights into the (not yet wrapped) model; the saved run state."""
     from peft import set_peft_model_state_dict

@@ -19,19 +19,19 @@ class AdapterError(ValueError):
 
 
 def load_adapter(adapter_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     problems = []
-    if cfg.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type {cfg.get('peft_type')!r} (only LORA merges here)")
-    if cfg.get("use_dora"):
+    if adapter_cfg.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {adapter_cfg.get('peft_type')!r} (only LORA merges here)")
+    if adapter_cfg.get("use_dora"):
         problems.append("use_dora: true (DoRA's magnitude vector is not merged here; use peft's merge_and_unload)")
-    if cfg.get("alpha_pattern") or cfg.get("rank_pattern"):
+    if adapter_cfg.get("alpha_pattern") or adapter_cfg.get("rank_pattern"):
         problems.append("alpha_pattern/rank_pattern (per-module scaling is not merged here)")
     if problems:
         raise AdapterError(f"{adapter_dir / 'adapter_config.json'}: " + "; ".join(problems))
     path = adapter_dir / "adapter_model.safetensors"
     head, start = sts.header(path)
-    return cfg, {name: sts.read(path, name, head, start) for name in head}
+    return adapter_cfg, {name: sts.read(path, name, head, start) for name in head}
 
 
 def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[str]) -> tuple[dict, dict, list[str]]:

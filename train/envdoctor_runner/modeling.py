@@ -6,7 +6,7 @@ import torch
 
 
 def build_tokenizer(cfg: dict, docs: list[str]):
-    if cfg.get("tokenizer") == "train-bpe":  # offline: a small byte-level BPE learned from the corpus itself
+    if cfg["tokenizer"] == "train-bpe":  # offline: a small byte-level BPE learned from the corpus itself
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
         tok = Tokenizer(models.BPE())
@@ -26,16 +26,70 @@ def build_tokenizer(cfg: dict, docs: list[str]):
     return tok
 
 
-def four_bit_works(device: str) -> str | None:
-    """None if bitsandbytes runs an NF4 layer forward and backward here, else why not."""
+def _linear4bit(in_f: int, out_f: int, bias: bool, compute_dtype, cfg: dict):
+    """A bitsandbytes 4-bit layer, set up the way this runner uses it for training and evaluation.
+
+    bitsandbytes 0.50 runs a no-grad forward on CPUs with AVX512-BF16 through a repacked-weight kernel
+    that fails on shapes it cannot tile (`N must be divisible by block_n` for 344 outputs; `shape
+    '[128, 5]' is invalid` for 352) and repacks the weight in place. Evaluation here takes the kernel
+    training takes instead: one path, the one four_bit_works proves on the model's own shapes."""
+    import bitsandbytes as bnb
+    layer = bnb.nn.Linear4bit(in_f, out_f, bias=bias, compute_dtype=compute_dtype,
+                              quant_type=cfg["bnb_4bit_quant_type"],
+                              compress_statistics=cfg["bnb_4bit_use_double_quant"])
+    same_kernel_in_eval(layer)
+    return layer
+
+
+def same_kernel_in_eval(model) -> None:
+    """Turn off bitsandbytes' CPU-only repacked inference kernel in every 4-bit layer (see _linear4bit)."""
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+
+
+def linear_shapes(model) -> list[tuple[int, int]]:
+    """The distinct (in, out) shapes of the linear layers that would be quantized (all but lm_head)."""
+    return sorted({(c.in_features, c.out_features) for name, c in model.named_modules()
+                   if isinstance(c, torch.nn.Linear) and not name.endswith("lm_head")})
+
+
+def four_bit_works(device: str, shapes: list[tuple[int, int]], compute_dtype, input_dtype, cfg: dict,
+                   layer=_linear4bit) -> str | None:
+    """None if 4-bit layers of every one of `shapes` run here what training runs: a forward and backward
+    with gradients (train mode) and a no-grad forward (eval mode, validation), with finite outputs close
+    to the dequantized weight's; else why not, naming the shape. `layer` builds the layer under test."""
     try:
         import bitsandbytes as bnb
-        lin = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to(device)
-        x = torch.randn(2, 64, device=device, requires_grad=True)
-        lin(x).sum().backward()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means: no 4-bit here
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    except Exception as exc:  # noqa: BLE001 - not importable is one more reason for no 4-bit
+        return f"bitsandbytes does not import: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+    gen = torch.Generator().manual_seed(0)
+    for in_f, out_f in shapes:
+        try:
+            w = torch.randn(out_f, in_f, generator=gen) / in_f ** 0.5
+            lin = layer(in_f, out_f, False, compute_dtype, cfg)
+            lin.weight = bnb.nn.Params4bit(w.to(input_dtype), requires_grad=False,
+                                           quant_type=cfg["bnb_4bit_quant_type"],
+                                           compress_statistics=cfg["bnb_4bit_use_double_quant"])
+            lin = lin.to(device)
+            x = torch.randn(3, 5, in_f, generator=gen).to(device=device, dtype=input_dtype)
+            ref = x.float() @ bnb.functional.dequantize_4bit(lin.weight.data, lin.weight.quant_state).float().t()
+            lin.train()
+            xg = x.clone().requires_grad_(True)
+            out = lin(xg)
+            out.float().square().mean().backward()
+            if xg.grad is None or not torch.isfinite(xg.grad).all():
+                return f"{in_f}×{out_f}: the backward gives no finite input gradient"
+            lin.eval()
+            with torch.no_grad():
+                ev = lin(x)
+            for what, y in (("forward", out), ("no-grad forward", ev)):
+                err = float((y.detach().float() - ref).norm() / ref.norm().clamp_min(1e-12))
+                if not torch.isfinite(y).all() or err > 0.05:
+                    return f"{in_f}×{out_f}: the {what} is wrong (relative error {err:.3g})"
+        except Exception as exc:  # noqa: BLE001 - any failure means: no 4-bit at this shape
+            return f"{in_f}×{out_f}: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return None
 
 
 def quantize_linears(model, cfg: dict, compute_dtype, device: str) -> int:
@@ -46,12 +100,10 @@ def quantize_linears(model, cfg: dict, compute_dtype, device: str) -> int:
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear) and child_name != "lm_head":
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=compute_dtype, quant_type=cfg.get("bnb_4bit_quant_type", "nf4"),
-                                      compress_statistics=cfg.get("bnb_4bit_use_double_quant", True))
+                q = _linear4bit(child.in_features, child.out_features, child.bias is not None, compute_dtype, cfg)
                 q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
-                                             quant_type=cfg.get("bnb_4bit_quant_type", "nf4"),
-                                             compress_statistics=cfg.get("bnb_4bit_use_double_quant", True))
+                                             quant_type=cfg["bnb_4bit_quant_type"],
+                                             compress_statistics=cfg["bnb_4bit_use_double_quant"])
                 if child.bias is not None:
                     q.bias = child.bias
                 setattr(module, child_name, q.to(device))
@@ -59,46 +111,80 @@ def quantize_linears(model, cfg: dict, compute_dtype, device: str) -> int:
     return count
 
 
-def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None):
-    """The peft model to train. A model built from `model_config` (random weights) is first saved
-    unquantized to `base_dir`, when given: merging needs the base weights the adapter was trained on."""
-    use_bf16 = cfg.get("bf16", True) and device.startswith("cuda")
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
-    want_4bit = cfg.get("load_in_4bit", False)
-    why_not = four_bit_works(device) if want_4bit else None
-    if want_4bit and why_not:
-        notes.append(f"4-bit NF4 is not available here ({why_not}): training plain LoRA on {dtype} weights")
-    if cfg.get("model_config"):
-        from transformers import LlamaConfig, LlamaForCausalLM
-        # The model's vocabulary is the config's when larger (an 8B-shaped model with a demo tokenizer).
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def dtypes(cfg: dict, device: str, notes: list[str]):
+    """(weights dtype, 4-bit compute dtype) on this device: bf16 only on a CUDA GPU that has it."""
+    cuda = device.startswith("cuda")
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if cfg["bf16"] is True and not bf16_ok:
+        notes.append(f"bf16: true, but {device} has no bf16: training in float32")
+    dtype = torch.bfloat16 if cfg["bf16"] in (True, "auto") and bf16_ok else torch.float32
+    compute = _DTYPES[cfg["bnb_4bit_compute_dtype"]]
+    if compute != torch.float32 and not cuda:
+        if cfg["load_in_4bit"]:
+            notes.append(f"bnb_4bit_compute_dtype {cfg['bnb_4bit_compute_dtype']} → float32 on the CPU")
+        compute = torch.float32
+    return dtype, compute
+
+
+def _skeleton(cfg: dict, tokenizer):
+    """(model config, a model built on the meta device): the shapes, without memory or weights."""
+    if cfg["model_config"]:
+        from transformers import LlamaConfig
         mc = dict(cfg["model_config"], vocab_size=max(len(tokenizer), cfg["model_config"].get("vocab_size", 0)),
                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id)
-        torch.manual_seed(cfg.get("seed", 0))
+        config = LlamaConfig(**mc)
+    else:
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(cfg["base_model"])
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        return config, AutoModelForCausalLM.from_config(config)
+
+
+def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None):
+    """The peft model to train. A model built from `model_config` (random weights) is first saved
+    unquantized to `base_dir`, when given: merging needs the base weights the adapter was trained on."""
+    dtype, compute = dtypes(cfg, device, notes)
+    config, skeleton = _skeleton(cfg, tokenizer)
+    use_4bit = cfg["load_in_4bit"]
+    if use_4bit:  # proved at the model's own layer shapes, in training's and validation's modes, first
+        why_not = four_bit_works(device, linear_shapes(skeleton), compute, dtype, cfg)
+        if why_not:
+            notes.append(f"4-bit is not available here ({why_not}): training plain LoRA on {dtype} weights")
+            use_4bit = False
+    del skeleton
+    if cfg["model_config"]:
+        from transformers import LlamaForCausalLM
+        torch.manual_seed(cfg["seed"])
         # Built where it runs and in its dtype: an 8B shape is initialised on the GPU in bf16 (16 GB), not
         # in fp32 on the CPU.
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                model = LlamaForCausalLM(LlamaConfig(**mc))
+                model = LlamaForCausalLM(config)
         finally:
             torch.set_default_dtype(default)
         if base_dir is not None and not (base_dir / "config.json").exists():
             model.save_pretrained(base_dir, max_shard_size="2GB")
             tokenizer.save_pretrained(base_dir)
-        if want_4bit and not why_not:
-            n = quantize_linears(model, cfg, dtype, device)
-            notes.append(f"{n} linear layers quantized to NF4 with bitsandbytes on {device}")
+        if use_4bit:
+            n = quantize_linears(model, cfg, compute, device)
+            notes.append(f"{n} linear layers quantized to {cfg['bnb_4bit_quant_type'].upper()} with bitsandbytes "
+                         f"on {device}")
         model = model.to(device)
     else:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.get("bnb_4bit_quant_type", "nf4"),
-                                   bnb_4bit_compute_dtype=dtype,
-                                   bnb_4bit_use_double_quant=cfg.get("bnb_4bit_use_double_quant", True)) \
-            if want_4bit and not why_not else None
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg["bnb_4bit_quant_type"],
+                                   bnb_4bit_compute_dtype=compute,
+                                   bnb_4bit_use_double_quant=cfg["bnb_4bit_use_double_quant"]) if use_4bit else None
         model = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=dtype, quantization_config=quant,
                                                      device_map={"": device} if device.startswith("cuda") else None)
+        same_kernel_in_eval(model)
     return attach_lora(model, cfg, dtype)
 
 
@@ -111,14 +197,15 @@ def attach_lora(model, cfg: dict, dtype):
     from peft import LoraConfig, get_peft_model
     for p in model.parameters():
         p.requires_grad_(False)
-    if cfg.get("gradient_checkpointing", False):
+    if cfg["gradient_checkpointing"]:
         # Explicitly, non-reentrant (no input-grad hook needed). With transformers 5 / peft 0.21 the kbit
         # preparation alone left it off: measured on an H200, 101 GiB peak instead of 16 (8B, 2 × 2048).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
-    lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg.get("lora_dropout", 0.0),
-                      target_modules=cfg["lora_target_modules"], modules_to_save=cfg.get("lora_modules_to_save") or None,
+    lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+                      target_modules="all-linear" if cfg["lora_target_linear"] else cfg["lora_target_modules"],
+                      modules_to_save=cfg["lora_modules_to_save"] or None,
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     for p in model.parameters():  # LoRA weights are fp32 already; modules_to_save copies are not
@@ -131,11 +218,14 @@ def attach_lora(model, cfg: dict, dtype):
 
 def build_optimizer(cfg: dict, model, device: str, notes: list[str]):
     params = [p for p in model.parameters() if p.requires_grad]
-    name = cfg.get("optimizer", "adamw_torch")
-    if name in ("paged_adamw_8bit", "adamw_8bit") and device.startswith("cuda"):
+    name, cuda = cfg["optimizer"], device.startswith("cuda")
+    lr, decay = cfg["learning_rate"], cfg["weight_decay"]
+    if name in ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit") and cuda:
         import bitsandbytes as bnb
         cls = bnb.optim.PagedAdamW8bit if name.startswith("paged") else bnb.optim.AdamW8bit
-        return cls(params, lr=cfg["learning_rate"], weight_decay=cfg.get("weight_decay", 0.0))
-    if name != "adamw_torch":
+        return cls(params, lr=lr, weight_decay=decay)
+    if name == "adamw_torch_fused" and cuda:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True)
+    if name not in ("adamw_torch", "adamw_torch_fused"):
         notes.append(f"optimizer {name} needs a CUDA GPU: using torch AdamW")
-    return torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg.get("weight_decay", 0.0))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=decay)

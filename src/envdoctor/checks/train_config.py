@@ -25,7 +25,7 @@ def valid(train_config: TrainConfigFacts) -> Result:
        "trainable parameters, adapter size, modules_to_save cost and peak GPU memory, from config.json alone",
        needs=("train_config", "gpu"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
-    cfg, model = train_config.config.data, train_config.model
+    cfg, model = train_config.config.resolved(), train_config.model
     if model is None:
         return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
                     [f"looked in {p}" for p in train_config.looked] + ["and envdoctor's table of known shapes"],

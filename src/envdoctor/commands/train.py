@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+import time
+from pathlib import Path
 
 from envdoctor import engine, registry
 from envdoctor.assets import asset
@@ -39,6 +42,15 @@ def launcher_argv(ctx: Context, nproc: int, script: str) -> list[str]:
     return [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script]
 
 
+def _earlier_run(outdir: Path, resume: bool) -> str | None:
+    """What a new run would start over on top of: a finished run, or checkpoints (unless resuming)."""
+    if (outdir / "run_summary.json").exists():
+        return "a finished run (run_summary.json)"
+    if not resume and (outdir / "checkpoints").is_dir() and any((outdir / "checkpoints").iterdir()):
+        return "checkpoints of an unfinished run"
+    return None
+
+
 def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     path = asset("train", "configs", "demo.yaml") if args.demo else args.config
     if path is None:
@@ -49,9 +61,13 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
                          "resume_from_checkpoint key, launches its own processes and sets FSDP in its config")
     if args.nproc is not None and args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
+    # Command-line settings are config keys: validated with the config (FSDP and a 4-bit base are refused
+    # together) and seen by the preflight's memory estimate exactly as the runner will see them.
+    overrides = {**({"fsdp": True} if args.fsdp else {}),
+                 **({"output_dir": os.path.abspath(args.output_dir)} if args.output_dir else {})}
     cfg = load(path)
-    if args.fsdp and not cfg.errors:  # validated with the config: FSDP and a 4-bit base are refused together
-        cfg = load_data(path, {**cfg.data, "fsdp": True})
+    if overrides and not cfg.errors:
+        cfg = load_data(path, {**cfg.data, **overrides})
     for w in cfg.warnings:
         out.write(f"warning: {w}\n")
     if cfg.errors:
@@ -59,7 +75,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         return 2
     checks = [registry.load()[c] for c in PREFLIGHT]
     ctx = dataclasses.replace(ctx, train_config=str(path),  # config.memory: will it fit this GPU?
-                              train_engine="peft" if axolotl else "runner")
+                              train_engine="peft" if axolotl else "runner", train_overrides=tuple(overrides.items()))
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
@@ -85,13 +101,20 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if gpus and nproc > gpus:
         raise UsageError(f"--nproc {nproc}: only {gpus} GPU(s) visible")
     resolved = cfg.resolved()
-    if args.output_dir:
-        resolved["output_dir"] = args.output_dir
-    from pathlib import Path
     outdir = Path(resolved["output_dir"])
+    if not args.dry_run:
+        earlier = _earlier_run(outdir, args.resume)
+        if earlier and not args.force:
+            out.write(f"{outdir} already holds {earlier}: continue it with --resume, or pass --force to start "
+                      "over (the earlier run is moved aside, not deleted)\n")
+            return 2
+        if earlier:
+            aside = outdir.with_name(f"{outdir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            outdir.rename(aside)
+            out.write(f"--force: the earlier run is now in {aside}\n")
     outdir.mkdir(parents=True, exist_ok=True)
     config_path = outdir / "config.resolved.json"
-    config_path.write_text(json.dumps(resolved, indent=2))
+    system.write_bytes(config_path, json.dumps(resolved, indent=2).encode())
     argv = launcher_argv(ctx, nproc, str(asset("train", "qlora.py"))) + ["--config", str(config_path)]
     argv += ["--resume"] if args.resume else []
     argv += ["--dry-run"] if args.dry_run else []

@@ -10,7 +10,7 @@ from envdoctor import tables
 from envdoctor.context import Context
 from envdoctor.facts.host import hf_cache_dir
 from envdoctor.system import System
-from envdoctor.training.config import TrainConfig, load
+from envdoctor.training.config import TrainConfig, load, load_data
 
 
 @dataclass
@@ -28,6 +28,8 @@ class TrainConfigFacts:
 
 def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
     cfg = load(ctx.train_config)
+    if ctx.train_overrides and not cfg.errors:  # what `envdoctor train --fsdp/--output-dir` will run
+        cfg = load_data(ctx.train_config, {**cfg.data, **dict(ctx.train_overrides)})
     facts = TrainConfigFacts(cfg, engine=ctx.train_engine)
     data = cfg.data
     if isinstance(data.get("model_config"), dict):

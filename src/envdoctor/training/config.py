@@ -1,25 +1,100 @@
-"""Training configs: the seed's axolotl-style YAML, validated before anything loads. Every error is
-reported at once with its key; unknown keys are warnings (axolotl has many we do not use)."""
+"""Training configs: the seed's axolotl-style YAML, validated against one schema before anything loads.
+
+`SCHEMA` is the one table of every key the runner reads: its type, its default, its allowed values or
+bounds, and a line of what it means. Defaults are axolotl's documented ones (users bring axolotl configs:
+a key left out means what it means in axolotl). `TrainConfig.resolved()` fills every default, and that
+resolved file is all the runner and the memory estimator read: neither carries a default of its own.
+Every error is reported at once with its key; unknown keys are warnings and are not passed on (they
+may hold secrets: `hub_token`, `wandb_api_key`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REQUIRED = {"base_model": str, "datasets": list, "sequence_len": int, "output_dir": str, "lora_r": int,
-            "lora_alpha": (int, float), "lora_target_modules": list, "learning_rate": (int, float),
-            "num_epochs": int, "micro_batch_size": int}
-OPTIONAL = {"val_set_size": (int, float), "seed": int, "load_in_4bit": bool, "adapter": str,
-            "bnb_4bit_quant_type": str, "bnb_4bit_compute_dtype": str, "bnb_4bit_use_double_quant": bool,
-            "lora_dropout": (int, float), "lora_modules_to_save": list, "gradient_accumulation_steps": int,
-            "optimizer": str, "gradient_checkpointing": bool, "bf16": (bool, str), "fp16": bool,
-            "warmup_steps": int, "warmup_ratio": (int, float), "save_steps": int, "chunk_overlap": int,
-            "weight_decay": (int, float), "model_config": dict, "tokenizer": str, "sample_packing": bool,
-            "loss_chunk_tokens": int, "fsdp": bool}
-CHOICES = {"adapter": {"qlora", "lora"}, "bnb_4bit_quant_type": {"nf4", "fp4"},
-           "bnb_4bit_compute_dtype": {"bfloat16", "float16", "float32"},
-           "optimizer": {"paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_bnb_8bit"},
-           "tokenizer": {"train-bpe"}}
+REQUIRED = object()   # a key without a default
+DERIVED = object()    # a default computed from other keys at resolution (see _derived)
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: type | tuple
+    default: Any
+    doc: str
+    choices: tuple = ()
+    bounds: tuple[float, float] | None = None   # inclusive, for numbers
+
+
+_NUM = (int, float)
+# fmt: off
+SCHEMA: tuple[Key, ...] = (
+    Key("base_model", str, REQUIRED, "a local folder or a Hugging Face id (in the local cache)"),
+    Key("model_config", dict, None, "build the model from this config (random weights) instead of loading base_model"),
+    Key("tokenizer", str, None, "train-bpe: learn a byte-level BPE from the corpus (models built from model_config)",
+        choices=("train-bpe",)),
+    Key("datasets", list, REQUIRED, "[{path: ...}]: text files, folders or jsonl, relative to the config file"),
+    Key("output_dir", str, "./model-out", "where checkpoints, the adapter and the logs go (relative to the "
+        "working directory)"),
+    Key("sequence_len", int, 512, "tokens per training chunk", bounds=(8, 1 << 20)),
+    Key("val_set_size", _NUM, 0.0, "share (<1) or number (≥1) of chunks held out for validation", bounds=(0, 1e9)),
+    Key("seed", int, 42, "data order, LoRA init, dropout (axolotl leaves it to HF Trainer's 42)",
+        bounds=(0, 2**32 - 1)),
+    Key("sample_packing", bool, False, "join documents before chunking (no padding; attention crosses documents)"),
+    Key("chunk_overlap", int, DERIVED, "tokens shared by neighbouring chunks (default sequence_len // 8)",
+        bounds=(0, 1 << 20)),
+    Key("adapter", str, REQUIRED, "lora, or qlora (LoRA over a 4-bit base: needs load_in_4bit: true)",
+        choices=("lora", "qlora")),
+    Key("load_in_4bit", bool, False, "quantize the frozen base to 4 bits with bitsandbytes"),
+    Key("bnb_4bit_quant_type", str, "nf4", "4-bit data type", choices=("nf4", "fp4")),
+    Key("bnb_4bit_compute_dtype", str, DERIVED, "matmul dtype of 4-bit layers (default: bfloat16 with bf16, "
+        "else float32)", choices=("bfloat16", "float16", "float32")),
+    Key("bnb_4bit_use_double_quant", bool, True, "quantize the quantization constants too"),
+    Key("lora_r", int, REQUIRED, "adapter rank", bounds=(1, 65536)),
+    Key("lora_alpha", _NUM, REQUIRED, "scaling: usually 2 × lora_r", bounds=(1e-6, 1e7)),
+    Key("lora_dropout", _NUM, 0.0, "dropout on the adapter's input", bounds=(0, 0.99)),
+    Key("lora_target_modules", list, DERIVED, "module names to adapt (q_proj, …); required unless lora_target_linear"),
+    Key("lora_target_linear", bool, False, "adapt every linear layer (peft's all-linear)"),
+    Key("lora_modules_to_save", list, DERIVED, "whole modules trained and saved (embed_tokens, lm_head): only for "
+        "new tokens; default none"),
+    Key("learning_rate", _NUM, REQUIRED, "peak learning rate", bounds=(1e-12, 1.0)),
+    Key("lr_scheduler", str, "cosine", "schedule after warm-up", choices=("cosine", "linear", "constant")),
+    Key("warmup_steps", int, DERIVED, "optimizer steps of linear warm-up (default from warmup_ratio)",
+        bounds=(0, 1 << 31)),
+    Key("warmup_ratio", _NUM, 0.0, "warm-up as a share of all steps, when warmup_steps is not given", bounds=(0, 1)),
+    Key("weight_decay", _NUM, 0.0, "AdamW weight decay", bounds=(0, 10)),
+    Key("optimizer", str, "adamw_torch_fused", "paged/8-bit AdamW need a CUDA GPU (else torch AdamW)",
+        choices=("adamw_torch_fused", "adamw_torch", "paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit")),
+    Key("num_epochs", int, 1, "passes over the training chunks", bounds=(1, 100000)),
+    Key("micro_batch_size", int, 1, "chunks per forward/backward, per process", bounds=(1, 65536)),
+    Key("gradient_accumulation_steps", int, 1, "micro batches per optimizer step (all processes together)",
+        bounds=(1, 65536)),
+    Key("gradient_checkpointing", bool, False, "recompute activations in backward: far less memory, ~30 % slower"),
+    Key("bf16", (bool, str), "auto", "bfloat16 weights/compute: auto = where the GPU supports it (never on a CPU)",
+        choices=(True, False, "auto")),
+    Key("fp16", bool, False, "not supported by the runner (bf16 or fp32); kept for axolotl configs"),
+    Key("save_steps", int, None, "optimizer steps between mid-epoch checkpoints (default: one per epoch)",
+        bounds=(1, 1 << 31)),
+    Key("loss_chunk_tokens", int, 1024, "tokens per chunk of the chunked cross-entropy", bounds=(16, 1 << 24)),
+    Key("fsdp", (bool, list), False, "shard over the processes (FSDP2; bf16 LoRA only); an axolotl list = on"),
+)
+# fmt: on
+KEYS = {k.name: k for k in SCHEMA}
+# Written into the resolved file by envdoctor itself, not by the user.
+RESOLVED_EXTRA = ("config_dir", "config_path", "schema_version")
+
+
+def _derived(data: dict) -> dict:
+    """The defaults that depend on other keys."""
+    bf16 = data.get("bf16", "auto")
+    return {"chunk_overlap": data.get("sequence_len", 512) // 8,
+            "bnb_4bit_compute_dtype": "float32" if bf16 is False else "bfloat16",
+            "lora_target_modules": [],
+            "lora_modules_to_save": [],
+            "warmup_steps": None}
 
 
 @dataclass
@@ -30,17 +105,58 @@ class TrainConfig:
     warnings: list[str] = field(default_factory=list)
 
     def resolved(self) -> dict:
-        """What the runner reads: paths made absolute (datasets relative to the config file)."""
-        out = dict(self.data)
-        out["config_dir"] = str(self.path.parent.resolve())
-        out["output_dir"] = str(Path(self.data["output_dir"]).expanduser().resolve())
-        out.setdefault("gradient_accumulation_steps", 1)
+        """Every schema key with its default filled, paths made absolute (datasets relative to the config
+        file), unknown keys dropped: what the runner and the estimator read."""
+        derived = _derived(self.data)
+        out: dict[str, Any] = {}
+        for k in SCHEMA:
+            if k.name in self.data and self.data[k.name] is not None:
+                out[k.name] = self.data[k.name]
+            elif k.default is DERIVED:
+                out[k.name] = derived[k.name]
+            elif k.default is REQUIRED:
+                out[k.name] = None  # only reached for an invalid config (estimates of partial configs)
+            else:
+                out[k.name] = k.default
+        here = self.path.parent.resolve()
+        out["config_dir"], out["config_path"] = str(here), str(self.path.resolve())
+        out["schema_version"] = SCHEMA_VERSION
+        # output_dir is relative to the working directory, as in axolotl (the demo's config lies inside the
+        # installed package); datasets are relative to the config file, which travels with its corpus.
+        out["output_dir"] = str(Path(out["output_dir"]).expanduser().resolve())
+        if isinstance(out["datasets"], list):
+            out["datasets"] = [dict(d, path=str(here / Path(d["path"]).expanduser()))
+                               if isinstance(d, dict) and isinstance(d.get("path"), str) else d
+                               for d in out["datasets"]]
+        if isinstance(out["fsdp"], list):  # axolotl writes fsdp: [full_shard, auto_wrap]
+            out["fsdp"] = bool(out["fsdp"])
         return out
 
 
 def _is(value, kind) -> bool:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, kinds)
+
+
+def _type_names(kind) -> str:
+    if kind == _NUM:
+        return "a number"
+    return "/".join({"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false",
+                     "list": "a list", "dict": "a mapping"}[k.__name__] for k in (kind if isinstance(kind, tuple)
+                                                                                   else (kind,)))
+
+
+def _num(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 def load(path: str | Path) -> TrainConfig:
@@ -48,10 +164,18 @@ def load(path: str | Path) -> TrainConfig:
     path = Path(path)
     cfg = TrainConfig(path, {})
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as exc:
         cfg.errors.append(f"{path}: cannot read: {exc.strerror}")
         return cfg
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        cfg.errors.append(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}): "
+                          "a training config is a YAML file")
+        return cfg
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         cfg.errors.append(f"{path}: not valid YAML" + (f" (line {mark.line + 1})" if mark else "") +
@@ -67,34 +191,72 @@ def load_data(path: str | Path, data: dict) -> TrainConfig:
     """Validate a config's keys (from `path`, with any command-line overrides already applied)."""
     path = Path(path)
     cfg = TrainConfig(path, data)
-    for key, kind in REQUIRED.items():
-        if key not in data:
-            cfg.errors.append(f"{path}: {key}: required")
     for key, value in data.items():
-        kind = REQUIRED.get(key) or OPTIONAL.get(key)
-        if kind is None:
-            cfg.warnings.append(f"{path}: {key}: unknown key, ignored")
+        spec = KEYS.get(key) if isinstance(key, str) else None
+        if spec is None:
+            if key not in RESOLVED_EXTRA:
+                cfg.warnings.append(f"{path}: {key}: unknown key, ignored (not passed to the runner)")
             continue
-        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        if not _is(value, kind):
-            cfg.errors.append(f"{path}: {key}: expected {names}, got {value!r}")
-        elif key in CHOICES and value not in CHOICES[key]:
-            cfg.errors.append(f"{path}: {key}: expected one of {', '.join(sorted(CHOICES[key]))}, got {value!r}")
-    for key in ("sequence_len", "lora_r", "num_epochs", "micro_batch_size", "gradient_accumulation_steps"):
-        if _is(data.get(key), int) and data[key] < 1:
-            cfg.errors.append(f"{path}: {key}: expected a positive number, got {data[key]}")
-    if data.get("fsdp") is True and data.get("load_in_4bit") is True:
-        cfg.errors.append(f"{path}: fsdp: the runner shards bf16 LoRA only (set load_in_4bit: false); sharding a "
-                          "4-bit base needs FSDP1 with bnb_4bit_quant_storage: use --backend axolotl with an FSDP "
-                          "config, or DDP (the default) when the 4-bit model fits one GPU")
-    if _is(data.get("learning_rate"), (int, float)) and not 0 < data["learning_rate"] < 1:
-        cfg.errors.append(f"{path}: learning_rate: expected between 0 and 1, got {data['learning_rate']}")
-    for i, d in enumerate(data.get("datasets") or [] if isinstance(data.get("datasets"), list) else []):
-        if not isinstance(d, dict) or not isinstance(d.get("path"), str):
-            cfg.errors.append(f"{path}: datasets[{i}]: expected a mapping with a path, got {d!r}")
-        elif not (path.parent / d["path"]).exists() and not Path(d["path"]).exists():
-            cfg.errors.append(f"{path}: datasets[{i}].path: {d['path']} does not exist "
-                              f"(relative to {path.parent})")
-    if data.get("model_config") is None and data.get("tokenizer") == "train-bpe":
-        cfg.errors.append(f"{path}: tokenizer: train-bpe needs model_config (a model built from a config)")
+        if value is None and spec.default is not REQUIRED:
+            continue  # `key:` with no value means the default, as in axolotl
+        problem = _problem(spec, value)
+        if problem:
+            cfg.errors.append(f"{path}: {key}: {problem}")
+    for spec in SCHEMA:
+        if spec.default is REQUIRED and data.get(spec.name) is None:
+            cfg.errors.append(f"{path}: {spec.name}: required ({spec.doc})")
+    _cross_checks(path, data, cfg.errors)
     return cfg
+
+
+def _problem(spec: Key, value) -> str | None:
+    if not _is(value, spec.kind):
+        return f"expected {_type_names(spec.kind)}, got {_shown(value)}"
+    if spec.choices and not isinstance(value, (list, dict)) and value not in spec.choices:
+        return f"expected one of {', '.join(str(c).lower() if isinstance(c, bool) else c for c in spec.choices)}, " \
+               f"got {_shown(value)}"
+    if spec.bounds and isinstance(value, (int, float)):
+        lo, hi = spec.bounds
+        if not lo <= value <= hi:
+            return f"expected a value from {_num(lo)} to {_num(hi)}, got {_shown(value)}"
+    return None
+
+
+def _cross_checks(path: Path, data: dict, errors: list[str]) -> None:
+    adapter, four_bit = data.get("adapter"), data.get("load_in_4bit") is True
+    if adapter == "qlora" and not four_bit:  # axolotl refuses the same
+        errors.append(f"{path}: adapter: qlora needs load_in_4bit: true (or use adapter: lora)")
+    if data.get("fp16") is True:
+        errors.append(f"{path}: fp16: the runner trains in bf16 (bf16: true / auto) or fp32; remove fp16")
+    if not data.get("lora_target_modules") and data.get("lora_target_linear") is not True:
+        errors.append(f"{path}: lora_target_modules: required (a list like [q_proj, v_proj]) unless "
+                      "lora_target_linear: true")
+    for key in ("lora_target_modules", "lora_modules_to_save"):
+        value = data.get(key)
+        if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+            errors.append(f"{path}: {key}: expected a list of module names, got {_shown(value)}")
+    fsdp = data.get("fsdp")
+    if (fsdp is True or (isinstance(fsdp, list) and fsdp)) and four_bit:
+        errors.append(f"{path}: fsdp: the runner shards bf16 LoRA only (set load_in_4bit: false); sharding a "
+                      "4-bit base needs FSDP1 with bnb_4bit_quant_storage: use --backend axolotl with an FSDP "
+                      "config, or DDP (the default) when the 4-bit model fits one GPU")
+    datasets = data.get("datasets")
+    if isinstance(datasets, list):
+        if not datasets:
+            errors.append(f"{path}: datasets: expected at least one entry with a path")
+        for i, d in enumerate(datasets):
+            if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"].strip():
+                errors.append(f"{path}: datasets[{i}]: expected a mapping with a path, got {_shown(d)}")
+            elif not (path.parent / Path(d["path"]).expanduser()).exists():
+                errors.append(f"{path}: datasets[{i}].path: {d['path']} does not exist "
+                              f"(paths are relative to the config file's folder, {path.parent.resolve()})")
+    if data.get("model_config") is None and data.get("tokenizer") == "train-bpe":
+        errors.append(f"{path}: tokenizer: train-bpe needs model_config (a model built from a config)")
+    seq, overlap = data.get("sequence_len") or KEYS["sequence_len"].default, data.get("chunk_overlap")
+    if isinstance(seq, int) and isinstance(overlap, int) and not isinstance(overlap, bool) and overlap >= seq:
+        errors.append(f"{path}: chunk_overlap: expected less than sequence_len ({seq}), got {overlap}")
+
+
+def resolve(data: dict, path: str | Path = "config.yaml") -> dict:
+    """A config dict with every default filled (no validation): for benchmarks and estimates of a grid."""
+    return TrainConfig(Path(path), data).resolved()

@@ -11,7 +11,7 @@ Peak GPU memory (torch's max_memory_allocated, the bf16 compute of the seed's co
   act       activations: with gradient checkpointing, each layer's input (bf16) plus one layer's
             recompute and its attention; without, every layer's saved tensors and attention probabilities
   logits    B × S × vocab × LOGIT_BYTES for a full-logits loss (axolotl, a plain peft loop); the runner's
-            chunked cross-entropy holds one chunk: CE_CHUNK × vocab × CHUNK_BYTES
+            chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
 Two engines: "peft" (the plain loop and axolotl: what was calibrated) and "runner" (envdoctor's runner).
 The constants marked CALIBRATED come from runs on an H200 (bench/calibrate_memory.py); the optimizer
 state of non-paged optimizers and lora_dropout: 0 are accounted by the formula, not measured.
@@ -34,7 +34,6 @@ QUANT_CONST = {True: 0.0159, False: 0.0625}
 # peak is the layer inputs plus the larger of one layer's recompute and one loss chunk's logits.
 # CALIBRATED on an H200 (bench/results/h200-llama8b-calibration-runner.json, bench/fit_memory.py --engine
 # runner: 6 fit points, 8 held out):
-CE_CHUNK = 1024
 CHUNK_BYTES = 7.8         # bytes per logit of one chunk (bf16 + fp32 logits, fp32 gradient)
 ACT_RUNNER = 1.16         # × _layer_elements × 2 bytes per token: one layer recomputed in backward
 ACT_RUNNER_FULL = 1.10    # the same per layer, all layers kept (no checkpointing)
@@ -97,42 +96,45 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
 
 def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
              engine: str = "runner") -> Estimate:
-    b = micro_batch or cfg.get("micro_batch_size", 1)
-    s = seq or cfg.get("sequence_len", 2048)
-    r = cfg.get("lora_r", 8)
-    targets = set(cfg.get("lora_target_modules") or [])
+    """`cfg` is a resolved config (training.config: every key present, defaults filled)."""
+    b = micro_batch or cfg["micro_batch_size"]
+    s = seq or cfg["sequence_len"]
+    r = cfg["lora_r"]
     lin = shape.linears()
+    targets = set(lin) if cfg["lora_target_linear"] else set(cfg["lora_target_modules"])
     lora = shape.layers * sum(r * (i + o) for name, (i, o) in lin.items() if name in targets)
     embed = shape.vocab * shape.hidden
     heads = 1 if shape.tied else 2
-    saves = cfg.get("lora_modules_to_save") or []
+    saves = cfg["lora_modules_to_save"]
     save = sum(embed for m in saves if m in ("embed_tokens", "lm_head"))
     if shape.tied and {"embed_tokens", "lm_head"} <= set(saves):
         save = embed
-    opt = OPT_BYTES.get(cfg.get("optimizer", "adamw_torch"), 8.0)
-    four_bit = cfg.get("load_in_4bit", True)
+    opt = OPT_BYTES.get(cfg["optimizer"], 8.0)
+    four_bit = cfg["load_in_4bit"]
+    half = cfg["bf16"] is not False  # "auto": bf16 on the GPUs this estimate is for
     base_params = shape.layers * sum(i * o for i, o in lin.values())
-    base = base_params * ((0.5 + QUANT_CONST[cfg.get("bnb_4bit_use_double_quant", True)]) if four_bit else 2.0)
+    base = base_params * ((0.5 + QUANT_CONST[cfg["bnb_4bit_use_double_quant"]]) if four_bit
+                         else 2.0 if half else 4.0)
     tokens = b * s
-    per_layer = ACT_SCALE * _layer_elements(shape, cfg.get("lora_dropout", 0) > 0)
+    per_layer = ACT_SCALE * _layer_elements(shape, cfg["lora_dropout"] > 0)
     att = b * shape.heads * s * s
-    if cfg.get("gradient_checkpointing", True):
+    if cfg["gradient_checkpointing"]:
         act = tokens * 2 * (shape.layers * shape.hidden + per_layer) + ATT_GC * att
     else:
         act = shape.layers * (tokens * 2 * per_layer + ATT_SAVED * att)
     runner = engine == "runner"
-    chunk = min(cfg.get("loss_chunk_tokens", CE_CHUNK), tokens)
+    chunk = min(cfg["loss_chunk_tokens"], tokens)
     if runner:
-        elems = 2 * _layer_elements(shape, cfg.get("lora_dropout", 0) > 0)
+        elems = 2 * _layer_elements(shape, cfg["lora_dropout"] > 0)
         loss_phase = CHUNK_BYTES * chunk * shape.vocab
-        if cfg.get("gradient_checkpointing", True):  # the backward peak is one layer's recompute or one chunk
+        if cfg["gradient_checkpointing"]:  # the backward peak is one layer's recompute or one chunk
             layer_phase = ACT_RUNNER * tokens * elems
             act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
             loss_phase = loss_phase if loss_phase > layer_phase else 0.0
         else:
             act = ACT_RUNNER_FULL * shape.layers * tokens * elems
     parts = {
-        "base (4-bit linears)" if four_bit else "base (bf16 linears)": base,
+        "base (4-bit linears)" if four_bit else f"base ({'bf16' if half else 'fp32'} linears)": base,
         "embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)": embed * heads * (2.0 if runner else 4.0),
         "LoRA weights, grads, optimizer": lora * (8.0 + opt),
         "modules_to_save weights, grads, optimizer": save * ((SAVE_BYTES_RUNNER if runner else SAVE_BYTES) + opt),
@@ -147,11 +149,11 @@ def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner") ->
     else the cheapest combination (drop modules_to_save, checkpointing, halve the micro batch keeping the
     effective batch, then halve the sequence length)."""
     steps = []
-    if cfg.get("lora_modules_to_save"):
+    if cfg["lora_modules_to_save"]:
         steps.append(("lora_modules_to_save: [] (only needed for new tokens)", {"lora_modules_to_save": []}))
-    if not cfg.get("gradient_checkpointing", True):
+    if not cfg["gradient_checkpointing"]:
         steps.append(("gradient_checkpointing: true", {"gradient_checkpointing": True}))
-    b, accum, s = cfg.get("micro_batch_size", 1), cfg.get("gradient_accumulation_steps", 1), cfg.get("sequence_len", 2048)
+    b, accum, s = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sequence_len"]
     while b > 1:
         b, accum = b // 2, accum * 2
         steps.append((f"micro_batch_size: {b} with gradient_accumulation_steps: {accum} (same effective batch)",
