@@ -154,7 +154,7 @@ def test_fsdp_two_processes_match_one_ddp_free_process_and_refuse_a_4bit_base(tm
     """--fsdp: FSDP2 shards the LoRA model over 2 gloo processes; the losses equal a plain single-process
     run's (1e-4 relative), the adapter is gathered whole, and a 4-bit base is refused with its reason."""
     cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
-    cfg.update(num_epochs=2, gradient_accumulation_steps=2, load_in_4bit=False,
+    cfg.update(num_epochs=2, gradient_accumulation_steps=2, load_in_4bit=False, adapter="lora",
                datasets=[{"path": str(asset("train", "demo_corpus"))}])
     runs = {}
     for n, extra in ((1, []), (2, ["--fsdp"])):
@@ -173,6 +173,6 @@ def test_fsdp_two_processes_match_one_ddp_free_process_and_refuse_a_4bit_base(tm
     one, two = (load_file(str(runs[n] / "adapter" / "adapter_model.safetensors")) for n in (1, 2))
     assert one.keys() == two.keys() and all(one[k].shape == two[k].shape for k in one)
     config = tmp_path / "fsdp4bit.yaml"
-    config.write_text(yaml.safe_dump(dict(cfg, load_in_4bit=True, output_dir=str(tmp_path / "run4"))))
+    config.write_text(yaml.safe_dump(dict(cfg, load_in_4bit=True, adapter="qlora", output_dir=str(tmp_path / "run4"))))
     res = train(str(config), "--fsdp", cwd=tmp_path)
     assert res.returncode == 2 and "fsdp: the runner shards bf16 LoRA only (set load_in_4bit: false)" in res.stdout

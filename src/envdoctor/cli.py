@@ -179,6 +179,8 @@ def target(args):
     from envdoctor.system import System
     system = System()
     python, reason = choose_python(args.python, system.env)
+    if getattr(args, "python_from_run", False):
+        reason = "the interpreter that trained the run (run_summary.json)"
     if args.python and not os.path.exists(python):
         raise UsageError(f"--python {args.python}: no such interpreter ({python})")
     if args.timeout <= 0:
@@ -220,14 +222,30 @@ def cmd_train(args) -> int:
     return run_train(args, system, ctx)
 
 
+def run_python(args) -> None:
+    """merge and eval run with the interpreter that trained the run (run_summary.json records it), unless
+    --python says otherwise: with envdoctor in its own venv, that is not the one training used."""
+    import json
+    if args.python or getattr(args, "backend", "runner") == "axolotl":
+        return
+    try:
+        recorded = json.loads(open(os.path.join(args.run, "run_summary.json"), encoding="utf-8").read()).get("python")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(recorded, str) and os.path.exists(recorded):
+        args.python, args.python_from_run = recorded, True
+
+
 def cmd_merge(args) -> int:
     from envdoctor.commands.merge import run_merge
+    run_python(args)
     system, ctx = target(args)
     return run_merge(args, system, ctx)
 
 
 def cmd_eval(args) -> int:
     from envdoctor.commands.evaluate import run_eval
+    run_python(args)
     system, ctx = target(args)
     return run_eval(args, system, ctx)
 

@@ -1,0 +1,94 @@
+"""Run hygiene, for real on the CPU: Ctrl-C stops a run cleanly (exit 130, no traceback, the --resume
+command printed); the resumed run logs each step once; a finished output folder is not overwritten
+without --force (and --force moves it aside); merge and eval default to the interpreter that trained."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from envdoctor import cli
+from envdoctor.assets import asset
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+ENV = {**os.environ, "NO_COLOR": "1"}
+ENV.pop("VIRTUAL_ENV", None)
+
+
+def envdoctor(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "envdoctor", *args], capture_output=True, text=True, cwd=cwd,
+                          env=ENV, timeout=900)
+
+
+def steps_logged(metrics):
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    return [r["step"] for r in rows if "loss" in r]
+
+
+def test_ctrl_c_resume_and_a_finished_folder(tmp_path):
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, save_steps=3, datasets=[{"path": str(asset("train", "demo_corpus"))}],
+               output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    # Ctrl-C on a terminal reaches the whole foreground process group: envdoctor and the runner.
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config)],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
+    while proc.poll() is None and time.time() < deadline and max(steps_logged(metrics), default=0) < 5:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.communicate()[0][-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert f"continue with: envdoctor train {config} --resume" in output
+    assert "the last checkpoint is step-3" in output or "the last checkpoint is step-6" in output, output[-2000:]
+    interrupted_at = max(steps_logged(metrics))
+
+    res = envdoctor("train", "--python", sys.executable, str(config), "--resume", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    steps = steps_logged(metrics)
+    assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert summary["python"] == sys.executable
+
+    again = envdoctor("train", "--python", sys.executable, str(config), cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a finished run" in again.stdout and "--resume" in again.stdout
+    assert (tmp_path / "run" / "run_summary.json").exists()
+    dry = envdoctor("train", "--python", sys.executable, str(config), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout[-2000:]
+    forced = envdoctor("train", "--python", sys.executable, str(config), "--force", "--dry-run", cwd=tmp_path)
+    assert forced.returncode == 0 and (tmp_path / "run" / "run_summary.json").exists()  # a dry run moves nothing
+    forced = envdoctor("train", "--python", sys.executable, str(config), "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stdout[-3000:]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.")]
+    assert len(aside) == 1 and (aside[0] / "run_summary.json").exists() and f"now in {aside[0]}" in forced.stdout
+
+
+def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    trained_with = tmp_path / "venv" / "bin" / "python"
+    trained_with.parent.mkdir(parents=True)
+    trained_with.write_text("")
+    (run / "run_summary.json").write_text(json.dumps({"python": str(trained_with)}))
+    args = argparse.Namespace(run=str(run), python=None, backend="runner")
+    cli.run_python(args)
+    assert args.python == str(trained_with)
+    args = argparse.Namespace(run=str(run), python="/usr/bin/python3", backend="runner")
+    cli.run_python(args)
+    assert args.python == "/usr/bin/python3"  # --python wins
+    trained_with.unlink()
+    args = argparse.Namespace(run=str(run), python=None, backend="runner")
+    cli.run_python(args)
+    assert args.python is None  # gone: the usual choice (active venv, …)
