@@ -9,7 +9,7 @@ from envdoctor.registry import check
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
 @check("config.datasets", "Training data", "Config",

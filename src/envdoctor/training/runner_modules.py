@@ -39,7 +39,7 @@ def absolute_inputs(data: dict, config_dir) -> dict:
         out["datasets"] = [dict(d, path=str(corpus.dataset_path(d["path"], config_dir)))
                            if isinstance(d, dict) and isinstance(d.get("path"), str) else d for d in data["datasets"]]
     name = data.get("base_model")
-    if isinstance(name, str) and not isinstance(data.get("model_config"), dict):
+    if isinstance(name, str) and any(basemodel.needs(data)):
         where = basemodel.locate(name, config_dir, {})
         if where.kind == "folder":
             out["base_model"] = str(where.path)
