@@ -182,7 +182,8 @@ def test_a_hub_id_is_found_in_the_cache_and_missing_shards_or_tokenizer_files_ar
     snap = cached_model(cache, "org/tiny", {"config.json": b"{}", "model.safetensors.index.json":
                                             json.dumps(index).encode(), "model-00001-of-00002.safetensors": b"x",
                                             "model-00002-of-00002.safetensors": b"x", "tokenizer.json": b"{}",
-                                            "tokenizer_config.json": b"{}"}, dangling=("model-00002-of-00002.safetensors",))
+                                            "tokenizer_config.json": b"{}"},
+                        dangling=("model-00002-of-00002.safetensors",))
     facts = base_facts(tmp_path, {"base_model": "org/tiny"}, {"HF_HOME": str(tmp_path / "nothere"),
                                                                "HF_HUB_CACHE": str(cache)})
     assert facts.kind == "cache" and facts.path == str(snap)
@@ -193,7 +194,8 @@ def test_a_hub_id_is_found_in_the_cache_and_missing_shards_or_tokenizer_files_ar
     facts = base_facts(tmp_path, {"base_model": "org/tiny"}, {"HF_HOME": str(tmp_path)})  # HF_HOME/hub
     assert facts.kind == "cache" and facts.problems == [] and base_model_check(facts).status.value == "ok"
     facts = base_facts(tmp_path, {"base_model": "org/tiny"}, {"HF_HOME": str(tmp_path / "nothere")})
-    assert facts.kind == "not cached" and facts.path == str(tmp_path / "nothere" / "hub" / "models--org--tiny" / "snapshots")
+    assert facts.kind == "not cached"
+    assert facts.path == str(tmp_path / "nothere" / "hub" / "models--org--tiny" / "snapshots")
 
 
 def test_an_uncached_hub_id_says_how_to_get_it_and_download_lets_the_run_fetch_it(tmp_path):
@@ -202,7 +204,8 @@ def test_an_uncached_hub_id_says_how_to_get_it_and_download_lets_the_run_fetch_i
     result = base_model_check(facts)
     assert result.status.value == "fail" and "hf download meta-llama/Llama-3.1-8B" in result.details[0]
     assert "hf auth login" in result.details[0] and "--download" in result.details[0]
-    assert f"looked in {tmp_path / 'empty-cache' / 'models--meta-llama--Llama-3.1-8B' / 'snapshots'}" in result.details[0]
+    snapshots = tmp_path / "empty-cache" / "models--meta-llama--Llama-3.1-8B" / "snapshots"
+    assert f"looked in {snapshots}" in result.details[0]
     assert "huggingface-cli download" not in result.details[0]
     result = base_model_check(base_facts(tmp_path, {"base_model": "meta-llama/Llama-3.1-8B"}, env, download=True))
     assert result.status.value == "warn" and "the run will download it" in result.message
@@ -315,7 +318,8 @@ def test_the_runner_counts_chunks_exactly_and_refuses_too_few_for_one_step(tmp_p
     assert "config.datasets ok" in res.stdout, res.stdout
     assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
     assert ("error: the datasets make 34 chunk(s) of ≤64 tokens from 8 document(s): 31 to train on and 3 for "
-            "validation; one optimizer step needs 32 (micro_batch_size 4 × gradient_accumulation_steps 8)") in res.stdout
+            "validation; one optimizer step needs 32 (micro_batch_size 4 × gradient_accumulation_steps 8)"
+            ) in res.stdout
 
 
 def test_the_runner_names_missing_tokenizer_files_of_a_local_base_folder(tmp_path):
@@ -328,4 +332,20 @@ def test_the_runner_names_missing_tokenizer_files_of_a_local_base_folder(tmp_pat
     assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
     assert (f"error: base_model: {tmp_path / 'cfg' / 'base'} lacks tokenizer: none of tokenizer.json, "
             "tokenizer.model, vocab.json + merges.txt, vocab.txt; tokenizer_config.json") in res.stdout
-    assert json.loads((tmp_path / "run" / "config.resolved.json").read_text())["base_model"] == str(tmp_path / "cfg" / "base")
+    resolved = json.loads((tmp_path / "run" / "config.resolved.json").read_text())
+    assert resolved["base_model"] == str(tmp_path / "cfg" / "base")
+
+
+def test_runs_are_offline_unless_download_is_asked_for(tmp_path):
+    """A stand-in interpreter: the real one for the preflight's probes, a recorder for the runner."""
+    record = tmp_path / "runner-env"
+    py = tmp_path / "python"
+    py.write_text(f"#!/bin/sh\ncase \"$*\" in\n  *qlora.py*) echo \"${{HF_HUB_OFFLINE-unset}}\" >> {record}; exit 0;;\n"
+                  f"esac\nexec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    config = demo_config(tmp_path, datasets=[{"path": str(asset("train", "demo_corpus"))}])
+    for extra in ((), ("--download",)):
+        res = subprocess.run([sys.executable, "-m", "envdoctor", "train", "--python", str(py), str(config), *extra],
+                             capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert record.read_text().split() == ["1", "unset"]

@@ -103,7 +103,8 @@ def missing_files(folder: Path, weights: bool, tokenizer: bool) -> list[str]:
     return out
 
 
-def problems(cfg: dict, config_dir: str | Path, env=None, will_download: bool | None = None) -> tuple[BaseModel | None, list[str]]:
+def problems(cfg: dict, config_dir: str | Path, env=None,
+             will_download: bool | None = None) -> tuple[BaseModel | None, list[str]]:
     """(where the base model is, errors). `will_download`: the run may fetch from the hub (default:
     unless HF_HUB_OFFLINE is set in `env`)."""
     env = os.environ if env is None else env
@@ -121,7 +122,8 @@ def problems(cfg: dict, config_dir: str | Path, env=None, will_download: bool | 
         return where, [f"base_model: {name} is not in the local Hugging Face cache (looked in {where.looked[0]}) "
                        f"and runs are offline. Download it first: hf download {name}  — a gated model (e.g. "
                        f"meta-llama/…) needs its licence accepted on https://huggingface.co/{name} and "
-                       f"`hf auth login` before that; or let the run download it with --download. {HUB_HINT}"]
+                       f"`hf auth login` before that; or let the run download it: envdoctor train CONFIG "
+                       f"--download. {HUB_HINT}"]
     gone = missing_files(where.path, weights, tokenizer)
     if not gone:
         return where, []

@@ -48,8 +48,9 @@ def base_model(base_model: BaseModelFacts) -> Result:
             return fail(f"base model folder {b.path}: files missing", b.problems,
                         Remedy(text="Copy the missing files in from the model's source (its Hugging Face repository)."))
         return fail(f"base model {b.name}: not on this machine", b.problems,
-                    Remedy(text=f"hf download {b.name}  (gated models: `hf auth login` first), or pass --download "
-                                "to let the run fetch it; a folder path: check it, relative to the config's folder"))
+                    Remedy(text=f"hf download {b.name}  (gated models: `hf auth login` first), or "
+                                "envdoctor train CONFIG --download to let the run fetch it") if b.kind == "not cached"
+                    else Remedy(text="Name an existing folder, relative to the config's folder, or an org/name id."))
     if b.kind == "not cached":
         return warn(f"{b.name} is not in the local Hugging Face cache: the run will download it (--download)",
                     [f"looked in {b.path}"])
