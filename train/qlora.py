@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import checkpoint, config, data, report  # noqa: E402
+from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report  # noqa: E402
 
 
 def main() -> int:
@@ -46,12 +46,38 @@ def main() -> int:
     say = print if world.main else (lambda *a, **k: None)
     torch.manual_seed(cfg["seed"])
 
-    docs = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]))
-    tokenizer = build_tokenizer(cfg, docs)
+    def refuse(lines: list[str]) -> int:  # bad input: say what and where, exit 2 before the model loads
+        say("\n".join(lines), flush=True)
+        distributed.finish(world)
+        return 2
+
+    try:
+        docs = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]),
+                                   warn=lambda w: say(f"warning: {w}", flush=True))
+    except corpus.CorpusError as exc:
+        return refuse(["error: the datasets cannot be used:"] + [f"  {p}" for p in exc.problems])
+    where, problems = basemodel.problems(cfg, cfg["config_dir"])
+    if problems:
+        return refuse([f"error: {p}" for p in problems])
+    if where is not None and where.kind == "folder":
+        cfg["base_model"] = str(where.path)  # relative to the config, not to wherever the runner was started
+    try:
+        tokenizer = build_tokenizer(cfg, docs)
+    except (OSError, ValueError) as exc:  # the hub client's (gated, not found) and tokenizer files' errors
+        return refuse([f"error: cannot load the tokenizer of {cfg['base_model']}: "
+                       + str(exc).strip().splitlines()[0]])
     seq = cfg["sequence_len"]
     train, val, stats = data.prepare(docs, tokenizer, seq, cfg["chunk_overlap"], cfg["val_set_size"], cfg["seed"],
                                      packing=cfg["sample_packing"])
     micro, accum = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
+    need = corpus.needed_chunks(micro, accum, world.size)
+    if stats["train"] < need:  # exact (tokenized): the preflight can only rule out the certain cases
+        return refuse([f"error: the datasets make {stats['chunks']} chunk(s) of ≤{seq} tokens from "
+                       f"{stats['documents']} document(s): {stats['train']} to train on and {stats['val']} for "
+                       f"validation; one optimizer step needs {need} (micro_batch_size {micro} × "
+                       f"gradient_accumulation_steps {accum}" + (f" over {world.size} processes" if world.distributed
+                                                                  else "") + "). Add text, or lower "
+                       "micro_batch_size / gradient_accumulation_steps / sequence_len / val_set_size"])
     # Data parallel: each rank takes every world.size-th micro batch and accumulates accum / world.size of
     # them, so the effective batch (micro × accum) and the steps per epoch stay those of one process.
     local_accum = max(1, accum // world.size)

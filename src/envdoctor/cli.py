@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes (FSDP2) instead of "
                         "DDP; bf16 LoRA only (load_in_4bit: false)")
+    t.add_argument("--download", action="store_true",
+                   help="let the run download the base model from the Hugging Face hub (runs are offline otherwise)")
     t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     m = sub.add_parser("merge", help="merge a run's adapter into its bf16 base, verify it, ready for vLLM")
     m.add_argument("run", metavar="RUN_DIR", help="an `envdoctor train` output folder (with --backend axolotl: "

@@ -20,6 +20,7 @@ class Context:
     model_dir: str | None = None     # --model: a model folder to validate (a merge's output)
     train_engine: str = "runner"        # whose memory to estimate: "runner", or "peft" (axolotl, plain loops)
     train_overrides: tuple = ()         # (key, value) pairs the command line sets over the config's keys
+    train_download: bool = False        # train --download: the run may fetch the base model from the hub
 
 
 def _venv_python(prefix: str) -> str | None:

@@ -11,6 +11,7 @@ from envdoctor.facts.smoke import STAGES, provider_for
 from envdoctor.facts.toolkit import probe_toolkit
 from envdoctor.facts.torch_build import probe_torch
 from envdoctor.facts.train_config import probe_train_config
+from envdoctor.facts.train_inputs import probe_base_model, probe_datasets
 from envdoctor.facts.wsl import probe_wsl
 from envdoctor.registry import provider
 
@@ -34,4 +35,6 @@ for _stage in STAGES:
 provider("recipe", probe_recipe, owner="recipe.match", timeout=10.0)
 provider("wsl", probe_wsl, owner="wsl.version", timeout=30.0)
 provider("train_config", probe_train_config, owner="config.valid", timeout=10.0)
+provider("datasets", probe_datasets, owner="config.datasets", timeout=120.0, needs=("train_config",))  # reads it all
+provider("base_model", probe_base_model, owner="config.base_model", timeout=10.0, needs=("train_config",))
 provider("model_dir", probe_model_dir, owner="model.files", timeout=300.0)

@@ -4,11 +4,12 @@ overlap, deduplicate, split into train and validation."""
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import unicodedata
 from pathlib import Path
+
+from envdoctor_runner import corpus
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -20,20 +21,18 @@ def clean(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def read_documents(paths: list[str], base: Path) -> list[str]:
-    docs: list[str] = []
-    for entry in paths:
-        p = (base / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            if f.suffix == ".jsonl":
-                for line in f.read_text(encoding="utf-8").splitlines():
-                    if line.strip():
-                        row = json.loads(line)
-                        docs.append(row.get("text") or row.get("content") or "")
-            elif f.suffix in (".txt", ".md", ""):
-                docs.append(f.read_text(encoding="utf-8", errors="replace"))
-    return [d for d in (clean(d) for d in docs) if d]
+def read_documents(paths: list[str], base: Path, warn=None) -> list[str]:
+    """The cleaned documents of the dataset entries (relative to `base`, the config's folder); bad
+    datasets raise corpus.CorpusError with every problem, by file and line. Warnings go to `warn`."""
+    found = corpus.read_corpus(paths, base)
+    for w in found.warnings:
+        (warn or (lambda _m: None))(w)
+    if found.problems:
+        raise corpus.CorpusError(found.problems)
+    docs = [d for d in (clean(d) for d in found.documents) if d]
+    if not docs:
+        raise corpus.CorpusError(["the datasets hold no text once control characters and blank lines are removed"])
+    return docs
 
 
 def chunk(ids: list[int], length: int, overlap: int) -> list[list[int]]:
@@ -65,10 +64,9 @@ def prepare(docs: list[str], tokenizer, length: int, overlap: int, val: float | 
             seen.add(key)
             chunks.append(c)
     random.Random(seed).shuffle(chunks)
-    n_val = int(round(len(chunks) * val)) if isinstance(val, float) and val < 1 else int(val)
-    n_val = min(max(n_val, 1 if len(chunks) > 1 and val else 0), len(chunks) - 1)
+    n_train, n_val = corpus.split_sizes(len(chunks), val)
     return chunks[n_val:], chunks[:n_val], {"documents": len(docs), "chunks": len(chunks), "duplicates": dupes,
-                                           "train": len(chunks) - n_val, "val": n_val}
+                                           "train": n_train, "val": n_val}
 
 
 def batches(chunks: list[list[int]], size: int, pad_id: int, epoch: int, seed: int):

@@ -2,4 +2,4 @@
 
 from envdoctor import providers  # noqa: F401  (the facts the checks need)
 from envdoctor.checks import (binaries, deep, gpu, host, model_dir, packages, python, recipe,  # noqa: F401
-                              train_config, wsl)  # (registration)
+                              train_config, train_inputs, wsl)  # (registration)

@@ -60,7 +60,7 @@ def resolve_base(run: Path, summary: dict, override: str | None, system: System)
         if (c / "config.json").is_file():
             return c
     raise UsageError(f"base model {name!r} not found locally (looked in {', '.join(map(str, candidates))}); "
-                     "download it (huggingface-cli download …) or pass --base DIR")
+                     f"download it (hf download {name}; gated models: hf auth login first) or pass --base DIR")
 
 
 def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:

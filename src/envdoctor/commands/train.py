@@ -19,10 +19,12 @@ from envdoctor.model import Status
 from envdoctor.system import System
 from envdoctor.training.backends import axolotl_argv
 from envdoctor.training.config import load, load_data
+from envdoctor.training.runner_modules import absolute_inputs
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
 PREFLIGHT = ("python.interpreter", "python.version", "gpu.driver", "gpu.torch", "gpu.driver_cuda", "gpu.arch",
-             "gpu.bf16", "packages.requirements", "binaries.extensions", "config.memory")
+             "gpu.bf16", "packages.requirements", "binaries.extensions", "config.memory", "config.datasets",
+             "config.base_model")
 RUNTIME = ("torch", "transformers", "peft")
 
 
@@ -75,7 +77,8 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         return 2
     checks = [registry.load()[c] for c in PREFLIGHT]
     ctx = dataclasses.replace(ctx, train_config=str(path),  # config.memory: will it fit this GPU?
-                              train_engine="peft" if axolotl else "runner", train_overrides=tuple(overrides.items()))
+                              train_engine="peft" if axolotl else "runner", train_overrides=tuple(overrides.items()),
+                              train_download=bool(getattr(args, "download", False)))
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
@@ -86,7 +89,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
                   f"{ctx.python} -m pip install {' '.join(missing)}  (or envdoctor install --recipe cpu)\n")
     if failing or missing:
         for r in failing:
-            out.write(f"  [✗] {r.check_id}: {r.message}\n")
+            out.write(f"  [✗] {r.check_id}: {r.message}\n" + "".join(f"      {d}\n" for d in r.details))
         if not args.force:
             out.write("refusing to start a run that cannot work (--force overrides; `envdoctor check` has the fixes)\n")
             return 1
@@ -101,6 +104,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if gpus and nproc > gpus:
         raise UsageError(f"--nproc {nproc}: only {gpus} GPU(s) visible")
     resolved = cfg.resolved()
+    resolved.update(absolute_inputs(resolved, resolved["config_dir"]))  # one rule: relative to the config
     outdir = Path(resolved["output_dir"])
     if not args.dry_run:
         earlier = _earlier_run(outdir, args.resume)
@@ -120,5 +124,6 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     argv += ["--dry-run"] if args.dry_run else []
     out.write(f"$ {' '.join(argv)}\n")
     out.flush()
-    return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-                                    "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    offline = {} if getattr(args, "download", False) else {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
+                                    "TOKENIZERS_PARALLELISM": "false"})
