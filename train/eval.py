@@ -52,7 +52,12 @@ def main() -> int:
     run = Path(args.run)
     cfg = config.load(run / "config.resolved.json")
     summary = json.loads((run / "run_summary.json").read_text())
-    corpus = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]))
+    try:  # the style score compares with the corpus the run trained on
+        corpus = data.read_documents([d["path"] for d in cfg["datasets"]], Path(cfg["config_dir"]))
+    except data.corpus.CorpusError as exc:
+        print("error: the run's datasets cannot be read any more (the style score needs them):\n"
+              + "\n".join(f"  {p}" for p in exc.problems), flush=True)
+        return 2
     heldout = json.loads((run / "heldout.json").read_text())["chunks"]
     tokenizer = AutoTokenizer.from_pretrained(args.merged)
     if args.prompts:
