@@ -134,3 +134,9 @@ def test_the_runner_reads_the_schema_version_envdoctor_writes(tmp_path):
     p.write_text(json.dumps({"lora_r": 8}))
     with pytest.raises(SystemExit, match="schema_version None"):
         runner_config.load(p)
+
+
+def test_the_docs_table_is_the_schema():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "training-config.md").read_text()
+    assert doc.endswith(C.schema_markdown()), "regenerate docs/training-config.md from training.config.schema_markdown()"

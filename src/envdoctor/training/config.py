@@ -260,3 +260,21 @@ def _cross_checks(path: Path, data: dict, errors: list[str]) -> None:
 def resolve(data: dict, path: str | Path = "config.yaml") -> dict:
     """A config dict with every default filled (no validation): for benchmarks and estimates of a grid."""
     return TrainConfig(Path(path), data).resolved()
+
+
+def schema_markdown() -> str:
+    """The config reference (docs/training-config.md is this, checked by a test): one row per key."""
+    def shown(default) -> str:
+        if default is REQUIRED:
+            return "**required**"
+        if default is DERIVED:
+            return "derived"
+        return "`" + ("null" if default is None else str(default).lower() if isinstance(default, bool)
+                      else str(default)) + "`"
+
+    rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for k in SCHEMA:
+        allowed = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in k.choices) if k.choices \
+            else (f"{_num(k.bounds[0])} – {_num(k.bounds[1])}" if k.bounds else "")
+        rows.append(f"| `{k.name}` | {_type_names(k.kind)} | {shown(k.default)} | {allowed} | {k.doc} |")
+    return "\n".join(rows) + "\n"
