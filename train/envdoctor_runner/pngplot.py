@@ -236,7 +236,7 @@ def _limits(values, pad_frac=0.06):
     lo, hi = min(values), max(values)
     pad = (hi - lo) * pad_frac or abs(hi) * 0.1 or 1.0
     lo, hi = lo - pad, hi + pad
-    return (lo, hi), [t for t in nice_ticks(lo, hi) if lo <= t <= hi]
+    return (lo, hi), [t for t in nice_ticks(lo, hi, 7) if lo <= t <= hi]
 
 
 def _widest(ticks) -> int:
@@ -258,12 +258,13 @@ def loss_plot(losses: list[float], val: list[tuple[int, float]], lrs: list[float
     ylim, yticks = _limits(finite or [0.0, 1.0])
     if lrs:
         lr_lim = (min(min(lrs), 0.0), max(lrs) * 1.1 or 1.0)  # from 0: warmup and decay read against zero
-        lr_ticks = [t for t in nice_ticks(*lr_lim, 3) if lr_lim[0] <= t <= lr_lim[1]]
+        lr_ticks = [t for t in nice_ticks(*lr_lim, 5) if lr_lim[0] <= t <= lr_lim[1]]
     # Room on the left for the rotated axis label and the widest tick label of either panel.
     widest = max(_widest(yticks), _widest(lr_ticks) if lrs else 0)
     label_x = 8 + CAP
     left = label_x + CAP + 12 + widest + 10
-    right = width - 12 - max(text_width(tick_label(xticks[-1], xticks[1] - xticks[0] if len(xticks) > 1 else 1), 2) // 2, 12)
+    xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1
+    right = width - 12 - max(text_width(tick_label(xticks[-1], xstep), 2) // 2, 12)  # the last x label fits
     top, bottom = (40 if title else 16), height - 56
     split = top + int((bottom - top) * (0.68 if lrs else 1.0))
     if title:
@@ -312,7 +313,8 @@ def _legend(c: Canvas, box, entries, points) -> None:
 
     lx, ly = min(corners, key=covered)  # min keeps the first of equals: top right
     c.rect(lx, ly, lx + w, ly + h, (255, 255, 255))
-    for a, b, d, e in ((lx, ly, lx + w, ly), (lx, ly + h, lx + w, ly + h), (lx, ly, lx, ly + h), (lx + w, ly, lx + w, ly + h)):
+    for a, b, d, e in ((lx, ly, lx + w, ly), (lx, ly + h, lx + w, ly + h), (lx, ly, lx, ly + h),
+                       (lx + w, ly, lx + w, ly + h)):
         c.line(a, b, d, e, (200, 200, 200))
     for k, (label, color, kind) in enumerate(entries):
         cy = ly + 16 + k * 22

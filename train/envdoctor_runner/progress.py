@@ -79,7 +79,9 @@ class Progress:
                 break
             keep.discard(drop)
         out = text(keep, bar_width)
-        return out if len(out) <= room else out[len(out) - room:]  # narrower than "eta 0:25": its end
+        if len(out) > room:  # narrower than "eta 1:02:03": the time alone
+            out = f["eta"].split(" ", 1)[1]
+        return out[max(len(out) - room, 0):]
 
     def update(self, step: int, epoch: int, loss: float, tokens_per_s: float) -> None:
         if self.tty:

@@ -34,7 +34,8 @@ def _title(losses: list[float], val: list[tuple[int, float]]) -> str:
     """The numbers a reader looks for first: where the loss started and ended, the last validation loss."""
     parts = []
     if losses:
-        parts.append(f"train loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} step{'s' if len(losses) > 1 else ''}")
+        n = len(losses)
+        parts.append(f"train loss {losses[0]:.3f} -> {losses[-1]:.3f} in {n} step{'s' if n > 1 else ''}")
     finite = [v for _, v in val if v is not None and math.isfinite(v)]
     if finite:
         parts.append(f"validation loss {finite[-1]:.3f}")

@@ -1,7 +1,8 @@
 """The run log: everything the runner prints goes to OUTPUT_DIR/train.log; the terminal gets what a user can act on.
 
-    log = runlog.start(out, main=world.main, rank=world.rank)   # before importing torch/transformers
+    log = runlog.start(out)     # first, before torch/transformers are imported; the rank comes from $RANK
     ...
+    log.done(adapter, plot, sys.executable)    # the closing block (main process only)
     log.close()
 
 sys.stdout and sys.stderr are replaced by tees, so print(), Python warnings, `logging` (transformers' own handler
@@ -53,7 +54,7 @@ class _Screen:
     def write(self, tee: _Tee, text: str) -> None:
         if not text:
             return
-        if self.open_by is not None and not text.startswith("\r"):
+        if self.open_by is not None and not text.startswith(("\r", "\n")):  # (a newline just ends it)
             if self.redraw:  # a bar: clear it; its next update draws it again below the new text
                 tee.real.write(CLEAR if tee.real.isatty() else "\n")
                 self.redraw = False
@@ -99,12 +100,17 @@ class _Tee:
             if "\n" in self.pending:
                 lines, self.pending = self.pending.rsplit("\n", 1)
                 self.log._screen.write(self, "".join(
-                    line + "\n" for line in lines.split("\n") if not self.log._noise(line)))
+                    self._final(line) + "\n" for line in lines.split("\n") if not self.log._noise(line)))
         return len(text)
 
+    def _final(self, line: str) -> str:
+        """Off a terminal (a pipe, a CI log) a \r-redrawn line (a library's tqdm bar) is shown as its last state."""
+        return line if self.real.isatty() else line.rsplit("\r", 1)[-1]
+
     def flush(self) -> None:
-        # A flush shows an unfinished line as it is (a progress bar redraw): it is not filtered.
-        if self.terminal and self.pending:
+        # On a terminal a flush shows an unfinished line as it is (a progress bar redraw), unfiltered; off a
+        # terminal nothing redraws, so the line waits for its newline.
+        if self.terminal and self.pending and self.real.isatty():
             text, self.pending = self.pending, ""
             self.log._screen.write(self, text)
         if self.terminal:
@@ -142,6 +148,9 @@ class RunLog:
         self.closed = True
         for tee in (self.out, self.err):
             tee.flush()
+            if tee.terminal and tee.pending:  # off a terminal: the unfinished last line
+                self._screen.write(tee, tee._final(tee.pending))
+                tee.pending = ""
         if self._screen.open_by is not None and self._screen.redraw:
             self._screen.open_by.real.write("\n")  # leave the last bar on screen, the shell prompt below it
         sys.stdout, sys.stderr, warnings.showwarning, sys.excepthook = self._saved
@@ -229,15 +238,15 @@ def start(out_dir: Path | str, main: bool | None = None, rank: int | None = None
 
 def done_lines(out_dir: Path | str, adapter: Path | str, plot: Path | str | None, python: str | None = None,
                silenced: int = 0) -> list[str]:
-    """The closing block: where the results are and the next two commands, ready to paste."""
+    """The closing block: where the results are, and the next two commands alone on their lines (to paste)."""
     out_dir = Path(out_dir)
     here = f" --python {python}" if python else ""
     lines = ["", f"done. LoRA adapter: {adapter}"]
     if plot:
-        lines.append(f"      loss curve:   {plot}")
-    lines.append(f"      full log:     {out_dir / 'train.log'}"
-                 + (f"  ({silenced} library warning line(s) kept out of the terminal)" if silenced else ""))
-    lines += ["next:",
-              f"  envdoctor merge {out_dir}{here}    # adapter + base -> one model, verified, ready for vLLM",
-              f"  envdoctor eval {out_dir}{here}     # the base against the merged model: style score, perplexity"]
+        lines.append(f"  loss curve:  {plot}")
+    hidden = f"  ({silenced} library warning{'s' if silenced > 1 else ''} shown only there)" if silenced else ""
+    lines.append(f"  full log:    {out_dir / 'train.log'}{hidden}")
+    lines += ["next: merge adapter and base into one model, then score it against the base:",
+              f"  envdoctor merge {out_dir}{here}",
+              f"  envdoctor eval {out_dir}{here}"]
     return lines
