@@ -40,7 +40,7 @@ class Tty(io.StringIO):
 def test_progress_redraws_one_line_on_a_terminal_and_writes_lines_in_a_log():
     tty, log = Tty(), io.StringIO()
     for stream in (tty, log):
-        p = Progress(total=10, stream=stream, width=10)
+        p = Progress(total=10, stream=stream, width=10, columns=200)  # a wide terminal: every field fits
         p.update(5, 1, 2.5, 1234.0)
         p.message("epoch 1: validation loss 2.4")
     assert tty.getvalue().startswith("\r\x1b[2K█████····· step 5/10 epoch 1 loss 2.5000 1,234 tok/s elapsed 0:00 eta")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
+import math
 from pathlib import Path
 
 
@@ -13,39 +12,79 @@ def log_metrics(out: Path, row: dict) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-def loss_curve_png(out: Path, losses: list[float], val: list[tuple[int, float]], width=480, height=240) -> Path:
-    """A plain PNG (no plotting library needed): training loss in black, validation points as squares."""
-    img = [[255] * width for _ in range(height)]
-    values = losses + [v for _, v in val]
-    if values:
-        lo, hi = min(values), max(values)
-        span = (hi - lo) or 1.0
-        n = max(len(losses) - 1, 1)
-
-        def xy(i, v):
-            return int(10 + (width - 20) * i / n), int(height - 10 - (height - 20) * (v - lo) / span)
-
-        for i in range(len(losses) - 1):
-            (x0, y0), (x1, y1) = xy(i, losses[i]), xy(i + 1, losses[i + 1])
-            for t in range(max(abs(x1 - x0), abs(y1 - y0), 1) + 1):
-                x = x0 + (x1 - x0) * t // max(abs(x1 - x0), abs(y1 - y0), 1)
-                y = y0 + (y1 - y0) * t // max(abs(x1 - x0), abs(y1 - y0), 1)
-                img[min(max(y, 0), height - 1)][min(max(x, 0), width - 1)] = 0
-        for step, v in val:
-            x, y = xy(min(step, n), v)
-            for dy in range(-2, 3):
-                for dx in range(-2, 3):
-                    img[min(max(y + dy, 0), height - 1)][min(max(x + dx, 0), width - 1)] = 120
-    raw = b"".join(b"\x00" + bytes(row) for row in img)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+def loss_curve_png(out: Path, losses: list[float], val: list[tuple[int, float]], lrs: list[float] | None = None,
+                   width: int = 800, height: int = 480, builtin: bool = False) -> Path:
+    """out/loss_curve.png: train loss per step, validation loss per epoch, the learning rate below, with axes,
+    ticks and a legend. Drawn by matplotlib where the target interpreter has it, else by pngplot (same
+    elements, no dependency); builtin=True forces the latter."""
     path = out / "loss_curve.png"
-    path.write_bytes(png)
+    title = _title(losses, val)
+    if not builtin:
+        try:
+            _matplotlib_png(path, losses, val, lrs, width, height, title)
+            return path
+        except ImportError:
+            pass
+    from . import pngplot
+    path.write_bytes(pngplot.loss_plot(losses, val, lrs, width, height, title))
     return path
+
+
+def _title(losses: list[float], val: list[tuple[int, float]]) -> str:
+    """The numbers a reader looks for first: where the loss started and ended, the last validation loss."""
+    parts = []
+    if losses:
+        n = len(losses)
+        parts.append(f"train loss {losses[0]:.3f} -> {losses[-1]:.3f} in {n} step{'s' if n > 1 else ''}")
+    finite = [v for _, v in val if v is not None and math.isfinite(v)]
+    if finite:
+        parts.append(f"validation loss {finite[-1]:.3f}")
+    return ", ".join(parts)
+
+
+def _matplotlib_png(path: Path, losses, val, lrs, width: int, height: int, title: str) -> None:
+    # The object API with the Agg canvas: no pyplot, so no GUI backend is chosen and no global state is touched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from .pngplot import smooth
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    if lrs:
+        ax, lr_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [7, 3]})
+    else:
+        ax, lr_ax = fig.subplots(1, 1), None
+    steps = range(1, len(losses) + 1)
+    if len(losses) >= 30:  # per-step loss is noisy: the raw curve faint, a running mean over it
+        w = max(5, len(losses) // 25)
+        ax.plot(steps, losses, color="#aac8e6", lw=1, label="train loss (per step)")
+        ax.plot(steps, smooth(losses, w), color="#1f77b4", lw=2, label=f"train loss (mean of {w})")
+    elif losses:
+        ax.plot(steps, losses, color="#1f77b4", lw=2, label="train loss")
+    val = [(s, v) for s, v in val if v is not None and math.isfinite(v)]  # NaN: no validation set
+    if val:
+        ax.plot([s for s, _ in val], [v for _, v in val], color="#e66e0a", lw=2, marker="s", ms=6,
+                label="validation loss")
+    ax.set_ylabel("loss")
+    ax.grid(True, color="#e4e4e4")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", framealpha=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title, fontsize=11)
+    if lr_ax is not None:
+        first = max(len(losses), len(lrs)) - len(lrs) + 1
+        lr_ax.plot(range(first, first + len(lrs)), lrs, color="#2c962c", lw=2, label="learning rate")
+        lr_ax.set_ylabel("lr")
+        lr_ax.set_ylim(bottom=min(0.0, min(lrs)))
+        lr_ax.grid(True, color="#e4e4e4")
+        lr_ax.legend(loc="best", framealpha=1)
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    (lr_ax or ax).set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
 
 
 def versions() -> dict[str, str]:
