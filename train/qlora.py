@@ -34,6 +34,8 @@ def main() -> int:
     cfg = config.load(args.config)  # every key filled by envdoctor: the runner has no defaults of its own
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
+    from envdoctor_runner import runlog
+    log = runlog.start(out)  # first: torch's and transformers' warnings and logging go through it
     notes: list[str] = []
 
     import torch
@@ -137,7 +139,7 @@ def main() -> int:
 
     save_every = cfg["save_steps"]  # optimizer steps between mid-epoch checkpoints (None: per epoch)
     started, tokens, window = time.time(), 0, []
-    progress = Progress(total, state["step"]) if world.main else None
+    progress = Progress(total, state["step"], epochs=epochs) if world.main else None
     pad = tokenizer.pad_token_id
     for epoch in range(state["epoch"], epochs):
         step_loss.train()
@@ -158,6 +160,7 @@ def main() -> int:
                 mean_loss = distributed.mean(sum(window) / len(window), world)  # this step's loss, all ranks
                 window = []
                 state["losses"].append(round(mean_loss, 5))
+                state.setdefault("lrs", []).append(scheduler.get_last_lr()[0])
                 rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
                 if world.main:
                     progress.update(state["step"], epoch + 1, mean_loss, rate)
@@ -181,7 +184,7 @@ def main() -> int:
         tokenizer.save_pretrained(out / "adapter")
         # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
         (out / "heldout.json").write_text(json.dumps({"chunks": val[:16], "sequence_len": seq}))
-        report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]])
+        plot = report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]], state.get("lrs"))
         base = str(out / "base") if (out / "base" / "config.json").exists() else cfg["base_model"]
         (out / "run_summary.json").write_text(json.dumps({
             "base_model": cfg["base_model"], "base_model_path": base, "model_config": cfg["model_config"],
@@ -191,8 +194,10 @@ def main() -> int:
             "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
             "heldout": "heldout.json", "adapter": str(out / "adapter"), "tokens_per_s": rate,
             "peak_memory_gib": peak, "python": sys.executable}, indent=2))
-        say(f"done: adapter in {out / 'adapter'}, summary in {out / 'run_summary.json'}", flush=True)
+        progress.close()
+        log.done(out / "adapter", plot, sys.executable)
     distributed.finish(world)
+    log.close()
     return 0
 
 

@@ -14,7 +14,8 @@ def build_tokenizer(cfg: dict, docs: list[str]):
         tok.decoder = decoders.ByteLevel()
         vocab = min(cfg["model_config"].get("vocab_size", 512), 4096)
         tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<s>", "</s>"],
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                          show_progress=False))  # writes to the tty directly
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
         # A plain-text template, so that the merged model can be served on a chat endpoint too.
         fast.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
