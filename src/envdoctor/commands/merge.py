@@ -13,7 +13,7 @@ from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.system import System
-from envdoctor.training.backends import axolotl_argv
+from envdoctor.training.backends import axolotl_argv, axolotl_env
 from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
@@ -60,7 +60,7 @@ def resolve_base(run: Path, summary: dict, override: str | None, system: System)
         if (c / "config.json").is_file():
             return c
     raise UsageError(f"base model {name!r} not found locally (looked in {', '.join(map(str, candidates))}); "
-                     "download it (huggingface-cli download …) or pass --base DIR")
+                     "download it (hf download …) or pass --base DIR")
 
 
 def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
@@ -68,7 +68,7 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         argv = axolotl_argv(system, ctx, "merge-lora", args.run)
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        return system.stream(argv)
+        return system.stream(argv, env=axolotl_env(system, ctx, argv[0]))
     run = Path(args.run)
     summary_path = run / "run_summary.json"
     try:
