@@ -5,7 +5,6 @@ that pip's axolotl brings beside a CPU torch."""
 import textwrap
 
 from envdoctor.checks.train_config import axolotl_device
-from envdoctor.context import Context
 from envdoctor.facts.binaries import BinaryFacts, Extension
 from envdoctor.facts.gpu import Gpu, GpuFacts
 from envdoctor.facts.torch_build import TorchFacts
@@ -97,12 +96,12 @@ def test_pips_cuda_xformers_and_torchao_beside_a_cpu_torch_do_not_block_an_axolo
                     missing=[{"mangled": "_ZN3c10", "demangled": "c10::x()", "instead": []}])
     assert cpu_tolerated_extensions(BinaryFacts(binaries.extensions + [abi]), CPU_TORCH) is None
     assert cpu_tolerated_extensions(BinaryFacts([]), CPU_TORCH) is None
+    assert cpu_tolerated_extensions(None, CPU_TORCH) is None  # the binaries probe failed: judge nothing
 
 
 def test_the_hand_off_puts_the_target_environments_bin_first_on_path(tmp_path):
     system = FakeSystem(tmp_path, env={"PATH": "/usr/bin:/opt/venvs/bin", "HOME": "/home/u"})
     system.write("/opt/venvs/pyvenv.cfg", "home = /usr/bin\n")
-    ctx = Context(python="/opt/venvs/bin/python", python_reason="test")
-    env = axolotl_env(system, ctx, "/opt/venvs/bin/axolotl")
+    env = axolotl_env(system, "/opt/venvs/bin/axolotl")
     assert env["PATH"] == "/opt/venvs/bin:/usr/bin" and env["VIRTUAL_ENV"] == "/opt/venvs"
     assert env["HOME"] == "/home/u" and env["PYTHONUNBUFFERED"] == "1"

@@ -68,7 +68,7 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         argv = axolotl_argv(system, ctx, "merge-lora", args.run)
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        return system.stream(argv, env=axolotl_env(system, ctx, argv[0]))
+        return system.stream(argv, env=axolotl_env(system, argv[0]))
     run = Path(args.run)
     summary_path = run / "run_summary.json"
     try:

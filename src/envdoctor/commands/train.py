@@ -87,7 +87,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         argv = axolotl_argv(system, ctx, "train", str(path))  # the user's own file, unchanged
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        return system.stream(argv, env=axolotl_env(system, ctx, argv[0]))
+        return system.stream(argv, env=axolotl_env(system, argv[0]))
     gpus = visible_gpus(system, run.facts.get("gpu").value if run.facts.get("gpu") else None)
     nproc = args.nproc or (gpus if gpus > 1 else 1)
     if gpus and nproc > gpus:

@@ -51,7 +51,7 @@ def axolotl_argv(system: System, ctx: Context, verb: str, config: str) -> list[s
     return [exe, verb, str(config)]
 
 
-def axolotl_env(system: System, ctx: Context, exe: str) -> dict[str, str]:
+def axolotl_env(system: System, exe: str) -> dict[str, str]:
     """The environment for the hand-off: the target's bin folder first on PATH, as an activated venv
     has it, because axolotl starts `accelerate` (and torchrun) by name."""
     env = dict(system.env)
@@ -106,7 +106,7 @@ def cpu_tolerated_extensions(binaries, torch) -> list[str] | None:
     """With a CPU-only torch: the dists whose failing shared objects are all CUDA builds (they cannot
     load without CUDA, and axolotl's CPU path does not load them), or None when any failure is of
     another kind (an ABI or symbol mismatch breaks a CPU run too) or torch has CUDA."""
-    if torch is None or not torch.installed or torch.cuda:
+    if binaries is None or torch is None or not torch.installed or torch.cuda:
         return None
     failing = [e for e in binaries.extensions if e.will_fail]
     if not failing or any(e.missing or not any("cuda" in u["name"] for u in e.unresolved) for e in failing):
