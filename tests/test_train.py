@@ -87,25 +87,33 @@ def stand_in_axolotl(tmp_path):
     bindir.mkdir()
     record = tmp_path / "axolotl-calls.jsonl"
     exe = bindir / "axolotl"
-    exe.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                   f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\nprint('stand-in axolotl ran')\n")
+    exe.write_text(f"#!{sys.executable}\nimport json, os, sys\n"  # what it was given, and PATH's first folder
+                   f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:] + [os.environ['PATH'].split(os.pathsep)[0]])"
+                   " + '\\n')\nprint('stand-in axolotl ran')\n")
     exe.chmod(0o755)
-    return {**ENV, "PATH": f"{bindir}{os.pathsep}{ENV['PATH']}"}, record
+    return {**ENV, "PATH": f"{ENV['PATH']}{os.pathsep}{bindir}"}, record  # last: the hand-off moves it first
 
 
 def test_axolotl_backend_gets_the_users_config_after_a_passing_preflight(tmp_path):
     env, record = stand_in_axolotl(tmp_path)
     config = tmp_path / "demo.yaml"
     cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
-    config.write_text(yaml.safe_dump(dict(cfg, datasets=[{"path": str(asset("train", "demo_corpus"))}])))
-    res = subprocess.run([sys.executable, "-m", "envdoctor", "train", str(config), "--backend", "axolotl",
-                          "--python", sys.executable], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    cfg = dict(cfg, datasets=[{"path": str(asset("train", "demo_corpus"))}])
+    config.write_text(yaml.safe_dump(cfg))
+    argv = [sys.executable, "-m", "envdoctor", "train", str(config), "--backend", "axolotl", "--python", sys.executable]
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    # This torch has no CUDA, and axolotl would turn its Triton LoRA kernels on for adapter: qlora.
+    assert res.returncode == 1 and "[✗] config.axolotl_device" in res.stdout and not record.exists()
+    config.write_text(yaml.safe_dump(dict(cfg, lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False,
+                                          lora_embedding_kernel=False)))
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "stand-in axolotl ran" in res.stdout and "preflight" in res.stdout
-    assert [json.loads(x) for x in record.read_text().splitlines()] == [["train", str(config)]]
+    assert "stand-in axolotl ran" in res.stdout and "config.axolotl_device ok" in res.stdout
+    bindir = str(tmp_path / "bin")  # first on PATH: axolotl starts `accelerate launch` by name
+    assert [json.loads(x) for x in record.read_text().splitlines()] == [["train", str(config), bindir]]
     res = subprocess.run([sys.executable, "-m", "envdoctor", "merge", str(config), "--backend", "axolotl"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
-    assert res.returncode == 0 and json.loads(record.read_text().splitlines()[-1]) == ["merge-lora", str(config)]
+    assert res.returncode == 0 and json.loads(record.read_text().splitlines()[-1]) == ["merge-lora", str(config), bindir]
 
 
 def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from envdoctor.facts.gpu import GpuFacts
+from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.facts.train_config import TrainConfigFacts
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
+from envdoctor.training.backends import cpu_fix, cuda_only_settings
 from envdoctor.training.estimate import GiB, Shape, estimate, ways_to_fit
 
 
@@ -53,3 +55,22 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
         return fail(f"estimated peak {e.peak / GiB:.1f} GiB, but the GPU has {free / GiB:.1f} GiB free", details,
                     Remedy(text="To fit: " + ("; or ".join(fits) if fits else "a GPU with more memory") + "."))
     return ok(f"estimated peak {e.peak / GiB:.1f} GiB of {free / GiB:.1f} GiB free", details)
+
+
+@check("config.axolotl_device", "axolotl on this device", "Config",
+       "for `train --backend axolotl`: settings of the config that need CUDA, on a machine without it",
+       needs=("train_config", "torch", "gpu"), option="config")
+def axolotl_device(train_config: TrainConfigFacts, torch: TorchFacts, gpu: GpuFacts) -> Result:
+    if train_config.engine != "peft":  # train.py sets "peft" for --backend axolotl only
+        return skip("not an axolotl run")
+    if torch.installed and torch.cuda and gpu.present:
+        return ok(f"CUDA {torch.cuda} and {len(gpu.gpus)} GPU(s): axolotl's CUDA kernels can run")
+    where = "torch is a CPU-only build" if torch.installed and not torch.cuda else "no GPU is visible"
+    cfg = train_config.config.data
+    found = cuda_only_settings(cfg)
+    if not found:
+        return ok(f"{where}: axolotl trains on the CPU (no CUDA-only setting in the config)")
+    # The fix goes into the message: `train` prints messages only, and `check --config` skips this check.
+    return fail(f"{where}, but the config asks axolotl for CUDA-only kernels; to train on the CPU, set "
+                f"{cpu_fix(cfg)} in {train_config.config.path}", found,
+                Remedy(text=f"Set {cpu_fix(cfg)} in the config, or run it on a machine with an NVIDIA GPU."))

@@ -13,7 +13,7 @@ from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.system import System
-from envdoctor.training.backends import axolotl_argv
+from envdoctor.training.backends import axolotl_argv, axolotl_env
 from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
@@ -68,7 +68,7 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         argv = axolotl_argv(system, ctx, "merge-lora", args.run)
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        return system.stream(argv)
+        return system.stream(argv, env=axolotl_env(system, argv[0]))
     run = Path(args.run)
     summary_path = run / "run_summary.json"
     try:

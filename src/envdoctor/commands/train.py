@@ -17,14 +17,14 @@ from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.model import Status
 from envdoctor.system import System
-from envdoctor.training.backends import axolotl_argv
+from envdoctor.training.backends import axolotl_argv, axolotl_env, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
 from envdoctor.training.runner_modules import absolute_inputs
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
 PREFLIGHT = ("python.interpreter", "python.version", "gpu.driver", "gpu.torch", "gpu.driver_cuda", "gpu.arch",
              "gpu.bf16", "packages.requirements", "binaries.extensions", "config.memory", "config.datasets",
-             "config.base_model")
+             "config.base_model", "config.axolotl_device")
 RUNTIME = ("torch", "transformers", "peft")
 
 
@@ -70,8 +70,12 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     cfg = load(path)
     if overrides and not cfg.errors:
         cfg = load_data(path, {**cfg.data, **overrides})
-    for w in cfg.warnings:
-        out.write(f"warning: {w}\n")
+    if axolotl and cfg.warnings:  # axolotl reads the file itself: its own keys are not envdoctor's to judge
+        keys = [w.split(": ")[1] for w in cfg.warnings if w.endswith("(not passed to the runner)")]
+        out.write(f"note: {len(keys)} key(s) envdoctor's checks do not read are left to axolotl: {', '.join(keys)}\n")
+    else:
+        for w in cfg.warnings:
+            out.write(f"warning: {w}\n")
     if cfg.errors:
         out.write(f"{len(cfg.errors)} error(s) in the config:\n" + "".join(f"  {e}\n" for e in cfg.errors))
         return 2
@@ -83,6 +87,10 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
     failing = [r for r in run.results if r.status in (Status.FAIL, Status.ERROR)]
+    tolerated = axolotl and cpu_tolerated_extensions(run.facts["binaries"].value if run.facts.get("binaries") else None,
+                                                     run.facts["torch"].value if run.facts.get("torch") else None)
+    if tolerated:  # pip's axolotl beside a CPU torch: CUDA builds that its CPU path never loads
+        failing = [r for r in failing if r.check_id != "binaries.extensions"]
     out.write(f"preflight ({ctx.python}): " + ", ".join(f"{r.check_id} {r.status.value}" for r in run.results) + "\n")
     if missing:
         out.write(f"the target environment lacks {', '.join(missing)}: "
@@ -94,11 +102,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             out.write("refusing to start a run that cannot work (--force overrides; `envdoctor check` has the fixes)\n")
             return 1
         out.write("--force: starting anyway\n")
+    if tolerated:
+        out.write(f"  binaries.extensions: {', '.join(tolerated)} are CUDA builds that cannot load beside a CPU-only "
+                  "torch; axolotl on the CPU does not need them (torchao logs 'Failed to load' and goes on)\n")
     if axolotl:
         argv = axolotl_argv(system, ctx, "train", str(path))  # the user's own file, unchanged
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1"})
+        return system.stream(argv, env=axolotl_env(system, argv[0]))
     gpus = visible_gpus(system, run.facts.get("gpu").value if run.facts.get("gpu") else None)
     nproc = args.nproc or (gpus if gpus > 1 else 1)
     if gpus and nproc > gpus:
