@@ -140,3 +140,30 @@ else:
                          env={**ENV, "ENVDOCTOR_COLLECTIVE_TIMEOUT_S": "3"})
     assert res.returncode != 0
     assert "error: rank 0: no progress for 3 s in epoch 1, optimizer step 5" in res.stderr, res.stderr[-3000:]
+
+
+def test_nodes_that_do_not_share_the_output_folder_or_the_data_are_told_so(tmp_path):
+    """Two ranks that see different output folders (as two nodes without a shared filesystem would) and
+    different token chunks: both checks say so on every rank, without a hang."""
+    script = tmp_path / "nodes.py"
+    script.write_text(f"""import pathlib, sys
+sys.path.insert(0, {str(asset("train"))!r})
+from envdoctor_runner import distributed
+world = distributed.init()
+out = pathlib.Path({str(tmp_path)!r}) / f"out{{world.rank}}"
+out.mkdir()
+shared = pathlib.Path({str(tmp_path)!r}) / "shared"
+shared.mkdir(exist_ok=True)
+print(f"rank {{world.rank}}", distributed.shared_output_problem(shared, world) is None,
+      distributed.shared_output_problem(out, world), distributed.same_data([[[1, 2, 3]], [[4]]], world),
+      distributed.same_data([[[1, 2, 3]], [[4 + world.rank]]], world), flush=True)
+distributed.finish(world)
+""")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=100, env=ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rank in (0, 1):
+        line = next(x for x in res.stdout.splitlines() if x.startswith(f"rank {rank} "))
+        assert line.startswith(f"rank {rank} True output_dir {tmp_path / 'out'}") and line.endswith("True False")
+        assert "is not one shared folder for every rank" in line
+    assert not list(tmp_path.glob("*/.envdoctor-shared-check"))

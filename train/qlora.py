@@ -58,7 +58,7 @@ def main() -> int:
     # Data parallel: one process's optimizer steps (accum micro batches each, the last maybe fewer), each
     # step's micro batches dealt over the ranks (envdoctor_runner/schedule.py): every rank runs as many
     # steps and passes as the others, whatever the data size, and the updates are one process's.
-    if not distributed.same_everywhere(json.dumps([train, val]), world):
+    if not distributed.same_data([train, val], world):
         say("error: the ranks prepared different data (a dataset or tokenizer that differs between nodes?): "
             "every node needs the same dataset files at the same paths", flush=True)
         distributed.finish(world)

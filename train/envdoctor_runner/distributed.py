@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from array import array
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -152,11 +153,18 @@ def totals(values: list[float], world: World) -> list[float]:
     return t.tolist()
 
 
-def same_everywhere(text: str, world: World) -> bool:
-    """Whether every rank passed the same text (a digest of it is compared: min and max over ranks)."""
+def same_data(chunk_lists: list[list[list[int]]], world: World) -> bool:
+    """Whether every rank prepared the same token chunks (a digest is compared: its min and max over ranks).
+    Nodes that read different files, or tokenize differently, would otherwise train on mismatched batches."""
     if not world.distributed:
         return True
-    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+    h = hashlib.sha256()
+    for chunks in chunk_lists:
+        for c in chunks:
+            h.update(array("q", c).tobytes())
+            h.update(b"|")
+        h.update(b"#")
+    digest = int.from_bytes(h.digest()[:7], "big")
     dev = f"cuda:{world.local_rank}" if dist.get_backend() == "nccl" else "cpu"
     lo, hi = torch.tensor([digest], dtype=torch.int64, device=dev), torch.tensor([-digest], dtype=torch.int64, device=dev)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
