@@ -130,9 +130,9 @@ def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path):
 
 
 def test_two_process_gloo_run_matches_one_process(tmp_path):
-    """`envdoctor train --nproc 2` on a CPU: torchrun, gloo, DDP. Each rank takes every other micro batch and
-    accumulates half as many, so the effective batch and the updates equal one process's: the logged losses
-    agree within 1e-4 (relative; measured: identical, the all-reduce averages two fp32 gradients exactly)."""
+    """`envdoctor train --nproc 2` on a CPU: torchrun, gloo, DDP. Each optimizer step's micro batches are dealt
+    over the ranks (envdoctor_runner/schedule.py), so the updates equal one process's: the logged losses
+    agree within 1e-4 (relative; measured: identical). Uneven layouts: tests/test_distributed_train.py."""
     cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
     cfg.update(num_epochs=2, gradient_accumulation_steps=2, datasets=[{"path": str(asset("train", "demo_corpus"))}])
     runs = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report  # noqa: E402
+from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
 
 
 def main() -> int:
@@ -46,6 +46,11 @@ def main() -> int:
     world = distributed.init()  # torchrun / accelerate launch set RANK and WORLD_SIZE; alone: one process
     device = distributed.device(world)
     say = print if world.main else (lambda *a, **k: None)
+    problem = distributed.shared_output_problem(out, world)  # several nodes: one output folder for all
+    if problem:
+        say(f"error: {problem}", flush=True)
+        distributed.finish(world)
+        return 2
     torch.manual_seed(cfg["seed"])
 
     def refuse(lines: list[str]) -> int:  # bad input: say what and where, exit 2 before the model loads
@@ -80,14 +85,16 @@ def main() -> int:
                        f"gradient_accumulation_steps {accum}" + (f" over {world.size} processes" if world.distributed
                                                                   else "") + "). Add text, or lower "
                        "micro_batch_size / gradient_accumulation_steps / sequence_len / val_set_size"])
-    # Data parallel: each rank takes every world.size-th micro batch and accumulates accum / world.size of
-    # them, so the effective batch (micro × accum) and the steps per epoch stay those of one process.
-    local_accum = max(1, accum // world.size)
-    if world.distributed and accum % world.size:
-        notes.append(f"gradient_accumulation_steps {accum} is not a multiple of {world.size} processes: "
-                     f"effective batch {micro * local_accum * world.size} instead of {micro * accum}")
-    per_rank = math.ceil(math.ceil(len(train) / micro) / world.size)
-    steps_per_epoch = math.ceil(per_rank / local_accum)
+    # Data parallel: one process's optimizer steps (accum micro batches each, the last maybe fewer), each
+    # step's micro batches dealt over the ranks (envdoctor_runner/schedule.py): every rank runs as many
+    # steps and passes as the others, whatever the data size, and the updates are one process's.
+    if not distributed.same_data([train, val], world):
+        say("error: the ranks prepared different data (a dataset or tokenizer that differs between nodes?): "
+            "every node needs the same dataset files at the same paths", flush=True)
+        distributed.finish(world)
+        return 2
+    n_micro = math.ceil(len(train) / micro)
+    steps_per_epoch = len(schedule.steps(n_micro, accum))
     say(f"data: {stats['documents']} documents → {stats['chunks']} chunks of ≤{seq} tokens "
         f"({stats['duplicates']} duplicates dropped): {stats['train']} train, {stats['val']} val; "
         f"{steps_per_epoch} optimizer steps per epoch (micro batch {micro} × accumulation {accum}"
@@ -107,9 +114,11 @@ def main() -> int:
         state = checkpoint.restore_weights(last, model)  # before wrapping: every process loads the same file
         if world.main:
             checkpoint.trim_metrics(out, state["step"])
-        if state.get("world_size", 1) != world.size and state["batch"]:
-            say(f"error: {last.name} was written mid-epoch by {state.get('world_size', 1)} process(es); resume it with "
-                f"--nproc {state.get('world_size', 1)} (the data position is per process)", flush=True)
+        # Positions are global micro-batch counts (any --nproc resumes), except in mid-epoch checkpoints that
+        # an earlier runner wrote with several processes: per process, and that runner's layout is gone.
+        if state["batch"] and state.get("world_size", 1) > 1 and state.get("batch_scope") != "global":
+            say(f"error: {last.name} was written mid-epoch by an earlier runner with {state.get('world_size', 1)} "
+                "processes (a per-process data position); resume from an epoch checkpoint instead", flush=True)
             distributed.finish(world)
             return 2
     if device.startswith("cuda"):
@@ -120,7 +129,7 @@ def main() -> int:
     epochs = cfg["num_epochs"]
     total = steps_per_epoch * epochs
     warmup = cfg["warmup_steps"] if cfg["warmup_steps"] is not None else int(total * cfg["warmup_ratio"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg["lr_scheduler"], warmup, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg["lr_scheduler"], warmup, total))
     if last:
         checkpoint.restore_training(last, optimizer, scheduler, step_loss if fsdp else None)
         say(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
@@ -138,44 +147,55 @@ def main() -> int:
         distributed.barrier(world)
 
     save_every = cfg["save_steps"]  # optimizer steps between mid-epoch checkpoints (None: per epoch)
-    started, tokens, window = time.time(), 0, []
+    started, tokens, all_tokens = time.time(), 0, 0.0
     progress = Progress(total, state["step"], epochs=epochs) if world.main else None
     pad = tokenizer.pad_token_id
+    watchdog = distributed.Watchdog(world)
     for epoch in range(state["epoch"], epochs):
         step_loss.train()
-        batches = list(data.batches(train, micro, pad, epoch, cfg["seed"]))[world.rank::world.size]
-        for b in range(state["batch"] if epoch == state["epoch"] else 0, len(batches)):
-            ids, mask = (torch.tensor(x, device=device) for x in batches[b])
-            last_micro = (b + 1) % local_accum == 0 or b + 1 == len(batches)
-            with distributed.gradient_sync(step_loss, world, last_micro):
-                loss = step_loss(ids, mask, ids.masked_fill(mask == 0, -100))
-                (loss / local_accum).backward()
-            tokens += int(mask.sum())
-            window.append(float(loss.detach()))
-            if last_micro:
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                mean_loss = distributed.mean(sum(window) / len(window), world)  # this step's loss, all ranks
-                window = []
-                state["losses"].append(round(mean_loss, 5))
-                state.setdefault("lrs", []).append(scheduler.get_last_lr()[0])
-                rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
-                if world.main:
-                    progress.update(state["step"], epoch + 1, mean_loss, rate)
-                    report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "loss": mean_loss,
-                                             "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
-                if save_every and state["step"] % save_every == 0 and b + 1 < len(batches):
-                    save(f"step-{state['step']}", {"epoch": epoch, "batch": b + 1, "world_size": world.size,
-                                                   "written_by_rank": world.rank})
+        batches = list(data.batches(train, micro, pad, epoch, cfg["seed"]))  # every rank: the same order
+        plan = schedule.epoch_plan(len(batches), accum, world.rank, world.size)
+        # state["batch"]: micro batches of this epoch already trained, counted globally (world-size free).
+        for s in range(state["batch"] // accum if epoch == state["epoch"] else 0, len(plan)):
+            watchdog.at(f"epoch {epoch + 1}, optimizer step {state['step'] + 1}")
+            loss_sum, count = 0.0, 0
+            for i, p in enumerate(plan[s]):
+                ids, mask = (torch.tensor(x, device=device) for x in batches[p.index])
+                with distributed.gradient_sync(step_loss, world, i + 1 == len(plan[s])):
+                    loss = step_loss(ids, mask, ids.masked_fill(mask == 0, -100))
+                    (loss * p.weight).backward()  # weight: world / micro batches in this step; 0 for a dummy
+                if p.real:
+                    tokens += int(mask.sum())
+                    loss_sum, count = loss_sum + float(loss.detach()), count + 1
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            loss_sum, count, all_tokens = distributed.totals([loss_sum, count, tokens], world)
+            mean_loss = loss_sum / count  # the mean of this step's micro-batch losses, as one process logs it
+            state["losses"].append(round(mean_loss, 5))
+            state.setdefault("lrs", []).append(scheduler.get_last_lr()[0])
+            elapsed = max(time.time() - started, 1e-6)
+            rate = all_tokens / elapsed
+            if world.main:
+                progress.update(state["step"], epoch + 1, mean_loss, rate)
+                report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "loss": mean_loss,
+                                         "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate,
+                                         "tokens": int(all_tokens), "elapsed_s": round(elapsed, 3)})
+            if save_every and state["step"] % save_every == 0 and s + 1 < len(plan):
+                watchdog.at(f"checkpoint step-{state['step']}")
+                save(f"step-{state['step']}", {"epoch": epoch, "batch": (s + 1) * accum, "batch_scope": "global",
+                                               "world_size": world.size, "written_by_rank": world.rank})
         state["batch"] = 0
-        vloss = evaluate(step_loss, val, micro, pad, device)
+        watchdog.at(f"validation after epoch {epoch + 1}")
+        vloss = evaluate(step_loss, val, micro, pad, device, world)
         state["val"].append([state["step"], vloss])
         if world.main:
             progress.message(f"epoch {epoch + 1}: validation loss {vloss:.4f}")
             report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
+        watchdog.at(f"checkpoint epoch-{epoch + 1}")
         save(f"epoch-{epoch + 1}", {"epoch": epoch + 1, "world_size": world.size, "written_by_rank": world.rank})
+    watchdog.idle()
     rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     weights = checkpoint.gathered_weights(step_loss if fsdp else None)  # FSDP: every rank takes part
@@ -201,7 +221,7 @@ def main() -> int:
     return 0
 
 
-def schedule(kind: str, warmup: int, total: int):
+def lr_factor(kind: str, warmup: int, total: int):
     """The learning-rate factor per optimizer step: linear warm-up, then cosine / linear decay or constant."""
     def factor(step: int) -> float:
         if step < warmup:
@@ -211,20 +231,25 @@ def schedule(kind: str, warmup: int, total: int):
     return factor
 
 
-def evaluate(loss_of, chunks, micro, pad, device) -> float:
-    """Mean validation loss of the (wrapped) loss module; every rank computes it on the whole (small)
-    validation set, so DDP needs no collective and FSDP's gathers run in step on every rank."""
+def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
+    """Mean validation loss (over batches, as one process computes it) of the (wrapped) loss module. The
+    batches are dealt over the ranks like one optimizer step's: every rank runs as many forwards (FSDP's
+    gathers stay in step), dummies are not counted, and one all-reduce sums (loss, batches)."""
     import torch
+    from envdoctor_runner import distributed
     if not chunks:
         return float("nan")
     loss_of.eval()
+    batches = list(data.batches(chunks, micro, pad, 0, 0))
     total, n = 0.0, 0
     with torch.no_grad():
-        for ids, mask in data.batches(chunks, micro, pad, 0, 0):
-            ids, mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
-            total += float(loss_of(ids, mask, ids.masked_fill(mask == 0, -100)))
-            n += 1
+        for p in schedule.passes(list(range(len(batches))), world.rank, world.size):
+            ids, mask = (torch.tensor(x, device=device) for x in batches[p.index])
+            loss = float(loss_of(ids, mask, ids.masked_fill(mask == 0, -100)))
+            if p.real:
+                total, n = total + loss, n + 1
     loss_of.train()
+    total, n = distributed.totals([total, n], world)
     return total / n
 
 

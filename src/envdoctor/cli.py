@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "preflight")
     t.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel processes through torchrun (default: every visible GPU; 1 on a CPU)")
+    t.add_argument("--nnodes", type=int, default=1, metavar="N",
+                   help="nodes in the run (torchrun's static rendezvous; start `envdoctor train` on each node with "
+                        "the same config, --nnodes and --rdzv-endpoint, and its own --node-rank)")
+    t.add_argument("--node-rank", type=int, default=0, metavar="R", help="this node's rank, 0..N-1 (0 hosts the "
+                   "rendezvous and holds global rank 0, the one that writes)")
+    t.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port on it")
     t.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes (FSDP2) instead of "
                         "DDP; bf16 LoRA only (load_in_4bit: false)")

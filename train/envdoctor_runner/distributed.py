@@ -1,10 +1,21 @@
 """Data-parallel training when launched by torchrun (or accelerate launch): the launcher sets RANK,
-WORLD_SIZE and LOCAL_RANK; this module only reads them. One process per GPU, gloo on the CPU."""
+WORLD_SIZE and LOCAL_RANK; this module only reads them. One process per GPU, gloo on the CPU; several
+nodes through torchrun's rendezvous (RANK is then global, LOCAL_RANK picks the GPU on this node).
+
+A collective that one rank never joins would wait forever: every collective has a timeout
+(ENVDOCTOR_COLLECTIVE_TIMEOUT_S, default 300 s), and a watchdog thread stops a rank whose training has made
+no progress for that long, naming the rank and the step it was in."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+import threading
+import time
+from array import array
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -25,17 +36,62 @@ class World:
         return self.size > 1
 
 
+def timeout_s() -> float:
+    raw = os.environ.get("ENVDOCTOR_COLLECTIVE_TIMEOUT_S", "300")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise SystemExit(f"error: ENVDOCTOR_COLLECTIVE_TIMEOUT_S={raw!r}: expected a number of seconds > 0")
+    return value
+
+
 def init() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    # The collectives' own timeout is the watchdog's plus a margin: a hang in training is reported by the
+    # Watchdog (which names the step); a hang outside it (start-up, DDP's first broadcast) still ends.
+    limit = timedelta(seconds=timeout_s() + 15)
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=limit)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=limit)
     return world
+
+
+class Watchdog:
+    """Stops this process when training makes no progress for `seconds` (a collective another rank never
+    joined, a wedged GPU), naming the rank and where it was. `at(where)` marks progress and arms it; `idle()`
+    disarms it (model loading and the final writes are not watched: their length depends on the disk).
+    Marks happen before each step's collectives and the collectives time out 15 s later than this, so this
+    fires first: neither gloo's exception nor NCCL's watchdog (which names only a sequence number) does."""
+
+    def __init__(self, world: World, seconds: float | None = None):
+        self.world, self.seconds = world, seconds if seconds is not None else timeout_s()
+        self.where, self.since = None, time.monotonic()
+        if world.distributed:
+            threading.Thread(target=self._watch, daemon=True, name="envdoctor-watchdog").start()
+
+    def at(self, where: str) -> None:
+        self.where, self.since = where, time.monotonic()
+
+    def idle(self) -> None:
+        self.where = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.seconds / 10))
+            where = self.where
+            if where is not None and time.monotonic() - self.since > self.seconds:
+                sys.stderr.write(f"error: rank {self.world.rank}: no progress for {self.seconds:.0f} s in {where} "
+                                 "(waiting in a collective another rank never joined?); stopping this process "
+                                 "(ENVDOCTOR_COLLECTIVE_TIMEOUT_S sets the limit)\n")
+                sys.stderr.flush()
+                os._exit(3)
 
 
 def device(world: World) -> str:
@@ -61,7 +117,9 @@ def wrap(module: torch.nn.Module, world: World, device_name: str, fsdp: bool = F
         return module
     from torch.nn.parallel import DistributedDataParallel
     ids = [world.local_rank] if device_name.startswith("cuda") else None
-    return DistributedDataParallel(module, device_ids=ids)
+    # No buffer broadcast before every forward: the model's only buffers (rotary frequencies) are constants,
+    # equal on every rank; the broadcast would be one more collective per pass.
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
 def gradient_sync(module: torch.nn.Module, world: World, sync: bool):
@@ -83,6 +141,66 @@ def total(value: float, world: World) -> float:
                      device=f"cuda:{world.local_rank}" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
     return float(t)
+
+
+def totals(values: list[float], world: World) -> list[float]:
+    """Element-wise sums over all ranks, in one collective."""
+    if not world.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=f"cuda:{world.local_rank}" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def same_data(chunk_lists: list[list[list[int]]], world: World) -> bool:
+    """Whether every rank prepared the same token chunks (a digest is compared: its min and max over ranks).
+    Nodes that read different files, or tokenize differently, would otherwise train on mismatched batches."""
+    if not world.distributed:
+        return True
+    h = hashlib.sha256()
+    for chunks in chunk_lists:
+        for c in chunks:
+            h.update(array("q", c).tobytes())
+            h.update(b"|")
+        h.update(b"#")
+    digest = int.from_bytes(h.digest()[:7], "big")
+    dev = f"cuda:{world.local_rank}" if dist.get_backend() == "nccl" else "cpu"
+    lo, hi = torch.tensor([digest], dtype=torch.int64, device=dev), torch.tensor([-digest], dtype=torch.int64, device=dev)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MIN)
+    return int(lo) == digest == -int(hi)
+
+
+def shared_output_problem(out, world: World) -> str | None:
+    """Several nodes: rank 0 alone writes checkpoints and the adapter, and every rank reads the checkpoint
+    on --resume, so the output folder must be one shared folder. Rank 0 writes a token there; a rank that
+    cannot read it back is on a node that does not share it. None when fine (every rank gets the answer)."""
+    if not world.distributed:
+        return None
+    token = out / ".envdoctor-shared-check"
+    nonce = f"{os.getpid()}-{time.time_ns()}"
+    if world.main:
+        token.write_text(nonce)
+    nonce = _broadcast_text(nonce, world)
+    try:
+        seen = token.read_text()
+    except OSError:
+        seen = ""
+    ok = totals([0.0 if seen == nonce else 1.0], world)[0] == 0
+    barrier(world)
+    if world.main:
+        token.unlink(missing_ok=True)
+    if ok:
+        return None
+    return (f"output_dir {out} is not one shared folder for every rank (a rank could not read rank 0's file in it): "
+            "with several nodes put it on a shared filesystem (NFS, Lustre...) mounted at the same path everywhere")
+
+
+def _broadcast_text(text: str, world: World) -> str:
+    box = [text]
+    dist.broadcast_object_list(box, src=0, device=f"cuda:{world.local_rank}" if dist.get_backend() == "nccl" else None)
+    return box[0]
 
 
 def mean(value: float, world: World) -> float:

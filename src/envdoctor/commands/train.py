@@ -37,8 +37,14 @@ def visible_gpus(system: System, gpu) -> int:
     return count
 
 
-def launcher_argv(ctx: Context, nproc: int, script: str) -> list[str]:
-    """One process (python), or N through torchrun — the launcher that ships with torch."""
+def launcher_argv(ctx: Context, nproc: int, script: str, nnodes: int = 1, node_rank: int = 0,
+                  endpoint: str | None = None) -> list[str]:
+    """One process (python), or N through torchrun — the launcher that ships with torch. Several nodes:
+    torchrun's static rendezvous at node 0's endpoint, so node ranks (and global rank 0, the writer) are the
+    ones given, not the order in which nodes arrive."""
+    if nnodes > 1:
+        return [ctx.python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+                "--rdzv-backend", "static", "--rdzv-endpoint", str(endpoint), "--nproc-per-node", str(nproc), script]
     if nproc <= 1:
         return [ctx.python, script]
     return [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script]
@@ -53,6 +59,40 @@ def _earlier_run(outdir: Path, resume: bool) -> str | None:
     return None
 
 
+def check_nodes(args) -> None:
+    """--nnodes / --node-rank / --rdzv-endpoint: consistent, or a UsageError saying what is expected."""
+    nnodes, rank, endpoint = (getattr(args, k, None) for k in ("nnodes", "node_rank", "rdzv_endpoint"))
+    nnodes, rank = 1 if nnodes is None else nnodes, rank or 0
+    if nnodes < 1:
+        raise UsageError("--nnodes must be at least 1")
+    if nnodes == 1:
+        if rank or endpoint:
+            raise UsageError("--node-rank and --rdzv-endpoint go with --nnodes N (N > 1)")
+        return
+    if not 0 <= rank < nnodes:
+        raise UsageError(f"--node-rank {rank}: expected 0..{nnodes - 1} with --nnodes {nnodes}")
+    if not endpoint:
+        raise UsageError(f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address and a free port on it)")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--rdzv-endpoint {endpoint!r}: expected HOST:PORT (node 0's address and a free port "
+                         "on it, the same on every node)")
+
+
+def output_dir_problem(outdir) -> str | None:
+    """Whether the runner can write its output folder (created if missing)."""
+    import os
+    import tempfile
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=outdir, prefix=".envdoctor-write-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"output_dir {outdir} is not writable: {e.strerror or e}"
+    return None
+
+
 def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     path = asset("train", "configs", "demo.yaml") if args.demo else args.config
     if path is None:
@@ -63,6 +103,10 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
                          "resume_from_checkpoint key, launches its own processes and sets FSDP in its config")
     if args.nproc is not None and args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
+    check_nodes(args)
+    nnodes = getattr(args, "nnodes", None) or 1
+    if axolotl and nnodes > 1:
+        raise UsageError("--backend axolotl launches its own processes: --nnodes is for the bundled runner")
     # Command-line settings are config keys: validated with the config (FSDP and a 4-bit base are refused
     # together) and seen by the preflight's memory estimate exactly as the runner will see them.
     overrides = {**({"fsdp": True} if args.fsdp else {}),
@@ -117,7 +161,12 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     resolved = cfg.resolved()
     resolved.update(absolute_inputs(resolved, resolved["config_dir"]))  # one rule: relative to the config
     outdir = Path(resolved["output_dir"])
-    if not args.dry_run:
+    problem = output_dir_problem(outdir)
+    if problem:
+        out.write(f"error: {problem}\n")
+        return 2
+    node_rank = getattr(args, "node_rank", None) or 0
+    if not args.dry_run and node_rank == 0:  # node 0 alone decides about the shared folder
         earlier = _earlier_run(outdir, args.resume)
         if earlier and not args.force:
             out.write(f"{outdir} already holds {earlier}: continue it with --resume, or pass --force to start "
@@ -126,11 +175,20 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         if earlier:
             aside = outdir.with_name(f"{outdir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
             outdir.rename(aside)
+            outdir.mkdir(parents=True)
             out.write(f"--force: the earlier run is now in {aside}\n")
-    outdir.mkdir(parents=True, exist_ok=True)
+    if nnodes > 1:
+        # Checked again by the runner once every rank is up (rank 0 writes a file, every rank reads it).
+        out.write(f"node {node_rank} of {nnodes}: output_dir {outdir} must be one shared folder (same path on "
+                  "every node: rank 0 writes checkpoints and the adapter, every rank reads them on --resume); the "
+                  "datasets and the base model must be at the same paths on every node\n")
     config_path = outdir / "config.resolved.json"
-    system.write_bytes(config_path, json.dumps(resolved, indent=2).encode())
-    argv = launcher_argv(ctx, nproc, str(asset("train", "qlora.py"))) + ["--config", str(config_path)]
+    # Atomic: with several nodes sharing the folder, each writes it while another's runner may be reading it.
+    staging = outdir / f".config.resolved.{os.getpid()}.{node_rank}.tmp"
+    staging.write_text(json.dumps(resolved, indent=2))
+    os.replace(staging, config_path)
+    argv = launcher_argv(ctx, nproc, str(asset("train", "qlora.py")), nnodes, node_rank,
+                         getattr(args, "rdzv_endpoint", None)) + ["--config", str(config_path)]
     argv += ["--resume"] if args.resume else []
     argv += ["--dry-run"] if args.dry_run else []
     out.write(f"$ {' '.join(argv)}\n")
