@@ -39,8 +39,16 @@ class CommandResult:
         if self.timed_out:
             return f"{cmd}: timed out after {self.duration_s:.1f} s"
         if self.returncode is not None and self.returncode < 0:
-            return f"{cmd}: killed by signal {-self.returncode}"
+            return f"{cmd}: killed by signal {-self.returncode}{signal_name(-self.returncode)}"
         return f"{cmd}: exit code {self.returncode}"
+
+
+def signal_name(n: int) -> str:
+    """' (SIGSEGV)' for 11, '' for a number this platform has no name for."""
+    try:
+        return f" ({signal.Signals(n).name})"
+    except ValueError:
+        return ""
 
 
 @dataclass(frozen=True)

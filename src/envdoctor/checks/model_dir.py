@@ -59,7 +59,7 @@ def loads(model_dir: ModelDirFacts) -> Result:
     m = model_dir
     if not m.exists or m.config is None:
         return skip("no loadable config.json (see model.files)")
-    if m.load is None:
+    if not isinstance(m.load, dict):
         return fail(f"loading {m.path} in the target interpreter failed: {m.load_error}")
     if "error" in m.load:
         return fail(f"transformers cannot load {m.path}: {m.load['error']}")
@@ -76,7 +76,8 @@ def vllm(model_dir: ModelDirFacts) -> Result:
         return fail(f"vLLM is installed but its model registry failed to load: {m.load['vllm_error']}")
     if "vllm_archs" not in m.load:
         return skip("vLLM is not installed in the target environment")
-    archs = m.config.get("architectures") or []
+    archs = [a for a in m.config.get("architectures") or [] if isinstance(a, str)] \
+        if isinstance(m.config.get("architectures"), list) else []
     unknown = [a for a in archs if a not in m.load["vllm_archs"]]
     if unknown:
         return fail(f"vLLM here does not support {', '.join(unknown)}", [],

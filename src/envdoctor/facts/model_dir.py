@@ -59,13 +59,32 @@ class ModelDirFacts:
         return asdict(self)
 
 
+def _plain_name(f: str) -> bool:
+    """A shard named in an index is a file in the folder, not a path elsewhere."""
+    return bool(f) and "/" not in f and "\\" not in f and f not in (".", "..") and "\0" not in f
+
+
+def _show(v) -> str:
+    if isinstance(v, dict):
+        bad = next((f for f in v.values() if not (isinstance(f, str) and _plain_name(f))), None)
+        return f"a shard name {bad!r:.60}"
+    return "nothing" if v is None else f"{type(v).__name__} {v!r:.40}"
+
+
 def _shards(system: System, d: str, files: list[str], facts: ModelDirFacts) -> None:
     index_text = system.read_text(f"{d}/model.safetensors.index.json")
     if index_text is not None:
         try:
-            weight_map = json.loads(index_text)["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            facts.shard_errors.append(f"model.safetensors.index.json: no weight_map ({type(exc).__name__})")
+            index = json.loads(index_text)
+        except (ValueError, RecursionError) as exc:
+            facts.shard_errors.append(f"model.safetensors.index.json: not valid JSON ({exc})")
+            return
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and _plain_name(f)
+                                                       for f in weight_map.values()):
+            facts.shard_errors.append("model.safetensors.index.json: weight_map: expected an object of "
+                                      "tensor name → shard file name in this folder, got "
+                                      f"{_show(weight_map)}")
             return
         wanted: dict[str, set[str]] = {}
         for tensor, fname in weight_map.items():
@@ -107,10 +126,21 @@ def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
         facts.config_error = "config.json missing"
     else:
         try:
-            facts.config = json.loads(text)
-            facts.dtype = facts.config.get("dtype") or facts.config.get("torch_dtype")
-        except ValueError as exc:
+            config = json.loads(text)
+        except (ValueError, RecursionError) as exc:
             facts.config_error = f"config.json is not valid JSON ({exc})"
+        else:
+            if not isinstance(config, dict):
+                facts.config_error = f"config.json: expected a JSON object, got {type(config).__name__}"
+            else:
+                facts.config = config
+                dtype = config.get("dtype") or config.get("torch_dtype")
+                facts.dtype = dtype if isinstance(dtype, str) else None
+                if dtype is not None and not isinstance(dtype, str):
+                    facts.config_error = f"config.json: torch_dtype: expected a string like 'bfloat16', got {dtype!r:.40}"
+                if not isinstance(config.get("architectures", []), list):
+                    facts.config_error = "config.json: architectures: expected a list of class names, got " \
+                                         f"{config['architectures']!r:.40}"
     _shards(system, d, files, facts)
     facts.adapter_files = [f for f in files if f in ADAPTER_FILES]
     facts.tokenizer_files = [f for f in files if f in TOKENIZER_FILES]
