@@ -27,6 +27,8 @@ def files(model_dir: ModelDirFacts) -> Result:
     if m.adapter_files:
         problems.append(f"adapter files beside full weights ({', '.join(m.adapter_files)}): loaders may apply "
                         "the adapter a second time or pick the adapter instead of the model")
+    if m.merge_record not in (None, "verified"):
+        problems.append(m.merge_record)
     if problems:
         return fail(f"{m.path}: {len(problems)} problem(s)", problems,
                     Remedy(text="Merge again into a fresh folder (envdoctor merge RUN_DIR --out NEW_DIR); never "
@@ -35,6 +37,8 @@ def files(model_dir: ModelDirFacts) -> Result:
     if not m.generation_config:
         return warn(f"{m.path}: weights complete ({m.tensors} tensors, {m.dtype}), no generation_config.json",
                     details + ["without it vLLM and generate() ignore the model's own eos/sampling defaults"])
+    if m.merge_record == "verified":
+        details.append("merge verified against base + adapter (envdoctor-merge.json)")
     return ok(f"{m.path}: {len(m.shards)} shard(s), {m.tensors} tensors, {m.dtype}", details)
 
 

@@ -52,6 +52,7 @@ class ModelDirFacts:
     tokenizer_files: list[str] = field(default_factory=list)
     chat_template: bool = False
     generation_config: bool = False
+    merge_record: str | None = None   # None: not a merge; "verified"; else why the merge is not verified
     load: dict | None = None                                    # what the target interpreter said
     load_error: str | None = None
 
@@ -115,6 +116,35 @@ def _shards(system: System, d: str, files: list[str], facts: ModelDirFacts) -> N
         facts.tensors += len(header)
 
 
+MERGE_REPORT, MERGE_MANIFEST = "merge_report.json", "envdoctor-merge.json"
+
+
+def merge_record(system: System, d: str, files: list[str]) -> str | None:
+    """For a folder written by train/merge.py: "verified" when envdoctor merge recorded that verify.py passed
+    it (envdoctor-merge.json, shards at their recorded sizes), else what is missing. None: not a merge."""
+    if MERGE_REPORT not in files and MERGE_MANIFEST not in files and not d.endswith(".unverified"):
+        return None
+    text = system.read_text(f"{d}/{MERGE_MANIFEST}")
+    if text is None:
+        return (f"merged (merge_report.json) but never verified against base + adapter: no {MERGE_MANIFEST}"
+                + (" (the folder's name says so: a merge stopped during verification or failed it)"
+                   if d.endswith(".unverified") else ""))
+    try:
+        manifest = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return f"{MERGE_MANIFEST} is not valid JSON ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("verified") is not True:
+        return f"{MERGE_MANIFEST} does not record a passed verification (verified: true)"
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return f"{MERGE_MANIFEST}: files: expected the verified shards and their sizes"
+    for name, size in recorded.items():
+        head = system.read_head(f"{d}/{name}", 0) if isinstance(name, str) and _plain_name(name) else None
+        if head is None or head[1] != size:
+            return f"{name}: not the file that was verified ({'missing' if head is None else f'{head[1]} bytes, verified {size}'})"
+    return "verified"
+
+
 def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
     d = ctx.model_dir.rstrip("/")
     facts = ModelDirFacts(d, exists=system.is_dir(d))
@@ -142,6 +172,7 @@ def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
                     facts.config_error = "config.json: architectures: expected a list of class names, got " \
                                          f"{config['architectures']!r:.40}"
     _shards(system, d, files, facts)
+    facts.merge_record = merge_record(system, d, files)
     facts.adapter_files = [f for f in files if f in ADAPTER_FILES]
     facts.tokenizer_files = [f for f in files if f in TOKENIZER_FILES]
     facts.generation_config = "generation_config.json" in files
