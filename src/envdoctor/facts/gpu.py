@@ -89,8 +89,8 @@ def _from_nvml(system: System, raw: dict) -> GpuFacts:
 
 
 SMI_FIELDS = SMI_QUERY.split(",")
-_CC = re.compile(r"^(\d+)\.(\d+)$")
-_DRIVER = re.compile(r"^\d+\.\d+(\.\d+)*$")
+_CC = re.compile(r"^(\d+)\.(\d+)$", re.ASCII)
+_DRIVER = re.compile(r"^\d+\.\d+(\.\d+)*$", re.ASCII)
 _NA = ("[N/A]", "N/A", "[Not Supported]")
 
 

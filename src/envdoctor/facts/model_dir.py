@@ -141,7 +141,8 @@ def merge_record(system: System, d: str, files: list[str]) -> str | None:
     for name, size in recorded.items():
         head = system.read_head(f"{d}/{name}", 0) if isinstance(name, str) and _plain_name(name) else None
         if head is None or head[1] != size:
-            return f"{name}: not the file that was verified ({'missing' if head is None else f'{head[1]} bytes, verified {size}'})"
+            now = "missing" if head is None else f"{head[1]} bytes, verified {size}"
+            return f"{name}: not the file that was verified ({now})"
     return "verified"
 
 
@@ -167,7 +168,8 @@ def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
                 dtype = config.get("dtype") or config.get("torch_dtype")
                 facts.dtype = dtype if isinstance(dtype, str) else None
                 if dtype is not None and not isinstance(dtype, str):
-                    facts.config_error = f"config.json: torch_dtype: expected a string like 'bfloat16', got {dtype!r:.40}"
+                    facts.config_error = ("config.json: torch_dtype: expected a string like 'bfloat16', "
+                                          f"got {dtype!r:.40}")
                 if not isinstance(config.get("architectures", []), list):
                     facts.config_error = "config.json: architectures: expected a list of class names, got " \
                                          f"{config['architectures']!r:.40}"

@@ -10,7 +10,7 @@ from envdoctor.context import Context
 from envdoctor.gpu_compat import major_minor
 from envdoctor.system import System
 
-_RELEASE = re.compile(r"\brelease (\d+)\.(\d+)\b")
+_RELEASE = re.compile(r"\brelease (\d+)\.(\d+)\b", re.ASCII)
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ToolkitFacts:
         return asdict(self)
 
 
-_VERSION = re.compile(r"^\d+\.\d+(\.\d+)*$")
+_VERSION = re.compile(r"^\d+\.\d+(\.\d+)*$", re.ASCII)
 
 
 def parse_version_json(text: str) -> str | None:
