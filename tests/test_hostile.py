@@ -283,3 +283,12 @@ def test_a_closed_pipe_after_report_merge(tmp_path):
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_an_nvidia_smi_that_cannot_reach_the_loaded_driver_fails(tmp_path):
+    broken = CommandResult(("nvidia-smi",), 9, "NVIDIA-SMI has failed because it couldn't communicate with the "
+                           "NVIDIA driver.\n", "", 0.1)
+    r = G.driver(probe_gpu(smi_machine(tmp_path, broken, nvidia_module), CTX))
+    assert r.status == Status.FAIL and r.message == (
+        "the platform shows an NVIDIA GPU but its tools do not: /usr/bin/nvidia-smi: exit code 9: NVIDIA-SMI has "
+        "failed because it couldn't communicate with the NVIDIA driver.")

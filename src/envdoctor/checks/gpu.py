@@ -70,7 +70,7 @@ def driver(gpu: GpuFacts) -> Result:
                     f"from this report", gpu.unreadable + [f"read: GPU {g.index} {g.name}" for g in gpu.gpus],
                     _TOOL_REMEDY)
     if not gpu.present and gpu.signals:
-        why = gpu.crashed or (f"{len(gpu.unreadable)} unreadable line(s) from nvidia-smi" if gpu.unreadable
+        why = gpu.tool_failed or (f"{len(gpu.unreadable)} unreadable line(s) from nvidia-smi" if gpu.unreadable
                               else "NVML and nvidia-smi list no GPU")
         return fail(f"the platform shows an NVIDIA GPU but its tools do not: {why}",
                     [f"shows a GPU: {s}" for s in gpu.signals] + gpu.attempts + gpu.unreadable, _TOOL_REMEDY)

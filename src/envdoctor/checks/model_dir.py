@@ -67,7 +67,9 @@ def loads(model_dir: ModelDirFacts) -> Result:
         return fail(f"loading {m.path} in the target interpreter failed: {m.load_error}")
     if "error" in m.load:
         return fail(f"transformers cannot load {m.path}: {m.load['error']}")
-    return ok(f"{m.load['config_class']} and {m.load['tokenizer_class']} ({m.load['vocab']:,} tokens) load")
+    vocab = m.load.get("vocab")
+    return ok(f"{m.load.get('config_class', '?')} and {m.load.get('tokenizer_class', '?')} "
+              f"({f'{vocab:,}' if isinstance(vocab, int) else '?'} tokens) load")
 
 
 @check("model.vllm", "Served by vLLM", "Model", "vLLM (where installed) supports the model's architecture",
@@ -78,7 +80,7 @@ def vllm(model_dir: ModelDirFacts) -> Result:
         return skip("no loadable model (see model.files, model.loads)")
     if "vllm_error" in m.load:
         return fail(f"vLLM is installed but its model registry failed to load: {m.load['vllm_error']}")
-    if "vllm_archs" not in m.load:
+    if not isinstance(m.load.get("vllm_archs"), list):
         return skip("vLLM is not installed in the target environment")
     archs = [a for a in m.config.get("architectures") or [] if isinstance(a, str)] \
         if isinstance(m.config.get("architectures"), list) else []

@@ -44,7 +44,7 @@ class GpuFacts:
     hung: bool = False                 # nvidia-smi timed out: the driver may be wedged
     unreadable: list[str] = field(default_factory=list)  # lines of nvidia-smi output that were not a GPU row
     signals: list[str] = field(default_factory=list)     # what the platform shows of an NVIDIA GPU (gpu_presence)
-    crashed: str | None = None         # "nvidia-smi: killed by signal 11 (SIGSEGV)"
+    tool_failed: str | None = None     # "nvidia-smi: killed by signal 11 (SIGSEGV)", "…: exit code 9: …"
 
     @property
     def present(self) -> bool:
@@ -156,7 +156,7 @@ def smi_candidates(system: System, wsl: bool) -> list[str]:
 
 def probe_gpu(system: System, ctx: Context) -> GpuFacts:
     facts = _probe(system)
-    if not facts.present or facts.unreadable or facts.crashed:
+    if not facts.present or facts.unreadable or facts.tool_failed:
         from envdoctor.facts.gpu_presence import gpu_presence, unusable_gpus
         facts.signals = gpu_presence(system)
         if not facts.present:
@@ -174,7 +174,7 @@ def _probe(system: System) -> GpuFacts:
     candidates = smi_candidates(system, wsl)
     if not candidates:
         attempts.append("nvidia-smi: not found")
-    crashed = None
+    tool_failed = None
     for smi in candidates:
         res = system.run([smi, f"--query-gpu={SMI_QUERY}", "--format=csv,noheader,nounits"], timeout=SMI_TIMEOUT)
         if res.timed_out:
@@ -184,7 +184,10 @@ def _probe(system: System) -> GpuFacts:
             last = ((res.stdout + res.stderr).strip().splitlines() or [""])[-1]
             attempts.append(f"{res.describe()}" + (f": {last[:200]}" if last else ""))
             if res.returncode is not None and res.returncode < 0:
-                crashed = crashed or f"{smi}: killed by signal {-res.returncode}{signal_name(-res.returncode)}"
+                failed = f"{smi}: killed by signal {-res.returncode}{signal_name(-res.returncode)}"
+            else:
+                failed = f"{smi}: {res.describe().split(': ', 1)[-1]}" + (f": {last[:200]}" if last else "")
+            tool_failed = tool_failed or failed
             continue
         driver, gpus, bad = parse_smi_csv(res.stdout)
         unreadable = [f"{smi}: {b}" for b in bad]
@@ -192,5 +195,5 @@ def _probe(system: System) -> GpuFacts:
             return GpuFacts("nvidia-smi", driver, cuda_of_driver(driver), gpus, attempts, unreadable=unreadable)
         attempts.append(f"{smi}: no GPUs listed" + (f" ({len(bad)} unreadable line(s))" if bad else ""))
         if bad:
-            return GpuFacts(None, attempts=attempts, unreadable=unreadable, crashed=crashed)
-    return GpuFacts(None, attempts=attempts, crashed=crashed)
+            return GpuFacts(None, attempts=attempts, unreadable=unreadable, tool_failed=tool_failed)
+    return GpuFacts(None, attempts=attempts, tool_failed=tool_failed)
