@@ -170,3 +170,22 @@ def test_merge_names_what_the_target_environment_lacks(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "needs torch, safetensors, transformers, peft in the target environment" in res.stderr
     assert not (run / "merged").exists()
+
+
+def test_a_merge_killed_during_verification_is_never_published(demo_run, tmp_path):
+    """merge.py finishes, then the process verifying it dies: the model files stay under DEST.unverified,
+    DEST itself never appears, and `check --model` on the staging folder fails for want of a verification."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\ncase "$1" in *verify.py) kill -9 $$ ;; esac\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    dest = tmp_path / "killed"
+    res = envdoctor("merge", str(demo_run), "--out", str(dest), "--python", str(wrapper), cwd=tmp_path)
+    assert res.returncode == 1 and "unverified merge stays in" in res.stdout, res.stdout[-2000:]
+    stage = tmp_path / "killed.unverified"
+    assert not dest.exists() and (stage / "model.safetensors.index.json").is_file()
+    assert not (stage / "envdoctor-merge.json").exists()
+    res = envdoctor("check", "--model", str(stage), "--only", "model.files", "--python", sys.executable, "--json",
+                    cwd=tmp_path)
+    files = json.loads(res.stdout)["results"][0]
+    assert res.returncode == 1 and files["status"] == "fail"
+    assert any("never verified" in d for d in files["details"]), files

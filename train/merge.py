@@ -6,7 +6,8 @@
 Never into 4-bit weights: the base's own bf16 tensors are read one at a time (no full model in memory),
 LoRA deltas added in fp32 (on the GPU when there is one), written as sharded safetensors with the dtype
 in config.json, then tokenizer, chat template and generation_config. `envdoctor merge RUN_DIR` runs
-this, then train/verify.py.
+this into OUT_DIR.unverified, then train/verify.py, and renames the folder to OUT_DIR only when the
+verification passed (with envdoctor-merge.json, its record); run alone, this script's output is unverified.
 """
 
 from __future__ import annotations

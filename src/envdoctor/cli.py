@@ -285,6 +285,18 @@ def cmd_checks(args) -> int:
     return 0
 
 
+def _closed_pipe() -> int:
+    """The reader went away (`envdoctor checks | head -1`): stop quietly, like any Unix filter (128 + SIGPIPE).
+    stdout points at /dev/null from here so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -292,9 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
+        code = {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
                 "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval,
                 "report": cmd_report}[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envdoctor import textfile
 from envdoctor.errors import UsageError
 
 BAD = ("fail", "error")
@@ -24,12 +25,14 @@ class Node:
 
 def _reports(path: Path) -> list[tuple[str | None, dict]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = textfile.read(path, "an envdoctor JSON report or pdsh output")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})")
+    except textfile.NotText as exc:
+        raise UsageError(str(exc))
     try:
         return [(None, json.loads(text))]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     found = []
     for n, line in enumerate(text.splitlines(), 1):  # pdsh: "host: {json}"
@@ -38,29 +41,65 @@ def _reports(path: Path) -> list[tuple[str | None, dict]]:
             continue
         try:
             found.append((host.strip(), json.loads(rest)))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UsageError(f"{path}:{n}: not a JSON report after '{host}:' ({exc})")
     if not found:
         raise UsageError(f"{path}: neither a JSON report (envdoctor check --json) nor pdsh lines 'host: {{…}}'")
     return found
 
 
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def check_shape(report, where: str) -> None:
+    """A report whose top-level parts have the wrong types is a usage error naming the key; deeper values
+    of the wrong type are read as missing (a report from an older or newer envdoctor still compares)."""
+    if not isinstance(report, dict) or "results" not in report:
+        raise UsageError(f"{where}: not an envdoctor JSON report (no 'results'); write them with "
+                         "`envdoctor check --json`")
+    if not isinstance(report["results"], list) or not all(isinstance(r, dict) for r in report["results"]):
+        raise UsageError(f"{where}: results: expected a list of check results (objects), got "
+                         f"{_kind(report['results'])}")
+    for key in ("facts", "node"):
+        if report.get(key) is not None and not isinstance(report[key], dict):
+            raise UsageError(f"{where}: {key}: expected an object, got {_kind(report[key])}")
+
+
+def _kind(v) -> str:
+    if isinstance(v, list):
+        return "a list" + (f" holding {type(next(x for x in v if not isinstance(x, dict))).__name__}"
+                           if any(not isinstance(x, dict) for x in v) else "")
+    return type(v).__name__
+
+
+def _text(v) -> str | None:
+    return None if v is None or isinstance(v, (dict, list)) else str(v)
+
+
 def flatten(report: dict) -> dict[str, str]:
     """The comparable facts of one report, as key → value strings."""
-    f = report.get("facts", {})
-    gpu, torch, py, tk = (f.get(k) or {} for k in ("gpu", "torch", "python", "toolkit"))
-    gpus = Counter(f"{g.get('name')} (sm_{''.join(map(str, g.get('cc') or []))})" for g in gpu.get("gpus") or [])
-    out = {"envdoctor": report.get("envdoctor_version"), "driver": gpu.get("driver"),
+    f = _dict(report.get("facts"))
+    gpu, torch, py, tk = (_dict(f.get(k)) for k in ("gpu", "torch", "python", "toolkit"))
+    gpus = Counter(f"{g.get('name')} (sm_{''.join(map(str, _list(g.get('cc'))))})"
+                   for g in _list(gpu.get("gpus")) if isinstance(g, dict))
+    out = {"envdoctor": _text(report.get("envdoctor_version")), "driver": _text(gpu.get("driver")),
            "gpus": ", ".join(f"{n} × {name}" for name, n in sorted(gpus.items())) or "none",
-           "python": py.get("version_string"),
-           "torch": torch.get("version") if torch.get("installed") else "not installed",
-           "torch cuda": torch.get("cuda"), "glibc": py.get("glibc"),
-           "nvcc": ", ".join(sorted({str(t.get("version")) for t in tk.get("nvccs") or [] if t.get("version")})) or None}
-    for d in py.get("distributions") or []:
-        out[f"pkg {d.get('name')}"] = d.get("version")
-    for r in report.get("results", []):
-        if r.get("status") in BAD:
-            out[f"check {r['id']}"] = f"{r['status']}: {r.get('message', '')}"[:80]
+           "python": _text(py.get("version_string")),
+           "torch": _text(torch.get("version")) if torch.get("installed") else "not installed",
+           "torch cuda": _text(torch.get("cuda")), "glibc": _text(py.get("glibc")),
+           "nvcc": ", ".join(sorted({str(t.get("version")) for t in _list(tk.get("nvccs"))
+                                     if isinstance(t, dict) and _text(t.get("version"))})) or None}
+    for d in _list(py.get("distributions")):
+        if isinstance(d, dict) and _text(d.get("name")):
+            out[f"pkg {d['name']}"] = _text(d.get("version"))
+    for r in _list(report.get("results")):
+        if isinstance(r, dict) and r.get("status") in BAD:
+            out[f"check {r.get('id')}"] = f"{r['status']}: {_text(r.get('message')) or ''}"[:80]
     return {k: str(v) for k, v in out.items() if v is not None}
 
 
@@ -68,11 +107,9 @@ def load(paths: list[str]) -> list[Node]:
     nodes: list[Node] = []
     for p in paths:
         for host, report in _reports(Path(p)):
-            if not isinstance(report, dict) or "results" not in report:
-                raise UsageError(f"{p}: not an envdoctor JSON report (no 'results'); write them with "
-                                 "`envdoctor check --json`")
+            check_shape(report, p if host is None else f"{p} ({host})")
             node = report.get("node") or {}
-            name = host or node.get("slurm_node") or node.get("hostname") or Path(p).stem
+            name = host or _text(node.get("slurm_node")) or _text(node.get("hostname")) or Path(p).stem
             nodes.append(Node(name, p, flatten(report)))
     seen = Counter(n.name for n in nodes)
     index: Counter = Counter()

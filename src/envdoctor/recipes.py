@@ -13,6 +13,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from envdoctor import textfile
 from envdoctor.assets import asset
 from envdoctor.errors import EnvdoctorError
 
@@ -67,11 +68,15 @@ def validate(path: Path) -> tuple[Recipe | None, list[str]]:
     import yaml
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = textfile.read(path, "a YAML recipe")
     except OSError as exc:
         return None, [f"{where}: cannot read: {exc.strerror}"]
+    except textfile.NotText as exc:
+        return None, [str(exc)]
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        return None, [f"{where}: not valid YAML: nested too deeply"]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -83,7 +88,7 @@ def validate(path: Path) -> tuple[Recipe | None, list[str]]:
     def err(key: str, expected: str, got) -> None:
         errors.append(f"{where}: {key}: expected {expected}, got {got!r}")
 
-    for key in sorted(set(data) - TOP_KEYS):
+    for key in sorted(set(data) - TOP_KEYS, key=str):
         errors.append(f"{where}: {key}: unknown key (known: {', '.join(sorted(TOP_KEYS))})")
     name, desc = data.get("name"), data.get("description")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name or ""):
@@ -111,7 +116,7 @@ def validate(path: Path) -> tuple[Recipe | None, list[str]]:
         if not isinstance(index, str) or not INDEX.match(index):
             err("torch.index", "pypi, cpu, cuXYZ or rocmX.Y", index)
         companions = _requirements(torch.get("companions", []), "torch.companions", err)
-        for key in sorted(set(torch) - {"version", "index", "companions"}):
+        for key in sorted(set(torch) - {"version", "index", "companions"}, key=str):
             errors.append(f"{where}: torch.{key}: unknown key (known: companions, index, version)")
     packages = _requirements(data.get("packages", []), "packages", err)
     build = _requirements(data.get("build", []), "build", err)

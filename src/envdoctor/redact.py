@@ -17,14 +17,20 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_KEY|PRIV
 
 
 _TOKENS = re.compile("|".join(p.pattern for p in _PATTERNS))
+# name=value where the name says secret: URL query parameters (?token=…&sig=…, signed S3/Azure URLs) and
+# environment assignments in logs (HF_TOKEN=…). The value goes up to the next separator.
+_ASSIGNED = re.compile(r"(?P<name>\b[\w.-]*?(?:token|secret|passwd|password|api_?key|access_?key|private_?key|"
+                       r"credentials?|signature|sig|auth))=(?P<value>[^\s&#\"'<>;,]+)", re.I)
 # Every secret above contains one of these; most strings contain none and skip the regexes.
-_HINTS = ("@", "hf_", "gh", "sk-", "wandb_", "AKIA", "github_pat")
+_HINTS = ("@", "hf_", "gh", "sk-", "wandb_", "AKIA", "github_pat", "=")
 
 
 def redact_text(text: str) -> str:
     if not any(h in text for h in _HINTS):
         return text
     text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    if "=" in text:
+        text = _ASSIGNED.sub(lambda m: f"{m['name']}={MASK}", text)
     return _TOKENS.sub(MASK, text)
 
 
@@ -39,3 +45,26 @@ def redact(obj, key: str = ""):
             return MASK
         return redact_text(obj)
     return obj
+
+
+class RedactedLog:
+    """A log file that secrets never reach: every write goes through redact_text (pip freeze lines carry
+    direct URLs with tokens; tools echo their environment)."""
+
+    def __init__(self, path, mode: str = "a") -> None:
+        self._fh = open(path, mode, encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        return self._fh.write(redact_text(text))
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "RedactedLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

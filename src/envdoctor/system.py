@@ -39,8 +39,16 @@ class CommandResult:
         if self.timed_out:
             return f"{cmd}: timed out after {self.duration_s:.1f} s"
         if self.returncode is not None and self.returncode < 0:
-            return f"{cmd}: killed by signal {-self.returncode}"
+            return f"{cmd}: killed by signal {-self.returncode}{signal_name(-self.returncode)}"
         return f"{cmd}: exit code {self.returncode}"
+
+
+def signal_name(n: int) -> str:
+    """' (SIGSEGV)' for 11, '' for a number this platform has no name for."""
+    try:
+        return f" ({signal.Signals(n).name})"
+    except ValueError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -165,19 +173,26 @@ class System:
         argv = tuple(str(a) for a in argv)
         start = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv, input=input, capture_output=True, text=True, timeout=timeout,
-                env=dict(self.env if env is None else env), cwd=self.cwd,
-                encoding="utf-8", errors="replace",
-            )
-        except subprocess.TimeoutExpired as exc:
-            return CommandResult(argv, None, _text(exc.stdout), _text(exc.stderr),
-                                 time.monotonic() - start, timed_out=True)
-        except OSError as exc:
+            # Its own session (process group): on a timeout the whole group goes, not just the first process
+            # (a hung nvidia-smi's helper, a probe's grandchild would otherwise outlive envdoctor).
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                env=dict(self.env if env is None else env), cwd=self.cwd, start_new_session=os.name == "posix")
+        except (OSError, ValueError) as exc:
             return CommandResult(argv, None, "", "", time.monotonic() - start,
-                                 error=f"{exc.strerror or exc}: {exc.filename or argv[0]}")
-        return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr,
-                             time.monotonic() - start)
+                                 error=f"{getattr(exc, 'strerror', None) or exc}: "
+                                       f"{getattr(exc, 'filename', None) or argv[0]}")
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            out, err = _drain(proc)
+            return CommandResult(argv, None, out, err, time.monotonic() - start, timed_out=True)
+        except BaseException:  # Ctrl-C while waiting: take the group down with us
+            kill_group(proc)
+            raise
+        return CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
 
     def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
         """Run a long command with its output going straight to ours (a training run); its exit code.
@@ -248,6 +263,36 @@ class System:
         import platform as _platform
         u = _platform.uname()
         return {"system": u.system, "release": u.release, "machine": u.machine}
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a process started in its own session, and everything it started."""
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError, OSError):
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _drain(proc: subprocess.Popen) -> tuple[str, str]:
+    """What a killed process had printed. A grandchild in another session may still hold the pipes open:
+    give up on them after a moment rather than hang again."""
+    try:
+        out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        proc.wait()
+        return "", ""
+    return _text(out), _text(err)
 
 
 def _text(b: bytes | str | None) -> str:

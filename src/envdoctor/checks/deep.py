@@ -3,7 +3,7 @@ and the statically read arch list cross-checked against torch's own."""
 
 from __future__ import annotations
 
-from envdoctor.checks.gpu import NO_GPU
+from envdoctor.checks.gpu import no_gpu
 from envdoctor.facts.binaries import BinaryFacts
 from envdoctor.facts.gpu import GpuFacts
 from envdoctor.facts.imports import ImportOutcomes
@@ -30,7 +30,7 @@ def remedy(stage: str, python: PythonEnv) -> Remedy:
 
 def from_smoke(s: SmokeResult, gpu: GpuFacts, python: PythonEnv) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     status = STATUS.get(s.status, Status.FAIL)
     timing = f" ({s.seconds:.1f} s)" if s.seconds else ""
     return Result(status, s.message + (timing if status == Status.OK else ""), list(s.details),
@@ -56,7 +56,7 @@ _smoke_check("torchao", "torchao", "import torchao (and whether it skips its C++
        needs=("smoke_torch", "torch", "gpu"), option="deep", timeout=5.0)
 def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     runtime = smoke_torch.data.get("arch_list")
     if not runtime:
         return skip("torch reported no arch list (not a CUDA build, or the smoke test failed)")

@@ -14,6 +14,13 @@ from envdoctor.model import Item, Remedy, Result, Status, fail, from_items, ok, 
 from envdoctor.registry import check
 
 NO_GPU = "no NVIDIA GPU found"
+
+
+def no_gpu(gpu: GpuFacts) -> str:
+    """Why a GPU check has nothing to judge: no GPU, or one the tools cannot read (gpu.driver fails then)."""
+    return "the GPU's tools failed (see gpu.driver)" if gpu.signals else NO_GPU
+
+
 BUSY_FRACTION, BUSY_BYTES = 0.10, 1 * GiB
 
 
@@ -45,6 +52,12 @@ def _torch_remedy(python: PythonEnv, gpu: GpuFacts, torch: TorchFacts, why: str)
                   {"specs": torch_specs(python, build), "index_url": build.index_url})
 
 
+_TOOL_REMEDY = Remedy("nvidia-smi; sudo dmesg | grep -iE 'xid|nvrm' | tail",
+                      "The driver's user-space tools do not match the loaded kernel module (after a driver "
+                      "upgrade: reboot), or the driver is broken (reinstall it). On WSL2 update the Windows "
+                      "NVIDIA driver; do not install a Linux driver inside WSL.")
+
+
 @check("gpu.driver", "NVIDIA driver", "GPU", "the driver answers (NVML, else nvidia-smi) and its CUDA level",
        needs=("gpu",))
 def driver(gpu: GpuFacts) -> Result:
@@ -52,6 +65,15 @@ def driver(gpu: GpuFacts) -> Result:
         return fail("nvidia-smi hangs: the driver may be wedged", gpu.attempts,
                     Remedy("sudo dmesg | grep -iE 'xid|nvrm' | tail", "Look for Xid errors; a reboot (or reloading "
                            "the nvidia module) clears a wedged driver."))
+    if gpu.unreadable and gpu.present:
+        return fail(f"nvidia-smi printed {len(gpu.unreadable)} line(s) that are not a GPU row: GPUs may be missing "
+                    f"from this report", gpu.unreadable + [f"read: GPU {g.index} {g.name}" for g in gpu.gpus],
+                    _TOOL_REMEDY)
+    if not gpu.present and gpu.signals:
+        why = gpu.tool_failed or (f"{len(gpu.unreadable)} unreadable line(s) from nvidia-smi" if gpu.unreadable
+                              else "NVML and nvidia-smi list no GPU")
+        return fail(f"the platform shows an NVIDIA GPU but its tools do not: {why}",
+                    [f"shows a GPU: {s}" for s in gpu.signals] + gpu.attempts + gpu.unreadable, _TOOL_REMEDY)
     if not gpu.present:
         return skip(NO_GPU, gpu.attempts)
     n = len(gpu.gpus)
@@ -62,7 +84,7 @@ def driver(gpu: GpuFacts) -> Result:
 @check("gpu.devices", "GPUs", "GPU", "every GPU: name, compute capability, memory, MIG mode", needs=("gpu",))
 def devices(gpu: GpuFacts) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     items = []
     for g in gpu.gpus:
         desc = f"GPU {g.index}: {g.name} ({g.sm or 'cc ?'}, {(g.mem_total or 0) / GiB:.1f} GiB)"
@@ -80,7 +102,7 @@ def devices(gpu: GpuFacts) -> Result:
 @check("gpu.memory", "GPU memory in use", "GPU", "GPU memory already held by other processes", needs=("gpu",))
 def memory(gpu: GpuFacts) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     items = []
     for g in gpu.gpus:
         held = sum(p["used"] for p in g.processes) if g.processes else (g.mem_used or 0)
@@ -98,7 +120,7 @@ def memory(gpu: GpuFacts) -> Result:
        needs=("gpu", "torch", "python"))
 def torch_build(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     if not torch.installed:
         return warn("torch is not installed", ["Everything in the QLoRA stack needs it."],
                     _torch_remedy(python, gpu, torch, "runs on these GPUs and this driver"))
@@ -119,7 +141,7 @@ def torch_build(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
        needs=("gpu", "torch", "host", "python"))
 def driver_cuda(gpu: GpuFacts, torch: TorchFacts, host: HostFacts, python: PythonEnv) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     need, have = torch.cuda_tuple, gpu.cuda_driver
     if need is None:
         return skip("torch is not a CUDA build")
@@ -147,7 +169,7 @@ def driver_cuda(gpu: GpuFacts, torch: TorchFacts, host: HostFacts, python: Pytho
        needs=("gpu", "torch", "python"))
 def arch(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     if not torch.installed or torch.cuda is None:
         return skip("torch is not a CUDA build")
     sass, ptx = torch.archs["sass"], torch.archs["ptx"]
@@ -185,7 +207,7 @@ def arch(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
        needs=("gpu",))
 def bf16(gpu: GpuFacts) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     old = [g for g in gpu.gpus if g.cc and tuple(g.cc) < (8, 0)]
     if old:
         names = ", ".join(f"{g.name} ({g.sm})" for g in old)
@@ -211,7 +233,7 @@ def _nvcc_min(sm: str) -> tuple[int, int] | None:
        needs=("toolkit", "torch", "python", "gpu"))
 def nvcc(toolkit: ToolkitFacts, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts) -> Result:
     if not gpu.present:
-        return skip(NO_GPU)
+        return skip(no_gpu(gpu))
     if not torch.installed or torch.cuda_tuple is None:
         return skip("torch is not a CUDA build")
     fa = python.get("flash-attn")

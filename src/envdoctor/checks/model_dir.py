@@ -27,6 +27,8 @@ def files(model_dir: ModelDirFacts) -> Result:
     if m.adapter_files:
         problems.append(f"adapter files beside full weights ({', '.join(m.adapter_files)}): loaders may apply "
                         "the adapter a second time or pick the adapter instead of the model")
+    if m.merge_record not in (None, "verified"):
+        problems.append(m.merge_record)
     if problems:
         return fail(f"{m.path}: {len(problems)} problem(s)", problems,
                     Remedy(text="Merge again into a fresh folder (envdoctor merge RUN_DIR --out NEW_DIR); never "
@@ -35,6 +37,8 @@ def files(model_dir: ModelDirFacts) -> Result:
     if not m.generation_config:
         return warn(f"{m.path}: weights complete ({m.tensors} tensors, {m.dtype}), no generation_config.json",
                     details + ["without it vLLM and generate() ignore the model's own eos/sampling defaults"])
+    if m.merge_record == "verified":
+        details.append("merge verified against base + adapter (envdoctor-merge.json)")
     return ok(f"{m.path}: {len(m.shards)} shard(s), {m.tensors} tensors, {m.dtype}", details)
 
 
@@ -59,11 +63,13 @@ def loads(model_dir: ModelDirFacts) -> Result:
     m = model_dir
     if not m.exists or m.config is None:
         return skip("no loadable config.json (see model.files)")
-    if m.load is None:
+    if not isinstance(m.load, dict):
         return fail(f"loading {m.path} in the target interpreter failed: {m.load_error}")
     if "error" in m.load:
         return fail(f"transformers cannot load {m.path}: {m.load['error']}")
-    return ok(f"{m.load['config_class']} and {m.load['tokenizer_class']} ({m.load['vocab']:,} tokens) load")
+    vocab = m.load.get("vocab")
+    return ok(f"{m.load.get('config_class', '?')} and {m.load.get('tokenizer_class', '?')} "
+              f"({f'{vocab:,}' if isinstance(vocab, int) else '?'} tokens) load")
 
 
 @check("model.vllm", "Served by vLLM", "Model", "vLLM (where installed) supports the model's architecture",
@@ -74,9 +80,10 @@ def vllm(model_dir: ModelDirFacts) -> Result:
         return skip("no loadable model (see model.files, model.loads)")
     if "vllm_error" in m.load:
         return fail(f"vLLM is installed but its model registry failed to load: {m.load['vllm_error']}")
-    if "vllm_archs" not in m.load:
+    if not isinstance(m.load.get("vllm_archs"), list):
         return skip("vLLM is not installed in the target environment")
-    archs = m.config.get("architectures") or []
+    archs = [a for a in m.config.get("architectures") or [] if isinstance(a, str)] \
+        if isinstance(m.config.get("architectures"), list) else []
     unknown = [a for a in archs if a not in m.load["vllm_archs"]]
     if unknown:
         return fail(f"vLLM here does not support {', '.join(unknown)}", [],

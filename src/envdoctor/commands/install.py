@@ -18,6 +18,7 @@ from envdoctor.facts.gpu import GpuFacts, probe_gpu
 from envdoctor.facts.host import probe_host
 from envdoctor.gpu_compat import coverage
 from envdoctor.recipes import Recipe, bundled, load
+from envdoctor.redact import RedactedLog
 from envdoctor.system import System
 
 
@@ -102,7 +103,7 @@ def run_install(args, system: System, out=sys.stdout) -> int:
         out.write("--dry-run: nothing was created.\n")
         return 0
     log = venv.parent / f"{venv.name}.envdoctor-install-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
-    with open(log, "a", encoding="utf-8") as fh:
+    with RedactedLog(log) as fh:
         for i, s in enumerate(steps, 1):
             out.write(f"[{i}/{len(steps)}] {s.title} …\n")
             out.flush()

@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
+from envdoctor.redact import redact
 from envdoctor.system import System
 from envdoctor.training.backends import axolotl_argv, axolotl_env
 from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
+# merge.py writes here; the folder takes its real name only once verify.py has passed it. A merge killed
+# while being verified leaves this name behind, which says what it is.
+UNVERIFIED = ".unverified"
+
+
+def staging(dest: Path) -> Path:
+    return dest.with_name(dest.name + UNVERIFIED)
 
 
 def _sha256(path: Path) -> str:
@@ -43,6 +53,8 @@ def complete(out: Path, fp: dict) -> bool:
         manifest = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return False
     files = manifest.get("files", {})
     return (manifest.get("inputs") == fp and manifest.get("verified") is True and bool(files)
             and all((out / n).is_file() and (out / n).stat().st_size == s for n, s in files.items()))
@@ -63,6 +75,18 @@ def resolve_base(run: Path, summary: dict, override: str | None, system: System)
                      f"download it (hf download {name}; gated models: hf auth login first) or pass --base DIR")
 
 
+def publish(stage: Path, dest: Path) -> None:
+    """Move a verified merge into place. An earlier merge at `dest` is moved aside first and removed only
+    after the rename, so a crash in between leaves one complete folder under one of the two names."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f"{dest.name}.replaced-{os.getpid()}")
+        dest.rename(old)
+    stage.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if args.backend == "axolotl":
         argv = axolotl_argv(system, ctx, "merge-lora", args.run)
@@ -77,6 +101,11 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         raise UsageError(f"{summary_path}: not found; RUN_DIR is a finished `envdoctor train` output folder")
     except ValueError as exc:
         raise UsageError(f"{summary_path}: not valid JSON ({exc})")
+    if not isinstance(summary, dict):
+        raise UsageError(f"{summary_path}: expected a JSON object (the run's summary), got {type(summary).__name__}")
+    for key in ("adapter", "base_model_path", "base_model"):
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            raise UsageError(f"{summary_path}: {key}: expected a path or model name, got {summary[key]!r:.60}")
     adapter = Path(summary.get("adapter") or run / "adapter")
     if not (adapter / "adapter_model.safetensors").is_file():
         raise UsageError(f"{adapter}: no adapter_model.safetensors (did the run finish?)")
@@ -94,8 +123,9 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     require(system, ctx, ["torch", "safetensors", "transformers", "peft"] + (["bitsandbytes"] if args.from_nf4 else []),
             "envdoctor merge")
     env = {**system.env, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    stage = staging(dest)
     argv = [ctx.python, str(asset("train", "merge.py")), "--base", str(base), "--adapter", str(adapter),
-            "--out", str(dest), "--dtype", args.dtype] + (["--from-nf4"] if args.from_nf4 else []) + \
+            "--out", str(stage), "--dtype", args.dtype] + (["--from-nf4"] if args.from_nf4 else []) + \
         ["--device", args.device]
     out.write(f"$ {' '.join(argv)}\n")
     out.flush()
@@ -103,22 +133,24 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if code != 0:
         out.write(f"merge failed (exit {code}); {dest} was not changed\n")
         return 1
-    verify_path = dest / "verify_report.json"
+    verify_path = stage / "verify_report.json"
     heldout = run / "heldout.json"
     if not heldout.is_file():
-        out.write(f"not verified: {heldout} is missing (a run from an older envdoctor)\n")
+        out.write(f"not verified: {heldout} is missing (a run from an older envdoctor); the merge stays in "
+                  f"{stage}\n")
         return 1
     argv = [ctx.python, str(asset("train", "verify.py")), "--base", str(base), "--adapter", str(adapter),
-            "--merged", str(dest), "--heldout", str(heldout), "--report", str(verify_path), "--device", args.device]
+            "--merged", str(stage), "--heldout", str(heldout), "--report", str(verify_path), "--device", args.device]
     out.write(f"$ {' '.join(argv)}\n")
     out.flush()
     system.stream(argv, env=env)
     try:
         verify = json.loads(verify_path.read_text())
     except (OSError, ValueError):
-        out.write("verification did not produce a report (see its output above)\n")
+        out.write(f"verification did not produce a report (see its output above); the unverified merge stays in "
+                  f"{stage}\n")
         return 1
-    merge = json.loads((dest / "merge_report.json").read_text())
+    merge = json.loads((stage / "merge_report.json").read_text())
     out.write(f"verification on {verify['tokens']} held-out tokens: loss {verify['loss_adapter']:.4f} (base + adapter) "
               f"vs {verify['loss_merged']:.4f} (merged); logits max |Δ| {verify['max_abs_diff']:.3g}, mean |Δ| "
               f"{verify['mean_abs_diff']:.3g} (mean |logit| {verify['mean_abs_logit']:.3g}); argmax agreement "
@@ -135,10 +167,12 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
                       "deltas are small next to the spacing of the base weights, so part of the adapter is rounded "
                       f"away. Merge in fp32 (twice the size): envdoctor merge {run} --dtype float32, or serve base + "
                       "adapter unmerged (vllm serve BASE --enable-lora --lora-modules run=ADAPTER).\n")
+        out.write(f"  The unverified merge stays in {stage}; {dest} was not changed.\n")
         return 1
-    files = {p.name: p.stat().st_size for p in dest.iterdir() if p.suffix == ".safetensors"}
-    system.write_text(str(dest / MANIFEST), json.dumps({"inputs": fp, "verified": True, "verify": verify,
-                                                        "merge": merge, "files": files}, indent=2))
+    files = {p.name: p.stat().st_size for p in stage.iterdir() if p.suffix == ".safetensors"}
+    system.write_text(str(stage / MANIFEST), json.dumps(redact({"inputs": fp, "verified": True, "verify": verify,
+                                                               "merge": merge, "files": files}), indent=2))
+    publish(stage, dest)
     out.write(f"merged: {dest} ({merge['shards']} shard(s), {merge['bytes'] / 1e9:.2f} GB, {merge['lora_merged']} "
               f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "
               f"serve it with: vllm serve {dest}\n")

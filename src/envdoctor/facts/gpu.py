@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from envdoctor import tables
 from envdoctor.context import Context
 from envdoctor.facts.host import wsl_version
-from envdoctor.system import NvmlUnavailable, System
+from envdoctor.system import NvmlUnavailable, System, signal_name
 
 SMI_QUERY = "index,name,uuid,compute_cap,memory.total,memory.free,memory.used,mig.mode.current,driver_version"
 SMI_TIMEOUT = 10.0
@@ -41,6 +42,9 @@ class GpuFacts:
     gpus: list[Gpu] = field(default_factory=list)
     attempts: list[str] = field(default_factory=list)  # why NVML / nvidia-smi gave nothing
     hung: bool = False                 # nvidia-smi timed out: the driver may be wedged
+    unreadable: list[str] = field(default_factory=list)  # lines of nvidia-smi output that were not a GPU row
+    signals: list[str] = field(default_factory=list)     # what the platform shows of an NVIDIA GPU (gpu_presence)
+    tool_failed: str | None = None     # "nvidia-smi: killed by signal 11 (SIGSEGV)", "…: exit code 9: …"
 
     @property
     def present(self) -> bool:
@@ -84,23 +88,60 @@ def _from_nvml(system: System, raw: dict) -> GpuFacts:
     return GpuFacts("nvml", raw["driver"], (v // 1000, (v % 1000) // 10), gpus)
 
 
-def _int(s: str) -> int | None:
-    s = s.strip()
-    return int(float(s)) if s.replace(".", "", 1).isdigit() else None
+SMI_FIELDS = SMI_QUERY.split(",")
+_CC = re.compile(r"^(\d+)\.(\d+)$", re.ASCII)
+_DRIVER = re.compile(r"^\d+\.\d+(\.\d+)*$", re.ASCII)
+_NA = ("[N/A]", "N/A", "[Not Supported]")
 
 
-def parse_smi_csv(text: str) -> tuple[str | None, list[Gpu]]:
-    driver, gpus = None, []
-    for line in text.strip().splitlines():
-        cols = [c.strip() for c in line.split(",")]
-        if len(cols) < 9 or not cols[0].isdigit():
+def _mib(s: str) -> int | None:
+    """A memory column in MiB; ValueError when it is neither a number nor N/A."""
+    if s in _NA:
+        return None
+    if not s.isdigit():
+        raise ValueError(f"memory: expected MiB as a whole number, got {s!r}")
+    return int(s) * MiB
+
+
+def _row(cols: list[str]) -> tuple[str, Gpu]:
+    """(driver, GPU) of one CSV row; ValueError naming the field that is not what nvidia-smi prints."""
+    if len(cols) != len(SMI_FIELDS):
+        raise ValueError(f"expected {len(SMI_FIELDS)} comma-separated fields ({SMI_QUERY}), got {len(cols)}")
+    index, name, uuid, cc_s, *mem, mig_s, driver = cols
+    if not index.isdigit():
+        raise ValueError(f"index: expected a number, got {index!r}")
+    if not name:
+        raise ValueError("name: empty")
+    cc_m = _CC.match(cc_s)
+    if cc_m is None and cc_s not in _NA:
+        raise ValueError(f"compute_cap: expected MAJOR.MINOR like 8.9, got {cc_s!r}")
+    if mig_s.lower() not in ("enabled", "disabled") and mig_s not in _NA:
+        raise ValueError(f"mig.mode.current: expected Enabled, Disabled or [N/A], got {mig_s!r}")
+    if not _DRIVER.match(driver):
+        raise ValueError(f"driver_version: expected a version like 560.35.03, got {driver!r}")
+    cc = (int(cc_m[1]), int(cc_m[2])) if cc_m else None
+    total, free, used = (_mib(c) for c in mem)
+    return driver, Gpu(int(index), name, cc, total, free, used, uuid=uuid,
+                       mig=None if mig_s in _NA else mig_s.lower() == "enabled")
+
+
+def parse_smi_csv(text: str) -> tuple[str | None, list[Gpu], list[str]]:
+    """(driver, GPUs, unreadable lines) of `nvidia-smi --query-gpu=SMI_QUERY --format=csv,noheader,nounits`.
+    A line that is not a whole GPU row (cut short, garbage, another driver) is reported, never guessed at."""
+    driver, gpus, bad = None, [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
-        cc = tuple(int(x) for x in cols[3].split(".")) if cols[3].replace(".", "").isdigit() else None
-        mem = [(_int(c) * MiB if _int(c) is not None else None) for c in cols[4:7]]
-        gpus.append(Gpu(int(cols[0]), cols[1], cc, *mem, uuid=cols[2],
-                        mig=None if cols[7] in ("[N/A]", "N/A") else cols[7].lower() == "enabled"))
-        driver = cols[8]
-    return driver, gpus
+        try:
+            d, gpu = _row([c.strip() for c in line.split(",")])
+            if driver is not None and d != driver:
+                raise ValueError(f"driver_version {d} differs from {driver} on an earlier line")
+        except ValueError as exc:
+            bad.append(f"line {n}: {exc}: {line.strip()[:120]!r}")
+            continue
+        driver = d
+        gpus.append(gpu)
+    return driver, gpus, bad
 
 
 def smi_candidates(system: System, wsl: bool) -> list[str]:
@@ -114,7 +155,17 @@ def smi_candidates(system: System, wsl: bool) -> list[str]:
 
 
 def probe_gpu(system: System, ctx: Context) -> GpuFacts:
-    attempts = []
+    facts = _probe(system)
+    if not facts.present or facts.unreadable or facts.tool_failed:
+        from envdoctor.facts.gpu_presence import gpu_presence, unusable_gpus
+        facts.signals = gpu_presence(system)
+        if not facts.present:
+            facts.attempts += unusable_gpus(system)
+    return facts
+
+
+def _probe(system: System) -> GpuFacts:
+    attempts: list[str] = []
     try:
         return _from_nvml(system, system.nvml())
     except NvmlUnavailable as exc:
@@ -123,6 +174,7 @@ def probe_gpu(system: System, ctx: Context) -> GpuFacts:
     candidates = smi_candidates(system, wsl)
     if not candidates:
         attempts.append("nvidia-smi: not found")
+    tool_failed = None
     for smi in candidates:
         res = system.run([smi, f"--query-gpu={SMI_QUERY}", "--format=csv,noheader,nounits"], timeout=SMI_TIMEOUT)
         if res.timed_out:
@@ -130,10 +182,18 @@ def probe_gpu(system: System, ctx: Context) -> GpuFacts:
             return GpuFacts(None, attempts=attempts, hung=True)
         if not res.ok:
             last = ((res.stdout + res.stderr).strip().splitlines() or [""])[-1]
-            attempts.append(f"{res.describe()}" + (f": {last}" if last else ""))
+            attempts.append(f"{res.describe()}" + (f": {last[:200]}" if last else ""))
+            if res.returncode is not None and res.returncode < 0:
+                failed = f"{smi}: killed by signal {-res.returncode}{signal_name(-res.returncode)}"
+            else:
+                failed = f"{smi}: {res.describe().split(': ', 1)[-1]}" + (f": {last[:200]}" if last else "")
+            tool_failed = tool_failed or failed
             continue
-        driver, gpus = parse_smi_csv(res.stdout)
+        driver, gpus, bad = parse_smi_csv(res.stdout)
+        unreadable = [f"{smi}: {b}" for b in bad]
         if gpus:
-            return GpuFacts("nvidia-smi", driver, cuda_of_driver(driver), gpus, attempts)
-        attempts.append(f"{smi}: no GPUs listed")
-    return GpuFacts(None, attempts=attempts)
+            return GpuFacts("nvidia-smi", driver, cuda_of_driver(driver), gpus, attempts, unreadable=unreadable)
+        attempts.append(f"{smi}: no GPUs listed" + (f" ({len(bad)} unreadable line(s))" if bad else ""))
+        if bad:
+            return GpuFacts(None, attempts=attempts, unreadable=unreadable, tool_failed=tool_failed)
+    return GpuFacts(None, attempts=attempts, tool_failed=tool_failed)

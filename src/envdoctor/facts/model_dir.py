@@ -52,6 +52,7 @@ class ModelDirFacts:
     tokenizer_files: list[str] = field(default_factory=list)
     chat_template: bool = False
     generation_config: bool = False
+    merge_record: str | None = None   # None: not a merge; "verified"; else why the merge is not verified
     load: dict | None = None                                    # what the target interpreter said
     load_error: str | None = None
 
@@ -59,13 +60,32 @@ class ModelDirFacts:
         return asdict(self)
 
 
+def _plain_name(f: str) -> bool:
+    """A shard named in an index is a file in the folder, not a path elsewhere."""
+    return bool(f) and "/" not in f and "\\" not in f and f not in (".", "..") and "\0" not in f
+
+
+def _show(v) -> str:
+    if isinstance(v, dict):
+        bad = next((f for f in v.values() if not (isinstance(f, str) and _plain_name(f))), None)
+        return f"a shard name {bad!r:.60}"
+    return "nothing" if v is None else f"{type(v).__name__} {v!r:.40}"
+
+
 def _shards(system: System, d: str, files: list[str], facts: ModelDirFacts) -> None:
     index_text = system.read_text(f"{d}/model.safetensors.index.json")
     if index_text is not None:
         try:
-            weight_map = json.loads(index_text)["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            facts.shard_errors.append(f"model.safetensors.index.json: no weight_map ({type(exc).__name__})")
+            index = json.loads(index_text)
+        except (ValueError, RecursionError) as exc:
+            facts.shard_errors.append(f"model.safetensors.index.json: not valid JSON ({exc})")
+            return
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and _plain_name(f)
+                                                       for f in weight_map.values()):
+            facts.shard_errors.append("model.safetensors.index.json: weight_map: expected an object of "
+                                      "tensor name → shard file name in this folder, got "
+                                      f"{_show(weight_map)}")
             return
         wanted: dict[str, set[str]] = {}
         for tensor, fname in weight_map.items():
@@ -96,6 +116,36 @@ def _shards(system: System, d: str, files: list[str], facts: ModelDirFacts) -> N
         facts.tensors += len(header)
 
 
+MERGE_REPORT, MERGE_MANIFEST = "merge_report.json", "envdoctor-merge.json"
+
+
+def merge_record(system: System, d: str, files: list[str]) -> str | None:
+    """For a folder written by train/merge.py: "verified" when envdoctor merge recorded that verify.py passed
+    it (envdoctor-merge.json, shards at their recorded sizes), else what is missing. None: not a merge."""
+    if MERGE_REPORT not in files and MERGE_MANIFEST not in files and not d.endswith(".unverified"):
+        return None
+    text = system.read_text(f"{d}/{MERGE_MANIFEST}")
+    if text is None:
+        return (f"merged (merge_report.json) but never verified against base + adapter: no {MERGE_MANIFEST}"
+                + (" (the folder's name says so: a merge stopped during verification or failed it)"
+                   if d.endswith(".unverified") else ""))
+    try:
+        manifest = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return f"{MERGE_MANIFEST} is not valid JSON ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("verified") is not True:
+        return f"{MERGE_MANIFEST} does not record a passed verification (verified: true)"
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return f"{MERGE_MANIFEST}: files: expected the verified shards and their sizes"
+    for name, size in recorded.items():
+        head = system.read_head(f"{d}/{name}", 0) if isinstance(name, str) and _plain_name(name) else None
+        if head is None or head[1] != size:
+            now = "missing" if head is None else f"{head[1]} bytes, verified {size}"
+            return f"{name}: not the file that was verified ({now})"
+    return "verified"
+
+
 def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
     d = ctx.model_dir.rstrip("/")
     facts = ModelDirFacts(d, exists=system.is_dir(d))
@@ -107,11 +157,24 @@ def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
         facts.config_error = "config.json missing"
     else:
         try:
-            facts.config = json.loads(text)
-            facts.dtype = facts.config.get("dtype") or facts.config.get("torch_dtype")
-        except ValueError as exc:
+            config = json.loads(text)
+        except (ValueError, RecursionError) as exc:
             facts.config_error = f"config.json is not valid JSON ({exc})"
+        else:
+            if not isinstance(config, dict):
+                facts.config_error = f"config.json: expected a JSON object, got {type(config).__name__}"
+            else:
+                facts.config = config
+                dtype = config.get("dtype") or config.get("torch_dtype")
+                facts.dtype = dtype if isinstance(dtype, str) else None
+                if dtype is not None and not isinstance(dtype, str):
+                    facts.config_error = ("config.json: torch_dtype: expected a string like 'bfloat16', "
+                                          f"got {dtype!r:.40}")
+                if not isinstance(config.get("architectures", []), list):
+                    facts.config_error = "config.json: architectures: expected a list of class names, got " \
+                                         f"{config['architectures']!r:.40}"
     _shards(system, d, files, facts)
+    facts.merge_record = merge_record(system, d, files)
     facts.adapter_files = [f for f in files if f in ADAPTER_FILES]
     facts.tokenizer_files = [f for f in files if f in TOKENIZER_FILES]
     facts.generation_config = "generation_config.json" in files

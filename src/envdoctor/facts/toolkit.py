@@ -10,7 +10,7 @@ from envdoctor.context import Context
 from envdoctor.gpu_compat import major_minor
 from envdoctor.system import System
 
-_RELEASE = re.compile(r"release (\d+)\.(\d+)")
+_RELEASE = re.compile(r"\brelease (\d+)\.(\d+)\b", re.ASCII)
 
 
 @dataclass
@@ -46,19 +46,40 @@ class ToolkitFacts:
         return asdict(self)
 
 
+_VERSION = re.compile(r"^\d+\.\d+(\.\d+)*$", re.ASCII)
+
+
+def parse_version_json(text: str) -> str | None:
+    """The nvcc version from a toolkit's version.json; None when the file is not what CUDA writes."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    for key in ("cuda_nvcc", "cuda"):
+        entry = data.get(key)
+        version = entry.get("version") if isinstance(entry, dict) else None
+        if isinstance(version, str) and _VERSION.match(version):
+            return version
+    return None
+
+
+def parse_nvcc_version(text: str) -> str | None:
+    """MAJOR.MINOR from `nvcc --version` ("Cuda compilation tools, release 12.8, V12.8.93")."""
+    m = _RELEASE.search(text)
+    return f"{m[1]}.{m[2]}" if m else None
+
+
 def _version(system: System, nvcc: str) -> str | None:
     # CUDA >= 11.1 writes version.json beside bin/: no process needed.
     root = nvcc.rsplit("/bin/", 1)[0]
     text = system.read_text(f"{root}/version.json")
-    if text:
-        try:
-            data = json.loads(text)
-            return (data.get("cuda_nvcc") or data.get("cuda") or {}).get("version")
-        except ValueError:
-            pass
+    version = parse_version_json(text) if text else None
+    if version:
+        return version
     res = system.run([nvcc, "--version"], timeout=10.0)
-    m = _RELEASE.search(res.stdout) if res.ok else None
-    return f"{m[1]}.{m[2]}" if m else None
+    return parse_nvcc_version(res.stdout) if res.ok else None
 
 
 def probe_toolkit(system: System, ctx: Context) -> ToolkitFacts:

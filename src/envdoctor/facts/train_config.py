@@ -47,10 +47,12 @@ def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
         text = system.read_text(c)
         if text:
             try:
-                facts.model, facts.model_from = json.loads(text), c
-                return facts
-            except ValueError:
+                model = json.loads(text)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(model, dict):  # a config.json that is a list or a number is no model's shape
+                facts.model, facts.model_from = model, c
+                return facts
     known = tables.load("models").get(base)
     if known:
         facts.model, facts.model_from = known, "envdoctor's table of known shapes"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envdoctor.assets import asset
+from envdoctor.redact import RedactedLog
 from envdoctor.repair.plan import Plan
 from envdoctor.system import System
 
@@ -75,7 +76,7 @@ def apply(system: System, python: str, plan: Plan, log_path: Path, progress, sta
         write_edits(system, plan, stamp, progress)
         return Outcome(plan, True, time.monotonic() - start)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(log_path, "a", encoding="utf-8")
+    fh = RedactedLog(log_path)
 
     def log(res) -> None:
         fh.write(f"$ {' '.join(res.argv)}\n{res.stdout}{res.stderr}\n[exit {res.returncode}]\n")
