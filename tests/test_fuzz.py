@@ -18,17 +18,10 @@ fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
 
-@pytest.mark.parametrize("kind", [k for k in fuzz.KINDS if k != "train_config"])
+@pytest.mark.parametrize("kind", fuzz.KINDS)
 def test_no_traceback_from_hostile_inputs(kind):
     log = io.StringIO()
     assert fuzz.run([kind], cases=60, seed=15, out=log) == {kind: 0}, log.getvalue()
-
-
-@pytest.mark.xfail(reason="training/config.load lets yaml's RecursionError (deeply nested YAML) escape; it is "
-                          "another helper's file: catch RecursionError beside yaml.YAMLError there", strict=False)
-def test_no_traceback_from_hostile_training_configs():
-    log = io.StringIO()
-    assert fuzz.run(["train_config"], cases=60, seed=15, out=log) == {"train_config": 0}, log.getvalue()
 
 
 @settings(max_examples=200, deadline=None)

@@ -176,6 +176,9 @@ def load(path: str | Path) -> TrainConfig:
         return cfg
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        cfg.errors.append(f"{path}: not a training config: nested too deeply to read")
+        return cfg
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         cfg.errors.append(f"{path}: not valid YAML" + (f" (line {mark.line + 1})" if mark else "") +
