@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--recipe", metavar="NAME", help="recipe name or file; default: picked from the GPU and driver")
     i.add_argument("--base-python", metavar="PATH", help="interpreter that creates the venv (default: this one)")
     i.add_argument("--dry-run", action="store_true", help="show the steps, change nothing")
+    w = sub.add_parser("wslconfig", help="set values in a .wslconfig, changing no other byte (diff, backup, atomic)")
+    w.add_argument("action", choices=("set",))
+    w.add_argument("file", metavar="FILE", help="the .wslconfig (any path; a symlink's target is edited)")
+    w.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="[wsl2] keys to set, e.g. memory=48GB processors=12")
+    w.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
     return p
 
 
@@ -270,6 +275,12 @@ def cmd_install(args) -> int:
     return run_install(args, System())
 
 
+def cmd_wslconfig(args) -> int:
+    from envdoctor.commands.wslconfig import run_wslconfig
+    from envdoctor.system import System
+    return run_wslconfig(args, System())
+
+
 def cmd_checks(args) -> int:
     from envdoctor import registry
     checks = registry.load()
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
                 "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval,
-                "report": cmd_report}[args.command](args)
+                "report": cmd_report, "wslconfig": cmd_wslconfig}[args.command](args)
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code
