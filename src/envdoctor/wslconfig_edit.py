@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 
 from envdoctor.errors import EnvdoctorError
-from envdoctor.wslconfig import INT_KEYS, SIZE_KEYS, parse_count, parse_size
+from envdoctor.wslconfig import INT_KEYS, SIZE_KEYS, parse_count, parse_size, read
 from envdoctor.wslini import Entry, IniError, Scan, decode, scan
 
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9]*")
@@ -114,6 +114,8 @@ def _candidates(text: str, missing: list[tuple[str, str]], ini: Scan) -> list[st
     if tail and _BREAK.split(tail)[-2:-1] != [""]:
         tail += nl                         # a blank line before the new section, unless there is one
     out.append(tail + f"[wsl2]{nl}" + "".join(x + nl for x in lines))
+    # Last resort, at the top: WSL may never reach the end (a CR-only file whose comment runs to the end).
+    out.append(f"[wsl2]{nl}" + "".join(x + nl for x in lines) + text)
     return out
 
 
@@ -223,6 +225,7 @@ def plan_file(system, path: str, updates: dict[str, str]) -> FilePlan:
         raise EditError(f"{target}: its {decoded.label} text does not re-encode to the same bytes; not touching it")
     edit = edit_text(decoded.text, updates)
     new = decoded.encode(edit.text)
+    notes += [f"WSL misreads the file as it is: {p}" for p in read(old, target).problems if "never read" in p]
     if decoded.wsl_reads:
         notes.append(f"kept as {decoded.label}, but WSL cannot read it: {decoded.wsl_reads}")
     for e, v in edit.replaced:
