@@ -43,6 +43,8 @@ class WslFacts:
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("config_text", None)
+        if out.get("config"):
+            out["config"].pop("ini", None)   # offsets for the editor; the values and problems are in the report
         return out
 
 
