@@ -1,11 +1,7 @@
-"""WSL: facts and checks on fake WSL machines, the .wslconfig editor (with a property test), the fix."""
-
-import string
+"""WSL: facts and checks on fake WSL machines, and the fix (the editor itself: test_wslconfig_edit.py)."""
 
 from envbuild import dist, pyenv
 from fakes import GiB, linux_box
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from wslfake import wsl_box
 
 from envdoctor.checks import wsl as W
@@ -15,7 +11,7 @@ from envdoctor.facts.wsl import probe_wsl, windows_to_linux
 from envdoctor.model import Status
 from envdoctor.repair.apply import write_edits
 from envdoctor.repair.plan import FIXES
-from envdoctor.wslconfig import effective, parse, recommend, set_values
+from envdoctor.wslconfig import effective, parse, recommend
 
 CTX = Context("/venv/bin/python", "t")
 PY = pyenv(dist("pip", "25.2"))
@@ -62,9 +58,10 @@ def test_low_memory_fails_with_a_fix_that_keeps_windows_enough(tmp_path):
 def test_malformed_wslconfig_is_called_out(tmp_path):
     wsl, res = judge(wsl_box(tmp_path, wslconfig="[wsl2]\nmemory = lots\nprocessors=twelve\njust words\n"))
     r = res["config"]
-    assert r.status == Status.FAIL and "WSL ignores it silently" in r.message
-    assert r.details[:3] == ["line 2: memory=lots is not a size like 48GB",
-                             "line 3: processors=twelve is not a whole number", "line 4: 'just words' is not key=value"]
+    assert r.status == Status.FAIL and "WSL skips or rejects 3 line(s)" in r.message
+    assert r.details[:3] == ["line 2: memory=lots is not a size like 48GB (digits, then B, K, KB, M, MB, G, GB, T or TB)",
+                             "line 3: processors=twelve is not a whole number",
+                             "line 4: 'just words' is skipped by WSL: a key has only letters and digits, then '='"]
 
 
 def test_shadowed_nvidia_smi_and_linux_driver_inside_wsl(tmp_path):
@@ -121,63 +118,3 @@ def test_recommendation_matches_the_seed():
     assert recommend(64 * GiB, 16) == {"memory": "48GB", "swap": "16GB", "processors": "12"}
     assert recommend(16 * GiB, 8)["memory"] == "8GB"  # Windows keeps 8 GiB
     assert effective(parse("[wsl2]\nmemory=48GB\nswap=0\n"), 64 * GiB, 16).swap == 0
-
-
-# -- property test over generated .wslconfig files -------------------------------------------------
-KEYS = ["memory", "Memory", "MEMORY", "swap", "processors", "kernel", "localhostForwarding", "swapFile",
-        "nestedVirtualization", "autoMemoryReclaim", "sparseVhd", "guiApplications"]
-SECTIONS = ["wsl2", "WSL2", "experimental", "boot", "network"]
-value = st.text(alphabet=string.ascii_letters + string.digits + ".:\\/ _-=", min_size=1, max_size=12).map(str.strip) \
-    .filter(bool)
-line = st.one_of(
-    st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), value),
-    st.builds(lambda k, v: f"  {k} = {v}", st.sampled_from(KEYS), value),
-    st.builds(lambda c, t: f"{c} {t}", st.sampled_from(["#", ";"]), value),
-    st.builds(lambda s: f"[{s}]", st.sampled_from(SECTIONS)),
-    st.just(""),
-)
-files = st.builds(lambda lines, nl, bom: ("\ufeff" if bom else "") + nl.join(lines) + (nl if lines else ""),
-                  st.lists(line, max_size=14), st.sampled_from(["\n", "\r\n"]), st.booleans())
-
-
-@settings(max_examples=300, deadline=None)
-@given(files, st.integers(min_value=8, max_value=512), st.integers(min_value=2, max_value=64))
-def test_fix_keeps_everything_but_the_intended_keys(text, ram_gib, cpus):
-    updates = recommend(ram_gib * GiB, cpus)
-    new = set_values(text, updates)
-    before, after = parse(text), parse(new)
-    # The intended keys hold the new values, and a file written by the fix parses back to them.
-    for k, v in updates.items():
-        assert after.get("wsl2", k) == v
-    # Every other key of every section keeps its value; no section disappears.
-    for section, values in before.values.items():
-        for k, v in values.items():
-            if not (section == "wsl2" and k in updates):
-                assert after.values[section][k] == v
-    # Every line that was not an intended key line is still there, in order.
-    kept = iter(new.lstrip("\ufeff").splitlines())
-    section = None
-    for raw in text.lstrip("\ufeff").splitlines():
-        s = raw.strip()
-        if s.startswith("[") and s.endswith("]"):
-            section = s[1:-1].strip().lower()
-        is_target = section == "wsl2" and "=" in s and s[0] not in "#;" and s.split("=", 1)[0].strip().lower() in updates
-        if not is_target:
-            assert any(raw == candidate for candidate in kept), raw
-    assert new.startswith("\ufeff") == text.startswith("\ufeff")
-
-
-@settings(max_examples=50, deadline=None)
-@given(files)
-def test_backup_equals_the_original_byte_for_byte(tmp_path_factory, text):
-    root = tmp_path_factory.mktemp("p")
-    original = text.encode("utf-8")
-    s = wsl_box(root, vm_ram=8, wslconfig=original)
-    wsl, res = judge(s)
-    params = res["memory"].remedy.params
-    plan = FIXES["wsl.memory"].planner([params], PY, None, s)
-    if plan is None:
-        return  # the file already says exactly that
-    write_edits(s, plan, "t", lambda m: None)
-    assert s.path("/mnt/c/Users/alice/.wslconfig.envdoctor-t.bak").read_bytes() == original
-    assert parse(s.path("/mnt/c/Users/alice/.wslconfig").read_bytes().decode("utf-8")).get("wsl2", "memory") == "48GB"

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--recipe", metavar="NAME", help="recipe name or file; default: picked from the GPU and driver")
     i.add_argument("--base-python", metavar="PATH", help="interpreter that creates the venv (default: this one)")
     i.add_argument("--dry-run", action="store_true", help="show the steps, change nothing")
+    w = sub.add_parser("wslconfig", help="set values in a .wslconfig, changing no other byte (diff, backup, atomic)")
+    w.add_argument("action", choices=("set",))
+    w.add_argument("file", metavar="FILE", help="the .wslconfig (any path; a symlink's target is edited)")
+    w.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="[wsl2] keys to set, e.g. memory=48GB processors=12")
+    w.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
     return p
 
 
@@ -276,6 +281,12 @@ def cmd_install(args) -> int:
     return run_install(args, System())
 
 
+def cmd_wslconfig(args) -> int:
+    from envdoctor.commands.wslconfig import run_wslconfig
+    from envdoctor.system import System
+    return run_wslconfig(args, System())
+
+
 def cmd_checks(args) -> int:
     from envdoctor import registry
     checks = registry.load()
@@ -306,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
                 "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval,
-                "report": cmd_report}[args.command](args)
+                "report": cmd_report, "wslconfig": cmd_wslconfig}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return code
     except BrokenPipeError:

@@ -130,8 +130,11 @@ class System:
             return None
 
     def write_bytes(self, p: str | os.PathLike, data: bytes) -> None:
-        """Write atomically: a staging file in the same folder, fsync, then os.replace."""
+        """Write atomically: a staging file in the same folder, fsync, then os.replace. A symlink is
+        followed (its target is replaced, the link stays) and an existing file keeps its permission bits."""
         target = self.path(p)
+        if target.is_symlink():
+            target = Path(os.path.realpath(target))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -139,6 +142,8 @@ class System:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if target.exists():
+                os.chmod(tmp, target.stat().st_mode & 0o7777)
             os.replace(tmp, target)
         finally:
             if tmp.exists():

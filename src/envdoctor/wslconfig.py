@@ -1,10 +1,9 @@
-"""`.wslconfig`: a tolerant reader and a byte-preserving editor.
+"""`.wslconfig`: what WSL makes of it (through the one reader, wslini) and what envdoctor recommends.
 
-WSL reads %UserProfile%\\.wslconfig (INI) and ignores a malformed file without a word. The reader
-accepts a BOM, CRLF, `#`/`;` comments, keys in any case, duplicate keys (the last one counts) and any
-section; it reports every line WSL would not understand. The editor changes only the values of the
-keys it is asked to set, in [wsl2], and keeps every other byte: other keys, sections, comments, key
-spelling, line endings and the BOM.
+WSL reads %UserProfile%\\.wslconfig with its own INI parser (docs/wslconfig.md): it skips any line it
+does not understand, and the first occurrence of a key wins. `parse` reports every line and value WSL
+skips or rejects; harmless ones (a `;` "comment", a form feed) are notes, not problems. The editor that
+changes values byte for byte is wslconfig_edit.
 """
 
 from __future__ import annotations
@@ -13,58 +12,109 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from envdoctor.wslini import BOM, Decoded, IniError, Scan, decode, scan, swallowed
+
 GiB = 1024 ** 3
-BOM = "\ufeff"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|K|M|G|T)?\s*$", re.I)
-_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2, "G": GiB, "GB": GiB,
-          "T": 1024 ** 4, "TB": 1024 ** 4}
 SIZE_KEYS = {"memory", "swap"}
 INT_KEYS = {"processors"}
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30,
+          "T": 1 << 40, "TB": 1 << 40}
+_STRTOUL = re.compile(r"^[ \t\n\v\f\r]*([+-]?)(\d+)(.*)$", re.S)
+_STRTOL0 = re.compile(r"^[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9]\d*)$")
 
 
 def parse_size(value: str) -> int | None:
-    m = _SIZE.match(value)
+    """Bytes, as WSL's ParseMemorySize reads a size: decimal digits, then nothing or exactly one of
+    B K KB M MB G GB T TB (upper case, no space). "48GB" and "512M" are sizes; "48 GB", "48gb" and
+    "1.5GB" are not, and WSL ignores the setting."""
+    m = _STRTOUL.match(value)
     if not m:
         return None
-    return int(float(m[1]) * _UNITS[(m[2] or "").upper()])
+    n = min(int(m[2]), (1 << 64) - 1)
+    n = (-n) % (1 << 64) if m[1] == "-" else n
+    if n == 0 and not (value.startswith("0") and m[2] == "0"):   # WSL: a zero is the digit 0 alone
+        return None
+    if m[3] not in _UNITS:
+        return None
+    return n * _UNITS[m[3]] % (1 << 64)
+
+
+def parse_count(value: str) -> int | None:
+    """A whole number as WSL reads one (strtol, base 0: 12, 0x0c and 014 are all twelve)."""
+    m = _STRTOL0.match(value)
+    if not m:
+        return None
+    n = int(m[2], 0) if not re.fullmatch(r"0[0-7]+", m[2]) else int(m[2], 8)
+    return -n if m[1] == "-" else n
 
 
 @dataclass
 class WslConfig:
-    values: dict[str, dict[str, str]] = field(default_factory=dict)  # section -> key (lower) -> raw value
-    problems: list[str] = field(default_factory=list)                # "line 3: …"
+    values: dict[str, dict[str, str]] = field(default_factory=dict)  # section -> key (lower) -> the value WSL uses
+    problems: list[str] = field(default_factory=list)                # "line 3: …": WSL skips or rejects it
+    notes: list[str] = field(default_factory=list)                   # harmless oddities WSL warns about
+    encoding: str = "UTF-8"
+    unreadable: str | None = None                                    # why WSL cannot read the file at all
+    ini: Scan | None = None
 
     def get(self, section: str, key: str) -> str | None:
         return self.values.get(section.lower(), {}).get(key.lower())
 
 
+def read(data: bytes, name: str = ".wslconfig") -> WslConfig:
+    """The file's bytes, decoded as WSL decodes them, then parsed. Undecodable text is one problem."""
+    try:
+        decoded = decode(data, name)
+    except IniError as exc:
+        return WslConfig(problems=[str(exc)], unreadable=str(exc))
+    return from_decoded(decoded)
+
+
+def from_decoded(decoded: Decoded) -> WslConfig:
+    cfg = parse(decoded.text)
+    cfg.encoding = decoded.label
+    if decoded.wsl_reads:
+        cfg.unreadable = decoded.wsl_reads
+        cfg.problems.insert(0, f"WSL cannot read this file: {decoded.wsl_reads}; save it as UTF-8 "
+                               "(or UTF-16-LE with a byte-order mark)")
+    return cfg
+
+
 def parse(text: str) -> WslConfig:
-    cfg = WslConfig()
-    section = None
-    for n, raw in enumerate(text.lstrip(BOM).splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
+    text = text[1:] if text.startswith(BOM) else text
+    ini = scan(text, text_mode=True)
+    cfg = WslConfig(ini=ini)
+    lines = re.split(r"\r\n|\r|\n", text)
+    for name, e in ini.values.items():
+        section, _, key = name.rpartition(".")
+        if not section:
+            cfg.problems.append(f"line {e.line}: {e.key}= comes before any [section]: WSL ignores it")
             continue
-        if line.startswith("["):
-            if not line.endswith("]") or len(line) < 3:
-                cfg.problems.append(f"line {n}: {raw.strip()!r} is not a [section] header")
-                continue
-            section = line[1:-1].strip().lower()
-            cfg.values.setdefault(section, {})
+        cfg.values.setdefault(section, {})[key] = e.value
+        if section == "wsl2" and key in SIZE_KEYS and parse_size(e.value) is None:
+            cfg.problems.append(f"line {e.line}: {e.key}={e.value} is not a size like 48GB "
+                                "(digits, then B, K, KB, M, MB, G, GB, T or TB)")
+        if section == "wsl2" and key in INT_KEYS and parse_count(e.value) is None:
+            cfg.problems.append(f"line {e.line}: {e.key}={e.value} is not a whole number")
+    for h in ini.headers:
+        cfg.values.setdefault(h.name, {})
+    for d in ini.duplicates:
+        first = ini.values[d.name]
+        cfg.problems.append(f"line {d.line}: {d.key}={d.value} repeats line {first.line} ({first.key}="
+                            f"{first.value}): WSL uses the first and ignores this one")
+    for s in ini.skipped:
+        raw = lines[s.line - 1].strip(" \t") if s.line <= len(lines) else ""
+        over = swallowed(text, s)
+        if over:
+            cfg.problems.append(f"line {s.line}: {'this comment' if s.comment else repr(raw)} runs on to the next "
+                                f"LF (line feed): WSL ends it only there, so lines {over[0]}-{over[1]} (ending "
+                                "in CR alone) are never read; save the file with CRLF or LF line endings")
+        elif s.comment:
             continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            cfg.problems.append(f"line {n}: {raw.strip()!r} is not key=value")
-            continue
-        if section is None:
-            cfg.problems.append(f"line {n}: {key.strip()}= comes before any [section]")
-            continue
-        k, v = key.strip().lower(), value.strip()
-        if section == "wsl2" and k in SIZE_KEYS and parse_size(v) is None:
-            cfg.problems.append(f"line {n}: {key.strip()}={v} is not a size like 48GB")
-        if section == "wsl2" and k in INT_KEYS and not v.isdigit():
-            cfg.problems.append(f"line {n}: {key.strip()}={v} is not a whole number")
-        cfg.values[section][k] = v
+        elif not raw.strip(" \t\f\v") or raw.startswith(";"):
+            cfg.notes.append(f"line {s.line}: {raw!r}: WSL warns and skips it ({s.reason}); harmless")
+        else:
+            cfg.problems.append(f"line {s.line}: {raw!r} is skipped by WSL: {s.reason}")
     return cfg
 
 
@@ -78,64 +128,25 @@ class Effective:
 
 
 def effective(cfg: WslConfig | None, host_ram: int | None, host_cpus: int | None) -> Effective | None:
-    """What the VM gets: the file's values where set and valid, WSL's defaults elsewhere."""
+    """What the VM gets, as WSL computes it: the file's values where set and valid (memory kept within
+    256 MB and Windows' RAM, processors within the host's), its defaults elsewhere (memory: half of
+    Windows' RAM; swap: a quarter of the VM's memory, rounded up to a whole GiB)."""
     cfg = cfg or WslConfig()
     mem_raw, swap_raw, cpu_raw = (cfg.get("wsl2", k) for k in ("memory", "swap", "processors"))
-    mem = parse_size(mem_raw) if mem_raw else None
+    mem = parse_size(mem_raw) if mem_raw is not None else None
+    mem = mem or None                 # WSL treats memory=0 as "not set"
     if mem is None and host_ram is None:
         return None
-    memory = mem if mem is not None else host_ram // 2
-    swap = parse_size(swap_raw) if swap_raw else None
+    memory = max(mem, 256 << 20) if mem is not None else host_ram // 2
+    memory = min(memory, host_ram) if host_ram else memory
+    swap = parse_size(swap_raw) if swap_raw is not None else None
+    swap_from = ".wslconfig" if swap is not None else "WSL default (25% of the VM's memory)"
     if swap is None:
-        swap = math.ceil((host_ram or memory * 2) * 0.25 / GiB) * GiB
-    cpus = int(cpu_raw) if cpu_raw and cpu_raw.isdigit() else host_cpus
+        swap = math.ceil(memory / 4 / GiB) * GiB
+    cpus = parse_count(cpu_raw) if cpu_raw is not None else None
+    cpus = host_cpus if not cpus or cpus <= 0 else min(cpus, host_cpus) if host_cpus else cpus
     return Effective(memory, cpus, swap, ".wslconfig" if mem is not None else "WSL default (50% of Windows RAM)",
-                     ".wslconfig" if swap_raw and parse_size(swap_raw) is not None else
-                     "WSL default (25% of Windows RAM)")
-
-
-def set_values(text: str, updates: dict[str, str]) -> str:
-    """`text` with [wsl2] keys set to `updates` (key -> value); everything else byte for byte."""
-    bom = BOM if text.startswith(BOM) else ""
-    body = text[len(bom):]
-    newline = "\r\n" if "\r\n" in body else "\n"
-    lines = body.splitlines(keepends=True)
-    wanted = {k.lower(): v for k, v in updates.items()}
-    section = None
-    seen: set[str] = set()
-    last_in_wsl2 = None          # index after which missing keys go
-    header_at = None
-    out = []
-    for line in lines:
-        stripped = line.strip()
-        ending = line[len(line.rstrip("\r\n")):]
-        if stripped.startswith("[") and stripped.endswith("]"):
-            section = stripped[1:-1].strip().lower()
-            if section == "wsl2" and header_at is None:
-                header_at = len(out)
-                last_in_wsl2 = len(out)
-        elif section == "wsl2" and stripped and stripped[0] not in "#;" and "=" in stripped:
-            key = stripped.split("=", 1)[0].strip()
-            if key.lower() in wanted:
-                indent = line[: len(line) - len(line.lstrip())]
-                line = f"{indent}{key}={wanted[key.lower()]}{ending}"
-                seen.add(key.lower())
-            last_in_wsl2 = len(out)
-        out.append(line)
-    missing = [f"{k}={v}" for k, v in updates.items() if k.lower() not in seen]
-    if missing:
-        if header_at is None:
-            if out and not out[-1].endswith(("\n", "\r")):
-                out[-1] += newline
-            if out and out[-1].strip():
-                out.append(newline)
-            out.append(f"[wsl2]{newline}")
-            last_in_wsl2 = len(out) - 1
-        at = last_in_wsl2 + 1
-        if not out[last_in_wsl2].endswith(("\n", "\r")):
-            out[last_in_wsl2] += newline
-        out[at:at] = [m + newline for m in missing]
-    return bom + "".join(out)
+                     swap_from)
 
 
 def recommend(host_ram: int, host_cpus: int | None) -> dict[str, str]:

@@ -47,11 +47,16 @@ def config(wsl: WslFacts) -> Result:
               f"processors {eff.processors or 'all'}") if eff else "effective values unknown (Windows RAM unknown)"
     if wsl.config is None:
         return ok(f"no {wsl.config_path}: WSL's defaults", [values])
-    if wsl.config.problems:
-        return fail(f"{wsl.config_path} is malformed: WSL ignores it silently and uses its defaults",
-                    wsl.config.problems + [values],
-                    Remedy(text=f"Correct those lines (see wsl/README.md), {RESTART}."))
-    return ok(f"{wsl.config_path}: well-formed", [values])
+    cfg = wsl.config
+    if cfg.unreadable:
+        return fail(f"{wsl.config_path} cannot be read by WSL: it uses its defaults for everything",
+                    cfg.problems + [values],
+                    Remedy(text=f"Save it as UTF-8 (see docs/wslconfig.md), {RESTART}."))
+    if cfg.problems:
+        return fail(f"{wsl.config_path}: WSL skips or rejects {len(cfg.problems)} line(s) and uses its defaults "
+                    "for those settings", cfg.problems + [values] + cfg.notes,
+                    Remedy(text=f"Correct those lines (see docs/wslconfig.md), {RESTART}."))
+    return ok(f"{wsl.config_path}: well-formed ({cfg.encoding})", [values] + cfg.notes)
 
 
 @check("wsl.memory", "WSL VM memory", "WSL", "the VM's memory against loading/merging an 8B model and a "

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from envdoctor.context import Context
 from envdoctor.facts.host import wsl_version
 from envdoctor.system import System
-from envdoctor.wslconfig import WslConfig, parse
+from envdoctor.wslconfig import WslConfig, read
+from envdoctor.wslini import IniError, decode, scan
 
 INTEROP = ("/proc/sys/fs/binfmt_misc/WSLInterop", "/proc/sys/fs/binfmt_misc/WSLInterop-late")
 POWERSHELL = "/WINDOWS/System32/WindowsPowerShell/v1.0/powershell.exe"
@@ -31,7 +32,7 @@ class WslFacts:
     profile: str | None = None                 # the Windows profile folder, as a Linux path
     profile_from: str | None = None
     config_path: str | None = None
-    config_text: str | None = None             # None: no .wslconfig
+    config_text: str | None = None             # decoded (UTF-8 or UTF-16, BOM dropped); None: none or unreadable
     config: WslConfig | None = None
     nvidia_smi: list[str] = field(default_factory=list)      # every nvidia-smi on PATH and the WSL one
     smi_shadow: str | None = None              # a distro nvidia-smi found before the WSL one
@@ -42,6 +43,8 @@ class WslFacts:
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("config_text", None)
+        if out.get("config"):
+            out["config"].pop("ini", None)   # offsets for the editor; the values and problems are in the report
         return out
 
 
@@ -54,16 +57,16 @@ def windows_to_linux(path: str, mount_root: str) -> str | None:
 
 
 def _mount_root(system: System) -> str:
-    text = system.read_text("/etc/wsl.conf") or ""
-    section = None
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("["):
-            section = s.strip("[]").strip().lower()
-        elif section == "automount" and s.lower().startswith("root") and "=" in s:
-            root = s.split("=", 1)[1].strip().strip('"')
-            return root if root.endswith("/") else root + "/"
-    return "/mnt/"
+    """[automount] root in /etc/wsl.conf, read by the same reader as .wslconfig (WSL parses both with
+    one parser; init reads wsl.conf on Linux, so without CRLF folding)."""
+    data = system.read_bytes("/etc/wsl.conf")
+    try:
+        root = scan(decode(data).text, text_mode=False).get("automount.root") if data else None
+    except IniError:
+        root = None
+    if not root:
+        return "/mnt/"
+    return root if root.endswith("/") else root + "/"
 
 
 def _interop(system: System, argv: list[str]) -> str | None:
@@ -133,8 +136,13 @@ def probe_wsl(system: System, ctx: Context) -> WslFacts:
     _profile(system, facts)
     if facts.profile:
         facts.config_path = f"{facts.profile}/.wslconfig"
-        facts.config_text = system.read_text(facts.config_path)
-        facts.config = parse(facts.config_text) if facts.config_text is not None else None
+        data = system.read_bytes(facts.config_path)
+        if data is not None:
+            facts.config = read(data, facts.config_path)
+            try:
+                facts.config_text = decode(data).text
+            except IniError:
+                facts.config_text = None
     wsl_smi = "/usr/lib/wsl/lib/nvidia-smi"
     on_path = system.which("nvidia-smi")
     facts.nvidia_smi = [p for p in (on_path, wsl_smi) if p and system.exists(p)]

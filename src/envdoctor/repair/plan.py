@@ -137,28 +137,23 @@ def plan_flash_attn(params, python, torch, system) -> Plan | None:
 
 
 def plan_wsl_memory(params, python, torch, system) -> Plan | None:
-    import difflib
-
-    from envdoctor.wslconfig import set_values
+    """The same editor as `envdoctor wslconfig set`: only the values change, read back as WSL reads them."""
+    from envdoctor.wslconfig_edit import EditError, plan_file
     if not params:
         return None
     p = params[0]
-    old = system.read_bytes(p["path"])
-    encoding = "utf-16" if old and old[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
     try:
-        text = old.decode(encoding) if old is not None else ""
-    except UnicodeDecodeError:
-        return Plan("wsl.memory", "Give the WSL VM enough memory", [], [], notes=[
-            f"{p['path']} is neither UTF-8 nor UTF-16: not touching it; set {p['values']} by hand"])
-    new_text = set_values(text, p["values"])
-    if new_text == text:
+        fp = plan_file(system, p["path"], p["values"])
+    except EditError as exc:
+        values = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        return Plan("wsl.memory", "Give the WSL VM enough memory (.wslconfig)", [], [],
+                    notes=[f"not changed: {exc}", f"or set {values} in [wsl2] by hand"])
+    if not fp.changed:
         return None
-    diff = "".join(difflib.unified_diff(text.lstrip("\ufeff").splitlines(True), new_text.lstrip("\ufeff").splitlines(True),
-                                        p["path"], p["path"] + " (new)"))
     return Plan("wsl.memory", "Give the WSL VM enough memory (.wslconfig)", [], ["wsl.config"],
-                edits=[FileEdit(p["path"], old, new_text.encode(encoding), diff)],
-                notes=["every other key, section and comment stays as it is; the old file is kept as a "
-                       "timestamped backup"],
+                edits=[FileEdit(fp.path, fp.old, fp.new, fp.diff)],
+                notes=fp.notes + ["only the values change: every other byte (spacing, comments, encoding, line "
+                                  "endings) stays; the old file is kept as a timestamped backup"],
                 afterwards=["In Windows (PowerShell or cmd): wsl --shutdown", "Wait ~8 seconds, then reopen the "
                             "distro: the VM starts with the new memory (or pass --restart-wsl to do this now)"])
 
