@@ -47,18 +47,31 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
                output_dir=str(tmp_path / "run"))
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config)],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    log = tmp_path / "first-run.log"  # a file, not a pipe nobody reads: a full pipe would stall the run
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable,
+                                 str(config)], cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # kill it in epoch 2, after the step-12 checkpoint (8 steps an epoch)
-        steps = [json.loads(x).get("step", 0) for x in metrics.read_text().splitlines()] if metrics.exists() else []
-        if steps and max(steps) >= 13:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    deadline = time.monotonic() + 600
+    try:
+        while True:  # kill it in epoch 2, after the step-12 checkpoint (8 steps an epoch)
+            rows = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
+            # only whole lines: the runner may be halfway through writing the last one
+            if max((json.loads(x).get("step", 0) for x in rows if x.endswith("\n")), default=0) >= 13:
+                break
+            if proc.poll() is not None:  # ended (crashed, or finished) before step 13: no kill to test
+                pytest.fail(f"the run ended with exit code {proc.returncode} before step 13:\n"
+                            + log.read_text()[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail("no step 13 within 600 s:\n" + log.read_text()[-3000:])
+            time.sleep(0.05)
+    finally:
+        try:  # the whole session: the doctor and the runner it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
     assert latest in ("step-12", "step-15"), latest
     res = train(str(config), "--resume", cwd=tmp_path)
