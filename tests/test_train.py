@@ -6,11 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-import venv
 
 import pytest
 import yaml
-from wheels import build_wheel
 
 from envdoctor.assets import asset
 
@@ -81,11 +79,8 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     assert summary["steps"] == 24 and len(summary["val_loss"]) == 3
 
 
-def test_preflight_refuses_a_run_with_a_failing_check(tmp_path):
-    venv.EnvBuilder(with_pip=True).create(tmp_path / "venv")
-    py = tmp_path / "venv" / "bin" / "python"
-    wheel = build_wheel(tmp_path / "w", "needs-missing", "1.0", ["notinstalled-pkg>=1.0"])
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+def test_preflight_refuses_a_run_with_a_failing_check(tmp_path, venv_missing_a_requirement):
+    py = venv_missing_a_requirement
     res = subprocess.run([sys.executable, "-m", "envdoctor", "train", "--demo", "--python", str(py)],
                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
     assert res.returncode == 1
@@ -121,12 +116,9 @@ def test_axolotl_backend_gets_the_users_config_after_a_passing_preflight(tmp_pat
     assert res.returncode == 0 and json.loads(record.read_text().splitlines()[-1]) == ["merge-lora", str(config)]
 
 
-def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path):
+def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path, venv_missing_a_requirement):
     env, record = stand_in_axolotl(tmp_path)
-    venv.EnvBuilder(with_pip=True).create(tmp_path / "venv")
-    py = tmp_path / "venv" / "bin" / "python"
-    wheel = build_wheel(tmp_path / "w", "needs-missing", "1.0", ["notinstalled-pkg>=1.0"])
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    py = venv_missing_a_requirement
     res = subprocess.run([sys.executable, "-m", "envdoctor", "train", str(asset("train", "configs", "demo.yaml")),
                           "--backend", "axolotl", "--python", str(py)], capture_output=True, text=True, cwd=tmp_path,
                          env=env, timeout=300)
