@@ -39,16 +39,17 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_RETRIES", "1")  # where the CPU index is unreachable, say so once per package
 
 
-def test_install_cpu_recipe_then_check_has_no_failures(tmp_path, capsys, roomy_host, clean_env):
+def test_install_cpu_recipe_then_check_has_no_failures(tmp_path, capfd, roomy_host, clean_env):
+    # capfd, not capsys: run_install writes to the sys.stdout it bound at import, pytest's fd capture
     recipe = tmp_path / "cpu.yaml"  # the bundled recipe, with torch from the CPU index
     text = asset("recipes", "cpu.yaml").read_text()
     assert "index: pypi" in text
     recipe.write_text(text.replace("index: pypi", "index: cpu"))
     venv = tmp_path / "stack"
     code = cli.main(["install", "--recipe", str(recipe), "--venv", str(venv)])
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert code == 0, out[-5000:]
     assert "[✓] Recipe — matches cpu: 5 pins" in out
     code = cli.main(["check", "--python", str(venv / "bin" / "python")])
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert code == 0 and "[✗]" not in out and "0 failed" in out, out
