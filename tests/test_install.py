@@ -3,14 +3,17 @@
 Only the host is fake (RAM, CPUs, free disk: a roomy Linux box), so the result cannot depend on how full
 this machine's disk or memory is while the suite runs; the venv, pip and every other check are real."""
 
+import io
 import os
 
 import pytest
 
 from envdoctor import cli, registry
 from envdoctor.assets import asset
+from envdoctor.commands.install import run_install
 from envdoctor.facts.host import probe_host
 from envdoctor.registry import Provider
+from envdoctor.system import System
 from fakes import linux_box
 
 pytestmark = pytest.mark.slow
@@ -39,17 +42,21 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_RETRIES", "1")  # where the CPU index is unreachable, say so once per package
 
 
-def test_install_cpu_recipe_then_check_has_no_failures(tmp_path, capfd, roomy_host, clean_env):
-    # capfd, not capsys: run_install writes to the sys.stdout it bound at import, pytest's fd capture
+class Terminal(io.StringIO):
+    encoding = "utf-8"  # a UTF-8 terminal: the report uses its ✓/✗ marks
+
+
+def test_install_cpu_recipe_then_check_has_no_failures(tmp_path, capsys, roomy_host, clean_env):
     recipe = tmp_path / "cpu.yaml"  # the bundled recipe, with torch from the CPU index
     text = asset("recipes", "cpu.yaml").read_text()
     assert "index: pypi" in text
     recipe.write_text(text.replace("index: pypi", "index: cpu"))
     venv = tmp_path / "stack"
-    code = cli.main(["install", "--recipe", str(recipe), "--venv", str(venv)])
-    out = capfd.readouterr().out
-    assert code == 0, out[-5000:]
-    assert "[✓] Recipe — matches cpu: 5 pins" in out
+    args = cli.build_parser().parse_args(["install", "--recipe", str(recipe), "--venv", str(venv)])
+    out = Terminal()  # what `envdoctor install` prints (run_install's own default stream is bound at import)
+    code = run_install(args, System(), out=out)
+    assert code == 0, out.getvalue()[-5000:]
+    assert "[✓] Recipe — matches cpu: 5 pins" in out.getvalue()
     code = cli.main(["check", "--python", str(venv / "bin" / "python")])
-    out = capfd.readouterr().out
-    assert code == 0 and "[✗]" not in out and "0 failed" in out, out
+    text = capsys.readouterr().out
+    assert code == 0 and "[✗]" not in text and "0 failed" in text, text
