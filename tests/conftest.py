@@ -10,14 +10,16 @@ Two tiers (the `slow` marker in pyproject.toml tells them apart; `pytest -m "not
   bundled runner training a tiny model on the CPU. Each venv a test diagnoses is built once per run
   (session- or module-scoped fixtures) and shared by the tests that read it.
 
-A passing run leaves nothing in the temp folder: pytest deletes its tmp_path folders
-(tmp_path_retention_policy = "failed"); build caches live under tmp_path_factory too.
+A passing run leaves nothing in the temp folder: pytest deletes its basetemp (tmp_path_retention_policy =
+"failed"), which holds every tmp_path, the session caches and, as TMPDIR, what subprocesses write.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -27,6 +29,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torchfake  # noqa: E402  (needs the sys.path line above)
 from wheels import build_wheel  # noqa: E402
+
+_OLD_TMPDIR = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Point TMPDIR into this run's basetemp before any test module is imported (some copy os.environ at
+    import): what subprocesses leave in the temp folder (pip, torchrun's torchelastic_*, torch's
+    torchinductor_<user>) goes when pytest deletes the basetemp of a passing run."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:  # pytest's tmp_path plugin disabled
+        return
+    tmp = factory.mktemp("tmp", numbered=False)
+    config.stash[_OLD_TMPDIR] = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_unconfigure(config):
+    if _OLD_TMPDIR in config.stash:
+        old = config.stash[_OLD_TMPDIR]
+        if old is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old
+        tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session", autouse=True)
