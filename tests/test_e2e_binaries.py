@@ -10,7 +10,11 @@ import venv
 import pytest
 
 pytestmark = pytest.mark.slow
-TORCH, TORCHVISION = "torch==2.13.0", "torchvision==0.28.0"  # torchvision 0.28 is built for torch 2.13
+# torchvision 0.28 is built for torch 2.13. The CPU torch by its local label, from PyTorch's CPU index or a
+# CPU wheel pip finds locally (find-links): PyPI's Linux torch is a CUDA build (5 GB with its nvidia-*
+# wheels) that this torchvision would load into. torchvision from PyPI alone: there it is the CUDA build.
+TORCH, TORCHVISION = "torch==2.13.0+cpu", "torchvision==0.28.0"
+CPU_INDEX = ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--retries", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,7 @@ def torch_venv(tmp_path_factory):
     venv.EnvBuilder(with_pip=True).create(root / "venv")
     py = root / "venv" / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + [TORCH], check=True)
+    subprocess.run(pip + [TORCH, *CPU_INDEX], check=True)
     subprocess.run(pip + ["--no-deps", TORCHVISION], check=True)
     return py
 

@@ -1,10 +1,12 @@
-"""The fat-binary arch reader on real binaries: CUDA code compiled by nvcc for chosen archs, and
-libraries built by gcc; the torch facts cache."""
+"""The fat-binary arch reader on real binaries: a golden library nvcc built (tests/data, no toolkit
+needed), CUDA code compiled by nvcc here when there is one, and libraries built by gcc; the torch facts
+cache."""
 
 import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from torchfake import c10_library, fatbin_library, install_torch
@@ -18,6 +20,7 @@ from envbuild import SITE, dist, pyenv
 
 KERNEL = "__global__ void add(float *a, float b) { a[threadIdx.x] += b; }\n" \
          "void launch(float *a) { add<<<1, 32>>>(a, 1.0f); }\n"
+GOLDEN = Path(__file__).parent / "data" / "golden-fatbin" / "libgolden.so"  # see tests/data/README.md
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine")
 
 
@@ -29,6 +32,24 @@ def nvcc_build(tmp_path, *gencodes):
     subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", *args, str(src), "-o", str(out)], check=True,
                    capture_output=True)
     return out
+
+
+def test_reads_the_golden_nvcc_library():
+    """nvcc 13.0's own output: 3 containers for sm_80, sm_90a (arch-specific flag), PTX compute_90, and
+    one for sm_89 alone. The raw union, and the build archs as the doctor reports them for torch."""
+    from envdoctor.fatbin import archs_of
+    assert read_archs(str(GOLDEN)).to_dict() == {"sass": ["sm_80", "sm_89", "sm_90a"], "ptx": ["compute_90"]}
+    archs = archs_of(ElfFile(GOLDEN))
+    assert archs.containers == 4
+    assert archs.counts == {"sm_80": 3, "sm_90a": 3, "compute_90": 3, "sm_89": 1}
+
+
+def test_torch_facts_from_the_golden_library(tmp_path):
+    system = linux_box(tmp_path)
+    install_torch(system.root, SITE, "2.11.0+cu130", "13.0", ["sm_75"], [])
+    shutil.copy(GOLDEN, system.path(f"{SITE}/torch/lib/libtorch_cuda.so"))  # the real format replaces the fake
+    t = probe_torch(system, Context("/venv/bin/python", "t"), pyenv(dist("torch", "2.11.0+cu130")))
+    assert t.archs == {"sass": ["sm_80", "sm_90a"], "ptx": ["compute_90"], "extra": ["sm_89"]}
 
 
 @needs_nvcc

@@ -1,6 +1,6 @@
 """Deep-mode smoke tests: real subprocesses that pass, crash with a signal, hang, or print garbage."""
 
-import sys
+import venv
 
 from gpufake import H200, gpu_box, nvml
 
@@ -44,8 +44,10 @@ def test_garbage_output(tmp_path):
     assert r.status == "fail" and r.message == "exited with code 3 without a result" and r.details == ["ImportError: boom"]
 
 
-def test_real_interpreter_runs_the_stage_and_skips_what_is_missing():
-    r = run_smoke(System(), ctx(sys.executable), "flash_attn")
+def test_real_interpreter_runs_the_stage_and_skips_what_is_missing(tmp_path):
+    # A bare venv: flash_attn is missing there whatever the machine running the tests has installed.
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    r = run_smoke(System(), ctx(str(tmp_path / "bare" / "bin" / "python")), "flash_attn")
     assert r.status == "skip" and r.message == "flash_attn is not installed"
 
 

@@ -6,11 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-import venv
 
 import pytest
 import yaml
-from wheels import build_wheel
 
 from envdoctor.assets import asset
 
@@ -47,18 +45,31 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
                output_dir=str(tmp_path / "run"))
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config)],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    log = tmp_path / "first-run.log"  # a file, not a pipe nobody reads: a full pipe would stall the run
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable,
+                                 str(config)], cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # kill it in epoch 2, after the step-12 checkpoint (8 steps an epoch)
-        steps = [json.loads(x).get("step", 0) for x in metrics.read_text().splitlines()] if metrics.exists() else []
-        if steps and max(steps) >= 13:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    deadline = time.monotonic() + 600
+    try:
+        while True:  # kill it in epoch 2, after the step-12 checkpoint (8 steps an epoch)
+            rows = metrics.read_text().splitlines(keepends=True) if metrics.exists() else []
+            # only whole lines: the runner may be halfway through writing the last one
+            if max((json.loads(x).get("step", 0) for x in rows if x.endswith("\n")), default=0) >= 13:
+                break
+            if proc.poll() is not None:  # ended (crashed, or finished) before step 13: no kill to test
+                pytest.fail(f"the run ended with exit code {proc.returncode} before step 13:\n"
+                            + log.read_text()[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail("no step 13 within 600 s:\n" + log.read_text()[-3000:])
+            time.sleep(0.05)
+    finally:
+        try:  # the whole session: the doctor and the runner it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
     assert latest in ("step-12", "step-15"), latest
     res = train(str(config), "--resume", cwd=tmp_path)
@@ -68,11 +79,8 @@ def test_sigkill_mid_epoch_resumes_from_the_last_checkpoint(tmp_path):
     assert summary["steps"] == 24 and len(summary["val_loss"]) == 3
 
 
-def test_preflight_refuses_a_run_with_a_failing_check(tmp_path):
-    venv.EnvBuilder(with_pip=True).create(tmp_path / "venv")
-    py = tmp_path / "venv" / "bin" / "python"
-    wheel = build_wheel(tmp_path / "w", "needs-missing", "1.0", ["notinstalled-pkg>=1.0"])
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+def test_preflight_refuses_a_run_with_a_failing_check(tmp_path, venv_missing_a_requirement):
+    py = venv_missing_a_requirement
     res = subprocess.run([sys.executable, "-m", "envdoctor", "train", "--demo", "--python", str(py)],
                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
     assert res.returncode == 1
@@ -116,12 +124,9 @@ def test_axolotl_backend_gets_the_users_config_after_a_passing_preflight(tmp_pat
     assert res.returncode == 0 and json.loads(record.read_text().splitlines()[-1]) == ["merge-lora", str(config), bindir]
 
 
-def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path):
+def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path, venv_missing_a_requirement):
     env, record = stand_in_axolotl(tmp_path)
-    venv.EnvBuilder(with_pip=True).create(tmp_path / "venv")
-    py = tmp_path / "venv" / "bin" / "python"
-    wheel = build_wheel(tmp_path / "w", "needs-missing", "1.0", ["notinstalled-pkg>=1.0"])
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    py = venv_missing_a_requirement
     res = subprocess.run([sys.executable, "-m", "envdoctor", "train", str(asset("train", "configs", "demo.yaml")),
                           "--backend", "axolotl", "--python", str(py)], capture_output=True, text=True, cwd=tmp_path,
                          env=env, timeout=300)

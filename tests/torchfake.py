@@ -13,7 +13,8 @@ from pathlib import Path
 
 from envdoctor.gpu_compat import parse_arch
 
-BUILD_CACHE = Path("/tmp/envdoctor-test-elf")
+# Where compiled libraries are cached for the run: conftest points it into tmp_path_factory.
+BUILD_CACHE: Path | None = None
 
 
 def fatbin(sass=(), ptx=()) -> bytes:
@@ -31,6 +32,7 @@ def fatbin(sass=(), ptx=()) -> bytes:
 
 def _compile(source: str, lang: str) -> Path:
     """Build a shared library once per distinct source (cached across tests)."""
+    assert BUILD_CACHE is not None, "tests/conftest.py sets torchfake.BUILD_CACHE"
     digest = hashlib.sha256((lang + source).encode()).hexdigest()[:16]
     out = BUILD_CACHE / f"{digest}.so"
     if not out.exists():
