@@ -79,3 +79,31 @@ def test_no_secret_reaches_any_file_envdoctor_writes(tmp_path):
     leaks = [(p.relative_to(out), what) for p in written for what, secret in SECRETS.items()
              if secret.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_no_secret_in_a_training_run_its_merge_and_eval(tmp_path):
+    """train (a config with secret keys, tokens in the environment), merge and eval: every file of the run
+    folder and every byte printed are searched. Unknown keys never reach config.resolved.json or the runner."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    import yaml
+    from envdoctor.assets import asset
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=1, datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"),
+               hub_token=HUB, wandb_api_key=WANDB)
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "NO_COLOR": "1", "HF_TOKEN": HF_ENV, "WANDB_API_KEY": WANDB, "HOME": str(tmp_path / "home")}
+    env.pop("VIRTUAL_ENV", None)
+    printed = b""
+    for args in (["train", str(config)], ["merge", str(tmp_path / "run")], ["eval", str(tmp_path / "run")]):
+        res = subprocess.run([sys.executable, "-m", "envdoctor", *args, "--python", sys.executable],
+                             capture_output=True, env=env, cwd=tmp_path, timeout=900)
+        assert res.returncode == 0, (args, res.stdout[-2000:], res.stderr[-2000:])
+        printed += res.stdout + res.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != config]
+    assert {"config.resolved.json", "run_summary.json", "train.log", "envdoctor-merge.json"} <= {p.name for p in written}
+    leaks = [(p.relative_to(tmp_path), what) for p in written for what, secret in SECRETS.items()
+             if secret.encode() in p.read_bytes()]
+    leaks += [("printed", what) for what, secret in SECRETS.items() if secret.encode() in printed]
+    assert leaks == []
