@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
                    help="timeout for each --deep smoke test (default 120 s)")
     c.add_argument("-v", "--verbose", action="store_true", help="timings, details of passing checks, tracebacks")
+    c.add_argument("--problems", action="store_true",
+                   help="show only warnings, failures and errors (a healthy environment prints the summary alone)")
     sub.add_parser("checks", help="list every check: id, title and what it looks at")
     f = sub.add_parser("fix", help="apply the scripted fixes for failing checks: plan, confirm, apply, verify")
     f.add_argument("ids", nargs="*", metavar="ID", help="fix ids to apply (see `envdoctor check` remedies)")
@@ -182,7 +184,7 @@ def cmd_check(args) -> int:
         from envdoctor.report import github
         github.render(run.results, sys.stdout)
     from envdoctor.report import text
-    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose)
+    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose, problems=args.problems)
     return code
 
 
