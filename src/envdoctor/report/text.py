@@ -68,6 +68,40 @@ def wrap(text: str, width: int | None, first: int = 0, hang: int = 0) -> list[st
     return lines[:1] + [ln.lstrip() for ln in lines[1:]]
 
 
+def wrap_command(command: str, width: int | None, first: int = 0, hang: int = 0) -> list[str]:
+    """A shell command over several lines that still pastes: cut only at spaces outside quotes, each line but
+    the last ending in ` \\` (the shell joins them again). A word never breaks; one too long overflows. A
+    command whose quotes do not balance stays on one line."""
+    if not width or first + len(command) <= width:
+        return [command]
+    cuts, quote, escaped = [], None, False
+    for i, ch in enumerate(command):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (not i or command[i - 1] == " "):
+            return [command]  # a comment would swallow the ` \\` and run the next line on its own
+        elif ch == " " and i and command[i - 1] != " ":
+            cuts.append(i)
+    if quote or escaped or not cuts:
+        return [command]
+    lines: list[str] = []
+    start, last = 0, None
+    for cut in cuts + [len(command)]:
+        room = width - (first if not lines else hang) - 2  # 2: the " \\" that ends a cut line
+        if last is not None and cut - start > room:
+            lines.append(command[start:last].strip() + " \\")
+            start = last
+        last = cut
+    lines.append(command[start:].strip())
+    return lines
+
+
 def use_colour(stream: TextIO, env) -> bool:
     if env.get("NO_COLOR"):
         return False
@@ -123,8 +157,10 @@ def _remedy(w: Writer, remedy: Remedy | None, indent: str) -> None:
     if remedy is None:
         return
     if remedy.command:
-        # Never wrapped: a command cut over two lines no longer pastes; a long one overflows instead.
-        w.add(f"{indent}{w.paint('fix:', '1')} {remedy.command}")
+        # Cut only where the shell allows it (` \\` at the end of a line), so the lines still paste as one.
+        rest = " " * (len(indent) + len("fix: ") + len(HANG))
+        for n, line in enumerate(wrap_command(remedy.command, w.width, len(indent) + len("fix: "), len(rest))):
+            w.add(f"{indent}{w.paint('fix:', '1')} {line}" if n == 0 else f"{rest}{line}")
     if remedy.text:
         if remedy.command:
             w.para(indent, remedy.text)
