@@ -179,3 +179,23 @@ def test_commands_that_cannot_be_cut_safely_stay_whole():
     assert wrap_command("echo 'unbalanced " + "x " * 60, 40) == ["echo 'unbalanced " + "x " * 60]
     assert wrap_command("pip install a # " + "note " * 20, 40) == ["pip install a # " + "note " * 20]
     assert wrap_command("short", 40) == ["short"]
+
+
+def test_report_merge_shows_whole_values_wrapped_to_the_width():
+    from envdoctor import fleet
+    message = "fail: 1 distributions installed twice: peft 0.17.1 in /usr/lib/python3/dist-packages and in the venv"
+    nodes = [fleet.Node("node01", "a", {"driver": "580.65.06", "check packages.duplicates": message}),
+             fleet.Node("node02", "b", {"driver": "550.54.15"}),
+             fleet.Node("gpu-node-03", "c", {"driver": "580.65.06"})]
+    out = io.StringIO()
+    assert fleet.render(nodes, out, width=80) == 1
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert "…" not in out.getvalue()
+    # The check's row, read line by line, holds the whole message (and the other nodes' "—").
+    row = lines[lines.index(next(ln for ln in lines if ln.startswith("check "))):-1]
+    words = " ".join(row).split()[2:]
+    assert [w for w in words if w not in ("*", "—")] == message.split()
+    piped = io.StringIO()
+    fleet.render(nodes, piped, width=None)
+    assert message in piped.getvalue()  # no terminal: one line per row, nothing cut
