@@ -66,24 +66,34 @@ INLINE = re.compile(r"`([^`\n]*envdoctor [^`\n]*)`")
 COMMAND = re.compile(r"(?:^|[\s'\"(])envdoctor((?: [^\s#|;&'\"]+)*)")
 
 
+def commands_in(text: str) -> list[tuple[str, list[str]]]:
+    """(verb, flags) of every envdoctor command line in a Markdown text."""
+    # A synopsis goes on over indented lines ("    [--skip ID…]"), a shell command after a backslash.
+    snippets = [re.sub(r"\\?\n\s+(?=[\[-])", " ", b.replace("\\\n", " ")) for b in FENCE.findall(text)]
+    snippets += INLINE.findall(FENCE.sub("", text))
+    found = []
+    for snippet in snippets:
+        for line in snippet.splitlines():
+            line = line.split(" # ")[0]
+            for m in re.finditer(r"(?:^|[\s'\"(`])envdoctor (?=[a-z-])(.*)", line):
+                rest = m.group(1).split("envdoctor ")[0]
+                words = rest.split()
+                verb = words[0].strip("'\"`") if words else ""
+                found.append(("" if verb.startswith("-") else verb, re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest)))
+    return found
+
+
 def documented_commands() -> list[tuple[str, str, list[str]]]:
     """(file, verb, flags) for every envdoctor command line in the docs."""
-    found = []
-    for path in DOCS:
-        text = path.read_text(encoding="utf-8")
-        snippets = [b.replace("\\\n", " ") for b in FENCE.findall(text)] + INLINE.findall(FENCE.sub("", text))
-        for snippet in snippets:
-            for line in snippet.splitlines():
-                line = line.split(" # ")[0]
-                for m in re.finditer(r"(?:^|[\s'\"(`])envdoctor (?=[a-z-])(.*)", line):
-                    rest = m.group(1).split("envdoctor ")[0]
-                    words = rest.split()
-                    verb = words[0].strip("'\"`") if words else ""
-                    if verb.startswith("-"):
-                        verb = ""
-                    flags = re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest)
-                    found.append((path.name, verb, flags))
-    return found
+    return [(path.name, verb, flags) for path in DOCS for verb, flags in commands_in(path.read_text(encoding="utf-8"))]
+
+
+def test_the_command_reader_sees_synopses_inline_code_and_continued_lines():
+    text = ("Run `envdoctor check --problems`.\n\n```text\nenvdoctor train CONFIG [--resume]\n"
+            "                [--nnodes N]   # comment --not-a-flag\nsrun bash -c 'envdoctor merge RUN \\\n"
+            "  --dtype float16'\nenvdoctor 0.1.0 · /usr/bin/python\n```\n")
+    assert commands_in(text) == [("train", ["--resume", "--nnodes"]), ("merge", ["--dtype"]),
+                                 ("check", ["--problems"])]
 
 
 def _parsers():
