@@ -79,6 +79,8 @@ def commands_in(text: str) -> list[tuple[str, list[str]]]:
                 rest = m.group(1).split("envdoctor ")[0]
                 words = rest.split()
                 verb = words[0].strip("'\"`") if words else ""
+                if not re.fullmatch(r"[a-z][a-z-]*|-.*", verb):
+                    continue  # prose in a text block ("without envdoctor installed:"), not a command
                 found.append(("" if verb.startswith("-") else verb, re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest)))
     return found
 
