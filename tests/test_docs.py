@@ -124,3 +124,12 @@ def test_documented_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([verb, "--help"])
     assert exit_.value.code == 0 and f"envdoctor {verb}" in capsys.readouterr().out
+
+
+def test_relative_links_point_at_files_that_exist():
+    missing = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", FENCE.sub("", path.read_text(encoding="utf-8"))):
+            if not re.match(r"[a-z]+:", target) and not (path.parent / target).exists():
+                missing.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not missing, missing
