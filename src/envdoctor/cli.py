@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--smoke-timeout", type=float, default=120.0, metavar="S",
                    help="timeout for each --deep smoke test (default 120 s)")
     c.add_argument("-v", "--verbose", action="store_true", help="timings, details of passing checks, tracebacks")
-    sub.add_parser("checks", help="list every check: id, title and what it looks at")
+    c.add_argument("--problems", action="store_true",
+                   help="show only warnings, failures and errors (a healthy environment prints the summary alone)")
+    ck = sub.add_parser("checks", help="list every check: id, title and what it looks at")
+    ck.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/checks.md")
     f = sub.add_parser("fix", help="apply the scripted fixes for failing checks: plan, confirm, apply, verify")
     f.add_argument("ids", nargs="*", metavar="ID", help="fix ids to apply (see `envdoctor check` remedies)")
     f.add_argument("--all", action="store_true", help="every fix for every failing finding")
@@ -182,7 +185,7 @@ def cmd_check(args) -> int:
         from envdoctor.report import github
         github.render(run.results, sys.stdout)
     from envdoctor.report import text
-    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose)
+    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose, problems=args.problems)
     return code
 
 
@@ -290,6 +293,10 @@ def cmd_wslconfig(args) -> int:
 def cmd_checks(args) -> int:
     from envdoctor import registry
     checks = registry.load()
+    if getattr(args, "markdown", False):
+        from envdoctor.report.checks_doc import checks_markdown
+        print(checks_markdown(checks), end="")
+        return 0
     width = max(len(cid) for cid in checks)
     for cid, c in checks.items():
         print(f"{cid:<{width}}  {c.title}: {c.looks_at}")

@@ -99,7 +99,7 @@ def flatten(report: dict) -> dict[str, str]:
             out[f"pkg {d['name']}"] = _text(d.get("version"))
     for r in _list(report.get("results")):
         if isinstance(r, dict) and r.get("status") in BAD:
-            out[f"check {r.get('id')}"] = f"{r['status']}: {_text(r.get('message')) or ''}"[:80]
+            out[f"check {r.get('id')}"] = f"{r['status']}: {_text(r.get('message')) or ''}"
     return {k: str(v) for k, v in out.items() if v is not None}
 
 
@@ -128,7 +128,35 @@ def differences(nodes: list[Node]) -> tuple[list[str], int]:
     return differ, len(keys) - len(differ)
 
 
-def render(nodes: list[Node], out) -> int:
+def _widths(natural: list[int], least: list[int], room: int | None) -> list[int]:
+    """Column widths that fit `room`: every column its natural width when they fit; otherwise the room is
+    shared out, narrow columns keeping their natural width and the rest an equal share (never under
+    `least`: a table wider than the terminal beats an unreadable one)."""
+    if room is None or sum(natural) <= room:
+        return natural
+    widths = list(natural)
+    wide = set(range(len(natural)))
+    while wide:
+        share = (room - sum(widths[i] for i in range(len(widths)) if i not in wide)) // len(wide)
+        settled = {i for i in wide if natural[i] <= share or least[i] >= share}
+        for i in settled:  # narrow enough already, or never narrower than its least
+            widths[i] = min(natural[i], max(least[i], share))
+        if not settled:
+            for i in wide:
+                widths[i] = share
+            break
+        wide -= settled
+    return widths
+
+
+def render(nodes: list[Node], out, width: int | None = 0) -> int:
+    """The table of differences. Values are shown whole: a cell too wide for its column wraps at spaces onto
+    more lines of its row. `width`: 0 asks the terminal ($COLUMNS); None (a pipe) never wraps."""
+    import os
+
+    from envdoctor.report.text import terminal_width, wrap
+    if width == 0:
+        width = terminal_width(out, os.environ)
     differ, same = differences(nodes)
     failing = sorted({n.name for n in nodes for k in n.values if k.startswith("check ")})
     out.write(f"{len(nodes)} node(s): {', '.join(n.name for n in nodes)}\n")
@@ -136,17 +164,21 @@ def render(nodes: list[Node], out) -> int:
         out.write(f"all {same} compared facts are identical; no failing checks\n")
         return 0
     names = [n.name for n in nodes]
-    width = max(len(k) for k in differ) + 2
-    cols = [min(28, max([len(n)] + [len(node.values.get(k, "—")) for k in differ])) for n, node in zip(names, nodes)]
-    out.write(f"{'':<{width}}" + "  ".join(f"{n:<{c}}" for n, c in zip(names, cols)) + "\n")
+    keyw = max(len(k) for k in differ) + 2
+    natural = [max([len(name)] + [len(node.values.get(k, "—")) for k in differ]) for name, node in zip(names, nodes)]
+    least = [max(len(name), 12) for name in names]
+    cols = _widths(natural, least, None if width is None else width - keyw - 2 * len(nodes))
+    out.write(f"{'':<{keyw}}" + "  ".join(f"{n:<{c}}" for n, c in zip(names, cols)).rstrip() + "\n")
     for k in differ:
         vals = [n.values.get(k, "—") for n in nodes]
         common = Counter(vals).most_common(1)[0][0]
-        cells = []
-        for v, c in zip(vals, cols):
-            mark = "*" if v != common and len(nodes) > 2 else " "
-            cells.append(f"{(v[:c - 1] + '…') if len(v) > c else v:<{c}}" + mark)
-        out.write(f"{k:<{width}}" + " ".join(cells) + "\n")
+        marks = ["*" if v != common and len(nodes) > 2 else " " for v in vals]
+        cells = [wrap(v, c) for v, c in zip(vals, cols)]
+        for row in range(max(len(c) for c in cells)):
+            line = f"{k if row == 0 else '':<{keyw}}" + " ".join(
+                f"{cell[row] if row < len(cell) else '':<{c}}" + (mark if row == 0 else " ")
+                for cell, c, mark in zip(cells, cols, marks))
+            out.write(line.rstrip() + "\n")
     out.write(f"{len(differ)} differ, {same} identical" + ("  (* differs from the majority)" if len(nodes) > 2 else "")
               + (f"; failing checks on: {', '.join(failing)}" if failing else "") + "\n")
     return 1

@@ -1,4 +1,4 @@
-"""The machine-readable report (schema documented in README.md, "JSON report")."""
+"""The machine-readable report (schema: docs/report.schema.json, described in docs/json-report.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from envdoctor.engine import Run
 from envdoctor.redact import redact
 from envdoctor.report import counts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "node", remedy "params", facts wsl, train_config, datasets, base_model, model_dir (docs/report.schema.json)
 
 
 def build(run: Run, target: dict, version: str, exit_code: int) -> dict:
