@@ -33,7 +33,7 @@ CASES = {
 def config(tmp, name, run, **extra):
     cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
     # bf16-free plain LoRA: fast on this CPU; the schedule is what is tested, not NF4.
-    cfg.update(num_epochs=1, load_in_4bit=False, datasets=[{"path": str(asset("train", "demo_corpus"))}],
+    cfg.update(num_epochs=1, load_in_4bit=False, adapter="lora", datasets=[{"path": str(asset("train", "demo_corpus"))}],
                output_dir=str(tmp / run), **CASES[name], **extra)
     path = tmp / f"{run}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -140,3 +140,14 @@ def test_the_docs_table_is_the_schema():
     from pathlib import Path
     doc = (Path(__file__).resolve().parent.parent / "docs" / "training-config.md").read_text()
     assert doc.endswith(C.schema_markdown()), "regenerate docs/training-config.md from training.config.schema_markdown()"
+
+
+def test_checks_of_an_invalid_config_do_not_crash(tmp_path):
+    """config.valid reports the bad key; the others skip or judge what they can (no crash result)."""
+    import subprocess
+    p = write(tmp_path, dict(MINIMAL, sequence_len="many", micro_batch_size=[2]))
+    res = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--config", str(p), "--only", "config", "--json",
+                          "--python", sys.executable], capture_output=True, text=True, timeout=300)
+    results = {r["id"]: r for r in json.loads(res.stdout)["results"]}
+    assert results["config.valid"]["status"] == "fail"
+    assert [i for i, r in results.items() if r["status"] == "error"] == [], results

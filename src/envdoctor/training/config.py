@@ -89,8 +89,9 @@ RESOLVED_EXTRA = ("config_dir", "config_path", "schema_version")
 
 def _derived(data: dict) -> dict:
     """The defaults that depend on other keys."""
-    bf16 = data.get("bf16", "auto")
-    return {"chunk_overlap": data.get("sequence_len", 512) // 8,
+    bf16, seq = data.get("bf16", "auto"), data.get("sequence_len")
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else KEYS["sequence_len"].default
+    return {"chunk_overlap": seq // 8,  # (an invalid sequence_len is config.valid's to report)
             "bnb_4bit_compute_dtype": "float32" if bf16 is False else "bfloat16",
             "lora_target_modules": [],
             "lora_modules_to_save": [],
