@@ -26,7 +26,7 @@ CASES = {
     "prime": dict(micro_batch_size=1, gradient_accumulation_steps=4,    # 31 micro batches: 7 steps of 4, one of 3
                   save_steps=3),
     "odd": dict(micro_batch_size=3, gradient_accumulation_steps=3),     # 11 micro batches, each step split 2 + 1
-    "fewer": dict(micro_batch_size=32, gradient_accumulation_steps=2),  # 1 micro batch for 2 processes
+    "fewer": dict(micro_batch_size=31, gradient_accumulation_steps=1),  # 1 micro batch (all 31 chunks), 2 processes
 }
 
 

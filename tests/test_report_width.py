@@ -129,11 +129,18 @@ def test_cli_report_of_a_failing_config_fits_80_columns(tmp_path):
 
 
 def test_under_tmux_at_80_columns_no_word_is_cut(tmp_path):
-    """What a person sees: the pane holds exactly the report's lines (none wrapped by the terminal)."""
+    """What a person sees: the pane holds exactly the report's lines (none wrapped by the terminal). The
+    config lies in a short folder: a path longer than the pane is one word that cannot fit anywhere."""
     if shutil.which("tmux") is None:
         import pytest
         pytest.skip("tmux is not installed")
-    cfg, done = _bad_config(tmp_path), tmp_path / "done"
+    import tempfile
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="ed") as short:
+        _in_tmux(tmp_path, _bad_config(Path(short)))
+
+
+def _in_tmux(tmp_path: Path, cfg: Path) -> None:
+    done = tmp_path / "done"
     sock = str(tmp_path / "tmux.sock")
     cmd = (f"PYTHONPATH={SRC} NO_COLOR=1 {sys.executable} -m envdoctor check --only config python.interpreter "
            f"--config {cfg}; touch {done}; sleep 60")

@@ -77,13 +77,12 @@ def main() -> int:
     train, val, stats = data.prepare(docs, tokenizer, seq, cfg["chunk_overlap"], cfg["val_set_size"], cfg["seed"],
                                      packing=cfg["sample_packing"])
     micro, accum = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
-    need = corpus.needed_chunks(micro, accum, world.size)
+    need = corpus.needed_chunks(micro, accum)
     if stats["train"] < need:  # exact (tokenized): the preflight can only rule out the certain cases
         return refuse([f"error: the datasets make {stats['chunks']} chunk(s) of ≤{seq} tokens from "
                        f"{stats['documents']} document(s): {stats['train']} to train on and {stats['val']} for "
                        f"validation; one optimizer step needs {need} (micro_batch_size {micro} × "
-                       f"gradient_accumulation_steps {accum}" + (f" over {world.size} processes" if world.distributed
-                                                                  else "") + "). Add text, or lower "
+                       f"gradient_accumulation_steps {accum}). Add text, or lower "
                        "micro_batch_size / gradient_accumulation_steps / sequence_len / val_set_size"])
     # Data parallel: one process's optimizer steps (accum micro batches each, the last maybe fewer), each
     # step's micro batches dealt over the ranks (envdoctor_runner/schedule.py): every rank runs as many

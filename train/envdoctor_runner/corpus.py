@@ -189,10 +189,11 @@ def split_sizes(chunks: int, val: float | int) -> tuple[int, int]:
     return chunks - n_val, n_val
 
 
-def needed_chunks(micro_batch_size: int, gradient_accumulation_steps: int, world_size: int = 1) -> int:
-    """Training chunks for one full optimizer step: every process takes at least one micro batch."""
-    local_accum = max(1, gradient_accumulation_steps // world_size)
-    return micro_batch_size * local_accum * world_size
+def needed_chunks(micro_batch_size: int, gradient_accumulation_steps: int) -> int:
+    """Training chunks for one full optimizer step. The same with any number of processes: data parallel
+    deals one process's step over the ranks (schedule.py), and a rank without a micro batch takes part
+    with a zero-weight pass."""
+    return micro_batch_size * gradient_accumulation_steps
 
 
 def max_train_chunks(doc_bytes: list[int], length: int, overlap: int, val: float | int, packing: bool) -> int:
