@@ -116,7 +116,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
                 out.flush()
                 system.run([wsl_exe, "--shutdown"], timeout=60.0)
     targets = sorted({t for o in outcomes if o.ok for t in o.plan.targets})
-    recheck = engine.run_checks([registry.CHECKS[t] for t in targets], registry.PROVIDERS, system, ctx) \
+    recheck = engine.run_checks([registry.load()[t] for t in targets], registry.PROVIDERS, system, ctx) \
         if targets else None
     status = {r.check_id: r for r in (recheck.results if recheck else [])}
     code = 0
@@ -137,3 +137,9 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
         else:
             out.write(f"  [✓] {o.plan.fix_id}: fixed in {o.seconds:.0f} s ({', '.join(o.plan.targets)} pass)\n")
     return code
+
+
+def main(args) -> int:
+    from envdoctor.commands.interpreter import resolve
+    system, ctx = resolve(args)
+    return run_fix(args, system, ctx)

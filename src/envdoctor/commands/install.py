@@ -127,3 +127,7 @@ def run_install(args, system: System, out=sys.stdout) -> int:
     from envdoctor import __version__
     text.render(run, f"{py} (recipe {recipe.name})", __version__, out, env=os.environ)
     return exit_code(run.results, strict=False)
+
+
+def main(args) -> int:
+    return run_install(args, System())

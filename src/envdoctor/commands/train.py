@@ -196,3 +196,9 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     offline = {} if getattr(args, "download", False) else {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
                                     "TOKENIZERS_PARALLELISM": "false"})
+
+
+def main(args) -> int:
+    from envdoctor.commands.interpreter import resolve
+    system, ctx = resolve(args)
+    return run_train(args, system, ctx)
