@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 from envdoctor.context import Context
 from envdoctor.errors import FactError
 from envdoctor.system import System
 
 PROBE_SOURCE_PATH = Path(__file__).resolve().parent.parent / "target" / "probe.py"
-_NORMALIZE = re.compile(r"[-_.]+")
-
-
-def normalize(name: str) -> str:
-    """PEP 503 name normalization: `Flash_Attn` and `flash-attn` are one project."""
-    return _NORMALIZE.sub("-", name).lower()
-
-
 @dataclass
 class Distribution:
     name: str | None
@@ -40,7 +33,7 @@ class Distribution:
 
     @property
     def key(self) -> str:
-        return normalize(self.name or self.dir_name or Path(self.path).name)
+        return canonicalize_name(self.name or self.dir_name or Path(self.path).name)
 
     @property
     def label(self) -> str:
@@ -78,11 +71,11 @@ class PythonEnv:
             self._by_key.setdefault(d.key, []).append(d)
 
     def get(self, name: str) -> Distribution | None:
-        found = self._by_key.get(normalize(name))
+        found = self._by_key.get(canonicalize_name(name))
         return found[0] if found else None
 
     def installs(self, name: str) -> list[Distribution]:
-        return list(self._by_key.get(normalize(name), []))
+        return list(self._by_key.get(canonicalize_name(name), []))
 
     def by_key(self) -> dict[str, list[Distribution]]:
         return dict(self._by_key)
