@@ -8,11 +8,11 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.errors import FactError
 from envdoctor.system import System
 
-PROBE_SOURCE_PATH = Path(__file__).resolve().parent.parent / "target" / "probe.py"
 @dataclass
 class Distribution:
     name: str | None
@@ -106,8 +106,7 @@ def parse_probe_output(raw: str, reason: str) -> PythonEnv:
 
 
 def probe_python(system: System, ctx: Context, with_files: bool = False) -> PythonEnv:
-    source = PROBE_SOURCE_PATH.read_text(encoding="utf-8")
-    argv = [ctx.python, "-c", source] + (["--files"] if with_files else [])
+    argv = target.argv(ctx.python, "probe", *(["--files"] if with_files else []))
     res = system.run(argv, timeout=ctx.probe_timeout)
     if not res.ok:
         tail = "\n".join(res.stderr.strip().splitlines()[-5:])
