@@ -18,7 +18,7 @@ class Status(str, enum.Enum):
 SEVERITY = {Status.ERROR: 4, Status.FAIL: 3, Status.WARN: 2, Status.OK: 1, Status.SKIP: 0}
 
 
-def failing(strict: bool = False) -> frozenset[Status]:
+def failing_statuses(strict: bool = False) -> frozenset[Status]:
     """The statuses a run fails on — the exit code, JUnit failures, the train preflight, a fix's verdict,
     `report merge` — one set for all of them; --strict adds warnings."""
     return frozenset({Status.FAIL, Status.ERROR} | ({Status.WARN} if strict else set()))

@@ -10,7 +10,7 @@ from pathlib import Path
 from envdoctor import engine, registry
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
-from envdoctor.model import Status, failing
+from envdoctor.model import Status, failing_statuses
 from envdoctor.repair.apply import apply
 from envdoctor.repair.plan import FIXES, Plan
 from envdoctor.system import System
@@ -129,7 +129,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
             out.write(f"  [✗] {o.plan.fix_id}: failed at '{o.failed_step}'; {state}\n")
             out.writelines(f"      | {line}\n" for line in o.tail)
             continue
-        still = [t for t in o.plan.targets if status[t].status in failing()]
+        still = [t for t in o.plan.targets if status[t].status in failing_statuses()]
         if still:
             code = 1
             out.write(f"  [!] {o.plan.fix_id}: applied in {o.seconds:.0f} s, but still failing: "
