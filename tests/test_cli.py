@@ -6,16 +6,17 @@ import sys
 import pytest
 
 from envdoctor import cli, registry
+from envdoctor.commands.check import select
 from envdoctor.errors import UsageError
 
 
 def test_select_by_id_prefix_glob_and_skip():
     checks = registry.load()
-    ids = [c.id for c in cli.select(checks, ["packages"], ["packages.pip"])]
+    ids = [c.id for c in select(checks, ["packages"], ["packages.pip"])]
     assert "packages.requirements" in ids and "packages.pip" not in ids and "system.os" not in ids
-    assert [c.id for c in cli.select(checks, ["system.d*"], [])] == ["system.disk"]
+    assert [c.id for c in select(checks, ["system.d*"], [])] == ["system.disk"]
     with pytest.raises(UsageError, match="did you mean system.disk"):
-        cli.select(checks, ["system.dsk"], [])
+        select(checks, ["system.dsk"], [])
 
 
 def test_usage_errors_exit_2(capsys):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def roomy_host(monkeypatch, tmp_path):
-    registry.load()  # the providers register on import
+    registry.load()  # the check modules, as the command loads them
     box, real = linux_box(tmp_path / "host"), registry.PROVIDERS["host"]
     monkeypatch.setitem(registry.PROVIDERS, "host", Provider("host", lambda system, ctx: probe_host(box, ctx),
                                                              real.timeout, real.owner, real.needs))

@@ -55,11 +55,11 @@ def test_deep_checks_turn_smoke_results_into_results(tmp_path):
     system, py = gpu_box(tmp_path, nvml("580.95.05", 13000, H200))
     gpu = probe_gpu(system, ctx("/venv/bin/python"))
     crash = SmokeResult("bitsandbytes", "fail", "crashed with SIGSEGV", ["free(): invalid pointer"])
-    r = D.from_smoke(crash, gpu, py)
+    r = D.from_smoke(crash, py)
     assert r.status == Status.FAIL and r.remedy.command == "/venv/bin/python -m bitsandbytes"
     good = SmokeResult("torch", "ok", "CUDA init and a bf16 matmul on NVIDIA H200", seconds=2.5,
                        data={"arch_list": ["sm_75", "sm_80", "sm_90"]})
-    assert D.from_smoke(good, gpu, py).message.endswith("(2.5 s)")
+    assert D.from_smoke(good, py).message.endswith("(2.5 s)")
     torch = TorchFacts(True, "2.11.0+cu130", "cu130", "13.0",
                        archs={"sass": ["sm_75", "sm_80", "sm_90"], "ptx": [], "extra": ["sm_90a"]})
     r = D.arch_list(good, torch, gpu)

@@ -1,18 +1,18 @@
-"""Command line: `envdoctor check` and `envdoctor checks`. Exit codes are decided here only."""
+"""The command line: the parser, dispatch to the verb's module in envdoctor.commands, and the mapping of
+errors to exit codes (decided here only). Each verb's body lives in envdoctor/commands/<verb>.py."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fnmatch
+import importlib
 import os
 import platform
 import sys
 import traceback
-from difflib import get_close_matches
 
 from envdoctor import __version__
-from envdoctor.errors import EXIT_INTERNAL, EXIT_USAGE, EnvdoctorError, UsageError
+from envdoctor.commands.interpreter import run_python  # noqa: F401  (cli.run_python: tests/test_train_hygiene.py)
+from envdoctor.errors import EXIT_INTERNAL, EXIT_USAGE, EnvdoctorError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,178 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def select(checks: dict, only: list[str], skip: list[str], enabled: frozenset = frozenset()) -> list:
-    def matches(pattern: str) -> set[str]:
-        hits = {cid for cid in checks if cid == pattern or cid.startswith(pattern + ".")
-                or fnmatch.fnmatchcase(cid, pattern)}
-        if not hits:
-            near = get_close_matches(pattern, list(checks), n=3)
-            raise UsageError(f"unknown check {pattern!r}" + (f"; did you mean {', '.join(near)}?" if near else
-                                                            "; `envdoctor checks` lists them"))
-        return hits
-    # Checks behind an option (--deep, --recipe) run with it, or when --only names them.
-    chosen = set().union(*(matches(p) for p in only)) if only else {
-        c for c in checks if checks[c].option is None or checks[c].option in enabled}
-    dropped = set().union(*(matches(p) for p in skip)) if skip else set()
-    return [c for cid, c in checks.items() if cid in chosen - dropped]
-
-
-def cmd_check(args) -> int:
-    from envdoctor import engine, registry
-    from envdoctor.report import exit_code
-
-    if args.smoke_timeout <= 0:
-        raise UsageError("--smoke-timeout must be positive")
-    if args.recipe:
-        from envdoctor.recipes import load
-        load(args.recipe)  # a bad name or file is a usage error before anything runs
-    system, ctx = target(args)
-    if args.config and not os.path.isfile(args.config):
-        raise UsageError(f"--config {args.config}: no such file")
-    if args.model and not os.path.isdir(args.model):
-        raise UsageError(f"--model {args.model}: no such folder")
-    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe, train_config=args.config,
-                              model_dir=args.model)
-    python, reason = ctx.python, ctx.python_reason
-    from envdoctor import providers  # noqa: F401
-    from envdoctor.facts.smoke import STAGES
-    # The subprocesses are the slow part: start them before importing the checks. Almost every selection
-    # needs the Python probe; --deep needs every smoke test.
-    early = engine.start_facts(["python"] + ([f"smoke_{s}" for s in STAGES] if args.deep else []),
-                               registry.PROVIDERS, system, ctx)
-    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe), ("config", args.config),
-                                        ("model", args.model)) if on)
-    checks = select(registry.load(), args.only, args.skip, enabled)
-    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
-    code = exit_code(run.results, args.strict)
-    fmt = "json" if args.json else (args.format or "text")
-    if args.junit:
-        from envdoctor.report import junit
-        system.write_bytes(args.junit, junit.build(run.results, run.duration_s, args.strict, platform.node()))
-    if fmt == "json":
-        from envdoctor.report import json_report
-        json_report.render(run, {"python": python, "reason": reason}, __version__, code, sys.stdout)
-        return code
-    if fmt == "github":
-        from envdoctor.report import github
-        github.render(run.results, sys.stdout)
-    from envdoctor.report import text
-    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose, problems=args.problems)
-    return code
-
-
-def target(args):
-    """The machine and the interpreter to diagnose (--python, the active venv, …)."""
-    from envdoctor.context import Context, choose_python
-    from envdoctor.system import System
-    system = System()
-    python, reason = choose_python(args.python, system.env)
-    if getattr(args, "python_from_run", False):
-        reason = "the interpreter that trained the run (run_summary.json)"
-    if args.python and not os.path.exists(python):
-        raise UsageError(f"--python {args.python}: no such interpreter ({python})")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    return system, Context(python=python, python_reason=reason, probe_timeout=args.timeout)
-
-
-def cmd_fix(args) -> int:
-    from envdoctor.commands.fix import run_fix
-    system, ctx = target(args)
-    return run_fix(args, system, ctx)
-
-
-def cmd_recipes(args) -> int:
-    from envdoctor import recipes
-    if args.action == "list":
-        for name, path in recipes.bundled().items():
-            r = recipes.load(str(path))
-            print(f"{name:<18} {r.description}")
-        return 0
-    if args.action == "show":
-        if not args.name:
-            raise UsageError("recipes show needs a recipe name")
-        r = recipes.load(args.name)
-        print(open(r.path, encoding="utf-8").read(), end="")
-        return 0
-    if not args.name:
-        raise UsageError("recipes validate needs a file")
-    _recipe, errors = recipes.validate(__import__("pathlib").Path(args.name))
-    for e in errors:
-        print(e, file=sys.stderr)
-    print(f"{args.name}: {'valid' if not errors else f'{len(errors)} error(s)'}")
-    return 1 if errors else 0
-
-
-def cmd_train(args) -> int:
-    from envdoctor.commands.train import run_train
-    system, ctx = target(args)
-    return run_train(args, system, ctx)
-
-
-def run_python(args) -> None:
-    """merge and eval run with the interpreter that trained the run (run_summary.json records it), unless
-    --python says otherwise: with envdoctor in its own venv, that is not the one training used."""
-    import json
-    if args.python or getattr(args, "backend", "runner") == "axolotl":
-        return
-    try:
-        recorded = json.loads(open(os.path.join(args.run, "run_summary.json"), encoding="utf-8").read()).get("python")
-    except (OSError, ValueError, AttributeError):
-        return
-    if isinstance(recorded, str) and os.path.exists(recorded):
-        args.python, args.python_from_run = recorded, True
-
-
-def cmd_merge(args) -> int:
-    from envdoctor.commands.merge import run_merge
-    run_python(args)
-    system, ctx = target(args)
-    return run_merge(args, system, ctx)
-
-
-def cmd_eval(args) -> int:
-    from envdoctor.commands.evaluate import run_eval
-    run_python(args)
-    system, ctx = target(args)
-    return run_eval(args, system, ctx)
-
-
-def cmd_report(args) -> int:
-    import json
-
-    from envdoctor import fleet
-    nodes = fleet.load(args.files)
-    if args.json:
-        print(json.dumps(fleet.to_json(nodes), indent=2))
-        differ, _ = fleet.differences(nodes)
-        return 1 if differ else 0
-    return fleet.render(nodes, sys.stdout)
-
-
-def cmd_install(args) -> int:
-    from envdoctor.commands.install import run_install
-    from envdoctor.system import System
-    return run_install(args, System())
-
-
-def cmd_wslconfig(args) -> int:
-    from envdoctor.commands.wslconfig import run_wslconfig
-    from envdoctor.system import System
-    return run_wslconfig(args, System())
-
-
-def cmd_checks(args) -> int:
-    from envdoctor import registry
-    checks = registry.load()
-    if getattr(args, "markdown", False):
-        from envdoctor.report.checks_doc import checks_markdown
-        print(checks_markdown(checks), end="")
-        return 0
-    width = max(len(cid) for cid in checks)
-    for cid, c in checks.items():
-        print(f"{cid:<{width}}  {c.title}: {c.looks_at}")
-    return 0
+# verb -> its module in envdoctor.commands (imported when the verb runs: `envdoctor checks` stays quick)
+VERBS = {"check": "check", "checks": "checks", "fix": "fix", "recipes": "recipes", "install": "install",
+         "train": "train", "merge": "merge", "eval": "evaluate", "report": "report", "wslconfig": "wslconfig"}
 
 
 def _closed_pipe() -> int:
@@ -322,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        code = {"check": cmd_check, "checks": cmd_checks, "fix": cmd_fix, "recipes": cmd_recipes,
-                "install": cmd_install, "train": cmd_train, "merge": cmd_merge, "eval": cmd_eval,
-                "report": cmd_report, "wslconfig": cmd_wslconfig}[args.command](args)
+        code = importlib.import_module(f"envdoctor.commands.{VERBS[args.command]}").main(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return code
     except BrokenPipeError:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from envdoctor.facts.python_env import Distribution, PythonEnv, normalize
+from envdoctor.facts.python_env import Distribution, PythonEnv
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ def applicable_needs(env: PythonEnv) -> tuple[list[Need], list[BadRequirement]]:
                     if req is None or not _applies(req, env.markers, extra):
                         continue
                     needs[(id(dist), raw)] = Need(dist, req, extra or None)
-                    target = normalize(req.name)
-                    new = {normalize(e) for e in req.extras} - requested.get(target, set())
+                    target = canonicalize_name(req.name)
+                    new = {canonicalize_name(e) for e in req.extras} - requested.get(target, set())
                     if target in requested and new:
                         requested[target] |= new
                         changed = True
@@ -150,7 +151,7 @@ def _unmet(env: PythonEnv, needs: list[Need]) -> list[Unmet]:
 def combined_spec(env: PythonEnv, name: str) -> tuple[SpecifierSet, list[Need]]:
     """Everything installed that constrains `name`, and the intersection of their specifiers."""
     needs = analyze(env).needs
-    mine = [n for n in needs if normalize(n.req.name) == normalize(name)]
+    mine = [n for n in needs if canonicalize_name(n.req.name) == canonicalize_name(name)]
     spec = SpecifierSet()
     for n in mine:
         spec &= n.req.specifier

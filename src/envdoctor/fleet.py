@@ -12,8 +12,9 @@ from pathlib import Path
 
 from envdoctor import textfile
 from envdoctor.errors import UsageError
+from envdoctor.model import failing_statuses
 
-BAD = ("fail", "error")
+BAD = {s.value for s in failing_statuses()}  # as the report files spell them
 
 
 @dataclass

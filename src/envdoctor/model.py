@@ -18,6 +18,12 @@ class Status(str, enum.Enum):
 SEVERITY = {Status.ERROR: 4, Status.FAIL: 3, Status.WARN: 2, Status.OK: 1, Status.SKIP: 0}
 
 
+def failing_statuses(strict: bool = False) -> frozenset[Status]:
+    """The statuses a run fails on — the exit code, JUnit failures, the train preflight, a fix's verdict,
+    `report merge` — one set for all of them; --strict adds warnings."""
+    return frozenset({Status.FAIL, Status.ERROR} | ({Status.WARN} if strict else set()))
+
+
 def worst(statuses) -> Status:
     statuses = list(statuses)
     return max(statuses, key=SEVERITY.__getitem__) if statuses else Status.OK

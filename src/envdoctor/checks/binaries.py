@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from packaging.utils import canonicalize_name
+
 from envdoctor import tables
 from envdoctor.buildjobs import JOB_GIB, NVCC_THREADS, flash_attn_jobs
 from envdoctor.facts.binaries import BinaryFacts, Extension
@@ -89,7 +91,7 @@ def flash_attn_remedy(version: str, torch: TorchFacts, python: PythonEnv, gpu: G
 
 
 def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
-    key = ext.dist.lower().replace("_", "-")
+    key = canonicalize_name(ext.dist)
     if key == "flash-attn":
         return flash_attn_remedy((ext.version or "").split("+")[0], torch, python, gpu, host)
     if key in ("torchvision", "torchaudio") and torch.minor:
@@ -134,7 +136,7 @@ def flash_attn(binaries: BinaryFacts, torch: TorchFacts, python: PythonEnv, gpu:
     fa = python.get("flash-attn")
     if fa is None:
         return skip("flash-attn is not installed")
-    exts = [e for e in binaries.extensions if e.dist.lower().replace("_", "-") == "flash-attn"]
+    exts = [e for e in binaries.extensions if canonicalize_name(e.dist) == "flash-attn"]
     fails = any(e.will_fail for e in exts)
     m = FA_TAG.search(fa.version or "")
     if not m:

@@ -3,7 +3,6 @@ and the statically read arch list cross-checked against torch's own."""
 
 from __future__ import annotations
 
-from envdoctor.checks.gpu import no_gpu
 from envdoctor.facts.binaries import BinaryFacts
 from envdoctor.facts.gpu import GpuFacts
 from envdoctor.facts.imports import ImportOutcomes
@@ -28,35 +27,32 @@ def remedy(stage: str, python: PythonEnv) -> Remedy:
     }[stage]
 
 
-def from_smoke(s: SmokeResult, gpu: GpuFacts, python: PythonEnv) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
+def from_smoke(s: SmokeResult, python: PythonEnv) -> Result:
     status = STATUS.get(s.status, Status.FAIL)
     timing = f" ({s.seconds:.1f} s)" if s.seconds else ""
     return Result(status, s.message + (timing if status == Status.OK else ""), list(s.details),
                   remedy(s.stage, python) if status in (Status.FAIL, Status.WARN) else None)
 
 
-def _smoke_check(stage: str, title: str, looks_at: str) -> None:
+def _smoke_check(stage: str, title: str, looks_at: str):
     def run(gpu: GpuFacts, python: PythonEnv, **smoke: SmokeResult) -> Result:
-        return from_smoke(smoke[f"smoke_{stage}"], gpu, python)
-    check(f"deep.{stage}", title, "Deep", looks_at, needs=(f"smoke_{stage}", "gpu", "python"), option="deep",
-          timeout=5.0)(run)
+        return from_smoke(smoke[f"smoke_{stage}"], python)
+    return check(f"deep.{stage}", title, "Deep", looks_at, needs=(f"smoke_{stage}", "gpu", "python"),
+                 option="deep", timeout=5.0, applies=("gpu",))(run)
 
 
-_smoke_check("torch", "torch on the GPU", "import torch, CUDA init and a bf16 matmul, in a subprocess")
-_smoke_check("bitsandbytes", "bitsandbytes NF4",
-             "a bitsandbytes NF4 Linear4bit forward and backward on the GPU, in a subprocess")
-_smoke_check("flash_attn", "flash-attn", "a flash-attn forward on a tiny tensor, in a subprocess")
-_smoke_check("torchao", "torchao", "import torchao (and whether it skips its C++ extensions), in a subprocess")
+smoke_torch = _smoke_check("torch", "torch on the GPU", "import torch, CUDA init and a bf16 matmul, in a subprocess")
+smoke_bitsandbytes = _smoke_check("bitsandbytes", "bitsandbytes NF4",
+                                  "a bitsandbytes NF4 Linear4bit forward and backward on the GPU, in a subprocess")
+smoke_flash_attn = _smoke_check("flash_attn", "flash-attn", "a flash-attn forward on a tiny tensor, in a subprocess")
+smoke_torchao = _smoke_check("torchao", "torchao",
+                             "import torchao (and whether it skips its C++ extensions), in a subprocess")
 
 
 @check("deep.arch_list", "Arch list cross-check", "Deep",
        "the archs read from torch's fat binaries equal torch.cuda.get_arch_list()",
-       needs=("smoke_torch", "torch", "gpu"), option="deep", timeout=5.0)
+       needs=("smoke_torch", "torch", "gpu"), option="deep", timeout=5.0, applies=("gpu",))
 def arch_list(smoke_torch: SmokeResult, torch: TorchFacts, gpu: GpuFacts) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     runtime = smoke_torch.data.get("arch_list")
     if not runtime:
         return skip("torch reported no arch list (not a CUDA build, or the smoke test failed)")

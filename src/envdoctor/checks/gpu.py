@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from envdoctor import tables
+from envdoctor.applies import NO_GPU
 from envdoctor.facts.gpu import GpuFacts
 from envdoctor.facts.host import GiB, HostFacts
 from envdoctor.facts.python_env import PythonEnv
@@ -12,14 +13,6 @@ from envdoctor.gpu_compat import (Build, companion_pins, coverage, min_driver, p
                                   tag_cuda)
 from envdoctor.model import Item, Remedy, Result, Status, fail, from_items, ok, skip, warn
 from envdoctor.registry import check
-
-NO_GPU = "no NVIDIA GPU found"
-
-
-def no_gpu(gpu: GpuFacts) -> str:
-    """Why a GPU check has nothing to judge: no GPU, or one the tools cannot read (gpu.driver fails then)."""
-    return "the GPU's tools failed (see gpu.driver)" if gpu.signals else NO_GPU
-
 
 BUSY_FRACTION, BUSY_BYTES = 0.10, 1 * GiB
 
@@ -81,10 +74,9 @@ def driver(gpu: GpuFacts) -> Result:
               f"(via {gpu.source})", gpu.attempts)
 
 
-@check("gpu.devices", "GPUs", "GPU", "every GPU: name, compute capability, memory, MIG mode", needs=("gpu",))
+@check("gpu.devices", "GPUs", "GPU", "every GPU: name, compute capability, memory, MIG mode", needs=("gpu",),
+       applies=("gpu",))
 def devices(gpu: GpuFacts) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     items = []
     for g in gpu.gpus:
         desc = f"GPU {g.index}: {g.name} ({g.sm or 'cc ?'}, {(g.mem_total or 0) / GiB:.1f} GiB)"
@@ -99,10 +91,9 @@ def devices(gpu: GpuFacts) -> Result:
     return from_items(items, summary, summary)
 
 
-@check("gpu.memory", "GPU memory in use", "GPU", "GPU memory already held by other processes", needs=("gpu",))
+@check("gpu.memory", "GPU memory in use", "GPU", "GPU memory already held by other processes", needs=("gpu",),
+       applies=("gpu",))
 def memory(gpu: GpuFacts) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     items = []
     for g in gpu.gpus:
         held = sum(p["used"] for p in g.processes) if g.processes else (g.mem_used or 0)
@@ -117,10 +108,8 @@ def memory(gpu: GpuFacts) -> Result:
 
 
 @check("gpu.torch", "PyTorch build", "GPU", "torch is installed and is a CUDA build on a machine with NVIDIA GPUs",
-       needs=("gpu", "torch", "python"))
+       needs=("gpu", "torch", "python"), applies=("gpu",))
 def torch_build(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     if not torch.installed:
         return warn("torch is not installed", ["Everything in the QLoRA stack needs it."],
                     _torch_remedy(python, gpu, torch, "runs on these GPUs and this driver"))
@@ -138,10 +127,8 @@ def torch_build(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
 
 
 @check("gpu.driver_cuda", "Driver vs torch CUDA", "GPU", "the driver runs the CUDA version torch was built with",
-       needs=("gpu", "torch", "host", "python"))
+       needs=("gpu", "torch", "host", "python"), applies=("gpu",))
 def driver_cuda(gpu: GpuFacts, torch: TorchFacts, host: HostFacts, python: PythonEnv) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     need, have = torch.cuda_tuple, gpu.cuda_driver
     if need is None:
         return skip("torch is not a CUDA build")
@@ -166,10 +153,8 @@ def driver_cuda(gpu: GpuFacts, torch: TorchFacts, host: HostFacts, python: Pytho
 
 @check("gpu.arch", "Kernels for this GPU", "GPU",
        "torch's compiled GPU architectures (SASS and PTX, from its fat binaries) cover every GPU",
-       needs=("gpu", "torch", "python"))
+       needs=("gpu", "torch", "python"), applies=("gpu",))
 def arch(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     if not torch.installed or torch.cuda is None:
         return skip("torch is not a CUDA build")
     sass, ptx = torch.archs["sass"], torch.archs["ptx"]
@@ -204,10 +189,8 @@ def arch(gpu: GpuFacts, torch: TorchFacts, python: PythonEnv) -> Result:
 
 
 @check("gpu.bf16", "bf16 support", "GPU", "compute capability ≥ 8.0 for the bf16 QLoRA compute dtype",
-       needs=("gpu",))
+       needs=("gpu",), applies=("gpu",))
 def bf16(gpu: GpuFacts) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     old = [g for g in gpu.gpus if g.cc and tuple(g.cc) < (8, 0)]
     if old:
         names = ", ".join(f"{g.name} ({g.sm})" for g in old)
@@ -230,10 +213,8 @@ def _nvcc_min(sm: str) -> tuple[int, int] | None:
 
 @check("gpu.nvcc", "CUDA compiler", "GPU",
        "an nvcc matching torch's CUDA major for source builds (flash-attn), and new enough for the GPU",
-       needs=("toolkit", "torch", "python", "gpu"))
+       needs=("toolkit", "torch", "python", "gpu"), applies=("gpu",))
 def nvcc(toolkit: ToolkitFacts, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts) -> Result:
-    if not gpu.present:
-        return skip(no_gpu(gpu))
     if not torch.installed or torch.cuda_tuple is None:
         return skip("torch is not a CUDA build")
     fa = python.get("flash-attn")

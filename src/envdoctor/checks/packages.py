@@ -3,10 +3,11 @@ companion versions (torchvision / torchaudio / torchao against torch), pip itsel
 
 from __future__ import annotations
 
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from envdoctor import deps, tables
-from envdoctor.facts.python_env import Distribution, PythonEnv, normalize
+from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
 from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
 from envdoctor.registry import check
@@ -39,7 +40,7 @@ def requirements(python: PythonEnv) -> Result:
     items, install, torch_changes, details = [], [], False, []
     by_target: dict[str, list[deps.Unmet]] = {}
     for u in unmet:
-        by_target.setdefault(normalize(u.need.req.name), []).append(u)
+        by_target.setdefault(canonicalize_name(u.need.req.name), []).append(u)
     for key, group in sorted(by_target.items()):
         spec, conflict = _spec_for(python, group[0].need.req.name)
         torch_changes |= key == "torch"

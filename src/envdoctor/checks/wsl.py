@@ -11,7 +11,6 @@ from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
 from envdoctor.wslconfig import effective, recommend
 
-NOT_WSL = "not WSL"
 MERGE_GIB = 20          # an 8B model in bf16 (16 GB) plus the process around it, to load and merge
 BUILD_JOBS = 4          # flash-attn's README: MAX_JOBS=4 on machines under 96 GB
 RESTART = "then in Windows: wsl --shutdown, wait ~8 s, reopen the distro"
@@ -21,10 +20,9 @@ def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / GiB:.0f} GiB"
 
 
-@check("wsl.version", "WSL", "WSL", "WSL1 or WSL2, interop, the Windows profile folder", needs=("wsl",))
+@check("wsl.version", "WSL", "WSL", "WSL1 or WSL2, interop, the Windows profile folder", needs=("wsl",),
+       applies=("wsl",))
 def version(wsl: WslFacts) -> Result:
-    if wsl.version is None:
-        return skip(NOT_WSL, quiet=True)
     if wsl.version == 1:
         return fail("WSL1: no GPU access", ["CUDA works only in WSL2 distributions."],
                     Remedy("wsl --set-version <distro> 2", "Convert the distribution to WSL2 (run in Windows)."))
@@ -34,10 +32,8 @@ def version(wsl: WslFacts) -> Result:
 
 
 @check("wsl.config", ".wslconfig", "WSL", "the .wslconfig WSL reads: found, well-formed, effective values",
-       needs=("wsl",))
+       needs=("wsl",), applies=("wsl2",))
 def config(wsl: WslFacts) -> Result:
-    if wsl.version != 2:
-        return skip(NOT_WSL, quiet=True)
     if not wsl.profile:
         return warn("cannot find the Windows profile folder, so not .wslconfig either",
                     [wsl.host_from or "", "tried wslvar, cmd.exe through interop, and /mnt/c/Users"],
@@ -60,10 +56,8 @@ def config(wsl: WslFacts) -> Result:
 
 
 @check("wsl.memory", "WSL VM memory", "WSL", "the VM's memory against loading/merging an 8B model and a "
-       "flash-attn build (per-job peak × jobs)", needs=("wsl", "host", "python"))
+       "flash-attn build (per-job peak × jobs)", needs=("wsl", "host", "python"), applies=("wsl2",))
 def memory(wsl: WslFacts, host: HostFacts, python: PythonEnv) -> Result:
-    if wsl.version != 2:
-        return skip(NOT_WSL, quiet=True)
     vm = host.mem_total or 0
     must_build = python.get("flash-attn") is None
     need = max(MERGE_GIB, BUILD_JOBS * JOB_GIB if must_build else 0)
@@ -87,10 +81,8 @@ def memory(wsl: WslFacts, host: HostFacts, python: PythonEnv) -> Result:
 
 
 @check("wsl.driver", "No Linux driver in WSL", "WSL", "no Linux NVIDIA driver packages inside the WSL distro",
-       needs=("wsl",))
+       needs=("wsl",), applies=("wsl2",))
 def driver(wsl: WslFacts) -> Result:
-    if wsl.version != 2:
-        return skip(NOT_WSL, quiet=True)
     if wsl.linux_driver_packages:
         pkgs = " ".join(wsl.linux_driver_packages)
         return fail(f"a Linux NVIDIA driver is installed inside WSL: {pkgs}",
@@ -100,10 +92,8 @@ def driver(wsl: WslFacts) -> Result:
 
 
 @check("wsl.libcuda", "libcuda from Windows", "WSL", "libcuda.so.1 resolves to /usr/lib/wsl/lib",
-       needs=("wsl",))
+       needs=("wsl",), applies=("wsl2",))
 def libcuda(wsl: WslFacts) -> Result:
-    if wsl.version != 2:
-        return skip(NOT_WSL, quiet=True)
     if not wsl.wsl_libcuda:
         return fail("/usr/lib/wsl/lib/libcuda.so.1 is missing: the Windows NVIDIA driver is not exposed",
                     ["Install or update the NVIDIA driver on Windows (never in Linux), then wsl --update."],
@@ -117,10 +107,9 @@ def libcuda(wsl: WslFacts) -> Result:
     return ok("libcuda.so.1 comes from /usr/lib/wsl/lib")
 
 
-@check("wsl.nvidia_smi", "nvidia-smi", "WSL", "the nvidia-smi on PATH is the WSL one", needs=("wsl",))
+@check("wsl.nvidia_smi", "nvidia-smi", "WSL", "the nvidia-smi on PATH is the WSL one", needs=("wsl",),
+       applies=("wsl2",))
 def nvidia_smi(wsl: WslFacts) -> Result:
-    if wsl.version != 2:
-        return skip(NOT_WSL, quiet=True)
     if wsl.smi_shadow:
         return warn(f"{wsl.smi_shadow} shadows /usr/lib/wsl/lib/nvidia-smi",
                     ["A distro nvidia-smi (nvidia-utils) cannot talk to the Windows driver: 'NVIDIA-SMI has failed'."],

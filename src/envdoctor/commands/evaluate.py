@@ -35,3 +35,10 @@ def run_eval(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if code == 0:
         out.write(f"report: {run / 'eval_report.json'}\n")
     return code
+
+
+def main(args) -> int:
+    from envdoctor.commands.interpreter import resolve, run_python
+    run_python(args)
+    system, ctx = resolve(args)
+    return run_eval(args, system, ctx)

@@ -10,7 +10,7 @@ from pathlib import Path
 from envdoctor import engine, registry
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
-from envdoctor.model import Status
+from envdoctor.model import Status, failing_statuses
 from envdoctor.repair.apply import apply
 from envdoctor.repair.plan import FIXES, Plan
 from envdoctor.system import System
@@ -116,7 +116,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
                 out.flush()
                 system.run([wsl_exe, "--shutdown"], timeout=60.0)
     targets = sorted({t for o in outcomes if o.ok for t in o.plan.targets})
-    recheck = engine.run_checks([registry.CHECKS[t] for t in targets], registry.PROVIDERS, system, ctx) \
+    recheck = engine.run_checks([registry.load()[t] for t in targets], registry.PROVIDERS, system, ctx) \
         if targets else None
     status = {r.check_id: r for r in (recheck.results if recheck else [])}
     code = 0
@@ -129,7 +129,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
             out.write(f"  [✗] {o.plan.fix_id}: failed at '{o.failed_step}'; {state}\n")
             out.writelines(f"      | {line}\n" for line in o.tail)
             continue
-        still = [t for t in o.plan.targets if status[t].status in (Status.FAIL, Status.ERROR)]
+        still = [t for t in o.plan.targets if status[t].status in failing_statuses()]
         if still:
             code = 1
             out.write(f"  [!] {o.plan.fix_id}: applied in {o.seconds:.0f} s, but still failing: "
@@ -137,3 +137,9 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
         else:
             out.write(f"  [✓] {o.plan.fix_id}: fixed in {o.seconds:.0f} s ({', '.join(o.plan.targets)} pass)\n")
     return code
+
+
+def main(args) -> int:
+    from envdoctor.commands.interpreter import resolve
+    system, ctx = resolve(args)
+    return run_fix(args, system, ctx)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from envdoctor import engine, registry
@@ -19,15 +18,8 @@ from envdoctor.facts.host import probe_host
 from envdoctor.gpu_compat import coverage
 from envdoctor.recipes import Recipe, bundled, load
 from envdoctor.redact import RedactedLog
+from envdoctor.steps import Step, freeze, run_steps
 from envdoctor.system import System
-
-
-@dataclass
-class Step:
-    title: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    timeout: float = 3600.0
 
 
 def pick(system: System, ctx: Context) -> tuple[Recipe, str]:
@@ -103,22 +95,25 @@ def run_install(args, system: System, out=sys.stdout) -> int:
         out.write("--dry-run: nothing was created.\n")
         return 0
     log = venv.parent / f"{venv.name}.envdoctor-install-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
+    def announce(i: int, n: int, step: Step) -> None:
+        out.write(f"[{i}/{n}] {step.title} …\n")
+        out.flush()
+
+    def pin_torch(i: int, step: Step) -> None:
+        if i == 2:  # torch is in: pin exactly what was installed, build tag included
+            try:
+                line = freeze(system, py).get("torch", "")
+            except RuntimeError:
+                line = ""
+            constraints.write_text((line if line.lower().startswith("torch==") else recipe.torch_spec) + "\n")
+
     with RedactedLog(log) as fh:
-        for i, s in enumerate(steps, 1):
-            out.write(f"[{i}/{len(steps)}] {s.title} …\n")
-            out.flush()
-            res = system.run(s.argv, timeout=s.timeout, env={**system.env, **s.env})
-            fh.write(f"$ {' '.join(s.argv)}\n{res.stdout}{res.stderr}\n[exit {res.returncode}]\n")
-            fh.flush()
-            if not res.ok:
-                tail = (res.stdout + res.stderr).strip().splitlines()[-15:]
-                out.write(f"failed: {res.describe()} (full log: {log})\n" + "".join(f"  | {t}\n" for t in tail))
-                out.write(f"The venv {venv} is incomplete; delete it before trying again.\n")
-                return 1
-            if i == 2:  # torch is in: pin exactly what was installed, build tag included
-                frozen = system.run([py, "-m", "pip", "freeze", "--all"], timeout=120.0).stdout
-                pin = next((ln for ln in frozen.splitlines() if ln.lower().startswith("torch==")), recipe.torch_spec)
-                constraints.write_text(pin + "\n")
+        failed = run_steps(system, steps, fh, announce, after=pin_torch)
+    if failed is not None:
+        out.write(f"failed: {failed.result.describe()} (full log: {log})\n"
+                  + "".join(f"  | {t}\n" for t in failed.tail))
+        out.write(f"The venv {venv} is incomplete; delete it before trying again.\n")
+        return 1
     out.write(f"installed (log: {log}); checking the result:\n")
     from envdoctor.report import exit_code, text
     check_ctx = Context(python=py, python_reason="venv created by envdoctor install", recipe=recipe.name)
@@ -127,3 +122,7 @@ def run_install(args, system: System, out=sys.stdout) -> int:
     from envdoctor import __version__
     text.render(run, f"{py} (recipe {recipe.name})", __version__, out, env=os.environ)
     return exit_code(run.results, strict=False)
+
+
+def main(args) -> int:
+    return run_install(args, System())

@@ -177,3 +177,10 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
               f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "
               f"serve it with: vllm serve {dest}\n")
     return 0
+
+
+def main(args) -> int:
+    from envdoctor.commands.interpreter import resolve, run_python
+    run_python(args)
+    system, ctx = resolve(args)
+    return run_merge(args, system, ctx)

@@ -15,7 +15,7 @@ from envdoctor import engine, registry
 from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
-from envdoctor.model import Status
+from envdoctor.model import failing_statuses
 from envdoctor.system import System
 from envdoctor.training.backends import axolotl_argv, axolotl_env, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
@@ -130,7 +130,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
-    failing = [r for r in run.results if r.status in (Status.FAIL, Status.ERROR)]
+    failing = [r for r in run.results if r.status in failing_statuses()]
     tolerated = axolotl and cpu_tolerated_extensions(run.facts["binaries"].value if run.facts.get("binaries") else None,
                                                      run.facts["torch"].value if run.facts.get("torch") else None)
     if tolerated:  # pip's axolotl beside a CPU torch: CUDA builds that its CPU path never loads
@@ -196,3 +196,9 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     offline = {} if getattr(args, "download", False) else {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
                                     "TOKENIZERS_PARALLELISM": "false"})
+
+
+def main(args) -> int:
+    from envdoctor.commands.interpreter import resolve
+    system, ctx = resolve(args)
+    return run_train(args, system, ctx)

@@ -42,3 +42,7 @@ def run_wslconfig(args, system: System, out=sys.stdout) -> int:
     write_edits(system, plan, stamp, lambda m: out.write(m.strip() + "\n"))
     out.write("WSL reads it when the VM starts: in Windows, wsl --shutdown, wait ~8 s, reopen the distro.\n")
     return 0
+
+
+def main(args) -> int:
+    return run_wslconfig(args, System())

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.facts.binaries import BinaryFacts
 from envdoctor.facts.gpu import SMOKE_MARK
 from envdoctor.system import System
-
-SOURCE = Path(__file__).resolve().parent.parent / "target" / "importcheck.py"
 
 
 @dataclass
@@ -28,7 +26,7 @@ def load_for_real(system: System, ctx: Context, targets: list[dict], preload_tor
     results: dict[str, dict] = {}
     todo = list(targets)
     while todo:
-        argv = [ctx.python, "-c", SOURCE.read_text(encoding="utf-8"), SMOKE_MARK, "imports"]
+        argv = target.argv(ctx.python, "importcheck", SMOKE_MARK, "imports")
         argv += ["--preload-torch"] if preload_torch else []
         res = system.run(argv, timeout=ctx.smoke_timeout, input=json.dumps(todo))
         for line in res.stdout.splitlines():

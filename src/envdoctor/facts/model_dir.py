@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.facts.gpu import SMOKE_MARK
 from envdoctor.safetensors_header import HeaderError, header_length, read_header
@@ -14,28 +15,6 @@ from envdoctor.system import System
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-LOAD_SOURCE = """
-import json, sys
-out = {}
-path = sys.argv[2]
-try:
-    from transformers import AutoConfig, AutoTokenizer
-    out["config_class"] = type(AutoConfig.from_pretrained(path)).__name__
-    tok = AutoTokenizer.from_pretrained(path)
-    out["tokenizer_class"] = type(tok).__name__
-    out["vocab"] = len(tok)
-    out["chat_template"] = bool(getattr(tok, "chat_template", None))
-except Exception as exc:
-    out["error"] = f"{type(exc).__name__}: {exc}"[:500]
-try:
-    import importlib.util
-    if importlib.util.find_spec("vllm") is not None:
-        from vllm import ModelRegistry
-        out["vllm_archs"] = sorted(ModelRegistry.get_supported_archs())
-except Exception as exc:
-    out["vllm_error"] = f"{type(exc).__name__}: {exc}"[:500]
-print(json.dumps(out))
-"""
 
 
 @dataclass
@@ -181,7 +160,7 @@ def probe_model_dir(system: System, ctx: Context) -> ModelDirFacts:
     tok_cfg = system.read_text(f"{d}/tokenizer_config.json") or ""
     facts.chat_template = any(f.startswith("chat_template") for f in files) or '"chat_template"' in tok_cfg
     if facts.config is not None:
-        res = system.run([ctx.python, "-c", LOAD_SOURCE, SMOKE_MARK, d], timeout=ctx.probe_timeout * 4,
+        res = system.run(target.argv(ctx.python, "modelload", SMOKE_MARK, d), timeout=ctx.probe_timeout * 4,
                          env={**system.env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         try:
             facts.load = json.loads(res.stdout.strip().splitlines()[-1])

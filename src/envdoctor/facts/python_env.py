@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
+from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.errors import FactError
 from envdoctor.system import System
-
-PROBE_SOURCE_PATH = Path(__file__).resolve().parent.parent / "target" / "probe.py"
-_NORMALIZE = re.compile(r"[-_.]+")
-
-
-def normalize(name: str) -> str:
-    """PEP 503 name normalization: `Flash_Attn` and `flash-attn` are one project."""
-    return _NORMALIZE.sub("-", name).lower()
-
 
 @dataclass
 class Distribution:
@@ -40,7 +33,7 @@ class Distribution:
 
     @property
     def key(self) -> str:
-        return normalize(self.name or self.dir_name or Path(self.path).name)
+        return canonicalize_name(self.name or self.dir_name or Path(self.path).name)
 
     @property
     def label(self) -> str:
@@ -78,11 +71,11 @@ class PythonEnv:
             self._by_key.setdefault(d.key, []).append(d)
 
     def get(self, name: str) -> Distribution | None:
-        found = self._by_key.get(normalize(name))
+        found = self._by_key.get(canonicalize_name(name))
         return found[0] if found else None
 
     def installs(self, name: str) -> list[Distribution]:
-        return list(self._by_key.get(normalize(name), []))
+        return list(self._by_key.get(canonicalize_name(name), []))
 
     def by_key(self) -> dict[str, list[Distribution]]:
         return dict(self._by_key)
@@ -113,8 +106,7 @@ def parse_probe_output(raw: str, reason: str) -> PythonEnv:
 
 
 def probe_python(system: System, ctx: Context, with_files: bool = False) -> PythonEnv:
-    source = PROBE_SOURCE_PATH.read_text(encoding="utf-8")
-    argv = [ctx.python, "-c", source] + (["--files"] if with_files else [])
+    argv = target.argv(ctx.python, "probe", *(["--files"] if with_files else []))
     res = system.run(argv, timeout=ctx.probe_timeout)
     if not res.ok:
         tail = "\n".join(res.stderr.strip().splitlines()[-5:])

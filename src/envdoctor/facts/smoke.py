@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.facts.gpu import SMOKE_MARK, GpuFacts
 from envdoctor.system import System
 
-SOURCE = Path(__file__).resolve().parent.parent / "target" / "smoke.py"
 STAGES = ("torch", "bitsandbytes", "flash_attn", "torchao")
 
 
@@ -36,7 +35,7 @@ def _signal_name(rc: int) -> str:
 
 
 def run_smoke(system: System, ctx: Context, stage: str) -> SmokeResult:
-    argv = [ctx.python, "-c", SOURCE.read_text(encoding="utf-8"), SMOKE_MARK, stage]
+    argv = target.argv(ctx.python, "smoke", SMOKE_MARK, stage)
     res = system.run(argv, timeout=ctx.smoke_timeout)
     tail = [ln for ln in res.stderr.strip().splitlines() if ln.strip()][-6:]
     if res.timed_out:

@@ -9,21 +9,8 @@ from pathlib import Path
 from envdoctor.assets import asset
 from envdoctor.redact import RedactedLog
 from envdoctor.repair.plan import Plan
+from envdoctor.steps import Step, freeze, log_result, run_steps
 from envdoctor.system import System
-
-
-def freeze(system: System, python: str) -> dict[str, str]:
-    """name -> requirement line, exactly as `pip freeze --all` prints it."""
-    res = system.run([python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"], timeout=120.0)
-    if not res.ok:
-        raise RuntimeError(f"pip freeze failed: {res.describe()}: {res.stderr.strip()[-300:]}")
-    out = {}
-    for line in res.stdout.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name = line.split("==")[0].split(" @ ")[0].strip().lower().replace("_", "-")
-            out[name] = line
-    return out
 
 
 @dataclass
@@ -79,8 +66,7 @@ def apply(system: System, python: str, plan: Plan, log_path: Path, progress, sta
     fh = RedactedLog(log_path)
 
     def log(res) -> None:
-        fh.write(f"$ {' '.join(res.argv)}\n{res.stdout}{res.stderr}\n[exit {res.returncode}]\n")
-        fh.flush()
+        log_result(fh, res)
 
     try:
         before = freeze(system, python)
@@ -91,19 +77,17 @@ def apply(system: System, python: str, plan: Plan, log_path: Path, progress, sta
             constraint = log_path.with_suffix(".constraints.txt")
             constraint.write_text(plan.pin_torch + "\n")
             env["PIP_CONSTRAINT"] = str(constraint)
-        for i, step in enumerate(plan.steps, 1):
-            progress(f"  [{i}/{len(plan.steps)}] {step.description} …")
-            res = system.run(["bash", str(asset("fixes", step.script)), *step.args], timeout=step.timeout,
-                             env={**env, **step.env})
-            log(res)
-            if not res.ok:
-                out = Outcome(plan, False, failed_step=step.description,
-                              tail=(res.stdout + res.stderr).strip().splitlines()[-15:] or [res.describe()])
-                progress("  failed; restoring the environment as it was …")
-                out.restore_problems = restore(system, python, before, log)
-                out.restored = not out.restore_problems
-                out.seconds = time.monotonic() - start
-                return out
+        steps = [Step(s.description, ["bash", str(asset("fixes", s.script)), *s.args], s.env, s.timeout)
+                 for s in plan.steps]
+        failed = run_steps(system, steps, fh, lambda i, n, step: progress(f"  [{i}/{n}] {step.title} …"), env)
+        if failed is not None:
+            out = Outcome(plan, False, failed_step=failed.step.title,
+                          tail=failed.tail or [failed.result.describe()])
+            progress("  failed; restoring the environment as it was …")
+            out.restore_problems = restore(system, python, before, log)
+            out.restored = not out.restore_problems
+            out.seconds = time.monotonic() - start
+            return out
         return Outcome(plan, True, time.monotonic() - start)
     finally:
         fh.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from envdoctor.errors import EXIT_FAILURES, EXIT_OK
-from envdoctor.model import Status
+from envdoctor.model import Status, failing_statuses
 
 
 def counts(results) -> dict[str, int]:
@@ -14,5 +14,5 @@ def counts(results) -> dict[str, int]:
 
 
 def exit_code(results, strict: bool) -> int:
-    bad = {Status.FAIL, Status.ERROR} | ({Status.WARN} if strict else set())
+    bad = failing_statuses(strict)
     return EXIT_FAILURES if any(r.status in bad for r in results) else EXIT_OK

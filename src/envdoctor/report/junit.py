@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from envdoctor.model import Status
+from envdoctor.model import Status, failing_statuses
 from envdoctor.redact import redact
 
 
@@ -19,7 +19,7 @@ def _text(r) -> str:
 
 
 def build(results, duration_s: float, strict: bool, hostname: str) -> bytes:
-    bad = {Status.FAIL, Status.ERROR} | ({Status.WARN} if strict else set())
+    bad = failing_statuses(strict)
     suite = ET.Element("testsuite", name="envdoctor", hostname=hostname, tests=str(len(results)),
                        failures=str(sum(r.status in bad - {Status.ERROR} for r in results)),
                        errors=str(sum(r.status == Status.ERROR for r in results)),

@@ -16,6 +16,7 @@ _NORMALIZE = re.compile(r"[-_.]+")
 
 
 def normalize(name):
+    # packaging.utils.canonicalize_name's rule (the doctor uses that): the target may not have packaging.
     return _NORMALIZE.sub("-", name).lower()
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 
+from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.system import System
 
-FIND = "import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))"
-
 
 def require(system: System, ctx: Context, modules: list[str], what: str) -> None:
-    res = system.run([ctx.python, "-c", FIND, *modules], timeout=ctx.probe_timeout)
+    res = system.run(target.argv(ctx.python, "findspec", *modules), timeout=ctx.probe_timeout)
     try:
         missing = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -1,0 +1,74 @@
+"""`envdoctor check`: probe this machine and a Python environment, run the selected checks, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import platform
+import sys
+from difflib import get_close_matches
+
+from envdoctor import __version__
+from envdoctor.commands.interpreter import resolve
+from envdoctor.errors import UsageError
+
+
+def select(checks: dict, only: list[str], skip: list[str], enabled: frozenset = frozenset()) -> list:
+    def matches(pattern: str) -> set[str]:
+        hits = {cid for cid in checks if cid == pattern or cid.startswith(pattern + ".")
+                or fnmatch.fnmatchcase(cid, pattern)}
+        if not hits:
+            near = get_close_matches(pattern, list(checks), n=3)
+            raise UsageError(f"unknown check {pattern!r}" + (f"; did you mean {', '.join(near)}?" if near else
+                                                            "; `envdoctor checks` lists them"))
+        return hits
+    # Checks behind an option (--deep, --recipe) run with it, or when --only names them.
+    chosen = set().union(*(matches(p) for p in only)) if only else {
+        c for c in checks if checks[c].option is None or checks[c].option in enabled}
+    dropped = set().union(*(matches(p) for p in skip)) if skip else set()
+    return [c for cid, c in checks.items() if cid in chosen - dropped]
+
+
+def main(args) -> int:
+    from envdoctor import engine, registry
+    from envdoctor.report import exit_code
+
+    if args.smoke_timeout <= 0:
+        raise UsageError("--smoke-timeout must be positive")
+    if args.recipe:
+        from envdoctor.recipes import load
+        load(args.recipe)  # a bad name or file is a usage error before anything runs
+    system, ctx = resolve(args)
+    if args.config and not os.path.isfile(args.config):
+        raise UsageError(f"--config {args.config}: no such file")
+    if args.model and not os.path.isdir(args.model):
+        raise UsageError(f"--model {args.model}: no such folder")
+    ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe, train_config=args.config,
+                              model_dir=args.model)
+    python, reason = ctx.python, ctx.python_reason
+    from envdoctor.facts.smoke import STAGES
+    # The subprocesses are the slow part: start them before importing the checks. Almost every selection
+    # needs the Python probe; --deep needs every smoke test.
+    early = engine.start_facts(["python"] + ([f"smoke_{s}" for s in STAGES] if args.deep else []),
+                               registry.PROVIDERS, system, ctx)
+    enabled = frozenset(n for n, on in (("deep", args.deep), ("recipe", args.recipe), ("config", args.config),
+                                        ("model", args.model)) if on)
+    checks = select(registry.load(), args.only, args.skip, enabled)
+    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
+    code = exit_code(run.results, args.strict)
+    fmt = "json" if args.json else (args.format or "text")
+    if args.junit:
+        from envdoctor.report import junit
+        system.write_bytes(args.junit, junit.build(run.results, run.duration_s, args.strict, platform.node()))
+    if fmt == "json":
+        from envdoctor.report import json_report
+        json_report.render(run, {"python": python, "reason": reason}, __version__, code, sys.stdout)
+        return code
+    if fmt == "github":
+        from envdoctor.report import github
+        github.render(run.results, sys.stdout)
+    from envdoctor.report import text
+    text.render(run, f"{python} ({reason})", __version__, sys.stdout, verbose=args.verbose,
+                problems=getattr(args, "problems", False))
+    return code
