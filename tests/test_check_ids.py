@@ -40,7 +40,7 @@ def test_every_check_id_named_anywhere_is_registered():
     unknown = {where: sorted(ids - set(CHECKS)) for where, ids in named.items() if ids - set(CHECKS)}
     assert not unknown, f"check ids that are not in the registry: {unknown}"
     # the scan finds ids at all (a broken pattern would pass vacuously)
-    assert "gpu.driver" in named["README.md"] and named["registry.PROVIDERS owners"]
+    assert "gpu.driver" in named["docs/checks.md"] and named["registry.PROVIDERS owners"]
 
 
 def test_every_registered_check_has_a_unique_id_and_a_known_category():
