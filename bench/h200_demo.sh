@@ -14,7 +14,7 @@ echo "== envdoctor eval"; python3 -m envdoctor eval $D 2>&1 | quiet | tail -4
 echo "== envdoctor train --fsdp (bf16 LoRA, one process)"
 python3 -c "
 import yaml; c = yaml.safe_load(open('train/configs/demo.yaml'))
-c.update(load_in_4bit=False, bf16=True, num_epochs=2, datasets=[{'path': '$PWD/train/demo_corpus'}], output_dir='$D-fsdp')
+c.update(load_in_4bit=False, adapter='lora', bf16=True, num_epochs=2, datasets=[{'path': '$PWD/train/demo_corpus'}], output_dir='$D-fsdp')
 yaml.safe_dump(c, open('/tmp/demo-fsdp.yaml', 'w'))"
 python3 -m envdoctor train /tmp/demo-fsdp.yaml --fsdp 2>&1 | quiet | tail -5
 ls $D-fsdp/adapter
