@@ -38,3 +38,6 @@ provider("train_config", probe_train_config, owner="config.valid", timeout=10.0)
 provider("datasets", probe_datasets, owner="config.datasets", timeout=120.0, needs=("train_config",))  # reads it all
 provider("base_model", probe_base_model, owner="config.base_model", timeout=10.0, needs=("train_config",))
 provider("model_dir", probe_model_dir, owner="model.files", timeout=300.0)
+
+from envdoctor.facts.stack_imports import probe_stack_imports  # noqa: E402  (kept apart: one line to merge)
+provider("stack_imports", probe_stack_imports, owner="deep.stack", timeout="smoke_timeout", needs=("python",))
