@@ -10,6 +10,7 @@ from envdoctor.facts.python_env import Distribution, PythonEnv, normalize
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
 from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
 from envdoctor.registry import check
+from envdoctor.leftovers import leftover_items
 
 
 def _why(u: deps.Unmet) -> str:
@@ -110,10 +111,7 @@ def metadata(python: PythonEnv) -> Result:
                                      else f"rm -rf '{d.path}'", "Reinstall it over the broken metadata.")))
         elif d.kind == "dist-info" and d.installer == "pip" and d.has_record is False:
             items.append(Item(Status.WARN, f"{d.label}: no RECORD file, pip cannot uninstall it", (d.path,)))
-    for stray in python.strays:
-        items.append(Item(Status.WARN, f"leftover of an interrupted pip run: {stray}",
-                          ("pip renames a package to ~name while it replaces it.",),
-                          Remedy(f"rm -rf '{stray}'", "Delete it; nothing imports it.")))
+    items += leftover_items(python)
     return from_items(items, f"metadata of {len(python.distributions)} distributions readable",
                       f"{len(items)} metadata problems")
 

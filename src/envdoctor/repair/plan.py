@@ -158,6 +158,17 @@ def plan_wsl_memory(params, python, torch, system) -> Plan | None:
                             "distro: the VM starts with the new memory (or pass --restart-wsl to do this now)"])
 
 
+def plan_remove_leftovers(params, python, torch, system) -> Plan | None:
+    paths = [p for params_ in params for p in params_.get("paths", [])]
+    if not paths:
+        return None
+    return Plan("packages.remove-leftovers", "Delete what interrupted pip runs left in site-packages",
+                [Step(f"delete {len(paths)} leftover(s): " + ", ".join(p.rsplit("/", 1)[-1] for p in paths),
+                      "remove-leftovers.sh", paths, timeout=600.0)],
+                list(FIXES["packages.remove-leftovers"].targets), None,
+                ["only names starting with ~ directly in a sys.path folder are deleted; pip is not involved"])
+
+
 FIXES: dict[str, Fix] = {f.id: f for f in (
     Fix("packages.install-missing", "install missing requirements", ("packages.requirements",),
         plan_install_missing),
@@ -168,4 +179,6 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
     Fix("flash-attn.rebuild", "replace or rebuild flash-attn", ("binaries.extensions", "binaries.flash_attn"),
         plan_flash_attn),
     Fix("wsl.memory", "set memory/processors/swap in .wslconfig", ("wsl.config",), plan_wsl_memory),
+    Fix("packages.remove-leftovers", "delete ~leftovers of interrupted pip runs",
+        ("packages.metadata", "packages.duplicates"), plan_remove_leftovers),
 )}
