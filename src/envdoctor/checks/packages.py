@@ -11,6 +11,8 @@ from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
 from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
 from envdoctor.registry import check
 from envdoctor.leftovers import leftover_items
+from envdoctor.shadow_items import shadow_item
+from envdoctor.shadowing import classify
 
 
 def _why(u: deps.Unmet) -> str:
@@ -75,24 +77,11 @@ def requirements(python: PythonEnv) -> Result:
        "distributions installed more than once on sys.path (stale dist-info, user site shadowing)",
        needs=("python",))
 def duplicates(python: PythonEnv) -> Result:
-    items = []
-    for key, dists in sorted(python.by_key().items()):
-        if len(dists) < 2:
-            continue
-        active, others = dists[0], dists[1:]
-        same_dir = any(d.location == active.location for d in others)
-        versions = {d.version for d in dists}
-        status = Status.FAIL if (same_dir or len(versions) > 1) else Status.WARN
-        lines = [f"{d.version or '?'} in {d.path}" + ("  (imported)" if d is active else "") for d in dists]
-        why = ("two metadata folders in one site-packages: an interrupted upgrade; the files may be a mix "
-               "of both versions" if same_dir else "the first on sys.path is imported, the others shadow "
-                                                  "nothing but confuse pip")
-        name = active.name or key
-        cmd = (f"{python.pip_command('uninstall -y')} {name}  # repeat until none is "
-               f"left, then: {python.pip_command()} '{name}=={active.version}'")
-        items.append(Item(status, f"{name} is installed {len(dists)} times", tuple(lines) + (why,),
-                          Remedy(cmd, "Uninstall every copy, then install one.")))
-    return from_items(items, "no distribution installed twice", f"{len(items)} distributions installed twice")
+    items = [shadow_item(python, classify(python, dists)) for key, dists in sorted(python.by_key().items())
+             if len(dists) > 1]
+    n = sum(1 for i in items if i.status != Status.OK)
+    return from_items(items, "no distribution installed twice where two copies compete for one import",
+                      f"{n} distributions installed twice")
 
 
 @check("packages.metadata", "Package metadata", "Packages",
