@@ -74,3 +74,20 @@ def classify(python: PythonEnv, dists: list[Distribution]) -> Shadow:
         if any(_real(p) == _real(active.location) for p in python.pythonpath):
             return Shadow(PYTHONPATH, active, others)
     return Shadow(OTHER, active, others)
+
+
+def shadowed_by_path(python: PythonEnv, key: str) -> str | None:
+    """Why installing `key` with pip cannot help: the imported copy sits in a folder a .pth line or
+    PYTHONPATH puts ahead of site-packages. None when pip manages the imported copy."""
+    dists = python.installs(key)
+    if len(dists) < 2:
+        return None
+    s = classify(python, dists)
+    if s.kind == PTH:
+        return (f"the {s.active.label} that Python imports is in {s.active.location}, put ahead of site-packages by "
+                f"{s.pth['file']} line {s.pth['line']}: remove that line (see packages.duplicates; "
+                f"`envdoctor fix packages.pth-edit`); pip cannot replace that copy")
+    if s.kind == PYTHONPATH:
+        return (f"the {s.active.label} that Python imports is in {s.active.location}, on PYTHONPATH: remove it "
+                "from PYTHONPATH; pip cannot replace that copy")
+    return None

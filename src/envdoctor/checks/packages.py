@@ -12,7 +12,7 @@ from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
 from envdoctor.registry import check
 from envdoctor.leftovers import leftover_items
 from envdoctor.shadow_items import shadow_item
-from envdoctor.shadowing import classify
+from envdoctor.shadowing import classify, shadowed_by_path
 
 
 def _why(u: deps.Unmet) -> str:
@@ -44,6 +44,10 @@ def requirements(python: PythonEnv) -> Result:
     for u in unmet:
         by_target.setdefault(normalize(u.need.req.name), []).append(u)
     for key, group in sorted(by_target.items()):
+        shadow = shadowed_by_path(python, key)
+        if shadow:  # pip would act on the copy in site-packages, not the one imported: no pip remedy
+            items += [Item(Status.FAIL, _why(u), (shadow,), Remedy(text=shadow)) for u in group]
+            continue
         spec, conflict = _spec_for(python, group[0].need.req.name)
         torch_changes |= key == "torch"
         for u in group:
