@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--skip", nargs="+", metavar="ID", default=[], help="skip these checks")
     c.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     c.add_argument("--deep", action="store_true",
-                   help="also run smoke tests on the GPU (torch, bitsandbytes, flash-attn, torchao), each in a "
-                        "timeout-bounded subprocess")
+                   help="also import the training stack for real (any machine) and run smoke tests on the GPU "
+                        "(torch, bitsandbytes, flash-attn, torchao), each in a timeout-bounded subprocess")
     c.add_argument("--recipe", metavar="NAME", help="also compare the environment with this recipe (name or file)")
     c.add_argument("--config", metavar="FILE", help="also validate a training config and estimate its GPU memory")
     c.add_argument("--model", metavar="DIR", help="also validate a model folder (a merged model): config, shards, "

@@ -19,6 +19,7 @@ from envdoctor.facts.gpu import probe_gpu
 from envdoctor.facts.host import probe_host
 from envdoctor.facts.imports import probe_imports
 from envdoctor.facts.model_dir import probe_model_dir
+from envdoctor.facts.stack_imports import probe_stack_imports
 from envdoctor.facts.python_env import probe_python
 from envdoctor.facts.recipe import probe_recipe
 from envdoctor.facts.smoke import STAGES, provider_for
@@ -92,6 +93,7 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
     Provider("datasets", probe_datasets, 120.0, owner="config.datasets", needs=("train_config",)),  # reads it all
     Provider("base_model", probe_base_model, 10.0, owner="config.base_model", needs=("train_config",)),
     Provider("model_dir", probe_model_dir, 300.0, owner="model.files"),
+    Provider("stack_imports", probe_stack_imports, "smoke_timeout", owner="deep.stack", needs=("python",)),
 )}
 
 # Report order of the categories; checks keep their declaration order inside one.
@@ -102,9 +104,9 @@ _LOADED: dict[str, Check] = {}
 
 def check_modules() -> tuple:
     """Every module of checks, in declaration order."""
-    from envdoctor.checks import (binaries, deep, gpu, host, model_dir, packages, python, recipe, train_config,
-                                  train_inputs, wsl)
-    return (python, host, wsl, gpu, binaries, packages, recipe, train_config, train_inputs, model_dir, deep)
+    from envdoctor.checks import (binaries, deep, gpu, host, model_dir, packages, python, recipe, stack,
+                                  train_config, train_inputs, wsl)
+    return (python, host, wsl, gpu, binaries, packages, recipe, train_config, train_inputs, model_dir, deep, stack)
 
 
 def load() -> dict[str, Check]:

@@ -11,6 +11,9 @@ from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
 from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
 from envdoctor.registry import check
+from envdoctor.leftovers import leftover_items
+from envdoctor.shadow_items import shadow_item
+from envdoctor.shadowing import classify, shadowed_by_path
 
 
 def _why(u: deps.Unmet) -> str:
@@ -42,6 +45,10 @@ def requirements(python: PythonEnv) -> Result:
     for u in unmet:
         by_target.setdefault(canonicalize_name(u.need.req.name), []).append(u)
     for key, group in sorted(by_target.items()):
+        shadow = shadowed_by_path(python, key)
+        if shadow:  # pip would act on the copy in site-packages, not the one imported: no pip remedy
+            items += [Item(Status.FAIL, _why(u), (shadow,), Remedy(text=shadow)) for u in group]
+            continue
         spec, conflict = _spec_for(python, group[0].need.req.name)
         torch_changes |= key == "torch"
         for u in group:
@@ -75,24 +82,11 @@ def requirements(python: PythonEnv) -> Result:
        "distributions installed more than once on sys.path (stale dist-info, user site shadowing)",
        needs=("python",))
 def duplicates(python: PythonEnv) -> Result:
-    items = []
-    for key, dists in sorted(python.by_key().items()):
-        if len(dists) < 2:
-            continue
-        active, others = dists[0], dists[1:]
-        same_dir = any(d.location == active.location for d in others)
-        versions = {d.version for d in dists}
-        status = Status.FAIL if (same_dir or len(versions) > 1) else Status.WARN
-        lines = [f"{d.version or '?'} in {d.path}" + ("  (imported)" if d is active else "") for d in dists]
-        why = ("two metadata folders in one site-packages: an interrupted upgrade; the files may be a mix "
-               "of both versions" if same_dir else "the first on sys.path is imported, the others shadow "
-                                                  "nothing but confuse pip")
-        name = active.name or key
-        cmd = (f"{python.pip_command('uninstall -y')} {name}  # repeat until none is "
-               f"left, then: {python.pip_command()} '{name}=={active.version}'")
-        items.append(Item(status, f"{name} is installed {len(dists)} times", tuple(lines) + (why,),
-                          Remedy(cmd, "Uninstall every copy, then install one.")))
-    return from_items(items, "no distribution installed twice", f"{len(items)} distributions installed twice")
+    items = [shadow_item(python, classify(python, dists)) for key, dists in sorted(python.by_key().items())
+             if len(dists) > 1]
+    n = sum(1 for i in items if i.status != Status.OK)
+    return from_items(items, "no distribution installed twice where two copies compete for one import",
+                      f"{n} distributions installed twice")
 
 
 @check("packages.metadata", "Package metadata", "Packages",
@@ -111,10 +105,7 @@ def metadata(python: PythonEnv) -> Result:
                                      else f"rm -rf '{d.path}'", "Reinstall it over the broken metadata.")))
         elif d.kind == "dist-info" and d.installer == "pip" and d.has_record is False:
             items.append(Item(Status.WARN, f"{d.label}: no RECORD file, pip cannot uninstall it", (d.path,)))
-    for stray in python.strays:
-        items.append(Item(Status.WARN, f"leftover of an interrupted pip run: {stray}",
-                          ("pip renames a package to ~name while it replaces it.",),
-                          Remedy(f"rm -rf '{stray}'", "Delete it; nothing imports it.")))
+    items += leftover_items(python)
     return from_items(items, f"metadata of {len(python.distributions)} distributions readable",
                       f"{len(items)} metadata problems")
 

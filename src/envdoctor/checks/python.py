@@ -5,6 +5,7 @@ from __future__ import annotations
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.model import Remedy, Result, fail, ok, warn
 from envdoctor.registry import check
+from envdoctor.venvhint import venv_command, venv_text
 
 # PyTorch 2.9+ needs Python >= 3.10; prebuilt flash-attn / bitsandbytes wheels lag new Pythons.
 OLDEST_SUPPORTED = (3, 9)
@@ -56,9 +57,11 @@ def environment(python: PythonEnv) -> Result:
         return ok(f"virtualenv at {python.prefix}")
     if python.conda:
         return ok(f"conda environment at {python.prefix}")
+    # The venv is made with this very interpreter: its version is the one the user has.
     if python.externally_managed:
         return warn("system Python, marked externally managed: pip will refuse to install (PEP 668)",
-                    [f"prefix {python.prefix}"], Remedy(VENV_HINT, "Create a virtual environment for training."))
+                    [f"prefix {python.prefix}", "`envdoctor fix` refuses to install into it too."],
+                    Remedy(venv_command(python), venv_text(python)))
     return warn("packages go into the system Python", [f"prefix {python.prefix}",
                 "A venv keeps torch and its companions away from system packages."],
-                Remedy(VENV_HINT))
+                Remedy(venv_command(python), venv_text(python)))

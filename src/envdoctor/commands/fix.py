@@ -11,6 +11,7 @@ from envdoctor import engine, registry
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.model import Status, failing_statuses
+from envdoctor.repair import refusals
 from envdoctor.repair.apply import apply
 from envdoctor.repair.plan import FIXES, Plan
 from envdoctor.system import System
@@ -85,6 +86,11 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
     wanted = collect(run.results, list(args.ids))
     plans = [p for fid, params in wanted.items()
              if (p := FIXES[fid].planner(params, python_env, torch, system)) is not None]
+    plans, refused = refusals.split(plans, python_env)
+    for plan, why in refused:
+        out.write(f"{plan.fix_id}: refused: {why}\n")
+    if not plans and refused:
+        return 1
     if not plans:
         failing = [r.check_id for r in run.results if r.status == Status.FAIL]
         out.write("Nothing to fix: " + (f"no scripted fix for the failing checks ({', '.join(failing)}); "
@@ -136,7 +142,7 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
                       + "; ".join(f"{t}: {status[t].message}" for t in still) + "\n")
         else:
             out.write(f"  [✓] {o.plan.fix_id}: fixed in {o.seconds:.0f} s ({', '.join(o.plan.targets)} pass)\n")
-    return code
+    return 1 if refused else code
 
 
 def main(args) -> int:

@@ -63,6 +63,8 @@ class PythonEnv:
     distributions: list[Distribution]
     strays: list[str]
     probe_s: float = 0.0
+    pth: list[dict] = field(default_factory=list)          # {file, line, text, kind, folder} of .pth lines
+    pythonpath: list[str] = field(default_factory=list)    # PYTHONPATH entries the probe ran with
 
     def __post_init__(self) -> None:
         self.cache: dict = {}  # derived analyses (deps.analyze), computed once per run

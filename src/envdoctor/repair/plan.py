@@ -158,6 +158,39 @@ def plan_wsl_memory(params, python, torch, system) -> Plan | None:
                             "distro: the VM starts with the new memory (or pass --restart-wsl to do this now)"])
 
 
+def plan_remove_leftovers(params, python, torch, system) -> Plan | None:
+    paths = [p for params_ in params for p in params_.get("paths", [])]
+    if not paths:
+        return None
+    return Plan("packages.remove-leftovers", "Delete what interrupted pip runs left in site-packages",
+                [Step(f"delete {len(paths)} leftover(s): " + ", ".join(p.rsplit("/", 1)[-1] for p in paths),
+                      "remove-leftovers.sh", paths, timeout=600.0)],
+                list(FIXES["packages.remove-leftovers"].targets), None,
+                ["only names starting with ~ directly in a sys.path folder are deleted; pip is not involved"])
+
+
+def plan_pth_edit(params, python, torch, system) -> Plan | None:
+    """Remove the .pth lines that put a shadowing folder ahead of site-packages: one FileEdit per file,
+    every line of it that a finding named, through the same backup + atomic write as other edits."""
+    from envdoctor.pth_edit import PthEditError, without_lines
+    by_file: dict[str, dict[int, str]] = {}
+    for p in params:
+        by_file.setdefault(p["file"], {})[int(p["line"])] = p["text"]
+    edits, notes = [], []
+    for path, lines in sorted(by_file.items()):
+        try:
+            old, new, diff = without_lines(system, path, lines)
+        except PthEditError as exc:
+            notes.append(f"not changed: {exc}")
+            continue
+        edits.append(FileEdit(path, old, new, diff))
+    if not edits and not notes:
+        return None
+    return Plan("packages.pth-edit", "Remove the .pth lines that shadow site-packages", [],
+                ["packages.duplicates", "packages.requirements"] if edits else [], edits=edits,
+                notes=notes + (["the old file is kept as a timestamped backup; pip is not involved"] if edits else []))
+
+
 FIXES: dict[str, Fix] = {f.id: f for f in (
     Fix("packages.install-missing", "install missing requirements", ("packages.requirements",),
         plan_install_missing),
@@ -168,4 +201,8 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
     Fix("flash-attn.rebuild", "replace or rebuild flash-attn", ("binaries.extensions", "binaries.flash_attn"),
         plan_flash_attn),
     Fix("wsl.memory", "set memory/processors/swap in .wslconfig", ("wsl.config",), plan_wsl_memory),
+    Fix("packages.remove-leftovers", "delete ~leftovers of interrupted pip runs",
+        ("packages.metadata", "packages.duplicates"), plan_remove_leftovers),
+    Fix("packages.pth-edit", "remove .pth lines that put a folder ahead of site-packages",
+        ("packages.duplicates", "packages.requirements"), plan_pth_edit),
 )}

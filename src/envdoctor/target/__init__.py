@@ -4,7 +4,8 @@ Every one runs the same way: `argv(python, "name", args…)` is `python -c <targ
 run with `System.run` under a timeout. probe.py (stdlib only: interpreter and distributions), smoke.py
 (deep-mode smoke tests: torch, bitsandbytes, flash-attn, torchao), importcheck.py (loads compiled
 extensions for real), findspec.py (which modules a verb needs are missing), modelload.py (`check --model`:
-transformers loads config and tokenizer, vLLM names the architectures it knows). This is where `import
+transformers loads config and tokenizer, vLLM names the architectures it knows), stackimport.py (imports
+one package of the training stack, reporting where an import failed). This is where `import
 torch` may appear; nowhere else in src/envdoctor.
 """
 

@@ -138,12 +138,40 @@ def scan(paths, with_files):
         except OSError:
             continue
         for entry in entries:
-            if entry.endswith((".dist-info", ".egg-info")):
-                dists.append(describe_dist(site, entry, with_files))
-            elif entry.startswith("~") and len(entry) > 1:
-                # pip renames a package to ~xxx while uninstalling; left behind after an interrupted run.
+            if entry.startswith("~") and len(entry) > 1:
+                # pip renames a package to ~xxx while uninstalling (its dist-info too: ~orch-2.8.0.dist-info);
+                # left behind after an interrupted run. A leftover, never an install.
                 strays.append(os.path.join(site, entry))
+            elif entry.endswith((".dist-info", ".egg-info")):
+                dists.append(describe_dist(site, entry, with_files))
     return dists, strays
+
+
+def pth_lines(paths):
+    """Every line of every .pth file in the site folders: a path line adds a folder to sys.path, an
+    `import` line runs code (and may insert a folder ahead of site-packages)."""
+    out, seen = [], set()
+    for site in paths:
+        if not site or not os.path.isdir(site) or os.path.realpath(site) in seen:
+            continue
+        seen.add(os.path.realpath(site))
+        try:
+            names = sorted(n for n in os.listdir(site) if n.endswith(".pth"))
+        except OSError:
+            continue
+        for name in names:
+            text = read_file(os.path.join(site, name))
+            if text is None:
+                continue
+            for n, line in enumerate(text.splitlines(), 1):
+                stripped = line.strip()
+                if not stripped or stripped.startswith("#"):
+                    continue
+                is_import = stripped.startswith(("import ", "import\t"))
+                folder = None if is_import else os.path.normpath(os.path.join(site, stripped))
+                out.append({"file": os.path.join(site, name), "line": n, "text": stripped,
+                            "kind": "import" if is_import else "path", "folder": folder})
+    return out
 
 
 def marker_environment():
@@ -202,6 +230,9 @@ def main(argv):
         "markers": marker_environment(),
         "distributions": dists,
         "strays": strays,
+        "pth": pth_lines(paths),
+        # Folders the PYTHONPATH variable put on sys.path (ahead of site-packages).
+        "pythonpath": [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p],
     }
     sys.stdout.write(json.dumps(out))
 
