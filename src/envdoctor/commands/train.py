@@ -51,10 +51,13 @@ def launcher_argv(ctx: Context, nproc: int, script: str, nnodes: int = 1, node_r
 
 
 def _earlier_run(outdir: Path, resume: bool) -> str | None:
-    """What a new run would start over on top of: a finished run, or checkpoints (unless resuming)."""
+    """What a new run would start over on top of: a finished run, or checkpoints. --resume continues
+    from the latest checkpoint whatever is there (a finished run resumes to the same end)."""
+    if resume:
+        return None
     if (outdir / "run_summary.json").exists():
         return "a finished run (run_summary.json)"
-    if not resume and (outdir / "checkpoints").is_dir() and any((outdir / "checkpoints").iterdir()):
+    if (outdir / "checkpoints").is_dir() and any((outdir / "checkpoints").iterdir()):
         return "checkpoints of an unfinished run"
     return None
 
