@@ -6,6 +6,7 @@ from envbuild import dist, pyenv
 from fakes import linux_box
 from gpufake import RTX5090, gpu_box, nvml
 
+from envdoctor.assets import asset
 from envdoctor.checks.binaries import flash_attn_remedy
 from envdoctor.commands.fix import collect, show
 from envdoctor.context import Context
@@ -27,11 +28,34 @@ def test_flash_attn_plan_on_a_16gb_12_core_blackwell_box(tmp_path):
     assert remedy.params["max_jobs"] == 2 and remedy.params["archs"] == "120"
     plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, system)
     out = io.StringIO()
-    show(plan, "/venv/bin/python", out)
+    show(plan, py.executable, out)
     text = out.getvalue()
     assert "MAX_JOBS=2" in text and "NVCC_THREADS=2" in text and "FLASH_ATTN_CUDA_ARCHS=120" in text
-    assert "--no-build-isolation" in text and "constraints file: torch==2.8.0+cu128" in text
+    assert "--no-build-isolation" in text and "TORCH_PIN=torch==2.8.0+cu128" in text
     assert ("flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp311-cp311-linux_x86_64.whl") in text
+
+
+def test_printed_flash_attn_remedy_is_the_fix_plan(tmp_path):
+    """One source: the command the finding prints is, character for character, the shell line of the
+    plan's one step that `envdoctor fix flash-attn.rebuild` shows and runs (script + variables)."""
+    system, py = gpu_box(tmp_path, nvml("570.124.06", 12080, RTX5090), ram=64, avail=60, cpus=16)
+    remedy = flash_attn_remedy("2.8.3", TORCH, py, probe_gpu(system, CTX), probe_host(system, CTX))
+    plan = FIXES["flash-attn.rebuild"].planner([remedy.params], py, TORCH, system)
+    assert len(plan.steps) == 1 and plan.pin_torch is None     # the pin travels in the step (TORCH_PIN)
+    out = io.StringIO()
+    show(plan, py.executable, out)
+    shown = [line.strip()[2:] for line in out.getvalue().splitlines() if line.strip().startswith("$ ")]
+    assert shown == [remedy.command]
+    assert remedy.command.startswith(f"PYTHON={py.executable} FA_VERSION=2.8.3 FA_WHEEL_URL=")
+    assert remedy.command.endswith("TORCH_PIN=torch==2.8.0+cu128 bash " + str(asset("fixes", "flash-attn.sh")))
+    assert "wheel" in remedy.text and remedy.fix_id == "flash-attn.rebuild"
+
+
+def test_flash_attn_beside_a_cpu_torch_offers_no_build():
+    cpu = TorchFacts(True, "2.13.0+cpu", "cpu", None, cxx11_abi=True)
+    remedy = flash_attn_remedy("2.8.3", cpu, pyenv(dist("torch", "2.13.0+cpu")), None, None)  # never read
+    assert remedy.command is None and remedy.fix_id is None and remedy.params is None
+    assert "needs a CUDA build of torch" in remedy.text and "no automatic fix" in remedy.text
 
 
 def test_max_jobs_never_exceeds_the_cpus(tmp_path):

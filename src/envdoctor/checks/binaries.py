@@ -8,19 +8,19 @@ from packaging.utils import canonicalize_name
 
 from envdoctor import tables
 from envdoctor.buildjobs import JOB_GIB, NVCC_THREADS, flash_attn_jobs
+from envdoctor.cpu_torch import bnb_cpu_item, cuda_build_remedy, flash_attn_needs_cuda, torch_is_cpu_only
 from envdoctor.facts.binaries import BinaryFacts, Extension
 from envdoctor.facts.gpu import GpuFacts
 from envdoctor.facts.host import GiB, HostFacts
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
+from envdoctor.flashattn_wheel import flash_attn_wheel_url
 from envdoctor.gpu_compat import companion_pins
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
 from envdoctor.pins import reinstall_companions
 from envdoctor.registry import check
 
 FA_TAG = re.compile(r"\+cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
-FA_WHEEL_URL = ("https://github.com/Dao-AILab/flash-attention/releases/download/v{version}/"
-                "flash_attn-{version}+cu{cuda_major}torch{torch_minor}cxx11abi{abi}-cp{py}-cp{py}-linux_x86_64.whl")
 
 
 def built_for(ext: Extension, python: PythonEnv) -> str | None:
@@ -67,33 +67,33 @@ def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, 
     return msg, tuple(details[:8])
 
 
-def flash_attn_wheel_url(version: str, torch: TorchFacts, python: PythonEnv, pattern: str = FA_WHEEL_URL) -> str:
-    """The release wheel flash-attn's own setup.py would look for. `envdoctor fix` takes another pattern
-    from ENVDOCTOR_FLASH_ATTN_WHEEL_URL (a mirror, a wheel house)."""
-    abi = "TRUE" if torch.cxx11_abi else "FALSE"
-    cu = (torch.cuda or "12").split(".")[0]
-    py = "".join(map(str, python.version[:2]))
-    return pattern.format(version=version, cuda_major=cu, torch_minor=torch.minor, abi=abi, py=py)
-
-
 def flash_attn_remedy(version: str, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
+    """The fix's plan, printed: the command is the plan's one step as a shell line (script and variables),
+    so what a user copies is exactly what `envdoctor fix flash-attn.rebuild` runs."""
+    from envdoctor.repair.plan import plan_flash_attn, step_command
+    if torch_is_cpu_only(torch):
+        return flash_attn_needs_cuda(torch)
     jobs = flash_attn_jobs(host)
     archs = ";".join(sorted({f"{g.cc[0]}{g.cc[1]}" for g in gpu.gpus if g.cc})) if gpu.present else ""
-    env = f"MAX_JOBS={jobs} NVCC_THREADS={NVCC_THREADS}" + (f" FLASH_ATTN_CUDA_ARCHS='{archs}'" if archs else "")
     url = flash_attn_wheel_url(version, torch, python)
     free = (host.mem_available or 0) / GiB
-    return Remedy(f"{env} {python.pip_command()} --no-build-isolation --no-cache-dir --force-reinstall "
-                  f"--no-deps 'flash-attn=={version}'",
-                  f"Rebuild it against this torch (MAX_JOBS={jobs}: {free:.0f} GiB free at ~{JOB_GIB} GiB a job, "
-                  f"at most the CPUs), or install the release wheel {url.rsplit('/', 1)[-1]} if it exists.",
-                  "flash-attn.rebuild", {"version": version, "wheel_url": url, "max_jobs": jobs,
-                                         "nvcc_threads": NVCC_THREADS, "archs": archs})
+    params = {"version": version, "wheel_url": url, "max_jobs": jobs, "nvcc_threads": NVCC_THREADS, "archs": archs,
+              "torch_pin": f"torch=={torch.version}" if torch.version else None}
+    plan = plan_flash_attn([params], python, torch, None)
+    return Remedy(step_command(plan.steps[0], python),
+                  f"Install the release wheel {url.rsplit('/', 1)[-1]} if it exists, else rebuild it against this "
+                  f"torch (MAX_JOBS={jobs}: {free:.0f} GiB free at ~{JOB_GIB} GiB a job, at most the CPUs); torch "
+                  "stays pinned.", "flash-attn.rebuild", params)
 
 
 def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
     key = canonicalize_name(ext.dist)
     if key == "flash-attn":
         return flash_attn_remedy((ext.version or "").split("+")[0], torch, python, gpu, host)
+    if torch_is_cpu_only(torch) and any("cuda" in u["name"] for u in ext.unresolved) and key not in (
+            "torchvision", "torchaudio"):
+        # A CUDA build beside a CPU torch: reinstalling it would bring back the same CUDA build.
+        return cuda_build_remedy(python, ext.dist, ext.version, torch)
     if key in ("torchvision", "torchaudio") and torch.minor:
         pins = companion_pins(torch.minor, [key])
         if pins:
@@ -119,13 +119,17 @@ def extensions(binaries: BinaryFacts, torch: TorchFacts, python: PythonEnv, gpu:
         elif ext.conflicts and not ext.unused:
             items.append(Item(Status.WARN, f"{ext.rel} loads, but was {ext.conflicts[0]}", (),
                               remedy_for(ext, torch, python, gpu, host)))
+    bnb = bnb_cpu_item(python, torch)
+    if bnb is not None:
+        items.append(bnb)
     used = [e for e in binaries.extensions if not e.unused]
     cached = f", {binaries.from_cache} from cache" if binaries.from_cache else ""
-    failing = sum(1 for i in items if i.status == Status.FAIL)
+    failing = sum(1 for i in items if i.status == Status.FAIL and i is not bnb)
     return from_items(items, f"{len(used)} compiled extensions link against torch {torch.version}: all resolve "
                              f"({binaries.files_scanned} shared objects read in {binaries.seconds * 1000:.0f} ms"
                              f"{cached})",
                       f"{failing} compiled extension(s) will fail to load" if failing else
+                      bnb.message if bnb is not None and len(items) == 1 else
                       f"{len(items)} compiled extension(s) do not fit torch {torch.version}")
 
 

@@ -159,10 +159,15 @@ def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item |
         return Item(Status.OK, f"{ao.label} matches torch {torch.version}")
     wanted = [v for v, r in table.items() if not v.startswith("_") and _ao_fits(r, trel)]
     supports = row.get("torch") or [f">= {row['torch_min']}"]
-    remedy = (Remedy(pip_install(python, [f"torchao=={wanted[-1]}"]),
-                     f"torchao {wanted[-1]} is built for torch {torch.version}.", "packages.align-companions",
-                     {"specs": [f"torchao=={wanted[-1]}"], "index_tag": None, "reinstall": False}) if wanted else
-              Remedy(text=f"No torchao release in the table supports torch {torch.version}."))
+    if wanted and torch_build_tag(torch.version) == "cpu":
+        # PyPI's torchao platform wheel is a CUDA build: beside a CPU torch, its pure-Python wheel.
+        from envdoctor.cpu_torch import pure_wheel_remedy
+        remedy = pure_wheel_remedy(python, "torchao", wanted[-1])
+    else:
+        remedy = (Remedy(pip_install(python, [f"torchao=={wanted[-1]}"]),
+                         f"torchao {wanted[-1]} is built for torch {torch.version}.", "packages.align-companions",
+                         {"specs": [f"torchao=={wanted[-1]}"], "index_tag": None, "reinstall": False}) if wanted else
+                  Remedy(text=f"No torchao release in the table supports torch {torch.version}."))
     return Item(Status.WARN, f"{ao.label} is built for torch {', '.join(supports)}, not {torch.version}",
                 ("torchao then skips its C++ extensions ('Skipping import of cpp extensions') and runs "
                  "Python-only: slower, and some quantization paths fail.",), remedy)

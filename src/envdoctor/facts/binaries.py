@@ -25,7 +25,8 @@ CUDA_LIB = re.compile(r"^lib(cuda|cudart|cublas|cublasLt|cusparse|cusolver|curan
                       r"cudnn|nccl|nvjpeg|cupti|nvToolsExt)[\w.-]*\.so")
 TORCH_SYMBOL = re.compile(r"^_Z(?:T[VIS])?N[KVRO]*(?:3c10|2at|5torch|6caffe2)")
 OLD_STRING = re.compile(r"(?:RK|PK|E|I|_)Ss")
-BNB_VARIANT = re.compile(r"libbitsandbytes_(cuda\d+|cpu|rocm[\w.]*|xpu|mps)\.so$")
+# bitsandbytes < 0.43 also ships libbitsandbytes_cudaXYZ_nocublaslt.so (for GPUs without cuBLASLt).
+BNB_VARIANT = re.compile(r"libbitsandbytes_(cuda\d+|cpu|rocm[\w.]*|xpu|mps)(?:_nocublaslt)?\.so$")
 CUDART = re.compile(r"^libcudart[\w.-]*\.so\.(\d+)")  # also auditwheel's libcudart.faf08d9a.so.12
 
 

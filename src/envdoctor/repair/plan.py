@@ -10,9 +10,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable
 
-from envdoctor.checks.binaries import FA_WHEEL_URL, flash_attn_wheel_url
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
+from envdoctor.flashattn_wheel import FA_WHEEL_URL, flash_attn_wheel_url
 from envdoctor.pins import index_url
 
 
@@ -119,21 +119,55 @@ def plan_torch_reinstall(params, python, torch, system) -> Plan | None:
 
 
 def plan_flash_attn(params, python, torch, system) -> Plan | None:
+    """One step: the script with every parameter as a variable. The finding prints this same call
+    (`checks.binaries.flash_attn_remedy` builds it from this plan), so what a user copies is the fix."""
     if not params:
         return None
     p = params[0]
-    pattern = system.env.get("ENVDOCTOR_FLASH_ATTN_WHEEL_URL")
+    pattern = system.env.get("ENVDOCTOR_FLASH_ATTN_WHEEL_URL") if system is not None else None
     url = flash_attn_wheel_url(p["version"], torch, python, pattern) if pattern else p["wheel_url"]
+    pin = p.get("torch_pin") or _pin(python, torch)
     step_env = {"FA_VERSION": p["version"], "FA_WHEEL_URL": url, "MAX_JOBS": str(p["max_jobs"]),
-                "NVCC_THREADS": str(p["nvcc_threads"]), "FLASH_ATTN_CUDA_ARCHS": p["archs"]}
+                "NVCC_THREADS": str(p["nvcc_threads"]), "FLASH_ATTN_CUDA_ARCHS": p["archs"],
+                "TORCH_PIN": pin or ""}
     return Plan("flash-attn.rebuild", "Replace flash-attn with a build for this torch",
                 [Step(f"flash-attn {p['version']}: prebuilt wheel if one matches, else a source build",
                       "flash-attn.sh", [], step_env, timeout=4 * 3600.0)],
-                list(FIXES["flash-attn.rebuild"].targets), _pin(python, torch),
+                list(FIXES["flash-attn.rebuild"].targets), None,
                 [f"wheel tried first: {url}" + (" (FA pattern from ENVDOCTOR_FLASH_ATTN_WHEEL_URL)" if pattern
                                                   else f" (pattern {FA_WHEEL_URL.split('/download/')[0]}/…)"),
                  f"source build: MAX_JOBS={p['max_jobs']} NVCC_THREADS={p['nvcc_threads']} "
-                 f"FLASH_ATTN_CUDA_ARCHS={p['archs'] or '(flash-attn default)'} --no-build-isolation"])
+                 f"FLASH_ATTN_CUDA_ARCHS={p['archs'] or '(flash-attn default)'} --no-build-isolation",
+                 f"torch stays {pin} (the script writes it to a constraints file)"])
+
+
+def plan_pure_wheel(params, python, torch, system) -> Plan | None:
+    """A release's pure-Python wheel in place of its CUDA platform wheel (torchao beside a CPU torch)."""
+    specs = _specs(params)
+    if not specs:
+        return None
+    return Plan("packages.pure-wheel", "Replace CUDA builds with the release's pure-Python wheel",
+                [Step(f"install the py3-none-any wheel of {' '.join(specs)}", "pure-wheel.sh", specs)],
+                list(FIXES["packages.pure-wheel"].targets), None,
+                ["--no-deps: torch is not touched (no constraints file needed); the finding prints this same call"])
+
+
+def plan_upgrade(params, python, torch, system) -> Plan | None:
+    """A newer release in place of one that cannot work here (bitsandbytes < 0.46 on a CPU-only box)."""
+    specs = _specs(params)
+    if not specs:
+        return None
+    pin = _pin(python, torch)
+    return Plan("packages.upgrade", "Install the first release that works on this machine",
+                [Step(f"install {s}", "pip-install.sh", [s]) for s in specs],
+                list(FIXES["packages.upgrade"].targets), pin,
+                [f"torch stays {pin.split('==')[1]} (constraints file)"] if pin else [])
+
+
+def step_command(step: Step, python: PythonEnv) -> str:
+    """A step as the copyable shell line a finding prints: the same script, the same variables."""
+    from envdoctor.assets import asset
+    return step.shell(str(asset("fixes", step.script)), {"PYTHON": python.executable})
 
 
 def plan_wsl_memory(params, python, torch, system) -> Plan | None:
@@ -200,6 +234,10 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
         plan_torch_reinstall),
     Fix("flash-attn.rebuild", "replace or rebuild flash-attn", ("binaries.extensions", "binaries.flash_attn"),
         plan_flash_attn),
+    Fix("packages.pure-wheel", "install a release's pure-Python wheel instead of its CUDA build",
+        ("binaries.extensions", "packages.companions"), plan_pure_wheel),
+    Fix("packages.upgrade", "install the first release that works on this machine",
+        ("binaries.extensions",), plan_upgrade),
     Fix("wsl.memory", "set memory/processors/swap in .wslconfig", ("wsl.config",), plan_wsl_memory),
     Fix("packages.remove-leftovers", "delete ~leftovers of interrupted pip runs",
         ("packages.metadata", "packages.duplicates"), plan_remove_leftovers),
