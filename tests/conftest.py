@@ -92,3 +92,15 @@ def pytest_sessionfinish(session):
         root.rmdir()  # only when empty
     except OSError:
         pass
+
+
+@pytest.fixture(scope="session")
+def cpu_torch_venv(tmp_path_factory) -> Path:
+    """One real venv with torch 2.13.0 (the CPU build pip finds locally) and numpy, built once per run and
+    shared: copying a venv with torch costs a minute. A test that installs into it removes what it added
+    (`restored_after`), so the next one starts from the same environment."""
+    root = tmp_path_factory.mktemp("cpu-torch")
+    venv.EnvBuilder(with_pip=True).create(root / "venv")
+    py = root / "venv" / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0", "numpy"], check=True, timeout=1800)
+    return py

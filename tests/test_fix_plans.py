@@ -58,6 +58,19 @@ def test_flash_attn_beside_a_cpu_torch_offers_no_build():
     assert "needs a CUDA build of torch" in remedy.text and "no automatic fix" in remedy.text
 
 
+def test_a_cuda_build_without_a_cpu_build_beside_a_cpu_torch_is_not_reinstalled():
+    """No CPU build exists (xformers' wheels link CUDA): no automatic fix, and never the same build again."""
+    from envdoctor.checks.binaries import remedy_for
+    from envdoctor.facts.binaries import Extension
+    cpu = TorchFacts(True, "2.13.0+cpu", "cpu", None, cxx11_abi=True)
+    ext = Extension("xformers", "0.0.33", "/site/xformers/_C.so", "xformers/_C.so", "xformers._C",
+                    unresolved=[{"name": "libcudart.so.12", "searched": []}])
+    remedy = remedy_for(ext, cpu, pyenv(dist("torch", "2.13.0+cpu"), dist("xformers", "0.0.33")), None, None)
+    assert remedy.fix_id is None and remedy.command.endswith("-m pip uninstall -y 'xformers'")
+    assert "No CPU build of xformers exists for torch 2.13.0+cpu" in remedy.text and "no automatic fix" in remedy.text
+    assert "0.0.33" not in remedy.command
+
+
 def test_max_jobs_never_exceeds_the_cpus(tmp_path):
     host = probe_host(linux_box(tmp_path, ram=512, avail=500, cpus=8), CTX)
     system, py = gpu_box(tmp_path / "g", nvml("570.124.06", 12080, RTX5090))
