@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from packaging.version import Version
+from envbuild import pyenv
 from wheels import build_wheel
 
 from envdoctor.cpu_torch import BNB_CPU_4BIT
@@ -160,3 +161,21 @@ def test_flash_attn_beside_a_cpu_torch_says_a_cuda_torch_is_needed_and_fix_offer
         res = envdoctor(tmp_path, "fix", "flash-attn.rebuild", "--yes", "--python", str(py))
         assert res.returncode == 0 and "Nothing to fix" in res.stdout, res.stdout + res.stderr
         assert "flash-attn.sh" not in res.stdout and freeze(py) == before
+
+
+def test_the_printed_flash_attn_command_runs_as_printed(cpu_torch_venv, tmp_path):
+    """The printed form of the flash-attn fix (its plan's step as a shell line) runs as printed: here its
+    release-wheel route, with a local wheel as the release URL (no CUDA build can be made on this machine),
+    and torch stays pinned through TORCH_PIN."""
+    from envdoctor.repair.plan import plan_flash_attn, step_command
+    py = cpu_torch_venv
+    with restored_after(py):
+        wheel = build_wheel(tmp_path / "w", "flash-attn", "2.8.3")
+        params = {"version": "2.8.3", "wheel_url": str(wheel), "max_jobs": 1, "nvcc_threads": 1, "archs": "",
+                  "torch_pin": "torch==2.13.0+cpu"}
+        python = pyenv(executable=str(py))
+        command = step_command(plan_flash_attn([params], python, None, None).steps[0], python)
+        assert command.startswith(f"PYTHON={py} FA_VERSION=2.8.3 ") and "TORCH_PIN=torch==2.13.0+cpu bash " in command
+        subprocess.run(command, shell=True, check=True, timeout=600, capture_output=True)
+        assert run_py(py, "import flash_attn, torch; print(flash_attn.__version__, torch.__version__)") == \
+            "2.8.3 2.13.0+cpu"
