@@ -131,7 +131,7 @@ def test_old_bitsandbytes_on_the_cpu_is_named_for_its_missing_4bit_and_upgraded(
             "bitsandbytes 0.42.0 has no 4-bit support on the CPU: without CUDA it loads libbitsandbytes_cpu.so, "
             "which cannot quantize to 4 bit"]                # its CUDA libraries are never loaded: not blamed
         remedy = r["items"][0]["remedy"]
-        assert remedy["fix_id"] == "packages.upgrade" and f"'bitsandbytes>={BNB_CPU_4BIT}'" in remedy["command"]
+        assert remedy["fix_id"] == "packages.install-newer" and f"'bitsandbytes>={BNB_CPU_4BIT}'" in remedy["command"]
         assert "0.42.0" not in remedy["command"]
         apply(how, tmp_path, py, remedy)
         again = results(tmp_path, py, "binaries.extensions")["binaries.extensions"]

@@ -89,4 +89,4 @@ def bnb_cpu_item(python: PythonEnv, torch: TorchFacts) -> Item | None:
                  "this machine and are not the problem."),
                 Remedy(f"{python.pip_command()} '{spec}'" + (f" 'torch=={torch.version}'" if torch.version else ""),
                        f"Install bitsandbytes {BNB_CPU_4BIT} or newer (the first release with 4-bit on the CPU).",
-                       "packages.upgrade", {"specs": [spec]}))
+                       "packages.install-newer", {"specs": [spec]}))

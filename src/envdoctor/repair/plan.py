@@ -158,9 +158,9 @@ def plan_upgrade(params, python, torch, system) -> Plan | None:
     if not specs:
         return None
     pin = _pin(python, torch)
-    return Plan("packages.upgrade", "Install the first release that works on this machine",
+    return Plan("packages.install-newer", "Install the first release that works on this machine",
                 [Step(f"install {s}", "pip-install.sh", [s]) for s in specs],
-                list(FIXES["packages.upgrade"].targets), pin,
+                list(FIXES["packages.install-newer"].targets), pin,
                 [f"torch stays {pin.split('==')[1]} (constraints file)"] if pin else [])
 
 
@@ -236,7 +236,7 @@ FIXES: dict[str, Fix] = {f.id: f for f in (
         plan_flash_attn),
     Fix("packages.pure-wheel", "install a release's pure-Python wheel instead of its CUDA build",
         ("binaries.extensions", "packages.companions"), plan_pure_wheel),
-    Fix("packages.upgrade", "install the first release that works on this machine",
+    Fix("packages.install-newer", "install the first release that works on this machine",
         ("binaries.extensions",), plan_upgrade),
     Fix("wsl.memory", "set memory/processors/swap in .wslconfig", ("wsl.config",), plan_wsl_memory),
     Fix("packages.remove-leftovers", "delete ~leftovers of interrupted pip runs",
