@@ -16,6 +16,7 @@ from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.flashattn_wheel import flash_attn_wheel_url
 from envdoctor.gpu_compat import companion_pins
+from envdoctor.local_build import rebuild_remedy
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
 from envdoctor.pins import reinstall_companions
 from envdoctor.registry import check
@@ -100,9 +101,9 @@ def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFac
             return Remedy(reinstall_companions(python, pins, torch.build_tag),
                           f"Install the {key} built for torch {torch.version}.", "packages.align-companions",
                           {"specs": pins, "index_tag": torch.build_tag, "reinstall": True})
-    return Remedy(f"{python.pip_command()} --force-reinstall --no-deps --no-build-isolation '{ext.dist}=="
-                  f"{(ext.version or '').split('+')[0]}'",
-                  f"Install the {ext.dist} built for torch {torch.version}, or rebuild it against it.")
+    # Built against another torch: reinstalling the same version brings back the same binary (or finds
+    # nothing, for a build no index has). Its recorded source, rebuilt against this torch, is the fix.
+    return rebuild_remedy(python, ext.dist, ext.version, torch)
 
 
 @check("binaries.extensions", "Compiled extensions", "Binaries",
