@@ -61,6 +61,8 @@ def test_ctrl_c_resume_and_a_finished_folder(tmp_path):
     assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     assert summary["python"] == sys.executable
+    lrs = [json.loads(x)["lr"] for x in metrics.read_text().splitlines() if '"loss"' in x]
+    assert lrs[0] == pytest.approx(cfg["learning_rate"] / 3)  # step 1 trained at warm-up 1/(2+1), logged as such
 
     again = envdoctor("train", "--python", sys.executable, str(config), cwd=tmp_path)
     assert again.returncode == 2 and "already holds a finished run" in again.stdout and "--resume" in again.stdout
@@ -92,3 +94,20 @@ def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):
     args = argparse.Namespace(run=str(run), python=None, backend="runner")
     cli.run_python(args)
     assert args.python is None  # gone: the usual choice (active venv, …)
+
+
+def test_without_a_validation_split_the_run_merges_and_logs_no_nan(tmp_path):
+    """val_set_size 0 (axolotl's default): no validation pass, no NaN in metrics.jsonl, and the merge is
+    verified on training chunks (heldout.json says so)."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.pop("val_set_size")
+    cfg.update(num_epochs=1, datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    res = envdoctor("train", "--python", sys.executable, str(config), cwd=tmp_path)
+    assert res.returncode == 0 and "validation loss" not in res.stdout, res.stdout[-3000:]
+    assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert json.loads((tmp_path / "run" / "heldout.json").read_text())["source"] == "training"
+    merged = envdoctor("merge", str(tmp_path / "run"), cwd=tmp_path)
+    assert merged.returncode == 0 and (tmp_path / "run" / "merged" / "envdoctor-merge.json").exists(), \
+        merged.stdout[-3000:] + merged.stderr[-2000:]

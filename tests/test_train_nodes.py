@@ -28,6 +28,7 @@ def test_several_nodes_use_torchruns_static_rendezvous():
     (2, 1, "host", "--rdzv-endpoint 'host': expected HOST:PORT"),
     (2, 1, "host:99999", "expected HOST:PORT"),
     (0, 0, None, "--nnodes must be at least 1"),
+    (2, None, "h:1", "--nnodes 2 needs --node-rank R on each node"),
 ])
 def test_inconsistent_node_arguments_are_refused(nnodes, rank, endpoint, says):
     with pytest.raises(UsageError, match=says.replace("(", r"\(").replace(")", r"\)")):

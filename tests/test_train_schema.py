@@ -151,3 +151,37 @@ def test_checks_of_an_invalid_config_do_not_crash(tmp_path):
     results = {r["id"]: r for r in json.loads(res.stdout)["results"]}
     assert results["config.valid"]["status"] == "fail"
     assert [i for i, r in results.items() if r["status"] == "error"] == [], results
+
+
+def test_yaml_1_1_exponents_are_numbers_and_typos_get_a_suggestion(tmp_path):
+    p = tmp_path / "run.yaml"
+    (tmp_path / "corpus").mkdir()
+    p.write_text(yaml.safe_dump(MINIMAL).replace("learning_rate: 0.0001", "learning_rate: 3e-4") + "num_epoch: 3\n")
+    cfg = C.load(p)
+    assert cfg.errors == [] and cfg.resolved()["learning_rate"] == 3e-4
+    assert cfg.warnings == [f"{p}: num_epoch: unknown key, ignored (not passed to the runner); did you mean num_epochs?"]
+
+
+def test_warmup_twice_and_a_hub_dataset_id_are_named(tmp_path):
+    errors = C.load(write(tmp_path, dict(MINIMAL, warmup_steps=10, warmup_ratio=0.1,
+                                         datasets=[{"path": "tatsu-lab/alpaca", "type": "alpaca"}]))).errors
+    assert any("warmup_steps: set warmup_steps or warmup_ratio, not both" in e for e in errors)
+    assert any("a Hugging Face dataset id is not read by the runner" in e and "hf download tatsu-lab/alpaca" in e
+               for e in errors)
+
+
+def test_resume_refuses_a_config_its_checkpoints_were_not_trained_with(tmp_path):
+    """Checked before config.resolved.json is rewritten: the folder keeps the record of its checkpoints."""
+    import subprocess
+    demo = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    demo.update(datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(dict(demo, lora_r=8)))
+    (tmp_path / "run").mkdir()
+    before = json.dumps(C.load(config).resolved())
+    (tmp_path / "run" / "config.resolved.json").write_text(before)
+    config.write_text(yaml.safe_dump(dict(demo, lora_r=16, num_epochs=9)))
+    res = subprocess.run([sys.executable, "-m", "envdoctor", "train", str(config), "--resume", "--dry-run",
+                          "--python", sys.executable], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "other values of lora_r (see its config.resolved.json)" in res.stdout, res.stdout
+    assert (tmp_path / "run" / "config.resolved.json").read_text() == before

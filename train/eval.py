@@ -58,7 +58,8 @@ def main() -> int:
         print("error: the run's datasets cannot be read any more (the style score needs them):\n"
               + "\n".join(f"  {p}" for p in exc.problems), flush=True)
         return 2
-    heldout = json.loads((run / "heldout.json").read_text())["chunks"]
+    held = json.loads((run / "heldout.json").read_text())
+    heldout, source = held["chunks"], held.get("source", "validation")
     tokenizer = AutoTokenizer.from_pretrained(args.merged)
     if args.prompts:
         lines = [x for x in Path(args.prompts).read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -77,7 +78,7 @@ def main() -> int:
                          "samples": texts[:3]}
         del model
         gc.collect()
-    report = {"prompts": len(prompts), "corpus_documents": len(corpus), **results,
+    report = {"prompts": len(prompts), "corpus_documents": len(corpus), "perplexity_on": source, **results,
               "closer_to_corpus": "merged" if results["merged"]["style_score"] > results["base"]["style_score"] else "base"}
     print(f"{'':<10} {'style':>6} {'vocab':>6} {'function':>8} {'sentences':>9} {'perplexity':>11}")
     for name in ("base", "merged"):
@@ -85,6 +86,9 @@ def main() -> int:
         print(f"{name:<10} {r['style_score']:>6.3f} {r['vocabulary']:>6.3f} {r['function']:>8.3f} "
               f"{r['sentences']:>9.3f} {r['perplexity']:>11.2f}")
     print(f"closer to the corpus: {report['closer_to_corpus']}  (style score: mean of the three, 1 = the corpus)")
+    if source != "validation":
+        print("perplexity is on training chunks (the run had no validation split: val_set_size 0), so it "
+              "flatters the merged model")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
     return 0

@@ -111,8 +111,6 @@ def main() -> int:
     last = checkpoint.latest(out) if args.resume else None
     if last:
         state = checkpoint.restore_weights(last, model)  # before wrapping: every process loads the same file
-        if world.main:
-            checkpoint.trim_metrics(out, state["step"])
         # Positions are global micro-batch counts (any --nproc resumes), except in mid-epoch checkpoints that
         # an earlier runner wrote with several processes: per process, and that runner's layout is gone.
         if state["batch"] and state.get("world_size", 1) > 1 and state.get("batch_scope") != "global":
@@ -120,6 +118,8 @@ def main() -> int:
                 "processes (a per-process data position); resume from an epoch checkpoint instead", flush=True)
             distributed.finish(world)
             return 2
+    if world.main:  # a resumed run, or a fresh one after an interrupted attempt: each step logged once
+        checkpoint.trim_metrics(out, state["step"])
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
@@ -166,6 +166,7 @@ def main() -> int:
                 if p.real:
                     tokens += int(mask.sum())
                     loss_sum, count = loss_sum + float(loss.detach()), count + 1
+            lr = scheduler.get_last_lr()[0]  # the rate this step trained at (step() moves to the next)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -173,25 +174,26 @@ def main() -> int:
             loss_sum, count, all_tokens = distributed.totals([loss_sum, count, tokens], world)
             mean_loss = loss_sum / count  # the mean of this step's micro-batch losses, as one process logs it
             state["losses"].append(round(mean_loss, 5))
-            state.setdefault("lrs", []).append(scheduler.get_last_lr()[0])
+            state.setdefault("lrs", []).append(lr)
             elapsed = max(time.time() - started, 1e-6)
             rate = all_tokens / elapsed
             if world.main:
                 progress.update(state["step"], epoch + 1, mean_loss, rate)
                 report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "loss": mean_loss,
-                                         "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate,
+                                         "lr": lr, "tokens_per_s": rate,
                                          "tokens": int(all_tokens), "elapsed_s": round(elapsed, 3)})
             if save_every and state["step"] % save_every == 0 and s + 1 < len(plan):
                 watchdog.at(f"checkpoint step-{state['step']}")
                 save(f"step-{state['step']}", {"epoch": epoch, "batch": (s + 1) * accum, "batch_scope": "global",
                                                "world_size": world.size, "written_by_rank": world.rank})
         state["batch"] = 0
-        watchdog.at(f"validation after epoch {epoch + 1}")
-        vloss = evaluate(step_loss, val, micro, pad, device, world)
-        state["val"].append([state["step"], vloss])
-        if world.main:
-            progress.message(f"epoch {epoch + 1}: validation loss {vloss:.4f}")
-            report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
+        if val:  # val_set_size 0 (axolotl's default): no validation, nothing logged as NaN
+            watchdog.at(f"validation after epoch {epoch + 1}")
+            vloss = evaluate(step_loss, val, micro, pad, device, world)
+            state["val"].append([state["step"], vloss])
+            if world.main:
+                progress.message(f"epoch {epoch + 1}: validation loss {vloss:.4f}")
+                report.log_metrics(out, {"step": state["step"], "epoch": epoch + 1, "val_loss": vloss})
         watchdog.at(f"checkpoint epoch-{epoch + 1}")
         save(f"epoch-{epoch + 1}", {"epoch": epoch + 1, "world_size": world.size, "written_by_rank": world.rank})
     watchdog.idle()
@@ -202,7 +204,10 @@ def main() -> int:
         checkpoint.write_adapter(out / "adapter", model, weights)
         tokenizer.save_pretrained(out / "adapter")
         # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
-        (out / "heldout.json").write_text(json.dumps({"chunks": val[:16], "sequence_len": seq}))
+        # Without a validation split (val_set_size 0) the merge is verified on training chunks: it checks
+        # that merged == base + adapter, which any tokens show; eval says where its chunks came from.
+        (out / "heldout.json").write_text(json.dumps({"chunks": (val or train)[:16], "sequence_len": seq,
+                                                      "source": "validation" if val else "training"}))
         plot = report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]], state.get("lrs"))
         base = str(out / "base") if (out / "base" / "config.json").exists() else cfg["base_model"]
         (out / "run_summary.json").write_text(json.dumps({

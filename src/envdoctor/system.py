@@ -203,7 +203,7 @@ class System:
         """Run a long command with its output going straight to ours (a training run); its exit code.
 
         Ctrl-C reaches the child too (it is in our process group on a terminal; it is forwarded when only
-        we got it): the child is given time to stop cleanly (a run prints how to resume), then
+        we got it): the child is given 30 s to stop cleanly (a run prints how to resume), then
         KeyboardInterrupt goes on up. Killed only if it does not stop, or on a second Ctrl-C."""
         try:
             proc = subprocess.Popen([str(a) for a in argv], env=dict(self.env if env is None else env),
@@ -216,7 +216,7 @@ class System:
         except KeyboardInterrupt:
             try:
                 proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=120)
+                proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
                 proc.wait()

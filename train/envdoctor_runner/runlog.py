@@ -239,14 +239,15 @@ def start(out_dir: Path | str, main: bool | None = None, rank: int | None = None
 def done_lines(out_dir: Path | str, adapter: Path | str, plot: Path | str | None, python: str | None = None,
                silenced: int = 0) -> list[str]:
     """The closing block: where the results are, and the next two commands alone on their lines (to paste)."""
+    import shlex
     out_dir = Path(out_dir)
-    here = f" --python {python}" if python else ""
+    here = f" --python {shlex.quote(python)}" if python else ""  # pasted into a shell: quoted
     lines = ["", f"done. LoRA adapter: {adapter}"]
     if plot:
         lines.append(f"  loss curve:  {plot}")
     hidden = f"  ({silenced} library warning{'s' if silenced > 1 else ''} shown only there)" if silenced else ""
     lines.append(f"  full log:    {out_dir / 'train.log'}{hidden}")
     lines += ["next: merge adapter and base into one model, then score it against the base:",
-              f"  envdoctor merge {out_dir}{here}",
-              f"  envdoctor eval {out_dir}{here}"]
+              f"  envdoctor merge {shlex.quote(str(out_dir))}{here}",
+              f"  envdoctor eval {shlex.quote(str(out_dir))}{here}"]
     return lines

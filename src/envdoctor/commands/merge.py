@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -175,7 +176,7 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     publish(stage, dest)
     out.write(f"merged: {dest} ({merge['shards']} shard(s), {merge['bytes'] / 1e9:.2f} GB, {merge['lora_merged']} "
               f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "
-              f"serve it with: vllm serve {dest}\n")
+              f"serve it with: vllm serve {shlex.quote(str(dest))}\n")
     return 0
 
 

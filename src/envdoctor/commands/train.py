@@ -62,9 +62,26 @@ def _earlier_run(outdir: Path, resume: bool) -> str | None:
     return None
 
 
+# What a checkpoint depends on: the adapter's shapes and the data's chunking and order. num_epochs,
+# learning_rate, save_steps and the like may change between a run and its resume.
+RESUME_KEYS = ("base_model", "model_config", "tokenizer", "datasets", "sequence_len", "chunk_overlap", "val_set_size",
+               "seed", "sample_packing", "micro_batch_size", "gradient_accumulation_steps", "adapter", "load_in_4bit",
+               "lora_r", "lora_target_modules", "lora_target_linear", "lora_modules_to_save", "fsdp")
+
+
+def _changed_for_resume(previous: Path, resolved: dict) -> list[str]:
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [k for k in RESUME_KEYS if k in old and old[k] != resolved.get(k)] if isinstance(old, dict) else []
+
+
 def check_nodes(args) -> None:
     """--nnodes / --node-rank / --rdzv-endpoint: consistent, or a UsageError saying what is expected."""
     nnodes, rank, endpoint = (getattr(args, k, None) for k in ("nnodes", "node_rank", "rdzv_endpoint"))
+    if nnodes is not None and nnodes > 1 and rank is None:  # two nodes both defaulting to 0 would collide
+        raise UsageError(f"--nnodes {nnodes} needs --node-rank R on each node (0 on the node at --rdzv-endpoint)")
     nnodes, rank = 1 if nnodes is None else nnodes, rank or 0
     if nnodes < 1:
         raise UsageError("--nnodes must be at least 1")
@@ -186,6 +203,13 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
                   "every node: rank 0 writes checkpoints and the adapter, every rank reads them on --resume); the "
                   "datasets and the base model must be at the same paths on every node\n")
     config_path = outdir / "config.resolved.json"
+    if args.resume and config_path.exists():
+        changed = _changed_for_resume(config_path, resolved)
+        if changed:
+            out.write(f"--resume: {outdir}'s checkpoints were trained with other values of "
+                      f"{', '.join(changed)} (see its config.resolved.json): resuming would not continue that "
+                      "run. Put the values back, or start a new run (another output_dir, or --force)\n")
+            return 2
     # Atomic: with several nodes sharing the folder, each writes it while another's runner may be reading it.
     staging = outdir / f".config.resolved.{os.getpid()}.{node_rank}.tmp"
     staging.write_text(json.dumps(resolved, indent=2))

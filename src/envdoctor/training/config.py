@@ -9,7 +9,9 @@ may hold secrets: `hub_token`, `wandb_api_key`)."""
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,15 +193,32 @@ def load(path: str | Path) -> TrainConfig:
     return load_data(path, data)
 
 
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _yaml11_floats(data: dict) -> dict:
+    """YAML 1.1 (PyYAML) reads `3e-4` as a string; axolotl (pydantic) takes it as the number it is. So do
+    we, for keys that hold non-integer numbers only."""
+    out = dict(data)
+    for key, value in data.items():
+        spec = KEYS.get(key) if isinstance(key, str) else None
+        if spec and spec.kind == _NUM and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            out[key] = float(value)
+    return out
+
+
 def load_data(path: str | Path, data: dict) -> TrainConfig:
     """Validate a config's keys (from `path`, with any command-line overrides already applied)."""
     path = Path(path)
+    data = _yaml11_floats(data)
     cfg = TrainConfig(path, data)
     for key, value in data.items():
         spec = KEYS.get(key) if isinstance(key, str) else None
         if spec is None:
             if key not in RESOLVED_EXTRA:
-                cfg.warnings.append(f"{path}: {key}: unknown key, ignored (not passed to the runner)")
+                near = difflib.get_close_matches(str(key), list(KEYS), n=1, cutoff=0.8)
+                cfg.warnings.append(f"{path}: {key}: unknown key, ignored (not passed to the runner)"
+                                    + (f"; did you mean {near[0]}?" if near else ""))
             continue
         if value is None and spec.default is not REQUIRED:
             continue  # `key:` with no value means the default, as in axolotl
@@ -252,8 +271,14 @@ def _cross_checks(path: Path, data: dict, errors: list[str]) -> None:
             if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"].strip():
                 errors.append(f"{path}: datasets[{i}]: expected a mapping with a path, got {_shown(d)}")
             elif not (path.parent / Path(d["path"]).expanduser()).exists():
+                hub = re.fullmatch(r"[\w.-]+/[\w.-]+", d["path"]) and not d["path"].startswith(".")
                 errors.append(f"{path}: datasets[{i}].path: {d['path']} does not exist "
-                              f"(paths are relative to the config file's folder, {path.parent.resolve()})")
+                              f"(paths are relative to the config file's folder, {path.parent.resolve()})"
+                              + ("; a Hugging Face dataset id is not read by the runner: download its files "
+                                 f"(hf download {d['path']} --repo-type dataset --local-dir DIR) and point path at "
+                                 "them (text files, folders or jsonl with a text field)" if hub else ""))
+    if data.get("warmup_steps") is not None and data.get("warmup_ratio") is not None:  # axolotl refuses it too
+        errors.append(f"{path}: warmup_steps: set warmup_steps or warmup_ratio, not both")
     if data.get("model_config") is None and data.get("tokenizer") == "train-bpe":
         errors.append(f"{path}: tokenizer: train-bpe needs model_config (a model built from a config)")
     seq, overlap = data.get("sequence_len") or KEYS["sequence_len"].default, data.get("chunk_overlap")
