@@ -185,3 +185,15 @@ def test_resume_refuses_a_config_its_checkpoints_were_not_trained_with(tmp_path)
                           "--python", sys.executable], capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "other values of lora_r (see its config.resolved.json)" in res.stdout, res.stdout
     assert (tmp_path / "run" / "config.resolved.json").read_text() == before
+
+
+def test_a_resolved_config_is_itself_a_valid_config(tmp_path):
+    """config.resolved.json loaded again (JSON is YAML) gives no error and resolves to itself."""
+    for source in (asset("train", "configs", "demo.yaml"), write(tmp_path, dict(MINIMAL, warmup_steps=10))):
+        resolved = C.load(source).resolved()
+        again = tmp_path / "config.resolved.json"
+        again.write_text(json.dumps(resolved))
+        cfg = C.load(again)
+        assert cfg.errors == [] and cfg.warnings == [], cfg.errors + cfg.warnings
+        assert {k: v for k, v in cfg.resolved().items() if k not in ("config_dir", "config_path")} == \
+            {k: v for k, v in resolved.items() if k not in ("config_dir", "config_path")}

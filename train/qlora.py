@@ -127,7 +127,7 @@ def main() -> int:
     optimizer = build_optimizer(cfg, model, device, notes)  # after wrapping: FSDP replaces the parameters
     epochs = cfg["num_epochs"]
     total = steps_per_epoch * epochs
-    warmup = cfg["warmup_steps"] if cfg["warmup_steps"] is not None else int(total * cfg["warmup_ratio"])
+    warmup = cfg["warmup_steps"] if cfg["warmup_steps"] is not None else int(total * (cfg["warmup_ratio"] or 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg["lr_scheduler"], warmup, total))
     if last:
         checkpoint.restore_training(last, optimizer, scheduler, step_loss if fsdp else None)

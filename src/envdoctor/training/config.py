@@ -66,7 +66,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("lr_scheduler", str, "cosine", "schedule after warm-up", choices=("cosine", "linear", "constant")),
     Key("warmup_steps", int, DERIVED, "optimizer steps of linear warm-up (default from warmup_ratio)",
         bounds=(0, 1 << 31)),
-    Key("warmup_ratio", _NUM, 0.0, "warm-up as a share of all steps, when warmup_steps is not given", bounds=(0, 1)),
+    Key("warmup_ratio", _NUM, None, "warm-up as a share of all steps (default none: no warm-up unless "
+        "warmup_steps)", bounds=(0, 1)),
     Key("weight_decay", _NUM, 0.0, "AdamW weight decay", bounds=(0, 10)),
     Key("optimizer", str, "adamw_torch_fused", "paged/8-bit AdamW need a CUDA GPU (else torch AdamW)",
         choices=("adamw_torch_fused", "adamw_torch", "paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit")),
