@@ -292,3 +292,13 @@ def test_an_nvidia_smi_that_cannot_reach_the_loaded_driver_fails(tmp_path):
     assert r.status == Status.FAIL and r.message == (
         "the platform shows an NVIDIA GPU but its tools do not: /usr/bin/nvidia-smi: exit code 9: NVIDIA-SMI has "
         "failed because it couldn't communicate with the NVIDIA driver.")
+
+
+def test_report_merge_takes_a_result_whose_status_is_not_text(tmp_path):
+    """Found by bench/fuzz.py (report case 102, seed 0): a status that is a mapping is not a failure name."""
+    from envdoctor import fleet
+    report = {"schema_version": 2, "node": {"hostname": "n1"}, "results": [{"id": "gpu.driver", "status": {"fail": 1}},
+                                                              {"id": "gpu.arch", "status": "fail", "message": "m"}]}
+    (tmp_path / "a.json").write_text(json.dumps(report))
+    (node,) = fleet.load([str(tmp_path / "a.json")])
+    assert "check gpu.arch" in node.values and "check gpu.driver" not in node.values

@@ -99,7 +99,7 @@ def flatten(report: dict) -> dict[str, str]:
         if isinstance(d, dict) and _text(d.get("name")):
             out[f"pkg {d['name']}"] = _text(d.get("version"))
     for r in _list(report.get("results")):
-        if isinstance(r, dict) and r.get("status") in BAD:
+        if isinstance(r, dict) and isinstance(r.get("status"), str) and r["status"] in BAD:
             out[f"check {r.get('id')}"] = f"{r['status']}: {_text(r.get('message')) or ''}"
     return {k: str(v) for k, v in out.items() if v is not None}
 
