@@ -283,6 +283,10 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, _stop_cleanly)
     signal.signal(signal.SIGTERM, _stop_cleanly)
     try:
-        raise SystemExit(main())
+        code = main()
     except KeyboardInterrupt:
-        raise SystemExit(interrupted(sys.argv)) from None
+        code = interrupted(sys.argv)
+    if "torch.distributed" in sys.modules:  # a process group's threads end with the process (distributed.leave)
+        from envdoctor_runner import distributed
+        distributed.leave(code)
+    raise SystemExit(code)
