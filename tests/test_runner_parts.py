@@ -32,6 +32,26 @@ def test_chunked_cross_entropy_equals_the_full_loss_and_its_gradients(chunk):
     assert torch.allclose(hidden.grad, want_h, atol=1e-6) and torch.allclose(head.weight.grad, want_w, atol=1e-6)
 
 
+def test_a_trained_fp32_head_on_a_bf16_stream_computes_in_bf16_and_trains_its_fp32_weight():
+    """modules_to_save: [lm_head] keeps an fp32 copy; its matmul runs in the stream's bf16 (as autocast does),
+    the loss stays within bf16 rounding of the fp32 loss and the weight's gradient arrives in fp32."""
+    g = torch.Generator().manual_seed(1)
+    hidden32 = torch.randn(2, 33, 64, generator=g)
+    head = torch.nn.Linear(64, 257, bias=False)
+    labels = torch.randint(0, 257, (2, 33), generator=g)
+    want = chunked_cross_entropy(hidden32, labels, head, chunk=16)
+    hidden = hidden32.to(torch.bfloat16).requires_grad_(True)
+    seen = []
+    hook = head.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    got = chunked_cross_entropy(hidden, labels, head, chunk=16)
+    got.backward()
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # the matmul ran in bf16
+    assert abs(got.item() - want.item()) <= 0.01 * want.item()
+    assert head.weight.grad is not None and head.weight.grad.dtype == torch.float32
+    assert hidden.grad is not None and hidden.grad.dtype == torch.bfloat16
+
+
 class Tty(io.StringIO):
     def isatty(self):
         return True

@@ -14,7 +14,15 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    logits = head(hidden.to(head.weight.dtype)).float()
+    if hidden.dtype in (torch.bfloat16, torch.float16) and head.weight.dtype == torch.float32:
+        # A trained fp32 lm_head (modules_to_save): its matmul in the stream's dtype, as under autocast.
+        # In fp32 the 128k-vocabulary head was ~4 GFLOP per token without tensor cores; the weight and its
+        # gradient stay fp32 (the cast's backward returns fp32).
+        with torch.autocast(hidden.device.type, dtype=hidden.dtype):
+            logits = head(hidden)
+        logits = logits.float()
+    else:
+        logits = head(hidden.to(head.weight.dtype)).float()
     return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
