@@ -57,6 +57,7 @@ GRID = {
         (256, 2, 8, False, True, "fit"), (128, 1, 16, True, True, "fit"), (128, 2, 8, False, False, "holdout"),
         (256, 1, 16, True, False, "holdout"),
     ],
+    "tiny-tied": [(256, 2, 8, True, True, "fit"), (128, 1, 16, True, False, "holdout")],
 }
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
@@ -65,14 +66,20 @@ POINT_S_PER_KTOKEN = 1.2
 
 
 def points(shapes: list[str], engines: list[str], roles: list[str]) -> list[dict]:
+    """The grid in the order it is measured: by shape, then engine family (one base each); within a family
+    fit and hold-out points alternate and each point is measured by every engine of the family before the
+    next, so a run cut short by its budget still has both roles and both engines."""
     out = []
     for shape in shapes:
+        fits = [g for g in GRID[shape] if g[-1] == "fit" and "fit" in roles]
+        held = [g for g in GRID[shape] if g[-1] == "holdout" and "holdout" in roles]
+        order = [g for pair in zip(fits, held) for g in pair] + fits[len(held):] + held[len(fits):]
         for family in ("hf", "runner"):
-            for engine in [e for e in engines if (e == "runner") == (family == "runner")]:
-                for seq, micro, r, mts, gc_on, role in GRID[shape]:
-                    if role in roles:
-                        out.append(dict(shape=shape, family=family, engine=engine, seq=seq, micro=micro, r=r,
-                                        modules_to_save=mts, gradient_checkpointing=gc_on, role=role))
+            members = [e for e in engines if (e == "runner") == (family == "runner")]
+            for seq, micro, r, mts, gc_on, role in order:
+                for engine in members:
+                    out.append(dict(shape=shape, family=family, engine=engine, seq=seq, micro=micro, r=r,
+                                    modules_to_save=mts, gradient_checkpointing=gc_on, role=role))
     return out
 
 

@@ -58,6 +58,9 @@ SHAPES = {
     # For proving the code paths on a CPU: dimensions bitsandbytes' CPU kernels tile.
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512, max_position_embeddings=8192, tie_word_embeddings=False),
+    "tiny-tied": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, vocab_size=512, max_position_embeddings=8192,
+                      tie_word_embeddings=True),
 }
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -195,6 +198,42 @@ def _paged_bytes(optimizer) -> int:
     return total
 
 
+def free_paged(optimizer) -> int:
+    """Give back the CUDA managed memory of the optimizer's paged state; returns the bytes freed.
+
+    bitsandbytes never frees it: get_paged allocates with cudaMallocManaged, keeps every buffer in its
+    GlobalPageManager, and a tensor made by torch.frombuffer does not own its memory. One run per process
+    does not mind; a calibration that builds an optimizer per grid point would keep every earlier point's
+    state resident on the card. Freed with the driver's cuMemFree (one driver per process, whatever
+    runtime bnb links); where libcuda cannot be loaded, the pages are moved to the host instead."""
+    import ctypes
+
+    import torch
+    paged = [t for state in getattr(optimizer, "state", {}).values() if isinstance(state, dict)
+             for t in state.values() if getattr(t, "is_paged", False)]
+    if not paged:
+        return 0
+    from bitsandbytes import functional as F
+    manager = F.GlobalPageManager.get_instance()
+    ids = {id(t) for t in paged}
+    manager.paged_tensors = [t for t in manager.paged_tensors if id(t) not in ids]
+    torch.cuda.synchronize()
+    try:
+        free = ctypes.CDLL("libcuda.so.1").cuMemFree_v2
+    except OSError:
+        for t in paged:
+            F.prefetch_tensor(t, to_cpu=True)
+        return 0
+    total = 0
+    for state in getattr(optimizer, "state", {}).values():  # nothing may touch these tensors afterwards
+        for key in [k for k, t in state.items() if getattr(t, "is_paged", False)] if isinstance(state, dict) else ():
+            del state[key]
+    for t in paged:
+        if free(ctypes.c_void_p(t.data_ptr())) == 0:
+            total += t.numel() * t.element_size()
+    return total
+
+
 def _memory(device: str, optimizer) -> dict:
     import torch
     out = dict(peak_allocated=0, peak_reserved=0, paged_bytes=_paged_bytes(optimizer), other_used=0)
@@ -213,7 +252,11 @@ def run_steps(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> d
     from a reset after the adapters were built."""
     import torch
     _reset(device)
-    opt = make_optimizer(t.params, cfg, device, t.notes)
+    if t.engine == "runner":  # the runner's own choice of optimizer class and arguments
+        from envdoctor_runner.modeling import build_optimizer
+        opt = build_optimizer(cfg, t.model, device, t.notes)
+    else:
+        opt = make_optimizer(t.params, cfg, device, t.notes)
     b, s, accum = cfg["micro_batch_size"], cfg["sequence_len"], cfg["gradient_accumulation_steps"]
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (b, s), generator=gen).to(device)
@@ -233,6 +276,8 @@ def run_steps(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> d
     timed = max(steps - 1, 1)
     out["tokens_per_s"] = b * s * accum * timed / took if took else None
     out["loss"] = float(loss.detach())
+    if device.startswith("cuda"):
+        out["paged_freed"] = free_paged(opt)
     del opt, loss
     return out
 
@@ -263,6 +308,8 @@ def run_trainer(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) ->
         # Trainer times its whole run, the first step included: a lower bound on the steady rate.
         out["tokens_per_s"] = b * s * accum * steps / took
         out["loss"] = float(result.training_loss)
+        if device.startswith("cuda"):
+            out["paged_freed"] = free_paged(trainer.optimizer)
         trainer.optimizer = trainer.lr_scheduler = None
         del trainer
     return out

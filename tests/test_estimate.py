@@ -251,3 +251,21 @@ def test_measured_hold_out_points_meet_the_error_budget():
     for r in rows:
         err = F.predicted(r).reserved / r["peak_reserved"] - 1
         assert -0.05 <= err <= 0.10, (r["shape"], r["engine"], r["seq"], r["micro"], round(err * 100, 1))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_trainable_counts_match_the_runners_real_peft_model(tied):
+    """The estimator's LoRA and modules_to_save counts against the runner's own attach_lora on a real tiny
+    Llama: a tied model named in both gets two trainable copies (peft copies each module)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    sys.path.insert(0, str(asset("train")))
+    from envdoctor_runner.modeling import attach_lora
+    from transformers import LlamaConfig, LlamaForCausalLM
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=300, tie_word_embeddings=tied)
+    cfg = dict(SEED, load_in_4bit=False, lora_r=4, lora_alpha=8, gradient_checkpointing=False)
+    model = attach_lora(LlamaForCausalLM(LlamaConfig(**shape)), cfg, torch.float32)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    e = estimate(Shape.from_config(shape), cfg)
+    assert trainable == e.trainable and e.save_params == 2 * 300 * 64
