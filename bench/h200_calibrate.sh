@@ -2,15 +2,17 @@
 # The memory calibration (issue #18) on one H200, in device calls of < 10 min each; every point is a JSON
 # line in $OUT/calibration-<part>.jsonl, written as it is measured. Random-weight models (no download)
 # of the public Llama-3.1-8B / 3.2-3B / 3.2-1B shapes are saved once to /tmp/envdoctor-random-models.
-#   bash bench/h200_calibrate.sh a   # Llama-3.1-8B, hf-loop + hf-trainer (38 points, ~7-8 min)
-#   bash bench/h200_calibrate.sh b   # Llama-3.1-8B runner (19), then 3B and 1B, all engines (36) (~8 min)
+#   bash bench/h200_calibrate.sh a   # Llama-3.1-8B, hf-loop + hf-trainer (38 points; ~7-8 min, budget-stopped)
+#   bash bench/h200_calibrate.sh b   # Llama-3.1-8B runner (19), then 3B and 1B, all engines (36; ~8 min)
+# (needs the bitsandbytes wheel in .whl/: carry it; each call stops cleanly at ${BUDGET:-550} s)
 #   bash bench/h200_calibrate.sh liger   # optional: 8B hf-loop with Liger kernels, if liger-kernel is there
 # Then, here: python bench/fit_memory.py bench/results/h200-calibration-*.jsonl
 set -u
 part=${1:-a}
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp}
 if ! python3 -c "import bitsandbytes" 2>/dev/null; then  # the device has no bitsandbytes: the carried wheel
-  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+  [ -d /tmp/site/bitsandbytes ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee $OUT/nvidia-smi.csv

@@ -269,3 +269,15 @@ def test_trainable_counts_match_the_runners_real_peft_model(tied):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     e = estimate(Shape.from_config(shape), cfg)
     assert trainable == e.trainable and e.save_params == 2 * 300 * 64
+
+
+def test_a_config_that_fits_only_sharded_says_so(tmp_path):
+    small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
+    cards = [dict(small, index=i, uuid=f"GPU-{i}") for i in range(8)]
+    n = gpus_to_fit(LLAMA8B, SEED, 15 * GiB)
+    facts = dataclasses.replace(config_facts(tmp_path, nproc=n), config=load(asset("train", "configs",
+                                                                                   "qlora_style_transfer.yaml")))
+    facts.config.data["fsdp"] = True  # the other checks judge FSDP with a 4-bit base; the arithmetic is per GPU
+    r = memory(facts, gpus(tmp_path / "m", *cards))
+    assert r.status == Status.OK and r.data["sharded"] and r.data["nproc"] == n
+    assert "; only sharded: unsharded it needs 30.2 GiB" in r.message

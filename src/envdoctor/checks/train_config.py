@@ -72,7 +72,12 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
     where = ", ".join(f"GPU {g.index} ({g.name})" for g in used)
     data.update(gpus=[g.index for g in used], free_bytes=free, fits=e.needed <= free)
     if e.needed <= free:
-        result = ok(f"fits: {summary} of {free / GiB:.1f} GiB free on {where}", details)
+        only = ""
+        if e.sharded:  # would one GPU do, or is the sharding what makes it fit?
+            whole = estimate(shape, dict(cfg, fsdp=False), engine=train_config.engine).needed
+            only = (f"; only sharded: unsharded it needs {whole / GiB:.1f} GiB" if whole > free else
+                    f"; it fits one GPU unsharded too ({whole / GiB:.1f} GiB)")
+        result = ok(f"fits: {summary} of {free / GiB:.1f} GiB free on {where}{only}", details)
         result.data = data
         return result
     ways = ways_to_fit(shape, cfg, free, train_config.engine, e.nproc)
