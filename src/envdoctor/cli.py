@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(torch, bitsandbytes, flash-attn, torchao), each in a timeout-bounded subprocess")
     c.add_argument("--recipe", metavar="NAME", help="also compare the environment with this recipe (name or file)")
     c.add_argument("--config", metavar="FILE", help="also validate a training config and estimate its GPU memory")
+    c.add_argument("--backend", choices=("runner", "axolotl"), default="runner",
+                   help="with --config: whose memory to estimate, as for `envdoctor train --backend` (axolotl: the "
+                        "Hugging Face path, the larger of a PEFT-docs loop and transformers' Trainer)")
+    c.add_argument("--nproc", type=int, metavar="N",
+                   help="with --config: the processes `envdoctor train --nproc N` would start (one GPU each; default: "
+                        "every visible GPU)")
     c.add_argument("--model", metavar="DIR", help="also validate a model folder (a merged model): config, shards, "
                                                   "tokenizer, chat template, stray adapter files, vLLM support")
     c.add_argument("--timeout", type=float, default=30.0, metavar="S",

@@ -19,6 +19,7 @@ class Context:
     train_config: str | None = None  # --config: a training config to validate and cost
     model_dir: str | None = None     # --model: a model folder to validate (a merge's output)
     train_engine: str = "runner"        # whose memory to estimate: "runner", or "peft" (axolotl, plain loops)
+    train_nproc: int | None = None      # --nproc: processes (one GPU each) the run will start
     train_overrides: tuple = ()         # (key, value) pairs the command line sets over the config's keys
     train_download: bool = False        # train --download: the run may fetch the base model from the hub
 

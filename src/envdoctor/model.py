@@ -78,6 +78,7 @@ class Result:
     duration_s: float = 0.0
     traceback: str | None = None
     quiet: bool = False     # a skip that is not news (WSL checks off WSL): text shows it only with -v
+    data: dict | None = None  # numbers behind the message, for the JSON report (config.memory: bytes)
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +92,7 @@ class Result:
             "items": [i.to_dict() for i in self.items],
             "duration_s": round(self.duration_s, 4),
             "traceback": self.traceback,
+            "data": self.data,
         }
 
 

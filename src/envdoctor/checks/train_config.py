@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from envdoctor.facts.gpu import GpuFacts
+from envdoctor.facts.gpu import Gpu, GpuFacts
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.facts.train_config import TrainConfigFacts
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
 from envdoctor.training.backends import cpu_fix, cuda_only_settings
-from envdoctor.training.estimate import GiB, Shape, estimate, ways_to_fit
+from envdoctor.training.estimate import MARGIN, GiB, Shape, estimate, gpus_to_fit, ways_to_fit
 
 
 @check("config.valid", "Training config", "Config", "every key of the training config, all errors at once",
@@ -24,37 +24,103 @@ def valid(train_config: TrainConfigFacts) -> Result:
 
 
 @check("config.memory", "Fits in GPU memory", "Config",
-       "trainable parameters, adapter size, modules_to_save cost and peak GPU memory, from config.json alone",
-       needs=("train_config", "gpu"), option="config")
+       "trainable parameters, adapter size, modules_to_save cost and peak GPU memory (allocated, reserved, on the "
+       "card) per GPU of the run, from config.json alone", needs=("train_config", "gpu"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
     cfg, model = train_config.config.resolved(), train_config.model
     if model is None:
         return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
                     [f"looked in {p}" for p in train_config.looked] + ["and envdoctor's table of known shapes"],
                     Remedy(text="Download the model (or its config.json) first, or add model_config."))
+    runner = train_config.engine == "runner"
+    used, note = run_gpus(gpu, train_config.visible_devices, train_config.nproc, runner)
+    nproc = max(len(used), 1) if runner and train_config.nproc is None else (train_config.nproc or 1)
     try:
         shape = Shape.from_config(model)
-        e = estimate(shape, cfg, engine=train_config.engine)
+        e = estimate(shape, cfg, engine=train_config.engine, nproc=nproc if runner else 1)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
         return skip(f"cannot estimate from this config ({type(exc).__name__}: {exc}); see config.valid")
-    details = [f"trainable: {e.lora_params:,} LoRA" + (f" + {e.save_params:,} modules_to_save" if e.save_params else ""),
+    who = (f"envdoctor's runner, {nproc} process(es)" + (", FSDP-sharded" if e.sharded else "") if runner else
+           f"axolotl / the Hugging Face path (the larger of a PEFT-docs loop and Trainer: {e.engine})")
+    details = [f"memory of {who}; shape from {train_config.model_from}",
+               f"trainable: {e.lora_params:,} LoRA"
+               + (f" + {e.save_params:,} modules_to_save" if e.save_params else ""),
                f"adapter on disk: {e.adapter_bytes_bf16 / 1e6:,.0f} MB in bf16, {e.adapter_bytes_fp32 / 1e6:,.0f} MB "
                "in fp32"]
     details += [f"{name}: {v / GiB:.2f} GiB" for name, v in e.parts.items() if v]
-    details.append(f"shape from {train_config.model_from}; memory of "
-                   + ("envdoctor's runner" if train_config.engine == "runner" else "axolotl / a plain peft loop"))
+    details += [f"peak allocated {e.peak / GiB:.2f} GiB; the allocator's reserve {e.reserve / GiB:.2f} GiB more "
+                f"(peak reserved {e.reserved / GiB:.2f} GiB)",
+                f"paged optimizer state {e.paged / GiB:.2f} GiB (on the card, outside torch's allocator); CUDA context "
+                f"{e.context / GiB:.2f} GiB; margin {MARGIN:.0%}"]
     if e.save_params:
-        no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]), engine=train_config.engine)
-        details.append(f"modules_to_save costs {(e.peak - no_save.peak) / GiB:.1f} GiB and "
+        no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]), engine=train_config.engine, nproc=e.nproc)
+        details.append(f"modules_to_save costs {(e.needed - no_save.needed) / GiB:.1f} GiB and "
                        f"{e.save_params:,} trainable parameters: only needed when you add tokens")
-    if not gpu.present:
-        return ok(f"estimated peak {e.peak / GiB:.1f} GiB of GPU memory (no GPU here to compare with)", details)
-    free = min(g.mem_free or 0 for g in gpu.gpus)
-    if e.peak > free * 0.95:
-        fits = ways_to_fit(shape, cfg, free * 0.9, train_config.engine)
-        return fail(f"estimated peak {e.peak / GiB:.1f} GiB, but the GPU has {free / GiB:.1f} GiB free", details,
-                    Remedy(text="To fit: " + ("; or ".join(fits) if fits else "a GPU with more memory") + "."))
-    return ok(f"estimated peak {e.peak / GiB:.1f} GiB of {free / GiB:.1f} GiB free", details)
+    if note:
+        details.append(note)
+    data = e.to_data()
+    summary = (f"needs {e.needed / GiB:.1f} GiB per GPU ({e.peak / GiB:.1f} allocated, {e.reserved / GiB:.1f} "
+               f"reserved, + {(e.paged + e.context) / GiB:.1f} paged optimizer state and CUDA context, + {MARGIN:.0%})")
+    free_of = [g.mem_free for g in used]
+    if not used or None in free_of:
+        data.update(gpus=[g.index for g in used], free_bytes=None, fits=None)
+        why = note or ("no GPU here" if not gpu.present else "the GPU does not report its free memory")
+        result = skip(f"{summary}: nothing to compare with ({why})", details)
+        result.data = data
+        return result
+    free = min(free_of)
+    where = ", ".join(f"GPU {g.index} ({g.name})" for g in used)
+    data.update(gpus=[g.index for g in used], free_bytes=free, fits=e.needed <= free)
+    if e.needed <= free:
+        only = ""
+        if e.sharded:  # would one GPU do, or is the sharding what makes it fit?
+            whole = estimate(shape, dict(cfg, fsdp=False), engine=train_config.engine).needed
+            only = (f"; only sharded: unsharded it needs {whole / GiB:.1f} GiB" if whole > free else
+                    f"; it fits one GPU unsharded too ({whole / GiB:.1f} GiB)")
+        result = ok(f"fits: {summary} of {free / GiB:.1f} GiB free on {where}{only}", details)
+        result.data = data
+        return result
+    ways = ways_to_fit(shape, cfg, free, train_config.engine, e.nproc)
+    if runner and not e.sharded:
+        n = gpus_to_fit(shape, cfg, free)
+        data["gpus_to_fit_sharded"] = n
+        if n:
+            ways.append(f"fsdp: true over {n} GPUs (`envdoctor train --fsdp --nproc {n}`, each with {free / GiB:.1f} "
+                        f"GiB free) → {estimate(shape, dict(cfg, fsdp=True), nproc=n).needed / GiB:.1f} GiB per GPU")
+    result = fail(f"does not fit: {summary}, but {where} has {free / GiB:.1f} GiB free", details,
+                  Remedy(text="To fit: " + ("; or ".join(ways) if ways else "a GPU with more memory") + "."))
+    result.data = data
+    return result
+
+
+def run_gpus(gpu: GpuFacts, visible: str | None, nproc: int | None, runner: bool) -> tuple[list[Gpu], str | None]:
+    """(the GPUs the run will use, a note when that is not every GPU the driver lists): CUDA_VISIBLE_DEVICES
+    narrows and orders them (indices or GPU-UUID prefixes; CUDA stops at the first entry that names no GPU);
+    the runner starts one process per GPU (--nproc N: the first N); axolotl is compared with the first."""
+    gpus = list(gpu.gpus) if gpu.present else []
+    note = None
+    if visible is not None and gpus:
+        chosen = []
+        for entry in (e.strip() for e in visible.split(",")):
+            match = [g for g in gpus if (entry.isdigit() and g.index == int(entry))
+                     or (entry.startswith("GPU-") and g.uuid.startswith(entry))]
+            if not match or match[0] in chosen:
+                break
+            chosen.append(match[0])
+        note = f"CUDA_VISIBLE_DEVICES={visible!r}: " + (
+            f"GPU {', '.join(str(g.index) for g in chosen)} of {len(gpus)}" if chosen else "hides every GPU")
+        gpus = chosen
+    if not gpus:
+        return [], note
+    if not runner:
+        return gpus[:1], ((note + "; ") if note else "") + "axolotl starts its own processes: compared with the first GPU"
+    if nproc is not None:
+        if nproc > len(gpus):
+            return [], f"--nproc {nproc}, but only {len(gpus)} GPU(s) visible"
+        if nproc < len(gpus):
+            note = (note + "; " if note else "") + f"--nproc {nproc}: the first {nproc} of {len(gpus)} visible GPU(s)"
+        gpus = gpus[:nproc]
+    return gpus, note
 
 
 @check("config.axolotl_device", "axolotl on this device", "Config",

@@ -44,8 +44,14 @@ def main(args) -> int:
         raise UsageError(f"--config {args.config}: no such file")
     if args.model and not os.path.isdir(args.model):
         raise UsageError(f"--model {args.model}: no such folder")
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        raise UsageError("--nproc must be at least 1")
+    axolotl = getattr(args, "backend", "runner") == "axolotl"
+    if axolotl and nproc:
+        raise UsageError("--backend axolotl launches its own processes: --nproc is for the bundled runner")
     ctx = dataclasses.replace(ctx, smoke_timeout=args.smoke_timeout, recipe=args.recipe, train_config=args.config,
-                              model_dir=args.model)
+                              model_dir=args.model, train_engine="peft" if axolotl else "runner", train_nproc=nproc)
     python, reason = ctx.python, ctx.python_reason
     from envdoctor.facts.smoke import STAGES
     # The subprocesses are the slow part: start them before importing the checks. Almost every selection

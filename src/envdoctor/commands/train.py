@@ -145,7 +145,8 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         return 2
     checks = [registry.load()[c] for c in PREFLIGHT]
     ctx = dataclasses.replace(ctx, train_config=str(path),  # config.memory: will it fit this GPU?
-                              train_engine="peft" if axolotl else "runner", train_overrides=tuple(overrides.items()),
+                              train_engine="peft" if axolotl else "runner", train_nproc=args.nproc,
+                              train_overrides=tuple(overrides.items()),
                               train_download=bool(getattr(args, "download", False)))
     run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
     python = run.facts.get("python")

@@ -20,17 +20,21 @@ class TrainConfigFacts:
     model_from: str | None = None
     looked: list[str] = field(default_factory=list)
     engine: str = "runner"             # whose memory: envdoctor's runner, or "peft" (axolotl, a plain loop)
+    nproc: int | None = None           # --nproc, when given
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the environment the run starts from
 
     def to_dict(self) -> dict:
         return {"path": str(self.config.path), "errors": self.config.errors, "warnings": self.config.warnings,
-                "model_from": self.model_from, "model": self.model, "engine": self.engine}
+                "model_from": self.model_from, "model": self.model, "engine": self.engine, "nproc": self.nproc,
+                "visible_devices": self.visible_devices}
 
 
 def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
     cfg = load(ctx.train_config)
     if ctx.train_overrides and not cfg.errors:  # what `envdoctor train --fsdp/--output-dir` will run
         cfg = load_data(ctx.train_config, {**cfg.data, **dict(ctx.train_overrides)})
-    facts = TrainConfigFacts(cfg, engine=ctx.train_engine)
+    facts = TrainConfigFacts(cfg, engine=ctx.train_engine, nproc=ctx.train_nproc,
+                             visible_devices=system.env.get("CUDA_VISIBLE_DEVICES"))
     data = cfg.data
     if isinstance(data.get("model_config"), dict):
         facts.model, facts.model_from = data["model_config"], "model_config in the config"

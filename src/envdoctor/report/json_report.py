@@ -12,7 +12,8 @@ from envdoctor.engine import Run
 from envdoctor.redact import redact
 from envdoctor.report import counts
 
-SCHEMA_VERSION = 2  # 2: "node", remedy "params", facts wsl, train_config, datasets, base_model, model_dir (docs/report.schema.json)
+SCHEMA_VERSION = 3  # 3: results' "data" (config.memory's estimate); 2: "node", remedy "params", facts wsl,
+#   train_config, datasets, base_model, model_dir (docs/report.schema.json)
 
 
 def build(run: Run, target: dict, version: str, exit_code: int) -> dict:

@@ -1,20 +1,32 @@
 """Memory and size arithmetic for a QLoRA run, from the model's config.json alone.
 
-Peak GPU memory (torch's max_memory_allocated, the bf16 compute of the seed's config) is the sum of:
-  base      4-bit linears: 0.5 B/param + quantisation constants (NF4 blocks of 64; with double quant
-            ~0.016 B/param, else 0.0625)
-  embed     embed_tokens and lm_head: fp32 after peft's prepare_model_for_kbit_training (4 B/param);
-            bf16 in envdoctor's runner, which does not upcast the frozen base (2 B/param)
-  lora      LoRA weights fp32 + their grads (8 B/param) + optimizer state (AdamW 8 B/param; the 8-bit
-            ones 2 B/param, paged ones outside allocated memory: 0)
-  save      modules_to_save copies: fp32 weights + grads + optimizer state, as for LoRA
-  act       activations: with gradient checkpointing, each layer's input (bf16) plus one layer's
-            recompute and its attention; without, every layer's saved tensors and attention probabilities
-  logits    B × S × vocab × LOGIT_BYTES for a full-logits loss (axolotl, a plain peft loop); the runner's
-            chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
-Two engines: "peft" (the plain loop and axolotl: what was calibrated) and "runner" (envdoctor's runner).
-The constants marked CALIBRATED come from runs on an H200 (bench/calibrate_memory.py); the optimizer
-state of non-paged optimizers and lora_dropout: 0 are accounted by the formula, not measured.
+What runs out is the card, so an estimate has three layers (all bytes, per GPU):
+  allocated  torch.cuda.max_memory_allocated() at the peak: the sum of `parts`
+             base      4-bit linears: 0.5 B/param + quantisation constants (NF4 blocks of 64; with double
+                       quant ~0.016 B/param, else 0.0625)
+             embed     embed_tokens and lm_head: fp32 after peft's prepare_model_for_kbit_training (4 B/param,
+                       the HF engines); bf16 in envdoctor's runner, which does not upcast the frozen base
+             lora      LoRA weights fp32 + their grads (8 B/param) + optimizer state held by torch (AdamW
+                       8 B/param, 8-bit AdamW 2; paged optimizers' state is not torch's: see `paged`)
+             save      modules_to_save copies: fp32 weights + grads (+ torch-held optimizer state)
+             act       activations: with gradient checkpointing each layer's input plus one layer's
+                       recompute; without, every layer's saved tensors
+             logits    the HF engines: B × S × vocab × LOGIT_BYTES (a full-logits loss); the runner's
+                       chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
+             ddp       with several processes and no FSDP: DDP's gradient buckets, a fp32 copy of the grads
+  reserved   torch.cuda.max_memory_reserved(): allocated plus the caching allocator's slack, modelled as
+             RESERVE_FRAC × allocated + RESERVE_GIB (default allocator settings)
+  card       reserved + the paged optimizer's state (bitsandbytes' paged AdamW keeps it in CUDA managed
+             memory, resident on the card while training, outside torch's counters) + the CUDA context
+A run fits when card × (1 + MARGIN) is at most the free memory of every GPU it uses.
+
+Engines: "runner" (envdoctor's runner), "hf-loop" (the loop the PEFT docs show: from_pretrained with
+BitsAndBytesConfig, prepare_model_for_kbit_training, non-reentrant checkpointing, model(labels=...)),
+"hf-trainer" (the same model through transformers' Trainer, bf16 autocast: what axolotl drives) and
+"peft" = the Hugging Face path: whichever of hf-loop and hf-trainer needs more.
+
+CONSTANTS holds, per engine, what bench/fit_memory.py fits on the measurements of
+bench/calibrate_memory.py (bench/hf_loop.py's engines on an H200); the formula accounts the rest.
 """
 
 from __future__ import annotations
@@ -22,23 +34,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GiB = 1024 ** 3
-# CALIBRATED on an H200 (bench/results/h200-llama8b-calibration.json, fitted by bench/fit_memory.py on
-# 4 grid points, within ±3 % on the 5 held-out ones):
-ACT_SCALE = 1.417        # × the saved elements per token per layer counted in _layer_elements()
-ATT_GC = 13.0            # bytes per (batch × heads × seq²): one layer's attention, recomputed, in backward
-ATT_SAVED = 4.0          # bytes per (batch × heads × seq²) per layer without checkpointing (fp32 probs)
-LOGIT_BYTES = 2.745      # bytes per logit element at the peak (loss and its gradient)
-SAVE_BYTES = 5.22        # bytes per modules_to_save parameter beyond the base copy (weights + grads)
+ENGINES = ("runner", "hf-loop", "hf-trainer")
+HF_PATH = ("hf-loop", "hf-trainer")   # "peft": the larger of these two
+CONTEXT_BYTES = int(0.5 * GiB)        # the CUDA context and library handles of one process (H200: ~0.5 GiB)
+MARGIN = 0.05                         # of the card total: the stated margin "fits" keeps
+# Fitted constants per engine. CALIBRATED: bench/results/h200-llama8b-calibration*.json (2026-11-29; the
+# runner; for hf-loop the old reentrant "plain loop"), then raised to the issue #18 measurements of the
+# seed's config on an H200 (runner 21.6 GiB allocated; the docs loop 26.4 allocated, 29.8 reserved;
+# the same without modules_to_save 18.5 / 22.1): INTERIM until bench/fit_memory.py --write refits them on
+# the new grid (it rewrites the NAME=value pairs below).
+CONSTANTS: dict[str, dict[str, float]] = {
+    "runner": dict(
+        CHUNK_BYTES=7.8,          # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
+        ACT_RUNNER=1.16,          # × _layer_elements × 2 B per token: one layer recomputed in backward
+        ACT_RUNNER_FULL=1.10,     # the same per layer, all layers kept (no checkpointing)
+        SAVE_BYTES_RUNNER=12.9,   # per modules_to_save parameter: fp32 copy + fp32 grad + transients
+        RESERVE_FRAC=0.20, RESERVE_GIB=0.0),
+    "hf-loop": dict(
+        ACT_SCALE=2.35,           # × the saved elements per token per layer counted in _layer_elements()
+        ATT_GC=13.0,              # bytes per (batch × heads × seq²): one layer's attention, recomputed
+        ATT_SAVED=4.0,            # bytes per (batch × heads × seq²) per layer without checkpointing
+        LOGIT_BYTES=3.74,         # bytes per logit element at the peak (loss and its gradient)
+        SAVE_BYTES=8.0,           # per modules_to_save parameter: fp32 copy + fp32 grad
+        RESERVE_FRAC=0.20, RESERVE_GIB=0.0),
+    "hf-trainer": dict(  # not measured yet: hf-loop's values
+        ACT_SCALE=2.35,           # × the saved elements per token per layer counted in _layer_elements()
+        ATT_GC=13.0,              # bytes per (batch × heads × seq²): one layer's attention, recomputed
+        ATT_SAVED=4.0,            # bytes per (batch × heads × seq²) per layer without checkpointing
+        LOGIT_BYTES=3.74,         # bytes per logit element at the peak (loss and its gradient)
+        SAVE_BYTES=8.0,           # per modules_to_save parameter: fp32 copy + fp32 grad
+        RESERVE_FRAC=0.20, RESERVE_GIB=0.0),
+}
 QUANT_CONST = {True: 0.0159, False: 0.0625}
-# The runner (bf16 residual stream, SDPA attention without a seq² buffer, chunked loss). Checkpointed, its
-# peak is the layer inputs plus the larger of one layer's recompute and one loss chunk's logits.
-# CALIBRATED on an H200 (bench/results/h200-llama8b-calibration-runner.json, bench/fit_memory.py --engine
-# runner: 6 fit points, 8 held out):
-CHUNK_BYTES = 7.8         # bytes per logit of one chunk (bf16 + fp32 logits, fp32 gradient)
-ACT_RUNNER = 1.16         # × _layer_elements × 2 bytes per token: one layer recomputed in backward
-ACT_RUNNER_FULL = 1.10    # the same per layer, all layers kept (no checkpointing)
-SAVE_BYTES_RUNNER = 9.5   # per modules_to_save parameter: fp32 copy + fp32 grad + a transient
-OPT_BYTES = {"adamw_torch": 8.0, "adamw_8bit": 2.0, "adamw_bnb_8bit": 2.0, "paged_adamw_8bit": 0.0}
+# Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
+OPT_BYTES = {"adamw_torch": 8.0, "adamw_torch_fused": 8.0, "adamw_8bit": 2.0, "adamw_bnb_8bit": 2.0,
+             "paged_adamw_8bit": 0.0, "paged_adamw_32bit": 0.0}
+PAGED_BYTES = {"paged_adamw_8bit": 2.0, "paged_adamw_32bit": 8.0}
 
 
 @dataclass(frozen=True)
@@ -50,16 +81,17 @@ class Shape:
     kv_heads: int
     vocab: int
     tied: bool = False
+    head_size: int | None = None   # config.json's head_dim when it is not hidden / heads
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_size or self.hidden // self.heads
 
     @classmethod
     def from_config(cls, c: dict) -> "Shape":
         return cls(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                   c.get("num_key_value_heads", c["num_attention_heads"]), c["vocab_size"],
-                   bool(c.get("tie_word_embeddings", False)))
+                   c.get("num_key_value_heads") or c["num_attention_heads"], c["vocab_size"],
+                   bool(c.get("tie_word_embeddings", False)), c.get("head_dim"))
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of every linear of one decoder layer, by module name."""
@@ -75,7 +107,13 @@ class Estimate:
     save_params: int
     adapter_bytes_bf16: int
     adapter_bytes_fp32: int
-    parts: dict[str, float]   # bytes by part
+    parts: dict[str, float]            # bytes by part: their sum is the allocated peak
+    engine: str = "runner"             # the engine estimated ("peft" resolves to hf-loop or hf-trainer)
+    reserve: float = 0.0               # the allocator's slack: reserved - allocated
+    paged: float = 0.0                 # paged optimizer state, on the card outside torch's counters
+    context: float = CONTEXT_BYTES
+    nproc: int = 1
+    sharded: bool = False
 
     @property
     def trainable(self) -> int:
@@ -83,7 +121,32 @@ class Estimate:
 
     @property
     def peak(self) -> float:
+        """Peak allocated (torch.cuda.max_memory_allocated)."""
         return sum(self.parts.values())
+
+    @property
+    def reserved(self) -> float:
+        """Peak reserved (torch.cuda.max_memory_reserved)."""
+        return self.peak + self.reserve
+
+    @property
+    def card(self) -> float:
+        """What the process holds on its GPU: reserved + paged state + the CUDA context."""
+        return self.reserved + self.paged + self.context
+
+    @property
+    def needed(self) -> float:
+        """card with the stated margin: what "fits" compares with a GPU's free memory."""
+        return self.card * (1 + MARGIN)
+
+    def to_data(self) -> dict:
+        """The numbers for the JSON report (bytes, per GPU)."""
+        return {"engine": self.engine, "nproc": self.nproc, "sharded": self.sharded,
+                "peak_allocated_bytes": round(self.peak), "peak_reserved_bytes": round(self.reserved),
+                "paged_optimizer_bytes": round(self.paged), "context_bytes": round(self.context),
+                "card_bytes": round(self.card), "margin": MARGIN, "needed_bytes": round(self.needed),
+                "trainable_params": self.trainable, "lora_params": self.lora_params, "save_params": self.save_params,
+                "parts": {k: round(v) for k, v in self.parts.items()}}
 
 
 def _layer_elements(shape: Shape, dropout: bool) -> float:
@@ -95,59 +158,96 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
 
 
 def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
-             engine: str = "runner") -> Estimate:
-    """`cfg` is a resolved config (training.config: every key present, defaults filled)."""
+             engine: str = "runner", nproc: int = 1) -> Estimate:
+    """`cfg` is a resolved config (training.config: every key present, defaults filled). `nproc`: processes
+    (one GPU each); with cfg["fsdp"] the weights, gradients and optimizer state are sharded over them."""
+    if engine == "peft":  # the Hugging Face path: a docs loop or Trainer, whichever needs more
+        both = [estimate(shape, cfg, micro_batch, seq, e, nproc) for e in HF_PATH]
+        return max(both, key=lambda e: e.card)
+    if engine not in CONSTANTS:
+        raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)} or peft")
+    k = CONSTANTS[engine]
     b = micro_batch or cfg["micro_batch_size"]
     s = seq or cfg["sequence_len"]
     r = cfg["lora_r"]
     lin = shape.linears()
     targets = set(lin) if cfg["lora_target_linear"] else set(cfg["lora_target_modules"])
-    lora = shape.layers * sum(r * (i + o) for name, (i, o) in lin.items() if name in targets)
+    lora_layer = sum(r * (i + o) for name, (i, o) in lin.items() if name in targets)
+    lora = shape.layers * lora_layer
     embed = shape.vocab * shape.hidden
     heads = 1 if shape.tied else 2
     saves = cfg["lora_modules_to_save"]
+    # One trainable copy per module named, tied or not: peft 0.21 copies embed_tokens and lm_head of a
+    # tied model separately (measured: tiny tied Llama, both named → 2 × vocab × hidden trainable).
     save = sum(embed for m in saves if m in ("embed_tokens", "lm_head"))
-    if shape.tied and {"embed_tokens", "lm_head"} <= set(saves):
-        save = embed
     opt = OPT_BYTES.get(cfg["optimizer"], 8.0)
+    paged_per = PAGED_BYTES.get(cfg["optimizer"], 0.0)
     four_bit = cfg["load_in_4bit"]
     half = cfg["bf16"] is not False  # "auto": bf16 on the GPUs this estimate is for
-    base_params = shape.layers * sum(i * o for i, o in lin.values())
-    base = base_params * ((0.5 + QUANT_CONST[cfg["bnb_4bit_use_double_quant"]]) if four_bit
-                         else 2.0 if half else 4.0)
+    layer_params = sum(i * o for i, o in lin.values())
+    per_param = (0.5 + QUANT_CONST[cfg["bnb_4bit_use_double_quant"]]) if four_bit else 2.0 if half else 4.0
+    base = shape.layers * layer_params * per_param
     tokens = b * s
-    per_layer = ACT_SCALE * _layer_elements(shape, cfg["lora_dropout"] > 0)
-    att = b * shape.heads * s * s
-    if cfg["gradient_checkpointing"]:
-        act = tokens * 2 * (shape.layers * shape.hidden + per_layer) + ATT_GC * att
-    else:
-        act = shape.layers * (tokens * 2 * per_layer + ATT_SAVED * att)
+    dropout = cfg["lora_dropout"] > 0
+    gc_on = cfg["gradient_checkpointing"]
     runner = engine == "runner"
-    chunk = min(cfg["loss_chunk_tokens"], tokens)
     if runner:
-        elems = 2 * _layer_elements(shape, cfg["lora_dropout"] > 0)
-        loss_phase = CHUNK_BYTES * chunk * shape.vocab
-        if cfg["gradient_checkpointing"]:  # the backward peak is one layer's recompute or one chunk
-            layer_phase = ACT_RUNNER * tokens * elems
+        elems = 2 * _layer_elements(shape, dropout)
+        chunk = min(cfg["loss_chunk_tokens"], tokens)
+        loss_phase = k["CHUNK_BYTES"] * chunk * shape.vocab
+        if gc_on:  # the backward peak is one layer's recompute or one chunk's logits, whichever is larger
+            layer_phase = k["ACT_RUNNER"] * tokens * elems
             act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
             loss_phase = loss_phase if loss_phase > layer_phase else 0.0
         else:
-            act = ACT_RUNNER_FULL * shape.layers * tokens * elems
-    parts = {
-        "base (4-bit linears)" if four_bit else f"base ({'bf16' if half else 'fp32'} linears)": base,
-        "embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)": embed * heads * (2.0 if runner else 4.0),
-        "LoRA weights, grads, optimizer": lora * (8.0 + opt),
-        "modules_to_save weights, grads, optimizer": save * ((SAVE_BYTES_RUNNER if runner else SAVE_BYTES) + opt),
-        "activations": act,
-        "logits and loss": loss_phase if runner else tokens * shape.vocab * LOGIT_BYTES,
-    }
-    return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts)
+            act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * elems
+        logits, save_bytes = loss_phase, k["SAVE_BYTES_RUNNER"]
+    else:
+        per_layer = k["ACT_SCALE"] * _layer_elements(shape, dropout)
+        att = b * shape.heads * s * s
+        if gc_on:  # layer inputs are fp32: prepare_model_for_kbit_training makes the residual stream fp32
+            act = tokens * (4 * shape.layers * shape.hidden + 2 * per_layer) + k["ATT_GC"] * att
+        else:
+            act = shape.layers * (tokens * 2 * per_layer + k["ATT_SAVED"] * att)
+        logits, save_bytes = tokens * shape.vocab * k["LOGIT_BYTES"], k["SAVE_BYTES"]
+    embed_bytes = embed * heads * (2.0 if runner else 4.0)
+    lora_bytes = lora * (8.0 + opt)
+    save_total = save * (save_bytes + opt)
+    sharded = bool(cfg.get("fsdp")) and nproc > 1
+    parts = {}
+    if sharded:  # FSDP2: each process keeps 1/N of weights, grads and optimizer state, and gathers one unit
+        n = nproc
+        gathered = max(layer_params * per_param + lora_layer * 4.0, embed * heads * (2.0 if runner else 4.0))
+        parts[f"weights, grads, optimizer: 1/{n} shard"] = (base + embed_bytes + lora_bytes + save_total) / n
+        parts["gathered for compute (one unit and its prefetch)"] = 2 * gathered
+        paged = (lora + save) * paged_per / n
+    else:
+        parts["base (4-bit linears)" if four_bit else f"base ({'bf16' if half else 'fp32'} linears)"] = base
+        parts["embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)"] = embed_bytes
+        parts["LoRA weights, grads, optimizer"] = lora_bytes
+        parts["modules_to_save weights, grads, optimizer"] = save_total
+        paged = (lora + save) * paged_per
+        if nproc > 1:
+            parts["DDP gradient buckets"] = (lora + save) * 4.0
+    parts["activations"] = act
+    parts["logits and loss"] = logits
+    reserve = k["RESERVE_FRAC"] * sum(parts.values()) + k["RESERVE_GIB"] * GiB
+    return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
+                    CONTEXT_BYTES, nproc, sharded)
 
 
-def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner") -> list[str]:
-    """Concrete changes that bring the peak under `free`: each single change that is enough on its own,
-    else the cheapest combination (drop modules_to_save, checkpointing, halve the micro batch keeping the
-    effective batch, then halve the sequence length)."""
+def gpus_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", most: int = 8) -> int | None:
+    """The fewest GPUs (each with `free` bytes) that a run sharded with FSDP over them fits on, or None."""
+    for n in range(2, most + 1):
+        if estimate(shape, dict(cfg, fsdp=True), engine=engine, nproc=n).needed <= free:
+            return n
+    return None
+
+
+def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", nproc: int = 1) -> list[str]:
+    """Concrete changes that bring what the run needs (card + margin) under `free`: each single change that
+    is enough on its own, else the cheapest combination (drop modules_to_save, checkpointing, halve the micro
+    batch keeping the effective batch, then halve the sequence length)."""
     steps = []
     if cfg["lora_modules_to_save"]:
         steps.append(("lora_modules_to_save: [] (only needed for new tokens)", {"lora_modules_to_save": []}))
@@ -161,18 +261,19 @@ def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner") ->
     while s > 256:
         s //= 2
         steps.append((f"sequence_len: {s}", {"sequence_len": s}))
-    def peak(c: dict) -> float:
-        return estimate(shape, c, engine=engine).peak
 
-    single = [f"{label} → {peak(dict(cfg, **change)) / GiB:.1f} GiB" for label, change in steps
-              if peak(dict(cfg, **change)) < free]
+    def need(c: dict) -> float:
+        return estimate(shape, c, engine=engine, nproc=nproc).needed
+
+    single = [f"{label} → {need(dict(cfg, **change)) / GiB:.1f} GiB" for label, change in steps
+              if need(dict(cfg, **change)) <= free]
     if single:
         return single
     merged, labels = dict(cfg), []
     for label, change in steps:
         merged.update(change)
         labels.append(label)
-        total = peak(merged)
-        if total < free:
+        total = need(merged)
+        if total <= free:
             return [" + ".join(labels) + f" → {total / GiB:.1f} GiB"]
     return []

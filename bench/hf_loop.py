@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""QLoRA training the way users run it, on a random-weight model of a public shape: the measurement
+side of the memory estimator (bench/calibrate_memory.py) and of speed benches.
+
+Three engines, each built the way its code builds it:
+  hf-loop     the loop the PEFT / bitsandbytes docs show: from_pretrained(quantization_config=
+              BitsAndBytesConfig(nf4, double quant, bf16 compute)), prepare_model_for_kbit_training (fp32
+              norms, embeddings and lm_head; checkpointing on), get_peft_model(LoraConfig), bitsandbytes'
+              paged 8-bit AdamW, loss = model(input_ids, labels=...).loss, no autocast
+  hf-trainer  the same model through transformers' Trainer (bf16=True: autocast; optim paged_adamw_8bit),
+              which is what axolotl drives
+  runner      envdoctor's runner: from_pretrained with the same quantization (its base_model path), then
+              its own attach_lora, CausalLMLoss (chunked cross-entropy) and build_optimizer
+              (train/envdoctor_runner/modeling.py, loss.py)
+
+Checkpointing is non-reentrant in all three: transformers 5's activation_checkpointing_enable(None) and
+axolotl 0.19's trainer builder (gradient_checkpointing_kwargs unset → {"use_reentrant": False}) choose it;
+peft 0.21's prepare_model_for_kbit_training without kwargs passes {} on, and torch.utils.checkpoint then
+warns and falls back to the reentrant variant — so the docs loop here passes use_reentrant=False as the
+PEFT docs' QLoRA examples do, and --reentrant measures the other.
+
+Random weights: the model is built once from its config in bf16, saved to a local folder
+(save_random_model) and read back by from_pretrained, so quantization goes through transformers' own
+bitsandbytes path. One quantized base per (shape, engine family) is reused across grid points: each
+point wraps it in fresh adapters (build_peft_model), trains (run_steps / run_trainer) and unwraps
+(release).
+
+Importable: build_peft_model(base, cfg, engine) -> Trainable; run_steps(t, cfg, steps, device) -> dict
+with tokens_per_s, peak_allocated, peak_reserved (bytes), paged_bytes, other_used.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "train"))  # the runner's modules (envdoctor_runner), as train/qlora.py finds them
+
+ENGINES = ("hf-loop", "hf-trainer", "runner")
+# Public config.json shapes (typed in: shapes only, no weights). The rope scaling of Llama 3.1/3.2 does not
+# change memory and is left out.
+SHAPES = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=False),
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=True),
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=True),
+    # For proving the code paths on a CPU: dimensions bitsandbytes' CPU kernels tile.
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=8192, tie_word_embeddings=False),
+    "tiny-tied": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, vocab_size=512, max_position_embeddings=8192,
+                      tie_word_embeddings=True),
+}
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def base_config(**over) -> dict:
+    """A resolved envdoctor config (the seed's QLoRA settings) with `over` applied: what the estimator
+    reads, and what the runner's code takes."""
+    cfg = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+               bnb_4bit_compute_dtype="bfloat16", lora_r=64, lora_alpha=128, lora_dropout=0.05,
+               lora_target_modules=list(ALL_LINEAR), lora_target_linear=False, lora_modules_to_save=[],
+               optimizer="paged_adamw_8bit", learning_rate=1e-4, weight_decay=0.0, bf16=True,
+               gradient_checkpointing=True, sequence_len=2048, micro_batch_size=2, gradient_accumulation_steps=1,
+               loss_chunk_tokens=1024)
+    try:  # with envdoctor importable, every other key gets the doctor's own default
+        from envdoctor.training.config import resolve
+        cfg = resolve(cfg)
+    except ImportError:
+        pass
+    cfg.update(over)
+    return cfg
+
+
+def save_random_model(shape: str, folder: Path, device: str) -> Path:
+    """A random bf16 Llama of `shape`, saved once to `folder` (reused when it is there). Initialised on
+    `device` (an 8B shape: 16 GB on the GPU, seconds; on a CPU minutes)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape]))
+    finally:
+        torch.set_default_dtype(default)
+    model.save_pretrained(folder, max_shard_size="4GB")
+    del model
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return folder
+
+
+def quantization(cfg: dict):
+    import torch
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg["bnb_4bit_quant_type"],
+                              bnb_4bit_use_double_quant=cfg["bnb_4bit_use_double_quant"],
+                              bnb_4bit_compute_dtype=getattr(torch, cfg["bnb_4bit_compute_dtype"]))
+
+
+def load_base(folder: Path, family: str, cfg: dict, device: str, reentrant: bool = False):
+    """The quantized base one engine family trains on: "hf" (hf-loop and hf-trainer: prepared by peft's
+    prepare_model_for_kbit_training) or "runner" (the runner's own from_pretrained call, nothing cast)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization(cfg), dtype=torch.bfloat16,
+                                                 device_map={"": device})
+    model.config.use_cache = False
+    if family == "hf":
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    else:
+        from envdoctor_runner.modeling import same_kernel_in_eval
+        same_kernel_in_eval(model)
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return model
+
+
+@dataclass
+class Trainable:
+    engine: str
+    model: object                      # the peft model
+    loss: Callable                     # (input_ids) -> scalar loss
+    params: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def build_peft_model(base, cfg: dict, engine: str, reentrant: bool = False) -> Trainable:
+    """Fresh adapters on `base` (from load_base, of the engine's family) for one run of `cfg`."""
+    import torch
+    if engine == "runner":
+        from envdoctor_runner.loss import CausalLMLoss
+        from envdoctor_runner.modeling import attach_lora
+        model = attach_lora(base, cfg, torch.bfloat16)
+        wrapped = CausalLMLoss(model, cfg["loss_chunk_tokens"])
+        return Trainable(engine, model, lambda ids: wrapped(ids, None, ids),
+                         [p for p in model.parameters() if p.requires_grad])
+    from peft import LoraConfig, get_peft_model
+    if cfg["gradient_checkpointing"]:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    else:
+        base.gradient_checkpointing_disable()
+    lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+                      target_modules="all-linear" if cfg["lora_target_linear"] else cfg["lora_target_modules"],
+                      modules_to_save=cfg["lora_modules_to_save"] or None, task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora)
+    return Trainable(engine, model, lambda ids: model(input_ids=ids, labels=ids).loss,
+                     [p for p in model.parameters() if p.requires_grad])
+
+
+def make_optimizer(params, cfg: dict, device: str, notes: list[str]):
+    import torch
+    if cfg["optimizer"] == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+        if not device.startswith("cuda"):
+            notes.append("paged 8-bit AdamW on a CPU: bitsandbytes falls back to unpaged state")
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+
+
+def _reset(device: str) -> None:
+    import torch
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _paged_bytes(optimizer) -> int:
+    """Optimizer state bitsandbytes keeps in paged (CUDA managed) memory: on the card, outside torch's
+    allocator, so in neither max_memory_allocated nor max_memory_reserved."""
+    total = 0
+    for state in getattr(optimizer, "state", {}).values():
+        for t in state.values() if isinstance(state, dict) else ():
+            if getattr(t, "is_paged", False):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def free_paged(optimizer) -> int:
+    """Give back the CUDA managed memory of the optimizer's paged state; returns the bytes freed.
+
+    bitsandbytes never frees it: get_paged allocates with cudaMallocManaged, keeps every buffer in its
+    GlobalPageManager, and a tensor made by torch.frombuffer does not own its memory. One run per process
+    does not mind; a calibration that builds an optimizer per grid point would keep every earlier point's
+    state resident on the card. Freed with the driver's cuMemFree (one driver per process, whatever
+    runtime bnb links); where libcuda cannot be loaded, the pages are moved to the host instead."""
+    import ctypes
+
+    import torch
+    paged = [t for state in getattr(optimizer, "state", {}).values() if isinstance(state, dict)
+             for t in state.values() if getattr(t, "is_paged", False)]
+    if not paged:
+        return 0
+    from bitsandbytes import functional as F
+    manager = F.GlobalPageManager.get_instance()
+    ids = {id(t) for t in paged}
+    manager.paged_tensors = [t for t in manager.paged_tensors if id(t) not in ids]
+    torch.cuda.synchronize()
+    try:
+        free = ctypes.CDLL("libcuda.so.1").cuMemFree_v2
+    except OSError:
+        for t in paged:
+            F.prefetch_tensor(t, to_cpu=True)
+        return 0
+    total = 0
+    for state in getattr(optimizer, "state", {}).values():  # nothing may touch these tensors afterwards
+        for key in [k for k, t in state.items() if getattr(t, "is_paged", False)] if isinstance(state, dict) else ():
+            del state[key]
+    for t in paged:
+        if free(ctypes.c_void_p(t.data_ptr())) == 0:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _memory(device: str, optimizer) -> dict:
+    import torch
+    out = dict(peak_allocated=0, peak_reserved=0, paged_bytes=_paged_bytes(optimizer), other_used=0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        # Used on the card beyond torch's reserve: the CUDA context, cuBLAS workspaces, paged state.
+        out.update(peak_allocated=torch.cuda.max_memory_allocated(), peak_reserved=torch.cuda.max_memory_reserved(),
+                   other_used=total - free - torch.cuda.memory_reserved(), total=total)
+    return out
+
+
+def run_steps(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> dict:
+    """`steps` optimizer steps of gradient_accumulation_steps micro batches of random tokens; the first
+    (kernels, allocator, optimizer state) counts for memory, not for speed. Peaks are over all steps,
+    from a reset after the adapters were built."""
+    import torch
+    _reset(device)
+    if t.engine == "runner":  # the runner's own choice of optimizer class and arguments
+        from envdoctor_runner.modeling import build_optimizer
+        opt = build_optimizer(cfg, t.model, device, t.notes)
+    else:
+        opt = make_optimizer(t.params, cfg, device, t.notes)
+    b, s, accum = cfg["micro_batch_size"], cfg["sequence_len"], cfg["gradient_accumulation_steps"]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (b, s), generator=gen).to(device)
+    t.model.train()
+    took = 0.0
+    for step in range(steps):
+        start = time.perf_counter()
+        for _ in range(accum):
+            loss = t.loss(ids)
+            (loss / accum).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss.detach())  # waits for the device
+        if step:
+            took += time.perf_counter() - start
+    out = _memory(device, opt)
+    timed = max(steps - 1, 1)
+    out["tokens_per_s"] = b * s * accum * timed / took if took else None
+    out["loss"] = float(loss.detach())
+    if device.startswith("cuda"):
+        out["paged_freed"] = free_paged(opt)
+    del opt, loss
+    return out
+
+
+def run_trainer(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> dict:
+    """The same model through transformers' Trainer: bf16 autocast, optim="paged_adamw_8bit", the
+    checkpointing Trainer itself turns on (its default kwargs: non-reentrant)."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+    _reset(device)
+    b, s, accum = cfg["micro_batch_size"], cfg["sequence_len"], cfg["gradient_accumulation_steps"]
+    gen = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": x, "labels": x} for x in torch.randint(0, vocab, (b * accum * steps, s), generator=gen)]
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=b, gradient_accumulation_steps=accum,
+                                 max_steps=steps, learning_rate=cfg["learning_rate"], weight_decay=cfg["weight_decay"],
+                                 optim="paged_adamw_8bit" if cfg["optimizer"] == "paged_adamw_8bit" else "adamw_torch",
+                                 bf16=True, gradient_checkpointing=cfg["gradient_checkpointing"],
+                                 gradient_checkpointing_kwargs={"use_reentrant": False},
+                                 save_strategy="no", report_to=[], logging_steps=10 ** 6, disable_tqdm=True,
+                                 remove_unused_columns=False, dataloader_pin_memory=False,
+                                 use_cpu=not device.startswith("cuda"), seed=0)
+        trainer = Trainer(model=t.model, args=args, train_dataset=rows)
+        start = time.perf_counter()
+        result = trainer.train()
+        took = time.perf_counter() - start
+        out = _memory(device, trainer.optimizer)
+        # Trainer times its whole run, the first step included: a lower bound on the steady rate.
+        out["tokens_per_s"] = b * s * accum * steps / took
+        out["loss"] = float(result.training_loss)
+        if device.startswith("cuda"):
+            out["paged_freed"] = free_paged(trainer.optimizer)
+        trainer.optimizer = trainer.lr_scheduler = None
+        del trainer
+    return out
+
+
+def release(t: Trainable, engine: str):
+    """The base back without adapters or modules_to_save copies, for the next point."""
+    base = t.model.unload()
+    t.model = t.loss = None
+    t.params.clear()
+    gc.collect()
+    return base
+
+
+def apply_liger() -> str | None:
+    """Liger's Triton kernels into transformers' Llama classes (as axolotl's liger plugin does); None if
+    applied, else why not. Process-wide: every model built afterwards has them."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except Exception as exc:  # noqa: BLE001 - not installed / not importable here
+        return f"liger_kernel does not import: {type(exc).__name__}: {exc}".splitlines()[0]
+    apply_liger_kernel_to_llama()
+    return None
+
+
+def main() -> int:
+    """One point, for a quick look: python bench/hf_loop.py --engine hf-loop --shape tiny --device cpu"""
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", choices=ENGINES, default="hf-loop")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model-dir", default=None, help="where the random model is saved (default: a temp folder)")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--micro", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--liger", action="store_true")
+    args = ap.parse_args()
+    if args.liger and (why := apply_liger()):
+        print(why)
+        return 1
+    cfg = base_config(sequence_len=args.seq, micro_batch_size=args.micro)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_random_model(args.shape, Path(args.model_dir or tmp) / args.shape, args.device)
+        base = load_base(folder, "runner" if args.engine == "runner" else "hf", cfg, args.device)
+        t = build_peft_model(base, cfg, args.engine)
+        run = run_trainer if args.engine == "hf-trainer" else run_steps
+        print(json.dumps(run(t, cfg, args.steps, args.device, SHAPES[args.shape]["vocab_size"])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
