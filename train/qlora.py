@@ -106,7 +106,8 @@ def main() -> int:
         return 0
 
     fsdp = bool(cfg["fsdp"])
-    model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None)
+    model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None,
+                        fsdp=fsdp)
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
     last = checkpoint.latest(out) if args.resume else None
     if last:
@@ -199,6 +200,7 @@ def main() -> int:
     watchdog.idle()
     rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    memory = distributed.peak_memory_per_rank(world, device)  # a collective: every rank
     weights = checkpoint.gathered_weights(step_loss if fsdp else None)  # FSDP: every rank takes part
     if world.main:
         checkpoint.write_adapter(out / "adapter", model, weights)
@@ -217,7 +219,7 @@ def main() -> int:
             "first_loss": state["losses"][0] if state["losses"] else None,
             "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
             "heldout": "heldout.json", "adapter": str(out / "adapter"), "tokens_per_s": rate,
-            "peak_memory_gib": peak, "python": sys.executable}, indent=2))
+            "peak_memory_gib": peak, **memory, "python": sys.executable}, indent=2))
         progress.close()
         log.done(out / "adapter", plot, sys.executable)
     distributed.finish(world)

@@ -50,6 +50,8 @@ def timeout_s() -> float:
 def init() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
+        if torch.cuda.is_available():
+            limit_gpu_memory(0)
         return World()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     # The collectives' own timeout is the watchdog's plus a margin: a hang in training is reported by the
@@ -57,10 +59,46 @@ def init() -> World:
     limit = timedelta(seconds=timeout_s() + 15)
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
+        limit_gpu_memory(world.local_rank)
         dist.init_process_group("nccl", timeout=limit)
     else:
         dist.init_process_group("gloo", timeout=limit)
     return world
+
+
+def limit_gpu_memory(index: int) -> None:
+    """A test aid: ENVDOCTOR_GPU_MEMORY_FRACTION=0.06 lets this process use only that fraction of its GPU
+    (torch.cuda.set_per_process_memory_fraction; more raises out-of-memory), so a large GPU stands in for a
+    small one: bench/h200x2_fsdp4.sh emulates two 8 GiB cards on two H200s."""
+    raw = os.environ.get("ENVDOCTOR_GPU_MEMORY_FRACTION")
+    if not raw:
+        return
+    try:
+        fraction = float(raw)
+    except ValueError:
+        fraction = 0
+    if not 0 < fraction <= 1:
+        raise SystemExit(f"error: ENVDOCTOR_GPU_MEMORY_FRACTION={raw!r}: expected a fraction > 0 and ≤ 1")
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+
+
+def peak_memory_per_rank(world: World, device_name: str) -> dict:
+    """Each rank's peak host RSS (resource.getrusage: the whole run, model loading included) and, on a GPU,
+    peak allocated / reserved memory, in GiB, listed by rank (a collective: every rank calls it)."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux reports KiB
+    cuda = device_name.startswith("cuda")
+    mine = [rss, torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+            torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0]
+    table = [0.0] * (3 * world.size)
+    table[3 * world.rank:3 * world.rank + 3] = mine
+    table = totals(table, world)
+    rows = [table[3 * r:3 * r + 3] for r in range(world.size)]
+    result = {"peak_host_rss_gib_per_rank": [round(r[0], 3) for r in rows]}
+    if cuda:
+        result["peak_gpu_allocated_gib_per_rank"] = [round(r[1], 3) for r in rows]
+        result["peak_gpu_reserved_gib_per_rank"] = [round(r[2], 3) for r in rows]
+    return result
 
 
 class Watchdog:
@@ -108,9 +146,17 @@ def wrap(module: torch.nn.Module, world: World, device_name: str, fsdp: bool = F
             dist.init_process_group("nccl" if device_name.startswith("cuda") else "gloo", rank=0, world_size=1,
                                     store=dist.HashStore())
         mesh = init_device_mesh("cuda" if device_name.startswith("cuda") else "cpu", (world.size,))
+        # Each decoder layer is one group (gathered for its forward and backward, then freed), and so is
+        # the input embedding (used once per pass). The rest (final norm, lm_head) is the root's: the root
+        # stays gathered through the step (FSDP2's choice), and lm_head is called once per loss chunk.
+        # fully_shard moves a group to the GPU when it shards it: a model built on the host (a 4-bit base
+        # under FSDP, modeling.build_model) reaches the GPU a layer at a time.
         for sub in module.modules():
             if type(sub).__name__.endswith("DecoderLayer"):
                 fully_shard(sub, mesh=mesh)
+        embed = _input_embedding(module)
+        if embed is not None:
+            fully_shard(embed, mesh=mesh)
         fully_shard(module, mesh=mesh)
         return module
     if not world.distributed:
@@ -120,6 +166,18 @@ def wrap(module: torch.nn.Module, world: World, device_name: str, fsdp: bool = F
     # No buffer broadcast before every forward: the model's only buffers (rotary frequencies) are constants,
     # equal on every rank; the broadcast would be one more collective per pass.
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+def _input_embedding(module: torch.nn.Module):
+    peft_model = getattr(module, "peft_model", None)
+    if peft_model is None:
+        return None
+    embed = peft_model.get_base_model().get_input_embeddings()
+    # with modules_to_save the embedding is peft's wrapper (the frozen original and the trained copy)
+    for name, sub in peft_model.named_modules():
+        if name.endswith("embed_tokens") and any(m is embed for m in sub.modules()):
+            return sub
+    return embed
 
 
 def gradient_sync(module: torch.nn.Module, world: World, sync: bool):

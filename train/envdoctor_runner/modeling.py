@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -93,25 +95,6 @@ def four_bit_works(device: str, shapes: list[tuple[int, int]], compute_dtype, in
     return None
 
 
-def quantize_linears(model, cfg: dict, compute_dtype, device: str) -> int:
-    """Replace the decoder's nn.Linear layers by bitsandbytes NF4 layers (what from_pretrained with a
-    BitsAndBytesConfig does; needed for a model built from a config). lm_head stays unquantized."""
-    import bitsandbytes as bnb
-    count = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear) and child_name != "lm_head":
-                q = _linear4bit(child.in_features, child.out_features, child.bias is not None, compute_dtype, cfg)
-                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
-                                             quant_type=cfg["bnb_4bit_quant_type"],
-                                             compress_statistics=cfg["bnb_4bit_use_double_quant"])
-                if child.bias is not None:
-                    q.bias = child.bias
-                setattr(module, child_name, q.to(device))
-                count += 1
-    return count
-
-
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -146,9 +129,13 @@ def _skeleton(cfg: dict, tokenizer):
         return config, AutoModelForCausalLM.from_config(config)
 
 
-def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None):
+def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None, fsdp: bool = False):
     """The peft model to train. A model built from `model_config` (random weights) is first saved
-    unquantized to `base_dir`, when given: merging needs the base weights the adapter was trained on."""
+    unquantized to `base_dir`, when given: merging needs the base weights the adapter was trained on.
+
+    4-bit from a config: built one decoder layer at a time (build_4bit_from_config), so the float model is
+    never whole anywhere; the 4-bit layers are Shardable4bitLinear (plain tensors FSDP can shard). With
+    fsdp on a GPU the built model waits on the host and FSDP moves it to the GPU a layer at a time."""
     dtype, compute = dtypes(cfg, device, notes)
     config, skeleton = _skeleton(cfg, tokenizer)
     use_4bit = cfg["load_in_4bit"]
@@ -157,7 +144,15 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
         if why_not:
             notes.append(f"4-bit is not available here ({why_not}): training plain LoRA on {dtype} weights")
             use_4bit = False
+    targets = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules()
+                      if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")})
     del skeleton
+    park = "cpu" if fsdp else device
+    if cfg["model_config"] and use_4bit:
+        model, n = build_4bit_from_config(cfg, config, tokenizer, dtype, compute, device, park, base_dir)
+        notes.append(f"{n} linear layers quantized to {cfg['bnb_4bit_quant_type'].upper()} with bitsandbytes "
+                     f"on {device}, one decoder layer at a time")
+        return attach_lora(model, cfg, dtype, all_linear=targets, device=park)
     if cfg["model_config"]:
         from transformers import LlamaForCausalLM
         torch.manual_seed(cfg["seed"])
@@ -173,23 +168,109 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
         if base_dir is not None and not (base_dir / "config.json").exists():
             model.save_pretrained(base_dir, max_shard_size="2GB")
             tokenizer.save_pretrained(base_dir)
-        if use_4bit:
-            n = quantize_linears(model, cfg, compute, device)
-            notes.append(f"{n} linear layers quantized to {cfg['bnb_4bit_quant_type'].upper()} with bitsandbytes "
-                         f"on {device}")
         model = model.to(device)
-    else:
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg["bnb_4bit_quant_type"],
-                                   bnb_4bit_compute_dtype=compute,
-                                   bnb_4bit_use_double_quant=cfg["bnb_4bit_use_double_quant"]) if use_4bit else None
-        model = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=dtype, quantization_config=quant,
-                                                     device_map={"": device} if device.startswith("cuda") else None)
-        same_kernel_in_eval(model)
+        return attach_lora(model, cfg, dtype)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg["bnb_4bit_quant_type"],
+                               bnb_4bit_compute_dtype=compute,
+                               bnb_4bit_use_double_quant=cfg["bnb_4bit_use_double_quant"]) if use_4bit else None
+    model = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=dtype, quantization_config=quant,
+                                                 device_map={"": device} if device.startswith("cuda") else None)
+    same_kernel_in_eval(model)
+    if use_4bit and fsdp:  # Params4bit loses its quant_state under FSDP: plain tensors instead
+        from envdoctor_runner.shardable4bit import convert_linear4bit
+        convert_linear4bit(model, dtype)
+        return attach_lora(model, cfg, dtype, all_linear=targets, device=device)
     return attach_lora(model, cfg, dtype)
 
 
-def attach_lora(model, cfg: dict, dtype):
+def build_4bit_from_config(cfg: dict, config, tokenizer, dtype, compute, device: str, park: str, base_dir=None):
+    """(model, linear layers quantized): a random-weight model from a config, built piece by piece (the
+    embedding, each decoder layer, the final norm, lm_head): each piece is materialised on `device` in
+    `dtype`, initialised from its own seeded generator (the same weights whatever the number of processes),
+    written to `base_dir` (rank 0: merging needs the float base), quantized (its nn.Linear layers become
+    Shardable4bitLinear) and moved to `park`. Peak memory: the 4-bit model plus one float piece."""
+    from transformers import LlamaForCausalLM
+    from envdoctor_runner.shardable4bit import quantize_children
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    inner = model.model
+    pieces = ([("model.embed_tokens", inner.embed_tokens)] + [(f"model.layers.{i}", layer) for i, layer in
+                                                              enumerate(inner.layers)] + [("model.norm", inner.norm)])
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    if not tied:
+        pieces.append(("lm_head", model.lm_head))
+    writer = _BaseWriter(base_dir, len(pieces)) if base_dir is not None and not (base_dir / "config.json").exists()         else None
+    count = 0
+    for index, (prefix, piece) in enumerate(pieces):
+        piece.to_empty(device=device)
+        _init_random(piece, config, cfg["seed"], index, device)
+        if writer:
+            writer.add(prefix, piece)
+        if prefix.startswith("model.layers."):
+            count += quantize_children(piece, cfg, compute, dtype)
+        piece.to(park)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    with torch.device(park):  # its buffers were computed on the meta device: computed again
+        inner.rotary_emb = type(inner.rotary_emb)(config)
+    if tied:
+        model.tie_weights()
+    if writer:
+        writer.finish(config, tokenizer)
+    return model, count
+
+
+def _init_random(piece: torch.nn.Module, config, seed: int, index: int, device: str) -> None:
+    """Llama's initialisation (normal(0, initializer_range) for linear and embedding weights, ones for the
+    norms), drawn from a generator seeded by (seed, piece): no order of construction to reproduce."""
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
+    std = getattr(config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for m in piece.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.weight.normal_(0.0, std, generator=gen)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+                if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+                    m.weight[m.padding_idx].zero_()
+            elif type(m).__name__.endswith("RMSNorm"):
+                m.weight.fill_(1.0)
+
+
+class _BaseWriter:
+    """The float base as save_pretrained writes it (safetensors shards, an index, config.json last: a
+    folder with config.json is complete), one piece per shard, so no process holds the whole model."""
+
+    def __init__(self, folder, n: int):
+        self.folder, self.n, self.i, self.weight_map, self.size = folder, n, 0, {}, 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, prefix: str, piece: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+        self.i += 1
+        name = f"model-{self.i:05d}-of-{self.n:05d}.safetensors"
+        tensors = {f"{prefix}.{k}" if k else prefix: v.detach().to("cpu").contiguous()
+                   for k, v in piece.state_dict().items()}
+        save_file(tensors, self.folder / name, metadata={"format": "pt"})
+        for k, v in tensors.items():
+            self.weight_map[k] = name
+            self.size += v.numel() * v.element_size()
+
+    def finish(self, config, tokenizer) -> None:
+        import json
+        (self.folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": self.size}, "weight_map": self.weight_map}, indent=2))
+        tokenizer.save_pretrained(self.folder)
+        config.save_pretrained(self.folder)
+
+
+def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, device: str | None = None):
     """Freeze the base, turn on gradient checkpointing, add LoRA (and modules_to_save) per the config.
 
     Not peft's prepare_model_for_kbit_training: it casts every non-quantized weight to fp32, which for
@@ -204,11 +285,21 @@ def attach_lora(model, cfg: dict, dtype):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
+    shardable = all_linear is not None  # the base's 4-bit layers are Shardable4bitLinear
+    everything = (all_linear if shardable else "all-linear")  # peft's "all-linear" knows only its own classes
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
-                      target_modules="all-linear" if cfg["lora_target_linear"] else cfg["lora_target_modules"],
+                      target_modules=everything if cfg["lora_target_linear"] else cfg["lora_target_modules"],
                       modules_to_save=cfg["lora_modules_to_save"] or None,
                       task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    if shardable:  # peft's own LoRA Linear around it: it only calls the base layer's forward
+        from peft.tuners.lora.layer import Linear as LoraLinear
+        from envdoctor_runner.shardable4bit import Shardable4bitLinear
+        lora._register_custom_module({Shardable4bitLinear: LoraLinear})
+    with warnings.catch_warnings():  # peft warns of a layer type it does not know; it reads in/out_features
+        warnings.filterwarnings("ignore", message="Unsupported layer type")
+        model = get_peft_model(model, lora)
+    if shardable and device is not None:  # peft puts adapters beside a layer's `weight`; this one has none
+        model.to(device)
     for p in model.parameters():  # LoRA weights are fp32 already; modules_to_save copies are not
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()

@@ -82,7 +82,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("save_steps", int, None, "optimizer steps between mid-epoch checkpoints (default: one per epoch)",
         bounds=(1, 1 << 31)),
     Key("loss_chunk_tokens", int, 1024, "tokens per chunk of the chunked cross-entropy", bounds=(16, 1 << 24)),
-    Key("fsdp", (bool, list), False, "shard over the processes (FSDP2; bf16 LoRA only); an axolotl list = on"),
+    Key("fsdp", (bool, list), False, "shard over the processes (FSDP2; a 4-bit base too: its packed weights are sharded); an axolotl list = on"),
 )
 # fmt: on
 KEYS = {k.name: k for k in SCHEMA}
@@ -259,11 +259,6 @@ def _cross_checks(path: Path, data: dict, errors: list[str]) -> None:
         value = data.get(key)
         if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
             errors.append(f"{path}: {key}: expected a list of module names, got {_shown(value)}")
-    fsdp = data.get("fsdp")
-    if (fsdp is True or (isinstance(fsdp, list) and fsdp)) and four_bit:
-        errors.append(f"{path}: fsdp: the runner shards bf16 LoRA only (set load_in_4bit: false); sharding a "
-                      "4-bit base needs FSDP1 with bnb_4bit_quant_storage: use --backend axolotl with an FSDP "
-                      "config, or DDP (the default) when the 4-bit model fits one GPU")
     datasets = data.get("datasets")
     if isinstance(datasets, list):
         if not datasets:
