@@ -13,10 +13,12 @@ from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
 from envdoctor.pins import index_url, pip_install, torch_build_tag
 from envdoctor.registry import check
-from envdoctor.repair.requests import AlignCompanions, InstallSpecs, pip_line, pip_remedy, remedy as fix_remedy, torch_pin
+from envdoctor.repair.requests import AlignCompanions, InstallSpecs, ReinstallTorch, pip_line, pip_remedy, remedy as fix_remedy, torch_pin
 from envdoctor.leftovers import leftover_items
 from envdoctor.shadow_items import shadow_item
 from envdoctor.shadowing import classify, shadowed_by_path
+
+DAMAGED = "damaged install: missing"   # target/probe.py's MISSING: files its RECORD lists are gone
 
 
 def _why(u: deps.Unmet) -> str:
@@ -102,6 +104,15 @@ def metadata(python: PythonEnv) -> Result:
         problems = list(d.problems)
         if d.version and deps.parse_version(d.version) is None:
             problems.append(f"version {d.version!r} is not a valid PEP 440 version")
+        damaged = [p for p in problems if p.startswith(DAMAGED)]
+        if damaged and d.key == "torch" and d.version:
+            # Files gone from an install whose metadata is intact: the same version again, over it, is the
+            # fix (--no-deps: its dependencies are not the damaged part).
+            items.append(Item(Status.FAIL, f"{d.label}: {damaged[0]}", (d.path, *problems[1:]),
+                              fix_remedy(ReinstallTorch((f"torch=={d.version}",), force=True), python,
+                                         f"Reinstall torch {d.version} over its damaged files (the same version "
+                                         "and build; nothing else changes).")))
+            continue
         if problems:
             name = d.name or d.dir_name or d.path
             version = d.version or d.dir_version

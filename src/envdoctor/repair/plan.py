@@ -96,13 +96,15 @@ def plan_torch_reinstall(requests, python, torch, system) -> Plan | None:
     reqs = coerce("torch.reinstall", requests)
     if not reqs:
         return None
-    req = reqs[0]   # one torch: the first finding's build (every GPU finding computes the same one)
+    # One torch: a GPU finding's build (each computes the same one; installing it replaces every file),
+    # else the same version over a damaged install.
+    req = next((r for r in reqs if not r.force), reqs[0])
     notes = (["the same version over a damaged install: --force-reinstall --no-deps (its dependencies stay)"]
              if req.force else ["this fix exists to change torch: no constraints file",
                                 "packages built against the old torch (flash-attn) may need rebuilding afterwards"])
     return Plan("torch.reinstall", "Install the PyTorch build for these GPUs and this driver" if not req.force
                 else "Reinstall torch over its damaged files", req.steps(),
-                _target("torch.reinstall"), None, notes)
+                _target("torch.reinstall") + (["packages.metadata"] if req.force else []), None, notes)
 
 
 def plan_flash_attn(requests, python, torch, system) -> Plan | None:
