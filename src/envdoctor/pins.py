@@ -41,15 +41,3 @@ def pip_install(env: PythonEnv, specs: list[str], keep_torch: bool = True,
         # The PyTorch index holds the build-tagged wheels; PyPI stays reachable for the rest.
         cmd += f" --extra-index-url {url}"
     return cmd
-
-
-def reinstall_companions(env: PythonEnv, specs: list[str], tag: str | None) -> str:
-    """Replace companions (torchvision, torchaudio) with the builds made for the installed torch.
-
-    Only the PyTorch index of torch's own build is searched, so a plain PyPI (CUDA) build cannot win;
-    --force-reinstall swaps a same-version wrong build; --no-deps leaves torch exactly as it is.
-    """
-    from envdoctor.repair.requests import spec_quote
-    cmd = f"{env.pip_command()} --force-reinstall --no-deps " + " ".join(map(spec_quote, specs))
-    url = index_url(tag)
-    return cmd + (f" --index-url {url}" if url else "")
