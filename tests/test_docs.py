@@ -133,3 +133,28 @@ def test_relative_links_point_at_files_that_exist():
             if not re.match(r"[a-z]+:", target) and not (path.parent / target).exists():
                 missing.append(f"{path.relative_to(ROOT)}: {target}")
     assert not missing, missing
+
+
+def test_every_remedy_row_names_tests_that_exist():
+    """docs/remedies.md: each finding class's row names the test that proves its remedy, and each named
+    test (`tests/file.py::name`, `::name` for the same file, `[param]` dropped) is defined there."""
+    root = ROOT
+    rows = [line for line in (root / "docs" / "remedies.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| finding")]
+    assert len(rows) >= 12
+    for row in rows:
+        proof = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        refs = re.findall(r"(tests/[\w/]+\.py)?::(\w+)|(tests/[\w/]+\.py)", proof)
+        assert refs, f"no test named in: {row[:80]}"
+        current = None
+        for file, name, bare in refs:
+            current = file or bare or current
+            assert current and (root / current).is_file(), f"{current}: no such file ({row[:60]})"
+            if name:
+                assert re.search(rf"^def {name}\(", (root / current).read_text(), re.M), f"{current}::{name}"
+
+
+def test_every_fix_id_is_documented():
+    from envdoctor.repair.plan import FIXES
+    text = (ROOT / "docs" / "fixes.md").read_text()
+    assert [f for f in FIXES if f"| `{f}` |" not in text] == []

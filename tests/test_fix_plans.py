@@ -88,20 +88,23 @@ def test_wheel_url_pattern_is_configurable(tmp_path):
 
 def test_collect_takes_failures_and_only_named_warnings():
     from envdoctor.model import Remedy
-    fail = Result(Status.FAIL, "x", items=[Item(Status.FAIL, "a", remedy=Remedy(
-        "cmd", None, "packages.install-missing", {"specs": ["a>=1"]}))])
-    warn = Result(Status.WARN, "y", remedy=Remedy("cmd", None, "flash-attn.rebuild", {"version": "2.8.3"}))
-    assert collect([fail, warn], []) == {"packages.install-missing": [{"specs": ["a>=1"]}]}
-    assert collect([fail, warn], ["flash-attn.rebuild"]) == {"flash-attn.rebuild": [{"version": "2.8.3"}]}
+    from envdoctor.repair.requests import InstallSpecs, RebuildFlashAttn
+    install, fa = InstallSpecs(("a>=1",)), RebuildFlashAttn("2.8.3", "", 1, 1)
+    fail = Result(Status.FAIL, "x", items=[Item(Status.FAIL, "a", remedy=Remedy("cmd", request=install))])
+    warn = Result(Status.WARN, "y", remedy=Remedy("cmd", request=fa))
+    assert fail.items[0].remedy.fix_id == "packages.install-missing"
+    assert collect([fail, warn], []) == {"packages.install-missing": [install]}
+    assert collect([fail, warn], ["flash-attn.rebuild"]) == {"flash-attn.rebuild": [fa]}
 
 
 def test_torch_reinstall_and_companion_plans():
+    from envdoctor.repair.requests import AlignCompanions, ReinstallTorch
     py = pyenv(dist("torch", "2.6.0+cu126"), dist("torchvision", "0.21.0+cu126"))
-    plan = FIXES["torch.reinstall"].planner([{"specs": ["torch==2.7.1", "torchvision==0.22.*"],
-                                              "index_url": "https://download.pytorch.org/whl/cu128"}], py, None, None)
+    plan = FIXES["torch.reinstall"].planner([ReinstallTorch(("torch==2.7.1", "torchvision==0.22.*"),
+                                                            "https://download.pytorch.org/whl/cu128")], py, None, None)
     assert plan.pin_torch is None and plan.steps[0].args == [
         "torch==2.7.1", "torchvision==0.22.*", "--index-url", "https://download.pytorch.org/whl/cu128"]
     plan = FIXES["packages.align-companions"].planner(
-        [{"specs": ["torchvision==0.23.*"], "index_tag": "cu128", "reinstall": True}], py, TORCH, None)
+        [AlignCompanions(("torchvision==0.23.*",), "https://download.pytorch.org/whl/cu128", True)], py, TORCH, None)
     assert plan.pin_torch == "torch==2.8.0+cu128" and plan.steps[0].args == [
         "--force-reinstall", "--no-deps", "torchvision==0.23.*", "--index-url", "https://download.pytorch.org/whl/cu128"]

@@ -187,6 +187,32 @@ def test_pth_shadowing_is_named_and_its_line_removed_with_a_backup(tmp_path, whe
     assert imports(py, "shadowpkg") == "2.0"
 
 
+def test_pythonpath_shadowing_is_named_with_no_automatic_fix_and_clears_without_it(tmp_path, wheelhouse):
+    """A folder on PYTHONPATH with an older copy: named, no fix id (envdoctor does not edit shell start-up
+    files); the remedy (take it off PYTHONPATH) applied, the re-check is clean and the new copy imports."""
+    py = make_venv(tmp_path, wheelhouse, "shadowpkg==2.0", "needs-shadow")
+    old = tmp_path / "old-libs"
+    pip(py, wheelhouse, "--target", str(old), "shadowpkg==1.0")
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(old), inherited]))
+    try:
+        assert imports(py, "shadowpkg") == "1.0"
+        dup = results(tmp_path, py, "packages.duplicates")["packages.duplicates"]
+    finally:
+        if inherited is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = inherited
+    assert dup["status"] == "fail", dup
+    item = dup["items"][0]
+    assert item["message"] == f"shadowpkg 1.0 in {old} (on PYTHONPATH) shadows shadowpkg 2.0 in site-packages"
+    assert item["remedy"]["fix_id"] is None and item["remedy"]["command"] is None
+    assert f"Remove {old} from PYTHONPATH (no automatic fix" in item["remedy"]["text"]
+    # The remedy applied: PYTHONPATH without that folder.
+    assert results(tmp_path, py, "packages.duplicates")["packages.duplicates"]["status"] == "ok"
+    assert imports(py, "shadowpkg") == "2.0"
+
+
 def test_pth_edit_refused_with_the_reason_when_not_writable(tmp_path, monkeypatch):
     """Run as root, every file is writable: the refusal is driven through os.access (the one fake)."""
     from envdoctor.repair.plan import plan_pth_edit

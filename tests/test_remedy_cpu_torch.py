@@ -179,3 +179,38 @@ def test_the_printed_flash_attn_command_runs_as_printed(cpu_torch_venv, tmp_path
         subprocess.run(command, shell=True, check=True, timeout=600, capture_output=True)
         assert run_py(py, "import flash_attn, torch; print(flash_attn.__version__, torch.__version__)") == \
             "2.8.3 2.13.0+cpu"
+
+
+# --- a damaged torch (a file its RECORD lists is gone) ---------------------------------------------------------
+
+def test_damaged_torch_is_reinstalled_at_the_same_version_by_fix(cpu_torch_venv, tmp_path):
+    """A file of torch deleted (what a disk cleaner or a half-copied venv leaves): `import torch` fails;
+    packages.metadata names the missing file; `envdoctor fix torch.reinstall` reinstalls the same version and
+    build (--force-reinstall --no-deps, from pip's own sources: here the local wheel pip is configured with),
+    and torch imports and runs again. The printed command is the same request's pip call
+    (tests/test_remedy_requests.py proves the two equal)."""
+    py = cpu_torch_venv
+    site = Path(run_py(py, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
+    rel = "torch/nn/modules/pixelshuffle.py"
+    record = next(site.glob("torch-*.dist-info")) / "RECORD"
+    assert any(line.startswith(rel + ",") for line in record.read_text().splitlines())
+    victim = site / rel
+    try:
+        victim.unlink()
+        broken = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, timeout=600)
+        assert broken.returncode != 0 and "pixelshuffle" in broken.stderr          # the real failure
+        r = results(tmp_path, py, "packages.metadata")["packages.metadata"]
+        bad = [i for i in r["items"] if i["status"] == "fail"]
+        assert r["status"] == "fail" and [i["message"] for i in bad] == [
+            f"torch 2.13.0+cpu: damaged install: missing 1 file(s) its RECORD lists: {rel}"]
+        remedy = bad[0]["remedy"]
+        assert remedy["fix_id"] == "torch.reinstall"
+        assert remedy["params"] == {"specs": ["torch==2.13.0+cpu"], "index_url": None, "force": True}
+        assert remedy["command"] == f"{py} -m pip install --force-reinstall --no-deps 'torch==2.13.0+cpu'"
+        apply("fix", tmp_path, py, remedy)
+        assert results(tmp_path, py, "packages.metadata")["packages.metadata"]["status"] == "ok"
+        assert run_py(py, "import torch; print(torch.__version__, tuple(torch.nn.PixelShuffle(2)("
+                          "torch.zeros(1, 4, 2, 2)).shape))") == "2.13.0+cpu (1, 1, 4, 4)"
+    finally:
+        if not victim.exists():   # the shared venv as it was, whatever failed above
+            pip(py, "--force-reinstall", "--no-deps", "torch==2.13.0")

@@ -36,26 +36,25 @@ def torchao_for(torch_version: str) -> str | None:
 
 def pure_wheel_remedy(python: PythonEnv, name: str, version: str) -> Remedy:
     """The release's py3-none-any wheel: pure Python, nothing linking CUDA. The printed command is the
-    fix's own step (one source)."""
-    from envdoctor.repair.plan import plan_pure_wheel, step_command
-    params = {"specs": [f"{name}=={version}"]}
-    plan = plan_pure_wheel([params], python, None, None)
-    return Remedy(step_command(plan.steps[0], python),
+    request's own step, the one `envdoctor fix packages.pure-wheel` runs (one source)."""
+    from envdoctor.repair.requests import PureWheel, pip_line, remedy
+    cpu_route = pip_line(python.executable, [f"{name}=={version}"], options=["--force-reinstall", "--no-deps"],
+                         index_url=TORCH_CPU_INDEX)
+    return remedy(PureWheel((f"{name}=={version}",)), python,
                   f"PyPI's {name} platform wheels are CUDA builds, so this installs {name} {version}'s pure-Python "
                   f"wheel from PyPI (py3-none-any: no compiled parts, nothing that links CUDA). PyTorch's own CPU "
                   f"index publishes CPU builds too, but is not reachable from every machine (not from the one "
-                  f"this remedy was tested on); where it is: {python.pip_command()} --force-reinstall --no-deps "
-                  f"'{name}=={version}' --index-url {TORCH_CPU_INDEX}",
-                  "packages.pure-wheel", params)
+                  f"this remedy was tested on); where it is: {cpu_route}")
 
 
 def cuda_build_remedy(python: PythonEnv, name: str, version: str | None, torch: TorchFacts) -> Remedy:
     """A CUDA build of a package beside a CPU-only torch: never reinstall it (the same CUDA build)."""
+    from envdoctor.repair.requests import pip_line, pip_remedy
     if name.lower() == "torchao":
         want = torchao_for(torch.version or "")
         if want:
             return pure_wheel_remedy(python, "torchao", want)
-    return Remedy(f"{python.pip_command('uninstall -y')} '{name}'",
+    return pip_remedy(python, pip_line(python.executable, [name], options=["-y"], verb="uninstall"),
                   f"No CPU build of {name} exists for torch {torch.version} (its wheels link CUDA), so no "
                   f"automatic fix: uninstall it (command above), or install the CUDA build of torch on a machine "
                   f"with an NVIDIA GPU and keep {name}.")
@@ -80,6 +79,7 @@ def bnb_cpu_item(python: PythonEnv, torch: TorchFacts) -> Item | None:
             return None
     except InvalidVersion:
         return None
+    from envdoctor.repair.requests import InstallNewer, remedy
     spec = f"bitsandbytes>={BNB_CPU_4BIT}"
     return Item(Status.FAIL, f"bitsandbytes {bnb.version} has no 4-bit support on the CPU: without CUDA it loads "
                              f"libbitsandbytes_cpu.so, which cannot quantize to 4 bit",
@@ -87,6 +87,5 @@ def bnb_cpu_item(python: PythonEnv, torch: TorchFacts) -> Item | None:
                  "quantize_4bit raises NotImplementedError (device type cpu).",
                  f"4-bit on the CPU arrived in bitsandbytes {BNB_CPU_4BIT}; its CUDA libraries are not loaded on "
                  "this machine and are not the problem."),
-                Remedy(f"{python.pip_command()} '{spec}'" + (f" 'torch=={torch.version}'" if torch.version else ""),
-                       f"Install bitsandbytes {BNB_CPU_4BIT} or newer (the first release with 4-bit on the CPU).",
-                       "packages.install-newer", {"specs": [spec]}))
+                remedy(InstallNewer((spec,), f"torch=={torch.version}" if torch.version else None), python,
+                       f"Install bitsandbytes {BNB_CPU_4BIT} or newer (the first release with 4-bit on the CPU)."))

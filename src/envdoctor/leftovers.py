@@ -7,14 +7,11 @@ imports them: the remedy deletes every one of them, folder and metadata alike, i
 
 from __future__ import annotations
 
-import shlex
 from pathlib import PurePosixPath
 
 from envdoctor.facts.python_env import PythonEnv
-from envdoctor.model import Item, Remedy, Status
-
-FIX_ID = "packages.remove-leftovers"
-
+from envdoctor.model import Item, Status
+from envdoctor.repair.requests import RemoveLeftovers, remedy
 
 def leftovers_by_site(python: PythonEnv) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
@@ -24,7 +21,7 @@ def leftovers_by_site(python: PythonEnv) -> dict[str, list[str]]:
 
 
 def remove_command(paths: list[str]) -> str:
-    return "rm -rf -- " + " ".join(shlex.quote(p) for p in paths)
+    return RemoveLeftovers(tuple(paths)).command("")
 
 
 def leftover_items(python: PythonEnv) -> list[Item]:
@@ -34,6 +31,6 @@ def leftover_items(python: PythonEnv) -> list[Item]:
         items.append(Item(Status.WARN, f"leftovers of an interrupted pip run in {site}: {', '.join(names)}",
                           ("pip renames what it replaces to ~name (metadata too) and deletes it at the end; "
                            "these were never deleted. Nothing imports them, and pip ignores them.",),
-                          Remedy(remove_command(paths), "Delete every leftover, folders and metadata.",
-                                 FIX_ID, {"paths": list(paths)})))
+                          remedy(RemoveLeftovers(tuple(paths)), python,
+                                 "Delete every leftover, folders and metadata.")))
     return items

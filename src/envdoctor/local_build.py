@@ -14,6 +14,7 @@ from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.model import Remedy
 from envdoctor.redact import redact_text
+from envdoctor.repair.requests import pip_remedy
 
 # --no-deps: nothing but the extension is touched, so torch stays the installed one (an unpinned resolve
 # could replace it); --no-build-isolation: the build compiles against this torch's headers and libraries,
@@ -89,4 +90,4 @@ def rebuild_remedy(python: PythonEnv, dist_name: str, version: str | None, torch
         # printed is not the command that works. Say so instead of offering a broken copy.
         return Remedy(None, f"{text} Its URL holds a secret, masked here, so the command is not copyable as "
                             f"printed: {redact_text(command)} (put the secret back where *** stands).")
-    return Remedy(command, text)
+    return pip_remedy(python, command, text)

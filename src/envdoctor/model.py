@@ -31,14 +31,32 @@ def worst(statuses) -> Status:
 
 @dataclass(frozen=True)
 class Remedy:
-    """How to fix a problem: a command to run and/or text, plus a fix id when `envdoctor fix` has one."""
+    """How to fix a problem: a command to run and/or text, plus a fix id when `envdoctor fix` has one.
+
+    `request` is the typed fix request (envdoctor.repair.requests) the command was printed from and the fix
+    plans from: one source for both. A fix id without a request only points at a fix another finding
+    computes (host.memory -> wsl.memory)."""
 
     command: str | None = None
     text: str | None = None
     fix_id: str | None = None
-    # What `envdoctor fix` needs to act (specs to install, an index, build settings): computed by the
-    # check from the facts, so the fix and the printed command never disagree.
-    params: dict | None = field(default=None, compare=False)
+    request: object | None = None
+
+    def __post_init__(self) -> None:
+        if self.request is None:
+            return
+        own = getattr(self.request, "fix_id", None)
+        if own is None or not hasattr(self.request, "to_dict"):
+            raise TypeError(f"Remedy.request must be a fix request, not {type(self.request).__name__}")
+        if self.fix_id is None:
+            object.__setattr__(self, "fix_id", own)
+        elif self.fix_id != own:
+            raise ValueError(f"fix id {self.fix_id} with a {own} request")
+
+    @property
+    def params(self) -> dict | None:
+        """The request as plain data: the report's `params` (docs/report.schema.json)."""
+        return self.request.to_dict() if self.request is not None else None
 
     def to_dict(self) -> dict:
         return {"command": self.command, "text": self.text, "fix_id": self.fix_id, "params": self.params}

@@ -33,21 +33,11 @@ def torch_pin(env: PythonEnv) -> list[str]:
 def pip_install(env: PythonEnv, specs: list[str], keep_torch: bool = True,
                 index_tag: str | None = None) -> str:
     """A pip command line for the target interpreter, quoting each requirement."""
+    from envdoctor.repair.requests import spec_quote
     args = list(specs) + (torch_pin(env) if keep_torch else [])
-    cmd = env.pip_command() + " " + " ".join(f"'{a}'" for a in args)
+    cmd = env.pip_command() + " " + " ".join(map(spec_quote, args))
     url = index_url(index_tag)
     if url:
         # The PyTorch index holds the build-tagged wheels; PyPI stays reachable for the rest.
         cmd += f" --extra-index-url {url}"
     return cmd
-
-
-def reinstall_companions(env: PythonEnv, specs: list[str], tag: str | None) -> str:
-    """Replace companions (torchvision, torchaudio) with the builds made for the installed torch.
-
-    Only the PyTorch index of torch's own build is searched, so a plain PyPI (CUDA) build cannot win;
-    --force-reinstall swaps a same-version wrong build; --no-deps leaves torch exactly as it is.
-    """
-    cmd = f"{env.pip_command()} --force-reinstall --no-deps " + " ".join(f"'{s}'" for s in specs)
-    url = index_url(tag)
-    return cmd + (f" --index-url {url}" if url else "")

@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import shlex
 
 from envdoctor.system import System
-
-FIX_ID = "packages.pth-edit"
 
 
 class PthEditError(Exception):
     pass
-
-
-def printed_command(path: str, line: int) -> str:
-    """What a user can copy: the same edit with a backup beside the file."""
-    q = shlex.quote(path)
-    return f"cp -p {q} {shlex.quote(path + '.bak')} && sed -i {shlex.quote(f'{line}d')} {q}"
 
 
 def without_lines(system: System, path: str, remove: dict[int, str]) -> tuple[bytes, bytes, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from envdoctor import shadowing as sh
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.model import Item, Remedy, Status
-from envdoctor.pth_edit import FIX_ID as PTH_FIX, printed_command
+from envdoctor.repair.requests import EditPth, pip_line, pip_remedy, remedy
 
 
 def _lines(s: sh.Shadow) -> tuple[str, ...]:
@@ -32,10 +32,9 @@ def shadow_item(python: PythonEnv, s: sh.Shadow) -> Item:
                                  "Python imports the copy in that folder; pip installs and upgrades the one in "
                                  "site-packages, so an upgrade never takes effect (pip uninstall refuses the "
                                  "other copy: it is outside the environment)."),
-                    Remedy(printed_command(line["file"], line["line"]),
+                    remedy(EditPth(line["file"], int(line["line"]), line["text"]), python,
                            f"Remove that line from {line['file']} (a backup is kept); site-packages' "
-                           f"{name} {own.version} is then imported.", PTH_FIX,
-                           {"file": line["file"], "line": line["line"], "text": line["text"]}))
+                           f"{name} {own.version} is then imported."))
     if s.kind == sh.PYTHONPATH:
         own = s.others[0]
         return Item(Status.FAIL if len(versions) > 1 else Status.WARN,
@@ -48,7 +47,7 @@ def shadow_item(python: PythonEnv, s: sh.Shadow) -> Item:
     why = ("two metadata folders in one site-packages: an interrupted upgrade; the files may be a mix "
            "of both versions" if same_dir else "the first on sys.path is imported, the others shadow "
                                               "nothing but confuse pip")
-    cmd = (f"{python.pip_command('uninstall -y')} {name}  # repeat until none is "
-           f"left, then: {python.pip_command()} '{name}=={active.version}'")
+    cmd = (pip_line(python.executable, [name], options=["-y"], verb="uninstall") + "  # repeat until none is "
+           f"left, then: {pip_line(python.executable, [f'{name}=={active.version}'])}")
     return Item(status, f"{name} is installed {1 + len(s.others)} times", _lines(s) + (why,),
-                Remedy(cmd, "Uninstall every copy, then install one."))
+                pip_remedy(python, cmd, "Uninstall every copy, then install one."))

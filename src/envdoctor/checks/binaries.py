@@ -18,8 +18,9 @@ from envdoctor.flashattn_wheel import flash_attn_wheel_url
 from envdoctor.gpu_compat import companion_pins
 from envdoctor.local_build import rebuild_remedy
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
-from envdoctor.pins import reinstall_companions
+from envdoctor.pins import index_url
 from envdoctor.registry import check
+from envdoctor.repair.requests import AlignCompanions, RebuildFlashAttn, remedy as fix_remedy, torch_pin
 
 FA_TAG = re.compile(r"\+cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
 
@@ -69,22 +70,20 @@ def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, 
 
 
 def flash_attn_remedy(version: str, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
-    """The fix's plan, printed: the command is the plan's one step as a shell line (script and variables),
-    so what a user copies is exactly what `envdoctor fix flash-attn.rebuild` runs."""
-    from envdoctor.repair.plan import plan_flash_attn, step_command
+    """One request, printed and planned: the command is the request's one step as a shell line (script and
+    variables), so what a user copies is exactly what `envdoctor fix flash-attn.rebuild` runs."""
     if torch_is_cpu_only(torch):
         return flash_attn_needs_cuda(torch)
     jobs = flash_attn_jobs(host)
     archs = ";".join(sorted({f"{g.cc[0]}{g.cc[1]}" for g in gpu.gpus if g.cc})) if gpu.present else ""
     url = flash_attn_wheel_url(version, torch, python)
     free = (host.mem_available or 0) / GiB
-    params = {"version": version, "wheel_url": url, "max_jobs": jobs, "nvcc_threads": NVCC_THREADS, "archs": archs,
-              "torch_pin": f"torch=={torch.version}" if torch.version else None}
-    plan = plan_flash_attn([params], python, torch, None)
-    return Remedy(step_command(plan.steps[0], python),
-                  f"Install the release wheel {url.rsplit('/', 1)[-1]} if it exists, else rebuild it against this "
-                  f"torch (MAX_JOBS={jobs}: {free:.0f} GiB free at ~{JOB_GIB} GiB a job, at most the CPUs); torch "
-                  "stays pinned.", "flash-attn.rebuild", params)
+    request = RebuildFlashAttn(version, url, jobs, NVCC_THREADS, archs,
+                               f"torch=={torch.version}" if torch.version else None)
+    return fix_remedy(request, python,
+                      f"Install the release wheel {url.rsplit('/', 1)[-1]} if it exists, else rebuild it against this "
+                      f"torch (MAX_JOBS={jobs}: {free:.0f} GiB free at ~{JOB_GIB} GiB a job, at most the CPUs); torch "
+                      "stays pinned.")
 
 
 def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
@@ -98,9 +97,8 @@ def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFac
     if key in ("torchvision", "torchaudio") and torch.minor:
         pins = companion_pins(torch.minor, [key])
         if pins:
-            return Remedy(reinstall_companions(python, pins, torch.build_tag),
-                          f"Install the {key} built for torch {torch.version}.", "packages.align-companions",
-                          {"specs": pins, "index_tag": torch.build_tag, "reinstall": True})
+            return fix_remedy(AlignCompanions(tuple(pins), index_url(torch.build_tag), True, torch_pin(python)),
+                              python, f"Install the {key} built for torch {torch.version}.")
     # Built against another torch: reinstalling the same version brings back the same binary (or finds
     # nothing, for a build no index has). Its recorded source, rebuilt against this torch, is the fix.
     return rebuild_remedy(python, ext.dist, ext.version, torch)

@@ -21,8 +21,11 @@ def remedy(stage: str, python: PythonEnv) -> Remedy:
         "bitsandbytes": Remedy(f"{python.executable} -m bitsandbytes",
                                "Its self-check names the CUDA library it looked for; BNB_CUDA_VERSION overrides "
                                "the choice, a reinstall fixes a broken wheel."),
-        "flash_attn": Remedy(text="Install the flash-attn wheel built for this torch, CUDA, ABI and Python, or "
-                                  "rebuild it: MAX_JOBS=4 pip install flash-attn --no-build-isolation."),
+        # No build command of its own: binaries.flash_attn prints the one `envdoctor fix flash-attn.rebuild`
+        # runs (release wheel first, jobs sized to memory), so the two never disagree.
+        "flash_attn": Remedy(text="Install the flash-attn build made for this torch, CUDA, ABI and Python: "
+                                  "binaries.flash_attn prints the command, the same one `envdoctor fix "
+                                  "flash-attn.rebuild` runs."),
         "torchao": Remedy(text="Install the torchao release built for this torch (see packages.companions)."),
     }[stage]
 

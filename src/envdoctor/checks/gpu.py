@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from envdoctor import tables
 from envdoctor.applies import NO_GPU
 from envdoctor.facts.gpu import GpuFacts
@@ -13,6 +15,7 @@ from envdoctor.gpu_compat import (Build, companion_pins, coverage, min_driver, p
                                   tag_cuda)
 from envdoctor.model import Item, Remedy, Result, Status, fail, from_items, ok, skip, warn
 from envdoctor.registry import check
+from envdoctor.repair.requests import ReinstallTorch, remedy as fix_remedy
 
 BUSY_FRACTION, BUSY_BYTES = 0.10, 1 * GiB
 
@@ -27,9 +30,8 @@ def torch_specs(python: PythonEnv, build: Build) -> list[str]:
     return [f"torch=={build.version}"] + companion_pins(minor, installed)
 
 
-def torch_command(python: PythonEnv, build: Build) -> str:
-    specs = torch_specs(python, build)
-    return f"{python.pip_command()} " + " ".join(f"'{s}'" for s in specs) + f" --index-url {build.index_url}"
+def torch_request(python: PythonEnv, build: Build) -> ReinstallTorch:
+    return ReinstallTorch(tuple(torch_specs(python, build)), build.index_url)
 
 
 def _torch_remedy(python: PythonEnv, gpu: GpuFacts, torch: TorchFacts, why: str) -> Remedy:
@@ -41,8 +43,7 @@ def _torch_remedy(python: PythonEnv, gpu: GpuFacts, torch: TorchFacts, why: str)
     if not driver_ok:
         cuda = tag_cuda(build.tag)
         text += f" It needs a driver for CUDA {_cuda(cuda)} (≥ {min_driver(cuda)}): upgrade the driver first."
-    return Remedy(torch_command(python, build), text, "torch.reinstall",
-                  {"specs": torch_specs(python, build), "index_url": build.index_url})
+    return fix_remedy(torch_request(python, build), python, text)
 
 
 _TOOL_REMEDY = Remedy("nvidia-smi; sudo dmesg | grep -iE 'xid|nvrm' | tail",
@@ -147,8 +148,7 @@ def driver_cuda(gpu: GpuFacts, torch: TorchFacts, host: HostFacts, python: Pytho
     text = f"Upgrade the {where} to ≥ {bundled}, or install the build for this driver."
     return fail(f"driver {gpu.driver} supports CUDA ≤ {_cuda(have)}, but torch {torch.version} needs CUDA "
                 f"{torch.cuda}", ["CUDA initialisation fails: 'The NVIDIA driver on your system is too old'."],
-                Remedy(remedy.command, text + (" " + remedy.text if remedy.text else ""), remedy.fix_id,
-                       remedy.params))
+                dataclasses.replace(remedy, text=text + (" " + remedy.text if remedy.text else "")))
 
 
 @check("gpu.arch", "Kernels for this GPU", "GPU",

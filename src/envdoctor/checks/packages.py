@@ -3,17 +3,22 @@ companion versions (torchvision / torchaudio / torchao against torch), pip itsel
 
 from __future__ import annotations
 
+import shlex
+
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from envdoctor import deps, tables
 from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
-from envdoctor.pins import pip_install, reinstall_companions, torch_build_tag
+from envdoctor.pins import index_url, pip_install, torch_build_tag
 from envdoctor.registry import check
+from envdoctor.repair.requests import AlignCompanions, InstallSpecs, ReinstallTorch, pip_line, pip_remedy, remedy as fix_remedy, torch_pin
 from envdoctor.leftovers import leftover_items
 from envdoctor.shadow_items import shadow_item
 from envdoctor.shadowing import classify, shadowed_by_path
+
+DAMAGED = "damaged install: missing"   # target/probe.py's MISSING: files its RECORD lists are gone
 
 
 def _why(u: deps.Unmet) -> str:
@@ -52,10 +57,13 @@ def requirements(python: PythonEnv) -> Result:
         spec, conflict = _spec_for(python, group[0].need.req.name)
         torch_changes |= key == "torch"
         for u in group:
-            cmd = pip_install(python, [spec], keep_torch=key != "torch") if spec else None
-            fix = ("packages.install-missing", {"specs": [spec]}) if spec and key != "torch" else (None, None)
-            items.append(Item(Status.FAIL, _why(u), (conflict,) if conflict else (),
-                              Remedy(cmd, None if spec else conflict, *fix)))
+            if spec and key != "torch":
+                fix = fix_remedy(InstallSpecs((spec,), torch_pin(python)), python)
+            elif spec:   # torch itself: no fix (its companions must follow), the command only
+                fix = pip_remedy(python, pip_install(python, [spec], keep_torch=False))
+            else:
+                fix = Remedy(None, conflict)
+            items.append(Item(Status.FAIL, _why(u), (conflict,) if conflict else (), fix))
         if spec:
             install.append(spec)
     for b in bad:
@@ -64,11 +72,10 @@ def requirements(python: PythonEnv) -> Result:
     remedy = None
     if install:
         tag = torch_build_tag(python.get("torch").version) if torch_changes and python.get("torch") else None
-        remedy = Remedy(pip_install(python, install, keep_torch=not torch_changes, index_tag=tag),
-                        "This changes torch itself; its companions must follow." if torch_changes else
-                        "torch stays pinned at the installed build.",
-                        None if torch_changes else "packages.install-missing",
-                        None if torch_changes else {"specs": install})
+        remedy = (pip_remedy(python, pip_install(python, install, keep_torch=False, index_tag=tag),
+                             "This changes torch itself; its companions must follow.") if torch_changes else
+                  fix_remedy(InstallSpecs(tuple(install), torch_pin(python)), python,
+                             "torch stays pinned at the installed build."))
     n_missing = sum(1 for u in unmet if u.installed is None)
     n_conflict = len(unmet) - n_missing
     parts = [f"{n_missing} missing" if n_missing else "", f"{n_conflict} version conflicts" if n_conflict else "",
@@ -97,12 +104,23 @@ def metadata(python: PythonEnv) -> Result:
         problems = list(d.problems)
         if d.version and deps.parse_version(d.version) is None:
             problems.append(f"version {d.version!r} is not a valid PEP 440 version")
+        damaged = [p for p in problems if p.startswith(DAMAGED)]
+        if damaged and d.key == "torch" and d.version:
+            # Files gone from an install whose metadata is intact: the same version again, over it, is the
+            # fix (--no-deps: its dependencies are not the damaged part).
+            items.append(Item(Status.FAIL, f"{d.label}: {damaged[0]}", (d.path, *problems[1:]),
+                              fix_remedy(ReinstallTorch((f"torch=={d.version}",), force=True), python,
+                                         f"Reinstall torch {d.version} over its damaged files (the same version "
+                                         "and build; nothing else changes).")))
+            continue
         if problems:
             name = d.name or d.dir_name or d.path
+            version = d.version or d.dir_version
             items.append(Item(Status.FAIL, f"{name}: broken metadata in {d.path}", tuple(problems),
-                              Remedy(f"{python.pip_command()} --force-reinstall --no-deps "
-                                     f"'{name}=={d.version or d.dir_version}'" if (d.version or d.dir_version)
-                                     else f"rm -rf '{d.path}'", "Reinstall it over the broken metadata.")))
+                              pip_remedy(python, pip_line(python.executable, [f"{name}=={version}"],
+                                                          options=["--force-reinstall", "--no-deps"]),
+                                         "Reinstall it over the broken metadata.") if version else
+                              Remedy(f"rm -rf -- {shlex.quote(d.path)}", "Remove the broken metadata.")))
         elif d.kind == "dist-info" and d.installer == "pip" and d.has_record is False:
             items.append(Item(Status.WARN, f"{d.label}: no RECORD file, pip cannot uninstall it", (d.path,)))
     items += leftover_items(python)
@@ -122,11 +140,10 @@ def _companion_item(python: PythonEnv, torch: Distribution, name: str, want: str
     crel, trel = _release(comp.version), _release(torch.version)
     tminor = ".".join(map(str, trel[:2]))
     tag = torch_build_tag(torch.version)
-    fix = (Remedy(reinstall_companions(python, [f"{name}=={want}.*"], tag),
-                  f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".",
-                  "packages.align-companions", {"specs": [f"{name}=={want}.*"], "index_tag": tag, "reinstall": True})
-           if want else Remedy(f"{python.pip_command('uninstall -y')} {name}",
-                               f"No {name} release exists for torch {tminor}: remove it or change torch."))
+    fix = (fix_remedy(AlignCompanions((f"{name}=={want}.*",), index_url(tag), True, torch_pin(python)), python,
+                      f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".")
+           if want else pip_remedy(python, pip_line(python.executable, [name], options=["-y"], verb="uninstall"),
+                                   f"No {name} release exists for torch {tminor}: remove it or change torch."))
     if want is None:
         return Item(Status.FAIL, f"{comp.label} has no release for torch {torch.version}", (), fix)
     if ".".join(map(str, crel[:2])) != want:
@@ -164,9 +181,8 @@ def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item |
         from envdoctor.cpu_torch import pure_wheel_remedy
         remedy = pure_wheel_remedy(python, "torchao", wanted[-1])
     else:
-        remedy = (Remedy(pip_install(python, [f"torchao=={wanted[-1]}"]),
-                         f"torchao {wanted[-1]} is built for torch {torch.version}.", "packages.align-companions",
-                         {"specs": [f"torchao=={wanted[-1]}"], "index_tag": None, "reinstall": False}) if wanted else
+        remedy = (fix_remedy(AlignCompanions((f"torchao=={wanted[-1]}",), torch_pin=torch_pin(python)), python,
+                             f"torchao {wanted[-1]} is built for torch {torch.version}.") if wanted else
                   Remedy(text=f"No torchao release in the table supports torch {torch.version}."))
     return Item(Status.WARN, f"{ao.label} is built for torch {', '.join(supports)}, not {torch.version}",
                 ("torchao then skips its C++ extensions ('Skipping import of cpp extensions') and runs "

@@ -11,7 +11,7 @@ from envdoctor import deps, tables
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.stack_imports import StackImport, StackImports
 from envdoctor.model import Item, Remedy, Result, Status, from_items, skip
-from envdoctor.pins import pip_install
+from envdoctor.repair.requests import pip_line, pip_remedy, torch_pin
 from envdoctor.registry import check
 
 
@@ -64,8 +64,8 @@ def item_for(r: StackImport, python: PythonEnv) -> Item:
         row, need = pair
         need_spec = f"{row['needs']}{row['needs_spec']}"
         details.append(f"verified: {row['verified']}")
-        remedy = Remedy(pip_install(python, [row["install"]]),
-                        f"{row['package']} {row['versions']} needs {need_spec} (its metadata does not say so); "
+        remedy = pip_remedy(python, pip_line(python.executable, [row["install"]], pin=torch_pin(python)),
+                            f"{row['package']} {row['versions']} needs {need_spec} (its metadata does not say so); "
                         f"this installs {row['install']} and keeps torch as it is.")
     elif other is not None:
         remedy = Remedy(text=f"{label} and {other.name} {other.version} do not work together, and envdoctor's "

@@ -9,6 +9,7 @@ from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.wsl import WslFacts
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
+from envdoctor.repair.requests import EditWslConfig, remedy as fix_remedy
 from envdoctor.wslconfig import effective, recommend
 
 MERGE_GIB = 20          # an 8B model in bf16 (16 GB) plus the process around it, to load and merge
@@ -69,9 +70,9 @@ def memory(wsl: WslFacts, host: HostFacts, python: PythonEnv) -> Result:
     if wsl.host_ram and wsl.profile:
         values = recommend(wsl.host_ram, wsl.host_cpus)
         if int(values["memory"][:-2]) * GiB > vm * 1.05:
-            remedy = Remedy(text=f"Set {', '.join(f'{k}={v}' for k, v in values.items())} in {wsl.config_path}, "
-                                 f"{RESTART}.", fix_id="wsl.memory",
-                            params={"path": wsl.config_path, "values": values})
+            remedy = fix_remedy(EditWslConfig(wsl.config_path, tuple(values.items())), python,
+                                f"Set {', '.join(f'{k}={v}' for k, v in values.items())} in {wsl.config_path}, "
+                                f"{RESTART}.")
         else:
             remedy = Remedy(text=f"Windows has {_gib(wsl.host_ram)} in all: close programs, add RAM, or build "
                                  "flash-attn with fewer jobs (envdoctor fix flash-attn.rebuild picks them).")

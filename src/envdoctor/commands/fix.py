@@ -17,20 +17,20 @@ from envdoctor.repair.plan import FIXES, Plan
 from envdoctor.system import System
 
 
-def collect(results, wanted: list[str]) -> dict[str, list[dict]]:
-    """fix id -> the params of every finding that asks for it. Failures always; warnings only when the
-    fix was named on the command line."""
-    found: dict[str, list[dict]] = {}
+def collect(results, wanted: list[str]) -> dict[str, list]:
+    """fix id -> the typed requests (repair/requests.py) of every finding that asks for it. Failures
+    always; warnings only when the fix was named on the command line."""
+    found: dict[str, list] = {}
     for r in results:
         for status, remedy in [(r.status, r.remedy)] + [(i.status, i.remedy) for i in r.items]:
-            if remedy is None or remedy.fix_id is None or remedy.params is None:
+            if remedy is None or remedy.request is None:
                 continue
             named = remedy.fix_id in wanted
             if status == Status.FAIL or (status == Status.WARN and named):
                 if not wanted or named:
                     bucket = found.setdefault(remedy.fix_id, [])
-                    if remedy.params not in bucket:
-                        bucket.append(remedy.params)
+                    if remedy.request not in bucket:
+                        bucket.append(remedy.request)
     return found
 
 
@@ -84,9 +84,14 @@ def run_fix(args, system: System, ctx: Context, out=sys.stdout) -> int:
         out.write("envdoctor fix: the target interpreter could not be probed; run `envdoctor check`.\n")
         return 1
     wanted = collect(run.results, list(args.ids))
-    plans = [p for fid, params in wanted.items()
-             if (p := FIXES[fid].planner(params, python_env, torch, system)) is not None]
+    plans = [p for fid, requests in wanted.items()
+             if (p := FIXES[fid].planner(requests, python_env, torch, system)) is not None]
     plans, refused = refusals.split(plans, python_env)
+    if not plans and not refused and refusals.externally_managed(python_env) and any(
+            r.status == Status.FAIL for r in run.results):
+        # Its findings print the venv route (no fix id): say why nothing is planned here.
+        out.write(f"envdoctor fix: refused: {refusals.refused_interpreter(python_env)}\n")
+        return 1
     for plan, why in refused:
         out.write(f"{plan.fix_id}: refused: {why}\n")
     if not plans and refused:

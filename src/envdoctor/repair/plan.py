@@ -1,34 +1,20 @@
 """Plans: what a fix will run, with which parameters, and which checks it must turn green.
 
-A planner turns the params of every failing finding that names its fix id into steps. Each step runs
-one script from fixes/ with environment variables and arguments; nothing else is executed.
+A planner merges the typed requests (repair/requests.py) of every failing finding that names its fix id
+into one plan. The steps are the requests' own steps (the same ones their printed commands are made of);
+each runs one script from fixes/ with environment variables and arguments; nothing else is executed.
 """
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.flashattn_wheel import FA_WHEEL_URL, flash_attn_wheel_url
-from envdoctor.pins import index_url
-
-
-@dataclass
-class Step:
-    description: str
-    script: str                      # a file in fixes/
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    timeout: float = 1800.0
-
-    def shell(self, script_path: str, env: dict[str, str]) -> str:
-        """The exact call, as a shell line a user could run."""
-        assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**env, **self.env}.items())
-        return " ".join(filter(None, (assigned, "bash", shlex.quote(script_path),
-                                      " ".join(shlex.quote(a) for a in self.args))))
+from envdoctor.repair.requests import coerce
+from envdoctor.repair.script import Step, step_command as _step_command
 
 
 @dataclass
@@ -61,127 +47,131 @@ class Fix:
     planner: Callable[..., Plan | None]
 
 
-def _specs(params: list[dict]) -> list[str]:
-    seen: list[str] = []
-    for p in params:
-        for s in p.get("specs", []):
-            if s not in seen:
-                seen.append(s)
-    return seen
+def _merged_steps(requests) -> list[Step]:
+    steps: list[Step] = []
+    for req in requests:
+        for step in req.steps():
+            if all(s.description != step.description for s in steps):
+                steps.append(step)
+    return steps
 
 
-def _pin(python: PythonEnv, torch: TorchFacts | None) -> str | None:
-    dist = python.get("torch")
+def _pin(python: PythonEnv, torch: TorchFacts | None, requests=()) -> str | None:
+    """The torch pin the requests carry (computed by the check), else the installed torch's."""
+    for req in requests:
+        if getattr(req, "torch_pin", None):
+            return req.torch_pin
+    dist = python.get("torch") if python is not None else None
     version = (torch.version if torch and torch.installed else None) or (dist.version if dist else None)
     return f"torch=={version}" if version else None
 
 
-def plan_install_missing(params, python, torch, system) -> Plan | None:
-    specs = _specs(params)
-    if not specs:
+def _target(fix_id: str) -> list[str]:
+    return list(FIXES[fix_id].targets)
+
+
+def plan_install_missing(requests, python, torch, system) -> Plan | None:
+    reqs = coerce("packages.install-missing", requests)
+    steps = _merged_steps(reqs)
+    if not steps:
         return None
-    pin = _pin(python, torch)
+    pin = _pin(python, torch, reqs)
     # One pip call each: a failure names its package, and the ones before it are rolled back.
-    steps = [Step(f"install {s}", "pip-install.sh", [s]) for s in specs]
     return Plan("packages.install-missing", "Install missing and conflicting requirements", steps,
-                list(FIXES["packages.install-missing"].targets), pin,
+                _target("packages.install-missing"), pin,
                 [f"torch stays {pin.split('==')[1]} (constraints file)"] if pin else [])
 
 
-def plan_align_companions(params, python, torch, system) -> Plan | None:
-    steps = []
-    for p in params:
-        for spec in p.get("specs", []):
-            url = index_url(p.get("index_tag"))
-            args = (["--force-reinstall", "--no-deps"] if p.get("reinstall") else []) + [spec]
-            args += ["--index-url", url] if url else []
-            desc = f"install {spec}" + (f" from {url}" if url else "")
-            if all(s.description != desc for s in steps):
-                steps.append(Step(desc, "pip-install.sh", args))
+def plan_align_companions(requests, python, torch, system) -> Plan | None:
+    reqs = coerce("packages.align-companions", requests)
+    steps = _merged_steps(reqs)
     if not steps:
         return None
-    pin = _pin(python, torch)
     return Plan("packages.align-companions", "Install the torchvision/torchaudio/torchao built for this torch",
-                steps, list(FIXES["packages.align-companions"].targets), pin,
+                steps, _target("packages.align-companions"), _pin(python, torch, reqs),
                 ["--no-deps and a constraints file: torch itself is not touched"])
 
 
-def plan_torch_reinstall(params, python, torch, system) -> Plan | None:
-    if not params:
+def plan_torch_reinstall(requests, python, torch, system) -> Plan | None:
+    reqs = coerce("torch.reinstall", requests)
+    if not reqs:
         return None
-    p = params[0]
-    return Plan("torch.reinstall", "Install the PyTorch build for these GPUs and this driver",
-                [Step(f"install {' '.join(p['specs'])} from {p['index_url']}", "pip-install.sh",
-                      list(p["specs"]) + ["--index-url", p["index_url"]], timeout=3600.0)],
-                list(FIXES["torch.reinstall"].targets), None,
-                ["this fix exists to change torch: no constraints file",
-                 "packages built against the old torch (flash-attn) may need rebuilding afterwards"])
+    # One torch: a GPU finding's build (each computes the same one; installing it replaces every file),
+    # else the same version over a damaged install.
+    req = next((r for r in reqs if not r.force), reqs[0])
+    notes = (["the same version over a damaged install: --force-reinstall --no-deps (its dependencies stay)"]
+             if req.force else ["this fix exists to change torch: no constraints file",
+                                "packages built against the old torch (flash-attn) may need rebuilding afterwards"])
+    return Plan("torch.reinstall", "Install the PyTorch build for these GPUs and this driver" if not req.force
+                else "Reinstall torch over its damaged files", req.steps(),
+                _target("torch.reinstall") + (["packages.metadata"] if req.force else []), None, notes)
 
 
-def plan_flash_attn(params, python, torch, system) -> Plan | None:
-    """One step: the script with every parameter as a variable. The finding prints this same call
-    (`checks.binaries.flash_attn_remedy` builds it from this plan), so what a user copies is the fix."""
-    if not params:
+def plan_flash_attn(requests, python, torch, system) -> Plan | None:
+    """One step: the script with every parameter as a variable. The finding prints this same call (both
+    come from the RebuildFlashAttn request), so what a user copies is the fix."""
+    reqs = coerce("flash-attn.rebuild", requests)
+    if not reqs:
         return None
-    p = params[0]
+    req = reqs[0]
     pattern = system.env.get("ENVDOCTOR_FLASH_ATTN_WHEEL_URL") if system is not None else None
-    url = flash_attn_wheel_url(p["version"], torch, python, pattern) if pattern else p["wheel_url"]
-    pin = p.get("torch_pin") or _pin(python, torch)
-    step_env = {"FA_VERSION": p["version"], "FA_WHEEL_URL": url, "MAX_JOBS": str(p["max_jobs"]),
-                "NVCC_THREADS": str(p["nvcc_threads"]), "FLASH_ATTN_CUDA_ARCHS": p["archs"],
-                "TORCH_PIN": pin or ""}
-    return Plan("flash-attn.rebuild", "Replace flash-attn with a build for this torch",
-                [Step(f"flash-attn {p['version']}: prebuilt wheel if one matches, else a source build",
-                      "flash-attn.sh", [], step_env, timeout=4 * 3600.0)],
-                list(FIXES["flash-attn.rebuild"].targets), None,
-                [f"wheel tried first: {url}" + (" (FA pattern from ENVDOCTOR_FLASH_ATTN_WHEEL_URL)" if pattern
-                                                  else f" (pattern {FA_WHEEL_URL.split('/download/')[0]}/…)"),
-                 f"source build: MAX_JOBS={p['max_jobs']} NVCC_THREADS={p['nvcc_threads']} "
-                 f"FLASH_ATTN_CUDA_ARCHS={p['archs'] or '(flash-attn default)'} --no-build-isolation",
-                 f"torch stays {pin} (the script writes it to a constraints file)"])
+    if pattern:
+        req = replace(req, wheel_url=flash_attn_wheel_url(req.version, torch, python, pattern))
+    if not req.torch_pin:
+        req = replace(req, torch_pin=_pin(python, torch))
+    return Plan("flash-attn.rebuild", "Replace flash-attn with a build for this torch", req.steps(),
+                _target("flash-attn.rebuild"), None,
+                [f"wheel tried first: {req.wheel_url}" + (" (FA pattern from ENVDOCTOR_FLASH_ATTN_WHEEL_URL)"
+                                                          if pattern else
+                                                          f" (pattern {FA_WHEEL_URL.split('/download/')[0]}/…)"),
+                 f"source build: MAX_JOBS={req.max_jobs} NVCC_THREADS={req.nvcc_threads} "
+                 f"FLASH_ATTN_CUDA_ARCHS={req.archs or '(flash-attn default)'} --no-build-isolation",
+                 f"torch stays {req.torch_pin} (the script writes it to a constraints file)"])
 
 
-def plan_pure_wheel(params, python, torch, system) -> Plan | None:
+def plan_pure_wheel(requests, python, torch, system) -> Plan | None:
     """A release's pure-Python wheel in place of its CUDA platform wheel (torchao beside a CPU torch)."""
-    specs = _specs(params)
+    reqs = coerce("packages.pure-wheel", requests)
+    specs = [s for r in reqs for s in r.specs]
     if not specs:
         return None
-    return Plan("packages.pure-wheel", "Replace CUDA builds with the release's pure-Python wheel",
-                [Step(f"install the py3-none-any wheel of {' '.join(specs)}", "pure-wheel.sh", specs)],
-                list(FIXES["packages.pure-wheel"].targets), None,
+    merged = type(reqs[0])(tuple(dict.fromkeys(specs)))
+    return Plan("packages.pure-wheel", "Replace CUDA builds with the release's pure-Python wheel", merged.steps(),
+                _target("packages.pure-wheel"), None,
                 ["--no-deps: torch is not touched (no constraints file needed); the finding prints this same call"])
 
 
-def plan_upgrade(params, python, torch, system) -> Plan | None:
+def plan_upgrade(requests, python, torch, system) -> Plan | None:
     """A newer release in place of one that cannot work here (bitsandbytes < 0.46 on a CPU-only box)."""
-    specs = _specs(params)
-    if not specs:
+    reqs = coerce("packages.install-newer", requests)
+    steps = _merged_steps(reqs)
+    if not steps:
         return None
-    pin = _pin(python, torch)
-    return Plan("packages.install-newer", "Install the first release that works on this machine",
-                [Step(f"install {s}", "pip-install.sh", [s]) for s in specs],
-                list(FIXES["packages.install-newer"].targets), pin,
+    pin = _pin(python, torch, reqs)
+    return Plan("packages.install-newer", "Install the first release that works on this machine", steps,
+                _target("packages.install-newer"), pin,
                 [f"torch stays {pin.split('==')[1]} (constraints file)"] if pin else [])
 
 
 def step_command(step: Step, python: PythonEnv) -> str:
     """A step as the copyable shell line a finding prints: the same script, the same variables."""
-    from envdoctor.assets import asset
-    return step.shell(str(asset("fixes", step.script)), {"PYTHON": python.executable})
+    return _step_command(step, python.executable)
 
 
-def plan_wsl_memory(params, python, torch, system) -> Plan | None:
+def plan_wsl_memory(requests, python, torch, system) -> Plan | None:
     """The same editor as `envdoctor wslconfig set`: only the values change, read back as WSL reads them."""
     from envdoctor.wslconfig_edit import EditError, plan_file
-    if not params:
+    reqs = coerce("wsl.memory", requests)
+    if not reqs:
         return None
-    p = params[0]
+    req = reqs[0]
+    values = dict(req.values)
     try:
-        fp = plan_file(system, p["path"], p["values"])
+        fp = plan_file(system, req.path, values)
     except EditError as exc:
-        values = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
         return Plan("wsl.memory", "Give the WSL VM enough memory (.wslconfig)", [], [],
-                    notes=[f"not changed: {exc}", f"or set {values} in [wsl2] by hand"])
+                    notes=[f"not changed: {exc}", f"or set {shown} in [wsl2] by hand"])
     if not fp.changed:
         return None
     return Plan("wsl.memory", "Give the WSL VM enough memory (.wslconfig)", [], ["wsl.config"],
@@ -192,24 +182,23 @@ def plan_wsl_memory(params, python, torch, system) -> Plan | None:
                             "distro: the VM starts with the new memory (or pass --restart-wsl to do this now)"])
 
 
-def plan_remove_leftovers(params, python, torch, system) -> Plan | None:
-    paths = [p for params_ in params for p in params_.get("paths", [])]
+def plan_remove_leftovers(requests, python, torch, system) -> Plan | None:
+    reqs = coerce("packages.remove-leftovers", requests)
+    paths = list(dict.fromkeys(p for r in reqs for p in r.paths))
     if not paths:
         return None
     return Plan("packages.remove-leftovers", "Delete what interrupted pip runs left in site-packages",
-                [Step(f"delete {len(paths)} leftover(s): " + ", ".join(p.rsplit("/", 1)[-1] for p in paths),
-                      "remove-leftovers.sh", paths, timeout=600.0)],
-                list(FIXES["packages.remove-leftovers"].targets), None,
+                type(reqs[0])(tuple(paths)).steps(), _target("packages.remove-leftovers"), None,
                 ["only names starting with ~ directly in a sys.path folder are deleted; pip is not involved"])
 
 
-def plan_pth_edit(params, python, torch, system) -> Plan | None:
+def plan_pth_edit(requests, python, torch, system) -> Plan | None:
     """Remove the .pth lines that put a shadowing folder ahead of site-packages: one FileEdit per file,
     every line of it that a finding named, through the same backup + atomic write as other edits."""
     from envdoctor.pth_edit import PthEditError, without_lines
     by_file: dict[str, dict[int, str]] = {}
-    for p in params:
-        by_file.setdefault(p["file"], {})[int(p["line"])] = p["text"]
+    for req in coerce("packages.pth-edit", requests):
+        by_file.setdefault(req.file, {})[int(req.line)] = req.text
     edits, notes = [], []
     for path, lines in sorted(by_file.items()):
         try:
@@ -221,7 +210,7 @@ def plan_pth_edit(params, python, torch, system) -> Plan | None:
     if not edits and not notes:
         return None
     return Plan("packages.pth-edit", "Remove the .pth lines that shadow site-packages", [],
-                ["packages.duplicates", "packages.requirements"] if edits else [], edits=edits,
+                _target("packages.pth-edit") if edits else [], edits=edits,
                 notes=notes + (["the old file is kept as a timestamped backup; pip is not involved"] if edits else []))
 
 
