@@ -7,7 +7,8 @@ gathers them into new tensors: the attributes do not travel, and a layer that lo
 
   packed   the 4-bit codes, two per byte, viewed in a floating storage dtype (the model's: bf16 on a GPU,
            float32 on the CPU), a 1-D frozen parameter: FSDP shards and all-gathers it like any weight
-  absmax   the per-block scales (uint8 when double-quantised, else float32), a frozen parameter: sharded
+  absmax   the per-block scales (uint8 when double-quantised, else float32), their bytes viewed in the
+           storage dtype as a frozen parameter (FSDP re-creates parameters and refuses integer ones): sharded
   absmax2  (double quantisation) the scales of the scales, float32, a frozen parameter: sharded
   code, code2, offset   16 / 256 / 1 constants, buffers: every rank holds them whole
 
@@ -30,7 +31,11 @@ class Shardable4bitLinear(torch.nn.Module):
         self.blocksize, self.quant_type, self.dtype = state.blocksize, state.quant_type, state.dtype
         frozen = lambda t: torch.nn.Parameter(t, requires_grad=False)  # noqa: E731
         self.packed = frozen(packed)
-        self.absmax = frozen(state.absmax.contiguous())
+        # uint8 (double-quantised) scales as bytes in the storage dtype too: FSDP (torch 2.11) re-creates
+        # every parameter it shards as nn.Parameter(requires_grad=...), which refuses an integer dtype.
+        self.absmax_dtype, self.absmax_shape = state.absmax.dtype, tuple(state.absmax.shape)
+        self.absmax_bytes, stored = _bytes_in(state.absmax.contiguous(), packed.dtype)
+        self.absmax_store = frozen(stored)
         self.register_buffer("code", state.code.clone())
         self.nested = state.nested
         if self.nested:
@@ -39,6 +44,11 @@ class Shardable4bitLinear(torch.nn.Module):
             self.register_buffer("offset", state.offset.reshape(1).clone())
             self.blocksize2 = state.state2.blocksize
         self.bias = frozen(bias) if bias is not None else None
+
+    @property
+    def absmax(self) -> torch.Tensor:
+        raw = self.absmax_store.reshape(-1).view(torch.uint8)[:self.absmax_bytes]
+        return raw.view(self.absmax_dtype).reshape(self.absmax_shape)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict, compute_dtype,
@@ -58,13 +68,8 @@ class Shardable4bitLinear(torch.nn.Module):
 
     @classmethod
     def from_packed(cls, in_f, out_f, packed, state, bias, compute_dtype, storage_dtype) -> "Shardable4bitLinear":
-        raw = packed.reshape(-1).view(torch.uint8)
-        n_bytes = raw.numel()
-        size = torch.tensor([], dtype=storage_dtype).element_size()
-        pad = -n_bytes % size  # the bytes must fill whole storage elements
-        if pad:
-            raw = torch.cat([raw, raw.new_zeros(pad)])
-        return cls(in_f, out_f, raw.view(storage_dtype).clone(), n_bytes, state, bias, compute_dtype)
+        n_bytes, stored = _bytes_in(packed, storage_dtype)
+        return cls(in_f, out_f, stored, n_bytes, state, bias, compute_dtype)
 
     def quant_state(self):
         import bitsandbytes.functional as F
@@ -92,6 +97,16 @@ class Shardable4bitLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.quant_type}, "
                 f"double_quant={self.nested}, storage={self.packed.dtype}")
+
+
+def _bytes_in(t: torch.Tensor, storage_dtype) -> tuple[int, torch.Tensor]:
+    """(byte count, a 1-D copy of t's bytes viewed in storage_dtype, zero-padded to whole elements)."""
+    raw = t.reshape(-1).view(torch.uint8)
+    n_bytes = raw.numel()
+    pad = -n_bytes % torch.tensor([], dtype=storage_dtype).element_size()
+    if pad:
+        raw = torch.cat([raw, raw.new_zeros(pad)])
+    return n_bytes, raw.view(storage_dtype).clone()
 
 
 def quantize_children(module: torch.nn.Module, cfg: dict, compute_dtype, storage_dtype) -> int:
