@@ -129,8 +129,8 @@ import torch, torch.distributed as dist
 from envdoctor_runner import distributed
 world = distributed.init()
 watchdog = distributed.Watchdog(world)
-watchdog.at("epoch 1, optimizer step 5")
-if world.rank == 0:
+if world.rank == 0:  # only the waiting rank is watched: rank 1's own watchdog would race it to the exit
+    watchdog.at("epoch 1, optimizer step 5")
     dist.all_reduce(torch.ones(1))
 else:
     time.sleep(120)
