@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ FITS = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 8, 
 # ≈ 9.5 GiB), and fit sharded over two (≈ 4.4 GiB each, plus one gathered layer and lm_head)
 WIDE = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 12, "num_attention_heads": 64,
         "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192, "rope_theta": 500000.0}
+WIDE["num_hidden_layers"] = int(os.environ.get("WIDE_LAYERS", WIDE["num_hidden_layers"]))  # a larger card: more layers
 TINY_FITS = {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 512}
 TINY_WIDE = dict(TINY_FITS, hidden_size=256, intermediate_size=688, num_hidden_layers=3, num_attention_heads=8)

@@ -10,7 +10,7 @@
 #   TINY=1 bash bench/h200x2_fsdp4.sh   on a CPU: the same steps on tiny shapes (proves the script)
 set -u
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 NO_COLOR=1 OUT=${OUT:-/tmp/fsdp4-out}
-PY=${PY:-python3}
+PY=${PY:-$(command -v python3)}
 if ! $PY -c "import bitsandbytes" 2>/dev/null && ls .whl/bitsandbytes-*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/bitsandbytes-*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
@@ -20,8 +20,10 @@ CARD_GIB=${CARD_GIB:-9}
 $PY bench/fsdp4_bench.py prep $R ${TINY:+--tiny}
 quiet() { grep -vE "Warning|warn\(|^ *warnings.warn|^.{0,40}step [0-9]+/[0-9]+ |Loading weights|kernels" | grep -E "data:|note:|model:|error|Error|rank|done:|validation|Traceback|memory" ; }
 train() { timeout $1 $PY -m envdoctor train $2 --python $PY "${@:3}" 2>&1 | tee -a $OUT/train.log | quiet | cut -c1-240; }
-echo "== (a) fits one card: 1 process, unsharded";   CUDA_VISIBLE_DEVICES=0 train 150 $R/fits1.yaml --nproc 1
-echo "== (a) fits one card: 2 processes, --fsdp";    train 150 $R/fits2.yaml --nproc 2 --fsdp
+if [ -z "${SKIP_FITS:-}" ]; then  # SKIP_FITS=1: only (b) and (c)
+  echo "== (a) fits one card: 1 process, unsharded";   CUDA_VISIBLE_DEVICES=0 train 150 $R/fits1.yaml --nproc 1
+  echo "== (a) fits one card: 2 processes, --fsdp";    train 150 $R/fits2.yaml --nproc 2 --fsdp
+fi
 if [ -z "${TINY:-}" ]; then
   FRACTION=$($PY -c "import torch; print($CARD_GIB * 2**30 / torch.cuda.get_device_properties(0).total_memory)")
 else FRACTION=""; fi
