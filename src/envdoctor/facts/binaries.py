@@ -2,7 +2,7 @@
 
 For each one: the libraries it needs that the loader will not find, the C++ symbols of torch's
 namespaces it needs that torch's libraries do not export, and the C++ ABI it was built with. Results
-are cached per file (path, size, mtime) together with the fingerprint of the torch they were
+are cached per file (path, size, mtime, inode) together with the fingerprint of the torch they were
 checked against.
 """
 
@@ -151,7 +151,7 @@ def preloaded_by_torch(system: System, torch: TorchFacts, exports: TorchExports,
     for path in exports.paths.values():
         info = cache.get(path)
         if info is None:
-            info = _read(system, path) or {}
+            info = _search_paths(system, path)
             cache.put(path, info)
         origin = path.rsplit("/", 1)[0]
         for d in info.get("rpath", []) + info.get("runpath", []):
@@ -160,6 +160,17 @@ def preloaded_by_torch(system: System, torch: TorchFacts, exports: TorchExports,
                 if ".so" in name:
                     loaded.setdefault(name, f"{folder}/{name}")
     return loaded
+
+
+def _search_paths(system: System, path: str) -> dict:
+    """Only what the loader follows from one of torch's own libraries: its RPATH and RUNPATH (not its
+    thousands of undefined symbols, which nothing here asks about and which made the cache 18 MB)."""
+    try:
+        with ElfFile(system.path(path)) as elf:
+            dyn = elf.dynamic()
+            return {"rpath": dyn.rpath, "runpath": dyn.runpath}
+    except (OSError, ElfError, ValueError, IndexError):
+        return {}
 
 
 def demangle(system: System, names: list[str]) -> dict[str, str]:
@@ -188,7 +199,7 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
         return facts
     cache = FileCache(system, "elf-links")
     exports = TorchExports(system, torch)
-    fingerprint = "|".join(sorted(filter(None, (system.stat_key(p) for p in exports.paths.values()))))
+    fingerprint = "|".join(sorted(f"{p}:{sig}" for p in exports.paths.values() if (sig := cache.signature(p))))
     resolver = Resolver(system, preloaded_by_torch(system, torch, exports, cache))
     skip_dirs = (f"{torch.path}/", f"{torch.path.rsplit('/', 1)[0]}/nvidia/")
     pending_demangle: list[str] = []
