@@ -11,7 +11,6 @@ PipelineError naming the stage and the tensor: never a hang, never a half-writte
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -19,9 +18,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 POLL_S = 0.1  # how often a blocked stage looks whether another one failed
-# Start the kernel's writeback of what was just written (fadvise DONTNEED queues dirty pages for writing
-# without waiting for them): the final fsync then waits for the tail, not for the whole model.
-EARLY_WRITEBACK = hasattr(os, "posix_fadvise")
 
 
 def large_buffers_to_mmap(threshold: int = 1 << 20) -> bool:
@@ -153,15 +149,11 @@ def run(tasks: list[Task], read: Callable[[Task], object], merge: Callable[[Task
                     if fail.abort.is_set():
                         return
                     continue
-                if item is None:
+                if item is None or fail.abort.is_set():
                     return
                 task, tensor = item
                 t0 = time.perf_counter()
-                shard = writers[task.shard]
-                n = shard.write_at(task.name, tensor)
-                if EARLY_WRITEBACK:
-                    offset = shard.offsets[task.name]
-                    os.posix_fadvise(shard.fh.fileno(), offset, n, os.POSIX_FADV_DONTNEED)
+                n = writers[task.shard].write_at(task.name, tensor)
                 del tensor, item
                 with stat_lock:
                     t.write_s += time.perf_counter() - t0
@@ -211,6 +203,8 @@ def run(tasks: list[Task], read: Callable[[Task], object], merge: Callable[[Task
             w.finish()
     except BaseException:
         fail.abort.set()
+        for th in threads:  # each stops within one poll or one tensor; none may write into a closed file
+            th.join()
         for w in writers:
             try:
                 w.abandon()

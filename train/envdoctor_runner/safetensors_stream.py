@@ -15,6 +15,10 @@ DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
 NAMES = {v: k for k, v in DTYPES.items()}
+# After a tensor is written at its offset, start the kernel's writeback of it (fadvise DONTNEED queues the
+# dirty pages without waiting, and drops them from the page cache once clean): the fsync at the end then
+# waits for the tail, not for the whole model, and the output does not crowd the page cache.
+EARLY_WRITEBACK = hasattr(os, "posix_fadvise")
 
 
 def header(path: Path) -> tuple[dict, int]:
@@ -114,6 +118,8 @@ class ShardWriter:
         fd, offset, done = self.fh.fileno(), self.offsets[name], 0
         while done < data.nbytes:
             done += os.pwrite(fd, data[done:], offset + done)
+        if EARLY_WRITEBACK:
+            os.posix_fadvise(fd, offset, done, os.POSIX_FADV_DONTNEED)
         return done
 
     def sync(self) -> None:
