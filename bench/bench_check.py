@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,10 +28,18 @@ import tempfile
 import time
 
 
-def timed(argv: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+CPU: dict[str, list[float]] = {}  # user + system CPU seconds of each run: steadier than wall time on a busy box
+
+
+def timed(argv: list[str], env: dict | None = None, label: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    return time.perf_counter() - start, proc
+    took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if label:
+        CPU.setdefault(label, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return took, proc
 
 
 def median_of(argv: list[str], env: dict, runs: int) -> float:
@@ -65,7 +74,7 @@ def run(args, env: dict) -> int:
     last: dict[str, subprocess.CompletedProcess] = {}
     for _ in range(args.runs):
         for name, argv, e in (("envdoctor check", doctor, env), ("collect_env", collect, None)):
-            t, proc = timed(argv, e)
+            t, proc = timed(argv, e, name)
             times[name].append(t)
             last[name] = proc
     if last["collect_env"].returncode != 0:
@@ -85,6 +94,9 @@ def run(args, env: dict) -> int:
     print(f"torch collect_env      : median {theirs:.3f} s over {args.runs} runs "
           f"(min {min(times['collect_env']):.3f}); {lines} lines of facts, no verdicts")
     print(f"ratio                  : envdoctor is {theirs / ours:.1f}x faster (medians, alternating runs)")
+    cpu_ours, cpu_theirs = statistics.median(CPU["envdoctor check"]), statistics.median(CPU["collect_env"])
+    print(f"CPU time (user+sys)    : envdoctor {cpu_ours:.3f} s, collect_env {cpu_theirs:.3f} s "
+          f"({cpu_theirs / cpu_ours:.1f}x; medians, children included)")
     print(f"cold scan cache        : {cold:.3f} s (first run, empty cache: "
           f"{binaries.get('files_scanned', '?')} shared objects read, reported apart from the medians)")
     breakdown(args, env, doctor)

@@ -98,13 +98,26 @@ def test_an_extension_rebuilt_after_a_scan_is_read_again(tmp_path):
     py = probe_python(system, ctx)
     torch = probe_torch(system, ctx, py)
 
+    ran: list[str] = []
+    real_run = system.run
+    system.run = lambda argv, **kw: (ran.append(argv[0]), real_run(argv, **kw))[1]
+
     def missing() -> dict[str, list[str]]:
         facts = probe_binaries(system, ctx, py, torch)
         return facts.from_cache, {e.path.rsplit("/", 1)[-1]: [m["mangled"] for m in e.missing] for e in facts.extensions}
 
     _, first = missing()
+    assert any(r.endswith("ldconfig") for r in ran)
+    ran.clear()
     cached, again = missing()
     assert cached == 4 and again == first and first["ext_ok.so"] == []
+    assert not any(r.endswith("ldconfig") for r in ran)  # /etc/ld.so.cache unchanged: its parse is cached
     shutil.copyfile(built["old"], built["ok"])  # "ok" rebuilt against the older header
     cached, after = missing()
     assert cached == 3 and after["ext_ok.so"] == first["ext_old.so"] != []
+    # A new extension listed in RECORD (a reinstall): the RECORD changed, so its cached file list is not used.
+    shutil.copyfile(built["abi"], built["abi"].with_name("ext_new.so"))
+    record = tmp_path / "site" / "fakeext-1.0.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "fakeext/ext_new.so,,\n")
+    cached, after = missing()
+    assert cached == 4 and "ext_new.so" in after

@@ -27,6 +27,7 @@ TORCH_SYMBOL = re.compile(r"^_Z(?:T[VIS])?N[KVRO]*(?:3c10|2at|5torch|6caffe2)")
 OLD_STRING = re.compile(r"(?:RK|PK|E|I|_)Ss")
 # bitsandbytes < 0.43 also ships libbitsandbytes_cudaXYZ_nocublaslt.so (for GPUs without cuBLASLt).
 BNB_VARIANT = re.compile(r"libbitsandbytes_(cuda\d+|cpu|rocm[\w.]*|xpu|mps)(?:_nocublaslt)?\.so$")
+LD_SO_CACHE = "/etc/ld.so.cache"
 CUDART = re.compile(r"^libcudart[\w.-]*\.so\.(\d+)")  # also auditwheel's libcudart.faf08d9a.so.12
 
 
@@ -62,8 +63,15 @@ class BinaryFacts:
         return asdict(self)
 
 
-def _so_files(system: System, dist) -> list[str]:
-    text = system.read_text(f"{dist.path}/RECORD") if dist.kind == "dist-info" else None
+def _so_files(system: System, dist, cache: FileCache | None = None) -> list[str]:
+    """The shared objects a distribution installed (its RECORD; the list is cached against that file)."""
+    if dist.kind != "dist-info":
+        return []
+    record = f"{dist.path}/RECORD"
+    hit = cache.get(record) if cache is not None else None
+    if isinstance(hit, list):
+        return hit
+    text = system.read_text(record)
     out = []
     for line in (text or "").splitlines():
         if ".so" not in line:
@@ -72,6 +80,8 @@ def _so_files(system: System, dist) -> list[str]:
         base = rel.rsplit("/", 1)[-1]
         if base.endswith(".so") or ".so." in base:
             out.append(f"{dist.location}/{rel}" if not rel.startswith("/") else rel)
+    if cache is not None and text is not None:
+        cache.put(record, out)
     return out
 
 
@@ -201,6 +211,14 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
     exports = TorchExports(system, torch)
     fingerprint = "|".join(sorted(f"{p}:{sig}" for p in exports.paths.values() if (sig := cache.signature(p))))
     resolver = Resolver(system, preloaded_by_torch(system, torch, exports, cache))
+    # `ldconfig -p` (a process, ~5 ms) only prints /etc/ld.so.cache: its parse is cached against that file.
+    ld = cache.get(LD_SO_CACHE)
+    if isinstance(ld, dict):
+        resolver.use_ld_cache(ld)
+    else:
+        ld = resolver.ld_cache()
+        if ld:
+            cache.put(LD_SO_CACHE, ld)
     skip_dirs = (f"{torch.path}/", f"{torch.path.rsplit('/', 1)[0]}/nvidia/")
     pending_demangle: list[str] = []
     try:
@@ -210,7 +228,7 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
             active = python.get(dist.key)
             shadowed = (f"shadowed by {active.label} earlier on sys.path: never imported"
                         if active is not None and active is not dist else None)
-            for path in _so_files(system, dist):
+            for path in _so_files(system, dist, cache):
                 if path.startswith(skip_dirs):
                     continue
                 facts.files_scanned += 1
