@@ -169,6 +169,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep base and adapter afterwards")
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--merge-args", default="", help="extra arguments for train/merge.py (e.g. '--writers 8')")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="after the rounds, one more run of train/merge.py with these extra arguments (repeatable), "
+                         "written --variant='--no-early-writeback' (with '=': the value starts with a dash)")
     args = ap.parse_args()
     import tempfile
     work = Path(args.workdir or tempfile.mkdtemp(prefix="envdoctor-bench-merge-"))
@@ -221,6 +224,15 @@ def main() -> int:
                 del output
                 shutil.rmtree(out_dir, ignore_errors=True)
             results["rounds"].append(row)
+        results["variants"] = {}
+        for extra in args.variant:
+            m = measure(ours_argv + extra.split(), env)
+            m.pop("output")
+            if not m["exit"]:
+                m["pipeline"] = json.loads((ours_out / "merge_report.json").read_text()).get("pipeline")
+            results["variants"][extra] = m
+            print(json.dumps({f"variant {extra}": m}), flush=True)
+            shutil.rmtree(ours_out, ignore_errors=True)
         summary(results)
     finally:
         if not args.keep:

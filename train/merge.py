@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--max-shard-gb", type=float, default=5.0)
     ap.add_argument("--readers", type=int, default=2, help="threads reading base tensors ahead")
     ap.add_argument("--writers", type=int, default=4, help="threads writing output tensors")
+    ap.add_argument("--no-early-writeback", action="store_true",
+                    help="leave the writeback of the output to the kernel until the final fsync")
     ap.add_argument("--inflight-mb", type=float, default=None,
                     help="host memory for tensors in flight (default: the largest tensor, or 1/8 of the model up "
                          "to 768 MiB)")
@@ -72,13 +74,14 @@ def main() -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     started = time.time()
     merge_pipeline.large_buffers_to_mmap()
+    sts.EARLY_WRITEBACK = sts.EARLY_WRITEBACK and not args.no_early_writeback
     files = sts.weight_files(base)
     heads = {f: sts.header(f) for f in set(files.values())}
     specs = {n: (sts.DTYPES[heads[f][0][n]["dtype"]], heads[f][0][n]["shape"]) for n, f in files.items()}
     if args.dtype != "auto":
         specs = {n: (getattr(torch, args.dtype) if d.is_floating_point else d, shape) for n, (d, shape) in specs.items()}
     try:
-        acfg, tensors = lora_merge.load_adapter(adapter)
+        acfg, tensors = lora_merge.load_adapter(adapter, device)
         lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files))
     except (lora_merge.AdapterError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
