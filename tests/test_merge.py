@@ -189,3 +189,243 @@ def test_a_merge_killed_during_verification_is_never_published(demo_run, tmp_pat
     files = json.loads(res.stdout)["results"][0]
     assert res.returncode == 1 and files["status"] == "fail"
     assert any("never verified" in d for d in files["details"]), files
+
+
+# -- the merge pipeline (train/envdoctor_runner/merge_pipeline.py): threads, order, errors, memory ----------
+
+def _runner_modules():
+    sys.path.insert(0, str(asset("train")))
+    from envdoctor_runner import merge_pipeline, safetensors_stream
+    return merge_pipeline, safetensors_stream
+
+
+def _small_base(tmp_path):
+    """Two safetensors files of mixed shapes and dtypes, and the specs of two output shards."""
+    import torch
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t{i:02d}": (torch.randn((i + 1) * 7, 33, generator=g)).to(torch.bfloat16 if i % 2 else torch.float32)
+               for i in range(12)}
+    files = {}
+    for part, names in enumerate((list(tensors)[:5], list(tensors)[5:])):
+        path = tmp_path / f"in-{part}.safetensors"
+        save_file({n: tensors[n] for n in names}, str(path))
+        files.update({n: path for n in names})
+    return tensors, files
+
+
+def _pipeline_write(tmp_path, out_name, read_delay=None, write_delay=None, **kw):
+    import os
+    import random
+    import time
+    mp, sts = _runner_modules()
+    tensors, files = _small_base(tmp_path)
+    heads = {f: sts.header(f) for f in set(files.values())}
+    names = sorted(tensors)
+    groups = [names[:7], names[7:]]
+    out = tmp_path / out_name
+    out.mkdir()
+    writers = [sts.ShardWriter(out / f"s{i}.safetensors", [(n, tensors[n].dtype, list(tensors[n].shape)) for n in g])
+               for i, g in enumerate(groups)]
+    tasks = [mp.Task(n, i, tensors[n].nbytes) for i, g in enumerate(groups) for n in g]
+    fds = {f: os.open(f, os.O_RDONLY) for f in heads}
+    rnd = random.Random(1)
+
+    def read(task):
+        if read_delay:
+            time.sleep(rnd.random() * read_delay)
+        return sts.read_at(fds[files[task.name]], files[task.name], task.name, *heads[files[task.name]])
+
+    class Slow:
+        def __init__(self, w):
+            self.w = w
+
+        def write_at(self, name, t):
+            time.sleep(rnd.random() * write_delay)
+            return self.w.write_at(name, t)
+
+        def __getattr__(self, a):
+            return getattr(self.w, a)
+
+    try:
+        timings = mp.run(tasks, read, lambda task, t: t * 2, [Slow(w) for w in writers] if write_delay else writers,
+                         budget=kw.pop("budget", 1 << 30), **kw)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out, groups, tensors, timings
+
+
+def test_pipeline_output_does_not_depend_on_thread_timing(tmp_path):
+    """Readers and writers finishing in random order: every shard is byte for byte what the sequential
+    writer writes, tensor after tensor."""
+    from safetensors.torch import load_file
+    _, sts = _runner_modules()
+    out, groups, tensors, timings = _pipeline_write(tmp_path, "piped", read_delay=0.01, write_delay=0.01,
+                                                    readers=3, write_threads=4)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i, g in enumerate(groups):
+        w = sts.ShardWriter(ref / f"s{i}.safetensors", [(n, tensors[n].dtype, list(tensors[n].shape)) for n in g])
+        for n in g:
+            w.write(n, tensors[n] * 2)
+        w.close()
+        assert (out / f"s{i}.safetensors").read_bytes() == (ref / f"s{i}.safetensors").read_bytes()
+        assert list(load_file(str(out / f"s{i}.safetensors"))) == g
+    assert not list(out.glob("*.tmp")) and timings.bytes_written == sum(t.nbytes for t in tensors.values())
+
+
+def test_an_error_in_a_reader_stops_the_pipeline_with_its_name(tmp_path):
+    import threading
+    mp, _ = _runner_modules()
+    tasks = [mp.Task(f"t{i}", 0, 10) for i in range(50)]
+    written = []
+
+    class Writer:
+        def write_at(self, name, t):
+            written.append(name)
+            return 10
+
+        def sync(self):
+            raise AssertionError("a failed pipeline is never synced")
+
+        finish = sync
+
+        def abandon(self):
+            written.append("abandoned")
+
+    def read(task):
+        if task.name == "t7":
+            raise ValueError("model-00002.safetensors: t7 is truncated")
+        return task.name
+
+    box = []
+    th = threading.Thread(target=lambda: box.append(_catch(lambda: mp.run(tasks, read, lambda t, v: v, [Writer()],
+                                                                            budget=30, readers=2))))
+    th.start()
+    th.join(30)
+    assert not th.is_alive(), "the pipeline hung after a reader failed"
+    err = box[0]
+    assert isinstance(err, mp.PipelineError)
+    assert str(err) == "merge reader failed (t7): ValueError: model-00002.safetensors: t7 is truncated"
+    assert written[-1] == "abandoned" and "t7" not in written
+
+
+def test_an_error_in_a_writer_or_the_merge_stops_the_pipeline(tmp_path):
+    import threading
+    mp, _ = _runner_modules()
+    tasks = [mp.Task(f"t{i}", 0, 10) for i in range(50)]
+
+    class Writer:
+        def __init__(self, bad):
+            self.bad, self.abandoned = bad, False
+
+        def write_at(self, name, t):
+            if name == self.bad:
+                raise OSError(28, "No space left on device")
+            return 10
+
+        def sync(self):
+            pass
+
+        def finish(self):
+            return 0
+
+        def abandon(self):
+            self.abandoned = True
+
+    def merge_fails(task, v):
+        if task.name == "t12":
+            raise RuntimeError("CUDA out of memory")
+        return v
+
+    for writer, merge, want in ((Writer("t3"), lambda t, v: v, "merge writer failed (t3): OSError: [Errno 28] No space "
+                                                             "left on device"),
+                                (Writer(None), merge_fails, "merge merge failed (t12): RuntimeError: CUDA out of memory")):
+        box = []
+        th = threading.Thread(target=lambda: box.append(_catch(lambda: mp.run(tasks, lambda t: t.name, merge, [writer],
+                                                                                budget=30))))
+        th.start()
+        th.join(30)
+        assert not th.is_alive(), f"the pipeline hung: {want}"
+        assert isinstance(box[0], mp.PipelineError) and str(box[0]) == want and writer.abandoned
+
+
+def test_bytes_in_flight_stay_within_the_budget(tmp_path):
+    """Slow writers, fast readers: reading waits for room. A tensor larger than the whole budget still
+    passes, alone."""
+    import threading
+    import time
+    mp, _ = _runner_modules()
+    sizes = [30, 40, 30, 30, 250, 30, 40, 30, 30, 30]
+    tasks = [mp.Task(f"t{i}", 0, n) for i, n in enumerate(sizes)]
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def read(task):
+        with lock:
+            live[0] += task.nbytes
+            peak[0] = max(peak[0], live[0])
+        return bytearray(task.nbytes)
+
+    class Writer:
+        def write_at(self, name, t):
+            time.sleep(0.01)
+            with lock:
+                live[0] -= len(t)
+            return len(t)
+
+        def sync(self):
+            pass
+
+        def finish(self):
+            return 0
+
+        def abandon(self):
+            pass
+
+    timings = mp.run(tasks, read, lambda t, v: v, [Writer()], budget=100, readers=3, write_threads=3)
+    assert peak[0] == 250 and timings.peak_inflight == 250  # the big one, alone
+    small = [0]
+
+    def read_small(task):  # the same without the big one: never above the budget
+        v = read(task)
+        small[0] = max(small[0], live[0])
+        return v
+
+    live[0] = 0
+    tasks = [t for t in tasks if t.nbytes < 100]
+    timings = mp.run(tasks, read_small, lambda t, v: v, [Writer()], budget=100, readers=3, write_threads=3)
+    assert small[0] <= 100 and timings.peak_inflight <= 100 and live[0] == 0
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+
+
+def test_merge_py_names_a_truncated_base_shard_and_leaves_no_output(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(64, 32), "model.norm.weight": torch.ones(32)},
+              str(base / "model.safetensors"))
+    (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "dtype": "float32"}))
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(4, 32),
+               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.ones(64, 4)},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    data = (base / "model.safetensors").read_bytes()
+    (base / "model.safetensors").write_bytes(data[:-200])  # the last tensor's bytes cut short
+    res = subprocess.run([sys.executable, str(asset("train", "merge.py")), "--base", str(base), "--adapter",
+                          str(adapter), "--out", str(tmp_path / "out"), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    import re
+    m = re.search(r"error: merge reader failed \((\S+)\): ValueError: \S+/model\.safetensors: (\S+) is truncated",
+                  res.stderr)
+    assert m and m[1] == m[2] == "model.layers.0.mlp.up_proj.weight", res.stderr  # safetensors puts it last
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "out.partial").glob("*.safetensors"))

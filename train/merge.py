@@ -5,7 +5,8 @@
 
 Never into 4-bit weights: the base's own bf16 tensors are read one at a time (no full model in memory),
 LoRA deltas added in fp32 (on the GPU when there is one), written as sharded safetensors with the dtype
-in config.json, then tokenizer, chat template and generation_config. `envdoctor merge RUN_DIR` runs
+in config.json, then tokenizer, chat template and generation_config (envdoctor_runner/merge_pipeline.py:
+reads ahead, merges, writes shards in parallel, one fsync per shard at the end). `envdoctor merge RUN_DIR` runs
 this into OUT_DIR.unverified, then train/verify.py, and renames the folder to OUT_DIR only when the
 verification passed (with envdoctor-merge.json, its record); run alone, this script's output is unverified.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from envdoctor_runner import lora_merge, safetensors_stream as sts  # noqa: E402
+from envdoctor_runner import lora_merge, merge_pipeline, safetensors_stream as sts  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
@@ -58,19 +60,28 @@ def main() -> int:
     ap.add_argument("--from-nf4", action="store_true", help="merge into the NF4-dequantized base weights")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--max-shard-gb", type=float, default=5.0)
+    ap.add_argument("--readers", type=int, default=2, help="threads reading base tensors ahead")
+    ap.add_argument("--writers", type=int, default=4, help="threads writing output tensors")
+    ap.add_argument("--no-early-writeback", action="store_true",
+                    help="leave the writeback of the output to the kernel until the final fsync")
+    ap.add_argument("--inflight-mb", type=float, default=None,
+                    help="host memory for tensors in flight (default: the largest tensor, or 1/8 of the model up "
+                         "to 768 MiB)")
     ap.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
                     help="dtype of the merged floating-point weights (auto: the base's)")
     args = ap.parse_args()
     base, adapter, out = Path(args.base), Path(args.adapter), Path(args.out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     started = time.time()
+    merge_pipeline.large_buffers_to_mmap()
+    sts.EARLY_WRITEBACK = sts.EARLY_WRITEBACK and not args.no_early_writeback
     files = sts.weight_files(base)
     heads = {f: sts.header(f) for f in set(files.values())}
     specs = {n: (sts.DTYPES[heads[f][0][n]["dtype"]], heads[f][0][n]["shape"]) for n, f in files.items()}
     if args.dtype != "auto":
         specs = {n: (getattr(torch, args.dtype) if d.is_floating_point else d, shape) for n, (d, shape) in specs.items()}
     try:
-        acfg, tensors = lora_merge.load_adapter(adapter)
+        acfg, tensors = lora_merge.load_adapter(adapter, device)
         lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files))
     except (lora_merge.AdapterError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -86,24 +97,51 @@ def main() -> int:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weight_map, total = {}, 0
+    weight_map, writers, tasks = {}, [], []
+
+    def nbytes(n: str) -> int:
+        numel = torch.Size(specs[n][1]).numel()
+        src = sts.DTYPES[heads[files[n]][0][n]["dtype"]] if n not in replaced else replaced[n].dtype
+        return numel * max(torch.empty((), dtype=src).element_size(), torch.empty((), dtype=specs[n][0]).element_size())
+
     for i, group in enumerate(groups, 1):
         fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        writer = sts.ShardWriter(tmp / fname, [(n, specs[n][0], specs[n][1]) for n in group])
+        writers.append(sts.ShardWriter(tmp / fname, [(n, specs[n][0], specs[n][1]) for n in group]))
         for n in group:
-            f = files[n]
-            if n in replaced:
-                t = replaced[n].to(specs[n][0])
-            else:
-                t = sts.read(f, n, *heads[f]).to(specs[n][0])
-                if n in lora:
-                    t = lora_merge.merged(t, lora[n]["A"], lora[n]["B"], acfg, device, dequantize)
-                elif dequantize is not None and n in linear_names:
-                    t = dequantize(t.to(device)).cpu()  # what 4-bit training saw, also where no adapter sits
-            writer.write(n, t)
             weight_map[n] = fname
-            del t
-        total += writer.close()
+            tasks.append(merge_pipeline.Task(n, i - 1, nbytes(n), reads=n not in replaced))
+    fds = {f: os.open(f, os.O_RDONLY) for f in heads}
+
+    def read(task: merge_pipeline.Task) -> torch.Tensor:
+        n = task.name
+        if n in replaced:
+            return replaced[n]
+        return sts.read_at(fds[files[n]], files[n], n, *heads[files[n]])
+
+    def merge(task: merge_pipeline.Task, t: torch.Tensor) -> torch.Tensor:
+        n = task.name
+        t = t.to(specs[n][0])
+        if n in replaced:
+            return t
+        if n in lora:
+            return lora_merge.merged(t, lora[n]["A"], lora[n]["B"], acfg, device, dequantize)
+        if dequantize is not None and n in linear_names:
+            return dequantize(t.to(device)).cpu()  # what 4-bit training saw, also where no adapter sits
+        return t
+
+    model_bytes = sum(t.nbytes for t in tasks)
+    budget = int(args.inflight_mb * 2**20) if args.inflight_mb else \
+        max(max(t.nbytes for t in tasks), min(768 * 2**20, model_bytes // 8))
+    try:
+        timings = merge_pipeline.run(tasks, read, merge, writers, budget, readers=args.readers,
+                                     write_threads=args.writers)
+    except merge_pipeline.PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    total = sum(w.path.stat().st_size for w in writers)
     (tmp / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config = json.loads((base / "config.json").read_text())
@@ -125,7 +163,7 @@ def main() -> int:
     summary = {"base": str(base.resolve()), "adapter": str(adapter.resolve()), "from_nf4": args.from_nf4,
                "dtype": config["dtype"],
                "device": device, "lora_merged": len(lora), "replaced": sorted(replaced), "shards": len(groups),
-               "bytes": total, "seconds": round(time.time() - started, 2)}
+               "bytes": total, "seconds": round(time.time() - started, 2), "pipeline": timings.to_dict()}
     (tmp / "merge_report.json").write_text(json.dumps(summary, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -26,6 +26,10 @@ class Resolver:
         self.ld_library_path = [p for p in system.env.get("LD_LIBRARY_PATH", "").split(":") if p]
         self._cache: dict[str, str] | None = None
 
+    def use_ld_cache(self, entries: dict[str, str]) -> None:
+        """The parse of `ldconfig -p` from an earlier run (the caller checked /etc/ld.so.cache is unchanged)."""
+        self._cache = dict(entries)
+
     def ld_cache(self) -> dict[str, str]:
         if self._cache is None:
             self._cache = {}

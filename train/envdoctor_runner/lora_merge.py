@@ -18,7 +18,10 @@ class AdapterError(ValueError):
     pass
 
 
-def load_adapter(adapter_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_adapter(adapter_dir: Path, device: str = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json, tensors). The LoRA factors go to `device` one by one as they are read (on a GPU
+    they would be copied there for every merge anyway; an 8B r=64 adapter is 0.7 GB less host memory);
+    modules_to_save copies stay on the CPU."""
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     problems = []
     if adapter_cfg.get("peft_type", "LORA") != "LORA":
@@ -31,7 +34,11 @@ def load_adapter(adapter_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise AdapterError(f"{adapter_dir / 'adapter_config.json'}: " + "; ".join(problems))
     path = adapter_dir / "adapter_model.safetensors"
     head, start = sts.header(path)
-    return adapter_cfg, {name: sts.read(path, name, head, start) for name in head}
+    tensors = {}
+    for name in head:
+        t = sts.read(path, name, head, start)
+        tensors[name] = t.to(device) if (".lora_A." in name or ".lora_B." in name) else t
+    return adapter_cfg, tensors
 
 
 def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[str]) -> tuple[dict, dict, list[str]]:

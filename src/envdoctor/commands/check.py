@@ -31,15 +31,20 @@ def select(checks: dict, only: list[str], skip: list[str], enabled: frozenset = 
 
 
 def main(args) -> int:
-    from envdoctor import engine, registry
-    from envdoctor.report import exit_code
-
     if args.smoke_timeout <= 0:
         raise UsageError("--smoke-timeout must be positive")
     if args.recipe:
         from envdoctor.recipes import load
         load(args.recipe)  # a bad name or file is a usage error before anything runs
     system, ctx = resolve(args)
+    # The target's probe is a process of its own: started before the imports below, it runs on the other
+    # core while they run on this one (the python provider picks its result up).
+    from envdoctor import target
+    from envdoctor.facts import prestart
+    prestart.start(system, target.argv(ctx.python, "probe"), ctx.probe_timeout)
+    from envdoctor import engine, registry
+    from envdoctor.report import exit_code
+
     if args.config and not os.path.isfile(args.config):
         raise UsageError(f"--config {args.config}: no such file")
     if args.model and not os.path.isdir(args.model):

@@ -177,6 +177,11 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     out.write(f"merged: {dest} ({merge['shards']} shard(s), {merge['bytes'] / 1e9:.2f} GB, {merge['lora_merged']} "
               f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "
               f"serve it with: vllm serve {shlex.quote(str(dest))}\n")
+    pipe = merge.get("pipeline")
+    if isinstance(pipe, dict):  # where the merge's time went (busy seconds per stage; the stages overlap)
+        out.write(f"  time: {pipe.get('wall_s', 0):.1f} s for read {pipe.get('read_s', 0):.1f} s, merge "
+                  f"{pipe.get('merge_s', 0):.1f} s ({merge.get('device', '?')}), write {pipe.get('write_s', 0):.1f} s "
+                  f"in parallel, then fsync {pipe.get('sync_s', 0):.1f} s; verification apart\n")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 For each one: the libraries it needs that the loader will not find, the C++ symbols of torch's
 namespaces it needs that torch's libraries do not export, and the C++ ABI it was built with. Results
-are cached per file (path, size, mtime) together with the fingerprint of the torch they were
+are cached per file (path, size, mtime, inode) together with the fingerprint of the torch they were
 checked against.
 """
 
@@ -27,6 +27,7 @@ TORCH_SYMBOL = re.compile(r"^_Z(?:T[VIS])?N[KVRO]*(?:3c10|2at|5torch|6caffe2)")
 OLD_STRING = re.compile(r"(?:RK|PK|E|I|_)Ss")
 # bitsandbytes < 0.43 also ships libbitsandbytes_cudaXYZ_nocublaslt.so (for GPUs without cuBLASLt).
 BNB_VARIANT = re.compile(r"libbitsandbytes_(cuda\d+|cpu|rocm[\w.]*|xpu|mps)(?:_nocublaslt)?\.so$")
+LD_SO_CACHE = "/etc/ld.so.cache"
 CUDART = re.compile(r"^libcudart[\w.-]*\.so\.(\d+)")  # also auditwheel's libcudart.faf08d9a.so.12
 
 
@@ -62,8 +63,15 @@ class BinaryFacts:
         return asdict(self)
 
 
-def _so_files(system: System, dist) -> list[str]:
-    text = system.read_text(f"{dist.path}/RECORD") if dist.kind == "dist-info" else None
+def _so_files(system: System, dist, cache: FileCache | None = None) -> list[str]:
+    """The shared objects a distribution installed (its RECORD; the list is cached against that file)."""
+    if dist.kind != "dist-info":
+        return []
+    record = f"{dist.path}/RECORD"
+    hit = cache.get(record) if cache is not None else None
+    if isinstance(hit, list):
+        return hit
+    text = system.read_text(record)
     out = []
     for line in (text or "").splitlines():
         if ".so" not in line:
@@ -72,6 +80,8 @@ def _so_files(system: System, dist) -> list[str]:
         base = rel.rsplit("/", 1)[-1]
         if base.endswith(".so") or ".so." in base:
             out.append(f"{dist.location}/{rel}" if not rel.startswith("/") else rel)
+    if cache is not None and text is not None:
+        cache.put(record, out)
     return out
 
 
@@ -151,7 +161,7 @@ def preloaded_by_torch(system: System, torch: TorchFacts, exports: TorchExports,
     for path in exports.paths.values():
         info = cache.get(path)
         if info is None:
-            info = _read(system, path) or {}
+            info = _search_paths(system, path)
             cache.put(path, info)
         origin = path.rsplit("/", 1)[0]
         for d in info.get("rpath", []) + info.get("runpath", []):
@@ -160,6 +170,17 @@ def preloaded_by_torch(system: System, torch: TorchFacts, exports: TorchExports,
                 if ".so" in name:
                     loaded.setdefault(name, f"{folder}/{name}")
     return loaded
+
+
+def _search_paths(system: System, path: str) -> dict:
+    """Only what the loader follows from one of torch's own libraries: its RPATH and RUNPATH (not its
+    thousands of undefined symbols, which nothing here asks about and which made the cache 18 MB)."""
+    try:
+        with ElfFile(system.path(path)) as elf:
+            dyn = elf.dynamic()
+            return {"rpath": dyn.rpath, "runpath": dyn.runpath}
+    except (OSError, ElfError, ValueError, IndexError):
+        return {}
 
 
 def demangle(system: System, names: list[str]) -> dict[str, str]:
@@ -188,8 +209,16 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
         return facts
     cache = FileCache(system, "elf-links")
     exports = TorchExports(system, torch)
-    fingerprint = "|".join(sorted(filter(None, (system.stat_key(p) for p in exports.paths.values()))))
+    fingerprint = "|".join(sorted(f"{p}:{sig}" for p in exports.paths.values() if (sig := cache.signature(p))))
     resolver = Resolver(system, preloaded_by_torch(system, torch, exports, cache))
+    # `ldconfig -p` (a process, ~5 ms) only prints /etc/ld.so.cache: its parse is cached against that file.
+    ld = cache.get(LD_SO_CACHE)
+    if isinstance(ld, dict):
+        resolver.use_ld_cache(ld)
+    else:
+        ld = resolver.ld_cache()
+        if ld:
+            cache.put(LD_SO_CACHE, ld)
     skip_dirs = (f"{torch.path}/", f"{torch.path.rsplit('/', 1)[0]}/nvidia/")
     pending_demangle: list[str] = []
     try:
@@ -199,7 +228,7 @@ def probe_binaries(system: System, ctx: Context, python: PythonEnv, torch: Torch
             active = python.get(dist.key)
             shadowed = (f"shadowed by {active.label} earlier on sys.path: never imported"
                         if active is not None and active is not dist else None)
-            for path in _so_files(system, dist):
+            for path in _so_files(system, dist, cache):
                 if path.startswith(skip_dirs):
                     continue
                 facts.files_scanned += 1

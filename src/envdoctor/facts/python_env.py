@@ -11,6 +11,7 @@ from packaging.utils import canonicalize_name
 from envdoctor import target
 from envdoctor.context import Context
 from envdoctor.errors import FactError
+from envdoctor.facts import prestart
 from envdoctor.system import System
 
 @dataclass
@@ -107,9 +108,13 @@ def parse_probe_output(raw: str, reason: str) -> PythonEnv:
     return PythonEnv(reason=reason, distributions=dists, **{k: v for k, v in data.items() if k in known})
 
 
+def probe_argv(ctx: Context, with_files: bool = False) -> list[str]:
+    return target.argv(ctx.python, "probe", *(["--files"] if with_files else []))
+
+
 def probe_python(system: System, ctx: Context, with_files: bool = False) -> PythonEnv:
-    argv = target.argv(ctx.python, "probe", *(["--files"] if with_files else []))
-    res = system.run(argv, timeout=ctx.probe_timeout)
+    argv = probe_argv(ctx, with_files)
+    res = prestart.take(system, argv) or system.run(argv, timeout=ctx.probe_timeout)
     if not res.ok:
         tail = "\n".join(res.stderr.strip().splitlines()[-5:])
         raise FactError(f"could not probe {ctx.python}: {res.describe()}" + (f"\n{tail}" if tail else ""))
