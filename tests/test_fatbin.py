@@ -94,7 +94,7 @@ def test_scan_is_cached_by_path_size_and_mtime(tmp_path):
     install_torch(system.root, SITE, "2.8.0+cu128", "12.8", ["sm_120"], [])
     py, ctx = pyenv(dist("torch", "2.8.0+cu128")), Context("/venv/bin/python", "t")
     assert probe_torch(system, ctx, py).archs["sass"] == ["sm_120"]
-    cache_file = system.path("/home/u/.cache/envdoctor/elf-scan.json")
+    cache_file = system.path("/home/u/.cache/envdoctor/elf-scan-v2.json")
     text = cache_file.read_text()
     assert "libtorch_cuda.so" in text
     cache_file.write_text(text.replace('"sm_120"', '"sm_999"'))  # proves the second run reads the cache

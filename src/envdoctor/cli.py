@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port on it")
     t.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes (FSDP2) instead of "
-                        "DDP; bf16 LoRA only (load_in_4bit: false)")
+                        "DDP; a 4-bit base too (for a model that does not fit one GPU: docs/training.md)")
     t.add_argument("--download", action="store_true",
                    help="let the run download the base model from the Hugging Face hub (runs are offline otherwise)")
     t.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -127,8 +127,8 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     nnodes = getattr(args, "nnodes", None) or 1
     if axolotl and nnodes > 1:
         raise UsageError("--backend axolotl launches its own processes: --nnodes is for the bundled runner")
-    # Command-line settings are config keys: validated with the config (FSDP and a 4-bit base are refused
-    # together) and seen by the preflight's memory estimate exactly as the runner will see them.
+    # Command-line settings are config keys: validated with the config and seen by the preflight's memory
+    # estimate (per GPU under FSDP) exactly as the runner will see them.
     overrides = {**({"fsdp": True} if args.fsdp else {}),
                  **({"output_dir": os.path.abspath(args.output_dir)} if args.output_dir else {})}
     cfg = load(path)
