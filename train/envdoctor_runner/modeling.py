@@ -222,7 +222,7 @@ def build_4bit_from_config(cfg: dict, config, tokenizer, dtype, compute, device:
     if tied:
         model.tie_weights()
     if writer:
-        writer.finish(config, tokenizer)
+        writer.finish(config, tokenizer, type(model).__name__)
     return model, count
 
 
@@ -262,8 +262,10 @@ class _BaseWriter:
             self.weight_map[k] = name
             self.size += v.numel() * v.element_size()
 
-    def finish(self, config, tokenizer) -> None:
+    def finish(self, config, tokenizer, architecture: str) -> None:
         import json
+        # save_pretrained records the model class; vLLM (and `check --model`) pick the class from it.
+        config.architectures = [architecture]
         (self.folder / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": self.size}, "weight_map": self.weight_map}, indent=2))
         tokenizer.save_pretrained(self.folder)
