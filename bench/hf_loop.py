@@ -437,19 +437,24 @@ class BaseSnapshot:
 def live_tensors() -> tuple[int, int]:
     """(count, bytes) of the distinct storages of every torch.Tensor Python still reaches: the CPU's
     stand-in for torch.cuda.memory_allocated(), and on a GPU a check that nothing of a point survives."""
+    import warnings
+
     import torch
     seen, total = set(), 0
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor):
-            try:
-                storage = obj.untyped_storage()
-            except Exception:  # noqa: BLE001 - meta / sparse / wrapper tensors without one storage
-                continue
-            key = (storage.data_ptr(), str(obj.device))
-            if key in seen or not storage.data_ptr():
-                continue
-            seen.add(key)
-            total += storage.nbytes()
+    with warnings.catch_warnings():  # isinstance() on some library proxies among gc's objects warns
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        try:
+            storage = obj.untyped_storage()
+        except Exception:  # noqa: BLE001 - meta / sparse / wrapper tensors without one storage
+            continue
+        key = (storage.data_ptr(), str(obj.device))
+        if key in seen or not storage.data_ptr():
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    del tensors
     return len(seen), total
 
 
