@@ -11,7 +11,21 @@ fits envdoctor's constants on.
 One JSON line per point, written as it is measured (a killed run keeps what it had), after a first
 "header" line (device, versions). Points are ordered by shape, then engine family (hf-loop and
 hf-trainer share one prepared base; the runner has its own), so each base is built once. --budget-s
-stops before a point (or a base) that would not finish in time, from the durations seen so far.
+stops before a point (or a base) that would not finish in time, from the durations seen so far, keeping
+the time for the block's repeats.
+
+Guards (the 2026-11-30 run had none, and its points contaminated each other: bench/results/2026-11-30-h200-
+calibration-unusable). After each point hf_loop.release puts the reused base back as loaded (peft's unload
+leaves the trained modules_to_save copies on it) and drops bitsandbytes' global optimizer overrides (Trainer
+registers every Embedding there, for ever). Each point line records allocated_before / base_allocated
+(torch.cuda.memory_allocated() before the point and after building the base; on a CPU the bytes of the
+live tensors): a point more than 1 % above is refused (not measured) and its block ends; checkpointing_at_build
+and checkpointing_on (the decoder layers' flags as observed, at build and after the run); repairs (what
+release had to put back) and `contaminated` (reasons; empty when clean). At the end of each block (one base:
+shape × engine family) the first point of each engine is measured again ("role": "repeat", "repeat_of":
+its id), and a "kind": "block" line says whether the peaks agree within 2 %; fit_memory.py fits only the
+points of clean blocks. --fresh-process measures every point in a new process that loads the saved random
+model (no carry-over possible; one base load per point, ≈15 s for an 8B shape).
 """
 
 from __future__ import annotations
@@ -32,16 +46,18 @@ MTS = ["embed_tokens", "lm_head"]
 # constants multiply (tokens, seq², r, modules_to_save, no checkpointing); hold-out points are other
 # combinations over seq 256–8192, micro batch 1–8, r 8–128, all of which fit on an H200 for every engine.
 GRID = {
+    # In the order a budget-cut run should keep them (points() alternates fit and hold-out): the fit points
+    # that pin a term each first (tokens, modules_to_save, no checkpointing, r 16 / 128), the longest last.
     "llama-3.1-8b": [
-        (512, 1, 64, False, True, "fit"), (2048, 1, 64, False, True, "fit"), (2048, 2, 64, False, True, "fit"),
-        (4096, 2, 64, False, True, "fit"), (1024, 2, 64, True, True, "fit"), (4096, 1, 64, True, True, "fit"),
-        (1024, 1, 64, False, False, "fit"), (512, 2, 64, True, False, "fit"), (2048, 1, 16, False, True, "fit"),
-        (2048, 1, 128, False, True, "fit"),
+        (512, 1, 64, False, True, "fit"), (2048, 2, 64, False, True, "fit"), (1024, 2, 64, True, True, "fit"),
+        (1024, 1, 64, False, False, "fit"), (2048, 1, 16, False, True, "fit"), (2048, 1, 128, False, True, "fit"),
+        (4096, 1, 64, True, True, "fit"), (2048, 1, 64, False, True, "fit"), (512, 2, 64, True, False, "fit"),
+        (4096, 2, 64, False, True, "fit"),
         (2048, 2, 64, True, True, "holdout"),   # the seed's config
-        (256, 8, 64, False, True, "holdout"), (8192, 1, 64, False, True, "holdout"),
-        (4096, 4, 32, False, True, "holdout"), (1024, 4, 8, True, True, "holdout"),
-        (512, 4, 128, False, True, "holdout"), (512, 1, 64, True, False, "holdout"),
-        (1024, 2, 64, False, False, "holdout"), (8192, 2, 64, True, True, "holdout"),
+        (8192, 1, 64, False, True, "holdout"), (256, 8, 64, False, True, "holdout"),
+        (1024, 4, 8, True, True, "holdout"), (512, 1, 64, True, False, "holdout"),
+        (512, 4, 128, False, True, "holdout"), (1024, 2, 64, False, False, "holdout"),
+        (4096, 4, 32, False, True, "holdout"), (8192, 2, 64, True, True, "holdout"),
     ],
     "llama-3.2-3b": [
         (2048, 2, 64, False, True, "fit"), (1024, 4, 64, True, True, "fit"), (1024, 1, 32, False, False, "fit"),
@@ -288,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             def measured(p: dict, state=state, snapshot=snapshot, base_allocated=base_allocated) -> dict:
                 row, state["base"] = measure(state["base"], snapshot, p, args, base_allocated)
                 return row
-        stopped = None
+        stopped, dirty = None, False
         planned_firsts = {q["engine"]: q for q in reversed(block)}
         for p in block:
             reserve = sum(need(q) for q in planned_firsts.values())  # the repeats must still fit
@@ -305,15 +321,16 @@ def main(argv: list[str] | None = None) -> int:
                 rates["seen_point"] = True
             firsts.setdefault(p["engine"], row)
             if row.get("refused"):
+                dirty = True
                 stopped = f"{row['id']} refused: {row['contaminated'][0]}; the rest of {shape}/{family} skipped"
                 print(stopped, flush=True)
                 break
         for engine, first in firsts.items():  # the first point of each engine again, at the end of its block
             p = {k: first[k] for k in ("shape", "family", "engine", "seq", "micro", "r", "modules_to_save",
                                        "gradient_checkpointing")}
-            if first.get("refused") or left() < need(p):
+            if dirty or left() < need(p):  # a repeat on a base known to be dirty would only be refused too
                 verdict = dict(kind="block", shape=shape, engine=engine, first=first["id"], contaminated=True,
-                               reasons=[f"no repeat: {'first point refused' if first.get('refused') else 'no time left'}"])
+                               reasons=[f"no repeat: {'a point was refused' if dirty else 'no time left'}"])
             else:
                 row = measured(dict(p, role="repeat"))
                 row.update(id=row["id"] + "/repeat", repeat_of=first["id"])

@@ -182,9 +182,10 @@ def make_optimizer(params, cfg: dict, device: str, notes: list[str]):
     return torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
 
 
-def _reset(device: str) -> None:
+def _reset(device: str, collect: bool = True) -> None:
     import torch
-    gc.collect()
+    if collect:  # a full collection walks every Python object: ~0.5 s with transformers loaded
+        gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         # cuBLAS workspaces live in torch's allocator from the first matmul on: without this a point's
@@ -259,7 +260,7 @@ def run_steps(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> d
     (kernels, allocator, optimizer state) counts for memory, not for speed. Peaks are over all steps,
     from a reset after the adapters were built."""
     import torch
-    _reset(device)
+    _reset(device, collect=False)  # the caller collected before building the adapters
     if t.engine == "runner":  # the runner's own choice of optimizer class and arguments
         from envdoctor_runner.modeling import build_optimizer
         opt = build_optimizer(cfg, t.model, device, t.notes)
@@ -295,7 +296,7 @@ def run_trainer(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) ->
     checkpointing Trainer itself turns on (its default kwargs: non-reentrant)."""
     import torch
     from transformers import Trainer, TrainingArguments
-    _reset(device)
+    _reset(device, collect=False)
     b, s, accum = cfg["micro_batch_size"], cfg["sequence_len"], cfg["gradient_accumulation_steps"]
     gen = torch.Generator().manual_seed(0)
     rows = [{"input_ids": x, "labels": x} for x in torch.randint(0, vocab, (b * accum * steps, s), generator=gen)]
@@ -333,8 +334,7 @@ def release(t: Trainable, engine: str, snapshot: "BaseSnapshot | None" = None):
     if snapshot is not None:
         t.repairs = snapshot.restore(base)
     t.overrides_cleared = clear_bnb_overrides()
-    gc.collect()
-    return base
+    return base  # the next point's _reset collects what is left
 
 
 def decoder_layers(model) -> list:
