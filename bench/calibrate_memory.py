@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = hf_loop.save_random_model(shape, Path(args.model_dir) / shape, args.device)
             base = hf_loop.load_base(folder, family, point_config(block[0]), args.device, args.reentrant)
             snapshot = hf_loop.BaseSnapshot(base)
+            hf_loop.warm_up(base, args.device, hf_loop.SHAPES[shape]["vocab_size"])
             hf_loop._reset(args.device)
             base_allocated = baseline(args.device)
             took = time.monotonic() - t0
@@ -383,6 +384,7 @@ def _child(args) -> int:
     folder = hf_loop.save_random_model(p["shape"], Path(args.model_dir) / p["shape"], args.device)
     base = hf_loop.load_base(folder, p["family"], point_config(p), args.device, args.reentrant)
     snapshot = hf_loop.BaseSnapshot(base)
+    hf_loop.warm_up(base, args.device, hf_loop.SHAPES[p["shape"]]["vocab_size"])
     hf_loop._reset(args.device)
     load_s = time.monotonic() - t0
     row, _ = measure(base, snapshot, p, args, baseline(args.device))
