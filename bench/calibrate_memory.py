@@ -79,6 +79,22 @@ GRID = {
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0
 POINT_S_PER_KTOKEN = 1.2
+POINT_S_FIXED = 5.0
+MARGIN = 1.2
+
+
+def point_seconds(history: list[tuple[float, float]], ktokens: float) -> float:
+    """A point's expected duration from (ktokens, seconds) of the points measured so far (its engine's if
+    any): the quickest of those at least as large (time grows with tokens), else the largest scaled up by
+    tokens (its fixed part too: conservative), with a margin. Scaling the worst seconds-per-token of a
+    small point instead (the 2026-11-30 run) stopped that run with half its budget left."""
+    if not history:
+        return MARGIN * (POINT_S_FIXED + POINT_S_PER_KTOKEN * ktokens)
+    bigger = [sec for kt, sec in history if kt >= ktokens]
+    if bigger:
+        return MARGIN * min(bigger)
+    kt, sec = max(history)
+    return MARGIN * sec * ktokens / kt
 
 
 def points(shapes: list[str], engines: list[str], roles: list[str], max_points: int = 0) -> list[dict]:
@@ -218,7 +234,8 @@ def block_verdict(first: dict, repeat: dict) -> dict:
             continue
         out[f"{key}_ratio"] = round(b / a, 4)
         if abs(b / a - 1) > REPEAT_TOLERANCE:
-            out["reasons"].append(f"repeat {key} {b} B vs first {a} B ({b / a - 1:+.1%}; allowed ±{REPEAT_TOLERANCE:.0%})")
+            out["reasons"].append(f"repeat {key} {b} B vs first {a} B ({b / a - 1:+.1%}; "
+                                  f"allowed ±{REPEAT_TOLERANCE:.0%})")
     for row, name in ((first, "first"), (repeat, "repeat")):
         if row.get("error") or row.get("contaminated"):
             out["reasons"].append(f"{name} point not clean: {row.get('error') or row['contaminated'][0]}")
@@ -260,15 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     out = open(args.out, "a", buffering=1)
     out.write(json.dumps(dict(header(args.device, args.liger), **guards_header(), fresh_process=args.fresh_process))
               + "\n")
-    rates = dict(build=BUILD_S_PER_GB, point=POINT_S_PER_KTOKEN, seen_build=False, seen_point=False)
+    rates = dict(build=BUILD_S_PER_GB, seen_build=False, seen_point=False)
+    history: dict[str, list[tuple[float, float]]] = {}  # engine → (ktokens, seconds) of its measured points
     done = 0
 
     def left() -> float:
         return args.budget_s - (time.monotonic() - started)
 
     def need(p: dict) -> float:
-        load = rates["build"] * _bf16_gb(hf_loop.SHAPES[p["shape"]]) if args.fresh_process and not rates["seen_point"] else 0
-        return rates["point"] * p["seq"] * p["micro"] / 1000 + load
+        first_child = args.fresh_process and not rates["seen_point"]  # then the rate includes the load
+        load = rates["build"] * _bf16_gb(hf_loop.SHAPES[p["shape"]]) if first_child else 0.0
+        seen = history.get(p["engine"]) or [x for h in history.values() for x in h]
+        return point_seconds(seen, p["seq"] * p["micro"] / 1000) + load
 
     def emit(row: dict) -> None:
         out.write(json.dumps(row) + "\n")
@@ -317,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(row)
             done += 1
             if not row.get("refused"):  # --fresh-process: the child's load is part of every point
-                per_kt = row.get("seconds_with_load", row["seconds"]) / (p["seq"] * p["micro"] / 1000)
-                rates["point"] = max(rates["point"] if rates["seen_point"] else 0.0, per_kt)
+                history.setdefault(p["engine"], []).append(
+                    (p["seq"] * p["micro"] / 1000, row.get("seconds_with_load", row["seconds"])))
                 rates["seen_point"] = True
             firsts.setdefault(p["engine"], row)
             if row.get("refused"):

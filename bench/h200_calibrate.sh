@@ -4,17 +4,18 @@
 # against the built base, checkpointing as observed, the repeat of each engine's first point at the end of its
 # block: kind "block" lines). Random-weight models (no download) of the public Llama-3.1-8B / 3.2-1B shapes
 # are saved once to /tmp/envdoctor-random-models.
-#   bash bench/h200_calibrate.sh          # all three parts below, one after the other (~8.5 min)
-#   bash bench/h200_calibrate.sh 8b-hf    # Llama-3.1-8B, hf-loop + hf-trainer         (budget 265 s)
-#   bash bench/h200_calibrate.sh 8b-runner  # Llama-3.1-8B, envdoctor's runner         (budget 125 s)
-#   bash bench/h200_calibrate.sh small    # Llama-3.2-1B, all three engines            (the rest)
+#   bash bench/h200_calibrate.sh          # all four parts below, one after the other (~8.5 min)
+#   bash bench/h200_calibrate.sh 8b-hf    # Llama-3.1-8B, hf-loop + hf-trainer   (budget 265 s)
+#   bash bench/h200_calibrate.sh 8b-runner  # Llama-3.1-8B, envdoctor's runner   (budget 125 s)
+#   bash bench/h200_calibrate.sh small    # Llama-3.2-1B, hf engines (80 s), then its runner (the rest)
 #   bash bench/h200_calibrate.sh liger    # optional: 8B hf-loop with Liger kernels, if liger-kernel is there
-# Each part is its own process: a family's base dies with it. Within a part, the budget stops before a point
-# that would not finish, keeping the time for its block's repeats.
-# Planned from the 2026-11-30 H200 lines: 8B build 42 s (init + save + quantized load), 8B reload 15 s,
-# 8B points 3-19 s (median ~6), runner 4-7 s, 1B points 2-13 s; ~1 s of guards per point.
-#   8b-hf: 42 + 38 points × ~6.5 + 2 repeats ≈ 300 s wanted → the budget keeps ~30 (the longest last)
-#   8b-runner: 15 + 19 × ~5.5 + 1 repeat ≈ 125 s;  small: ~8 + 18 × ~4 + 3 repeats ≈ 95 s
+# Each engine family is its own process (a family's base dies with it) with its own budget: a process
+# stops before a point that would not finish, keeping the time for its block's repeats.
+# Planned from the 2026-11-30 H200 lines (bench/results/2026-11-30-h200-calibration-unusable): 8B build
+# 42 s (init + save + quantized load), 8B reload 15 s, 8B points 3-19 s (median ~6), runner 4-7 s, 1B points
+# 2-13 s; ~1 s of guards per point. Replaying those timings through the budget logic: 8b-hf 28 points (7 fit
+# + 7 hold-out per engine) + 2 repeats in ~268 s; 8b-runner 12 (6 + 6) + 1 repeat in ~122 s; 1B hf 10 + 2
+# repeats in ~74 s; 1B runner ~6 + 1 repeat in ~40 s: ~8.5 min with the wheel install.
 # CPU proof of the same script (tiny shapes, no GPU): DEVICE=cpu BIG=tiny SMALL=tiny-tied bash bench/h200_calibrate.sh
 # Then, here: python bench/fit_memory.py bench/results/h200-calibration-*.jsonl (guard-flagged lines refused)
 set -u
@@ -33,13 +34,16 @@ total=${BUDGET:-540}
 left() { echo $(( total - (SECONDS - start) )); }
 cal() { $PY bench/calibrate_memory.py --device $DEVICE --out $OUT/calibration.jsonl "$@" 2>&1 \
           | grep -vE "Warning|warnings.warn|^ *state\[|Loading weights|Writing model shards|^\{'train_runtime"; }
+cap() { local l=$(( $(left) - $2 )); echo $(( l < $1 ? l : $1 )); }  # at most $1 s, leaving $2 s for what follows
 case $part in
   all) cal --shapes $BIG --engines hf-loop,hf-trainer --budget-s 265
-       cal --shapes $BIG --engines runner --budget-s $(( $(left) - 130 < 125 ? $(left) - 130 : 125 ))
-       cal --shapes $SMALL --budget-s $(( $(left) - 15 )) ;;
+       cal --shapes $BIG --engines runner --budget-s $(cap 125 140)
+       cal --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(cap 80 55)
+       cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
   8b-hf) cal --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 15 )) ;;
   8b-runner) cal --shapes $BIG --engines runner --budget-s $(( $(left) - 15 )) ;;
-  small) cal --shapes $SMALL --budget-s $(( $(left) - 15 )) ;;
+  small) cal --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(cap 80 55)
+         cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
   liger) cal --shapes $BIG --engines hf-loop --liger --budget-s $(( $(left) - 15 )) ;;
   *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger]"; exit 2 ;;
 esac
