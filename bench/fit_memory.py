@@ -68,7 +68,8 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                 row["_where"], row["_run"] = f"{path}:{n}", run
                 candidates.append((n, row))
         for n, row in candidates:
-            where = f"{row['_where']} {row.get('id') or (row.get('shape'), row.get('engine'), row.get('seq'), row.get('micro'))}"
+            name = row.get("id") or (row.get("shape"), row.get("engine"), row.get("seq"), row.get("micro"))
+            where = f"{row['_where']} {name}"
             if row.get("role") == "repeat":
                 continue  # a guard, not a grid point
             if row.get("contaminated") or row.get("refused"):
