@@ -11,7 +11,21 @@ fits envdoctor's constants on.
 One JSON line per point, written as it is measured (a killed run keeps what it had), after a first
 "header" line (device, versions). Points are ordered by shape, then engine family (hf-loop and
 hf-trainer share one prepared base; the runner has its own), so each base is built once. --budget-s
-stops before a point (or a base) that would not finish in time, from the durations seen so far.
+stops before a point (or a base) that would not finish in time, from the durations seen so far, keeping
+the time for the block's repeats.
+
+Guards (the 2026-11-30 run had none, and its points contaminated each other: bench/results/2026-11-30-h200-
+calibration-unusable). After each point hf_loop.release puts the reused base back as loaded (peft's unload
+leaves the trained modules_to_save copies on it) and drops bitsandbytes' global optimizer overrides (Trainer
+registers every Embedding there, for ever). Each point line records allocated_before / base_allocated
+(torch.cuda.memory_allocated() before the point and after building the base; on a CPU the bytes of the
+live tensors): a point more than 1 % above is refused (not measured) and its block ends; checkpointing_at_build
+and checkpointing_on (the decoder layers' flags as observed, at build and after the run); repairs (what
+release had to put back) and `contaminated` (reasons; empty when clean). At the end of each block (one base:
+shape × engine family) the first point of each engine is measured again ("role": "repeat", "repeat_of":
+its id), and a "kind": "block" line says whether the peaks agree within 2 %; fit_memory.py fits only the
+points of clean blocks. --fresh-process measures every point in a new process that loads the saved random
+model (no carry-over possible; one base load per point, ≈15 s for an 8B shape).
 """
 
 from __future__ import annotations
@@ -32,16 +46,18 @@ MTS = ["embed_tokens", "lm_head"]
 # constants multiply (tokens, seq², r, modules_to_save, no checkpointing); hold-out points are other
 # combinations over seq 256–8192, micro batch 1–8, r 8–128, all of which fit on an H200 for every engine.
 GRID = {
+    # In the order a budget-cut run should keep them (points() alternates fit and hold-out): the fit points
+    # that pin a term each first (tokens, modules_to_save, no checkpointing, r 16 / 128), the longest last.
     "llama-3.1-8b": [
-        (512, 1, 64, False, True, "fit"), (2048, 1, 64, False, True, "fit"), (2048, 2, 64, False, True, "fit"),
-        (4096, 2, 64, False, True, "fit"), (1024, 2, 64, True, True, "fit"), (4096, 1, 64, True, True, "fit"),
-        (1024, 1, 64, False, False, "fit"), (512, 2, 64, True, False, "fit"), (2048, 1, 16, False, True, "fit"),
-        (2048, 1, 128, False, True, "fit"),
+        (512, 1, 64, False, True, "fit"), (2048, 2, 64, False, True, "fit"), (1024, 2, 64, True, True, "fit"),
+        (1024, 1, 64, False, False, "fit"), (2048, 1, 16, False, True, "fit"), (2048, 1, 128, False, True, "fit"),
+        (4096, 1, 64, True, True, "fit"), (2048, 1, 64, False, True, "fit"), (512, 2, 64, True, False, "fit"),
+        (4096, 2, 64, False, True, "fit"),
         (2048, 2, 64, True, True, "holdout"),   # the seed's config
-        (256, 8, 64, False, True, "holdout"), (8192, 1, 64, False, True, "holdout"),
-        (4096, 4, 32, False, True, "holdout"), (1024, 4, 8, True, True, "holdout"),
-        (512, 4, 128, False, True, "holdout"), (512, 1, 64, True, False, "holdout"),
-        (1024, 2, 64, False, False, "holdout"), (8192, 2, 64, True, True, "holdout"),
+        (8192, 1, 64, False, True, "holdout"), (256, 8, 64, False, True, "holdout"),
+        (1024, 4, 8, True, True, "holdout"), (512, 1, 64, True, False, "holdout"),
+        (512, 4, 128, False, True, "holdout"), (1024, 2, 64, False, False, "holdout"),
+        (4096, 4, 32, False, True, "holdout"), (8192, 2, 64, True, True, "holdout"),
     ],
     "llama-3.2-3b": [
         (2048, 2, 64, False, True, "fit"), (1024, 4, 64, True, True, "fit"), (1024, 1, 32, False, False, "fit"),
@@ -63,9 +79,25 @@ GRID = {
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0
 POINT_S_PER_KTOKEN = 1.2
+POINT_S_FIXED = 5.0
+MARGIN = 1.2
 
 
-def points(shapes: list[str], engines: list[str], roles: list[str]) -> list[dict]:
+def point_seconds(history: list[tuple[float, float]], ktokens: float) -> float:
+    """A point's expected duration from (ktokens, seconds) of the points measured so far (its engine's if
+    any): the quickest of those at least as large (time grows with tokens), else the largest scaled up by
+    tokens (its fixed part too: conservative), with a margin. Scaling the worst seconds-per-token of a
+    small point instead (the 2026-11-30 run) stopped that run with half its budget left."""
+    if not history:
+        return MARGIN * (POINT_S_FIXED + POINT_S_PER_KTOKEN * ktokens)
+    bigger = [sec for kt, sec in history if kt >= ktokens]
+    if bigger:
+        return MARGIN * min(bigger)
+    kt, sec = max(history)
+    return MARGIN * sec * ktokens / kt
+
+
+def points(shapes: list[str], engines: list[str], roles: list[str], max_points: int = 0) -> list[dict]:
     """The grid in the order it is measured: by shape, then engine family (one base each); within a family
     fit and hold-out points alternate and each point is measured by every engine of the family before the
     next, so a run cut short by its budget still has both roles and both engines."""
@@ -74,6 +106,7 @@ def points(shapes: list[str], engines: list[str], roles: list[str]) -> list[dict
         fits = [g for g in GRID[shape] if g[-1] == "fit" and "fit" in roles]
         held = [g for g in GRID[shape] if g[-1] == "holdout" and "holdout" in roles]
         order = [g for pair in zip(fits, held) for g in pair] + fits[len(held):] + held[len(fits):]
+        order = order[:max_points] if max_points else order
         for family in ("hf", "runner"):
             members = [e for e in engines if (e == "runner") == (family == "runner")]
             for seq, micro, r, mts, gc_on, role in order:
@@ -120,20 +153,115 @@ def header(device: str, liger: bool) -> dict:
     return out
 
 
-def main() -> int:
+BASELINE_TOLERANCE = 0.01   # a point's baseline may exceed the freshly built base's by this fraction
+REPEAT_TOLERANCE = 0.02     # the repeat of a block's first point must reproduce its peak within this
+
+
+def guards_header() -> dict:
+    return dict(baseline_tolerance=BASELINE_TOLERANCE, repeat_tolerance=REPEAT_TOLERANCE)
+
+
+def baseline(device: str) -> int:
+    """What is allocated now: torch's allocator on a GPU; on a CPU the bytes of the live tensors."""
+    import torch
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated()
+    return hf_loop.live_tensors()[1]
+
+
+def point_id(p: dict) -> str:
+    return "{shape}/{engine}/{seq}x{micro}/r{r}/{m}/{c}".format(
+        m="mts" if p["modules_to_save"] else "no-mts", c="ckpt" if p["gradient_checkpointing"] else "no-ckpt", **p)
+
+
+def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, object]:
+    """One point on the reused `base`, with the guards: returns (row, base). The row carries
+    allocated_before / base_allocated (refused when over by more than BASELINE_TOLERANCE: not measured),
+    checkpointing_on as observed on the decoder layers (at build and after the run), the repairs release()
+    made, and `contaminated`: the reasons this row must not be fitted (empty when clean)."""
+    import torch
+    cfg = point_config(p)
+    shape_cfg = hf_loop.SHAPES[p["shape"]]
+    t0 = time.monotonic()
+    row = dict(kind="point", id=point_id(p), **p, liger=args.liger, reentrant=args.reentrant and p["family"] == "hf")
+    hf_loop._reset(args.device)
+    row.update(allocated_before=baseline(args.device), base_allocated=base_allocated,
+               baseline_source="torch.cuda.memory_allocated" if args.device.startswith("cuda") else "live tensors")
+    row["contaminated"] = reasons = []
+    excess = row["allocated_before"] - base_allocated
+    if base is None:
+        reasons.append("no base: an earlier point failed and its adapters could not be taken off")
+        row["refused"] = True
+        return row, base
+    if excess > BASELINE_TOLERANCE * base_allocated:
+        reasons.append(f"baseline {row['allocated_before']} B is {excess} B ({excess / base_allocated:.1%}) above "
+                       f"the built base's {base_allocated} B: memory of an earlier point is still allocated")
+        row["refused"] = True
+        row["seconds"] = round(time.monotonic() - t0, 2)
+        return row, base
+    t = None
+    try:
+        t = hf_loop.build_peft_model(base, cfg, p["engine"], args.reentrant)
+        row["checkpointing_at_build"] = hf_loop.checkpointing_on(t.model)
+        run = hf_loop.run_trainer if p["engine"] == "hf-trainer" else hf_loop.run_steps
+        row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))
+        row["checkpointing_on"] = hf_loop.checkpointing_on(t.model)
+        base = hf_loop.release(t, p["engine"], snapshot)
+        row.update(repairs=t.repairs, bnb_overrides_cleared=t.overrides_cleared)
+    except Exception as exc:  # noqa: BLE001 - one failing point (out of memory too) must not lose the others
+        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        if not isinstance(exc, torch.OutOfMemoryError):
+            traceback.print_exc()
+        base = _recover(t, base, snapshot, args.device)
+    for when in ("checkpointing_at_build", "checkpointing_on"):
+        if when in row and row[when] is not bool(p["gradient_checkpointing"]):
+            reasons.append(f"{when} observed {row[when]!r}, the point asks for {p['gradient_checkpointing']}")
+    if base is not None and (left := snapshot.differences(base)):
+        reasons.append("the base is not as loaded after release: " + "; ".join(left[:3]))
+    row.update(predict(p["shape"], cfg, p["engine"]))
+    row["seconds"] = round(time.monotonic() - t0, 2)
+    return row, base
+
+
+def block_verdict(first: dict, repeat: dict) -> dict:
+    """The repeat of a block's first point against it: the block (shape × engine) is contaminated unless
+    the peak (allocated and reserved; on a CPU the baseline) is reproduced within REPEAT_TOLERANCE."""
+    out = dict(kind="block", shape=first["shape"], engine=first["engine"], first=first["id"], repeat=repeat["id"],
+               reasons=[])
+    for key in ("peak_allocated", "peak_reserved", "allocated_before"):
+        a, b = first.get(key), repeat.get(key)
+        if not a or b is None:
+            continue
+        out[f"{key}_ratio"] = round(b / a, 4)
+        if abs(b / a - 1) > REPEAT_TOLERANCE:
+            out["reasons"].append(f"repeat {key} {b} B vs first {a} B ({b / a - 1:+.1%}; "
+                                  f"allowed ±{REPEAT_TOLERANCE:.0%})")
+    for row, name in ((first, "first"), (repeat, "repeat")):
+        if row.get("error") or row.get("contaminated"):
+            out["reasons"].append(f"{name} point not clean: {row.get('error') or row['contaminated'][0]}")
+    out["contaminated"] = bool(out["reasons"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "calibration.jsonl"))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-3b,llama-3.2-1b")
     ap.add_argument("--engines", default=",".join(hf_loop.ENGINES))
     ap.add_argument("--roles", default="fit,holdout")
+    ap.add_argument("--max-points", type=int, default=0, help="at most this many grid points per shape (0: all)")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per point (the first is the warm-up)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop cleanly before this many seconds")
     ap.add_argument("--model-dir", default="/tmp/envdoctor-random-models",
                     help="random models are saved here once per shape, and reused")
     ap.add_argument("--liger", action="store_true", help="Liger kernels in transformers' Llama (hf engines)")
     ap.add_argument("--reentrant", action="store_true", help="reentrant checkpointing in the hf engines")
-    args = ap.parse_args()
+    ap.add_argument("--fresh-process", action="store_true",
+                    help="each point in its own process that loads the saved random model (no carry-over at all; "
+                         "costs one base load per point: ≈15 s for an 8B shape on an H200)")
+    ap.add_argument("--point", help=argparse.SUPPRESS)  # internal: the one point a --fresh-process child measures
+    args = ap.parse_args(argv)
     started = time.monotonic()
     shapes, engines = args.shapes.split(","), args.engines.split(",")
     for name, known in (("shape", hf_loop.SHAPES), ("engine", hf_loop.ENGINES)):
@@ -142,66 +270,146 @@ def main() -> int:
             ap.error(f"unknown {name}(s) {bad}; known: {sorted(known)}")
     if args.liger and (why := hf_loop.apply_liger()):
         ap.error(why)
-    import torch
-    todo = points(shapes, engines, args.roles.split(","))
+    from envdoctor.training.estimate import Shape  # noqa: F401 - fail early without PYTHONPATH=src
+    if args.point:
+        return _child(args)
+    todo = points(shapes, engines, args.roles.split(","), args.max_points)
     out = open(args.out, "a", buffering=1)
-    out.write(json.dumps(header(args.device, args.liger)) + "\n")
-    build_rate, point_rate = BUILD_S_PER_GB, POINT_S_PER_KTOKEN
-    base, built = None, None
+    out.write(json.dumps(dict(header(args.device, args.liger), **guards_header(), fresh_process=args.fresh_process))
+              + "\n")
+    rates = dict(build=BUILD_S_PER_GB, seen_build=False, seen_point=False)
+    history: dict[str, list[tuple[float, float]]] = {}  # engine → (ktokens, seconds) of its measured points
     done = 0
 
     def left() -> float:
         return args.budget_s - (time.monotonic() - started)
 
-    for p in todo:
-        shape_cfg = hf_loop.SHAPES[p["shape"]]
-        need = point_rate * p["seq"] * p["micro"] / 1000
-        if built != (p["shape"], p["family"]):
-            from envdoctor.training.estimate import Shape  # noqa: F401 - fail early without PYTHONPATH=src
-            gb = _bf16_gb(shape_cfg)
-            if left() < build_rate * gb + need:
-                print(f"budget: {left():.0f} s left, not enough to build {p['shape']} for {p['family']}", flush=True)
-                break
-            base = None
+    def need(p: dict) -> float:
+        first_child = args.fresh_process and not rates["seen_point"]  # then the rate includes the load
+        load = rates["build"] * _bf16_gb(hf_loop.SHAPES[p["shape"]]) if first_child else 0.0
+        seen = history.get(p["engine"]) or [x for h in history.values() for x in h]
+        return point_seconds(seen, p["seq"] * p["micro"] / 1000) + load
+
+    def emit(row: dict) -> None:
+        out.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row.get(k) for k in ("id", "role", "repeat_of", "allocated_before", "checkpointing_on",
+                                                  "peak_allocated", "peak_reserved", "estimated_allocated",
+                                                  "seconds", "error", "contaminated")}), flush=True)
+
+    for (shape, family), block in _blocks(todo):
+        gb = _bf16_gb(hf_loop.SHAPES[shape])
+        if not args.fresh_process and left() < rates["build"] * gb + need(block[0]) * 2:
+            print(f"budget: {left():.0f} s left, not enough to build {shape} for {family}", flush=True)
+            break
+        firsts: dict[str, dict] = {}
+        if args.fresh_process:
+            measured = lambda p: _in_child(p, args)  # noqa: E731
+        else:
+            base = snapshot = None
             hf_loop._reset(args.device)
             t0 = time.monotonic()
-            folder = hf_loop.save_random_model(p["shape"], Path(args.model_dir) / p["shape"], args.device)
-            base = hf_loop.load_base(folder, p["family"], point_config(p), args.device, args.reentrant)
-            build_rate = max(build_rate if built else 0.0, (time.monotonic() - t0) / gb)
-            built = (p["shape"], p["family"])
-            out.write(json.dumps(dict(kind="build", shape=p["shape"], family=p["family"],
-                                      seconds=round(time.monotonic() - t0, 1),
-                                      allocated=torch.cuda.memory_allocated() if args.device.startswith("cuda")
-                                      else 0)) + "\n")
-        if left() < need:
-            print(f"budget: {left():.0f} s left, stopping before {p}", flush=True)
-            break
-        cfg = point_config(p)
-        t0 = time.monotonic()
-        row = dict(kind="point", **p, liger=args.liger, reentrant=args.reentrant and p["family"] == "hf")
-        t = None
-        try:
-            t = hf_loop.build_peft_model(base, cfg, p["engine"], args.reentrant)
-            run = hf_loop.run_trainer if p["engine"] == "hf-trainer" else hf_loop.run_steps
-            row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))
-            base = hf_loop.release(t, p["engine"])
-        except Exception as exc:  # noqa: BLE001 - one failing point (out of memory too) must not lose the others
-            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            if not isinstance(exc, torch.OutOfMemoryError):
-                traceback.print_exc()
-            base, built = _recover(t, base, built, args.device)
-        row.update(predict(p["shape"], cfg, p["engine"]))
-        row["seconds"] = round(time.monotonic() - t0, 2)
-        point_rate = max(point_rate if done else 0.0, row["seconds"] / (p["seq"] * p["micro"] / 1000))
-        out.write(json.dumps(row) + "\n")
-        print(json.dumps({k: row.get(k) for k in ("shape", "engine", "seq", "micro", "r", "modules_to_save",
-                                                  "gradient_checkpointing", "role", "peak_allocated",
-                                                  "peak_reserved", "estimated_allocated", "seconds", "error")}),
-              flush=True)
-        done += 1
+            folder = hf_loop.save_random_model(shape, Path(args.model_dir) / shape, args.device)
+            base = hf_loop.load_base(folder, family, point_config(block[0]), args.device, args.reentrant)
+            snapshot = hf_loop.BaseSnapshot(base)
+            hf_loop.warm_up(base, args.device, hf_loop.SHAPES[shape]["vocab_size"])
+            hf_loop._reset(args.device)
+            base_allocated = baseline(args.device)
+            took = time.monotonic() - t0
+            rates["build"] = max(rates["build"] if rates["seen_build"] else 0.0, took / gb)
+            rates["seen_build"] = True
+            out.write(json.dumps(dict(kind="build", shape=shape, family=family, seconds=round(took, 1),
+                                      allocated=base_allocated, live_tensors=hf_loop.live_tensors(),
+                                      checkpointing_on=snapshot.checkpointing)) + "\n")
+            state = dict(base=base)
+
+            def measured(p: dict, state=state, snapshot=snapshot, base_allocated=base_allocated) -> dict:
+                row, state["base"] = measure(state["base"], snapshot, p, args, base_allocated)
+                return row
+        stopped, dirty = None, False
+        planned_firsts = {q["engine"]: q for q in reversed(block)}
+        for p in block:
+            reserve = sum(need(q) for q in planned_firsts.values())  # the repeats must still fit
+            if left() < need(p) + reserve:
+                stopped = f"budget: {left():.0f} s left, the rest of {shape}/{family} skipped for its repeats"
+                print(stopped, flush=True)
+                break
+            row = measured(p)
+            emit(row)
+            done += 1
+            if not row.get("refused"):  # --fresh-process: the child's load is part of every point
+                history.setdefault(p["engine"], []).append(
+                    (p["seq"] * p["micro"] / 1000, row.get("seconds_with_load", row["seconds"])))
+                rates["seen_point"] = True
+            firsts.setdefault(p["engine"], row)
+            if row.get("refused"):
+                dirty = True
+                stopped = f"{row['id']} refused: {row['contaminated'][0]}; the rest of {shape}/{family} skipped"
+                print(stopped, flush=True)
+                break
+        for engine, first in firsts.items():  # the first point of each engine again, at the end of its block
+            p = {k: first[k] for k in ("shape", "family", "engine", "seq", "micro", "r", "modules_to_save",
+                                       "gradient_checkpointing")}
+            if dirty or left() < need(p):  # a repeat on a base known to be dirty would only be refused too
+                verdict = dict(kind="block", shape=shape, engine=engine, first=first["id"], contaminated=True,
+                               reasons=[f"no repeat: {'a point was refused' if dirty else 'no time left'}"])
+            else:
+                row = measured(dict(p, role="repeat"))
+                row.update(id=row["id"] + "/repeat", repeat_of=first["id"])
+                emit(row)
+                verdict = block_verdict(first, row)
+            if stopped:
+                verdict["stopped"] = stopped
+            out.write(json.dumps(verdict) + "\n")
+            print(json.dumps(verdict), flush=True)
+        if not args.fresh_process:
+            state.clear()
+            base = snapshot = measured = None
+            hf_loop._reset(args.device)
     out.write(json.dumps(dict(kind="end", points=done, of=len(todo), seconds=round(time.monotonic() - started, 1)))
               + "\n")
     print(f"{done} of {len(todo)} points in {time.monotonic() - started:.0f} s → {args.out}", flush=True)
+    return 0
+
+
+def _blocks(todo: list[dict]):
+    """(shape, family) → its points, in measuring order."""
+    out: dict[tuple, list] = {}
+    for p in todo:
+        out.setdefault((p["shape"], p["family"]), []).append(p)
+    return out.items()
+
+
+def _in_child(p: dict, args) -> dict:
+    """--fresh-process: the point measured by a new interpreter that loads the saved random model."""
+    import subprocess
+    cmd = [sys.executable, __file__, "--point", json.dumps(p), "--device", args.device, "--steps", str(args.steps),
+           "--model-dir", args.model_dir] + (["--reentrant"] if args.reentrant else []) + (
+           ["--liger"] if args.liger else [])
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith('{"kind": "point"')]
+    if done.returncode or not rows:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return dict(kind="point", id=point_id(p), **p, error=f"child exited {done.returncode}: {tail[0][:300]}",
+                    contaminated=[], seconds=round(time.monotonic() - t0, 2))
+    row = json.loads(rows[-1])
+    row["seconds_with_load"] = round(time.monotonic() - t0, 2)
+    return row
+
+
+def _child(args) -> int:
+    p = json.loads(args.point)
+    hf_loop._reset(args.device)
+    t0 = time.monotonic()
+    folder = hf_loop.save_random_model(p["shape"], Path(args.model_dir) / p["shape"], args.device)
+    base = hf_loop.load_base(folder, p["family"], point_config(p), args.device, args.reentrant)
+    snapshot = hf_loop.BaseSnapshot(base)
+    hf_loop.warm_up(base, args.device, hf_loop.SHAPES[p["shape"]]["vocab_size"])
+    hf_loop._reset(args.device)
+    load_s = time.monotonic() - t0
+    row, _ = measure(base, snapshot, p, args, baseline(args.device))
+    row.update(fresh_process=True, load_seconds=round(load_s, 1))
+    print(json.dumps(row), flush=True)
     return 0
 
 
@@ -213,17 +421,17 @@ def _bf16_gb(c: dict) -> float:
     return max(params * 2 / 1e9, 0.1)
 
 
-def _recover(t, base, built, device: str):
-    """After a failed point: (base, built) — the base without the point's adapters, or (None, None) when
-    they cannot be taken off (the next point builds the base again)."""
+def _recover(t, base, snapshot, device: str):
+    """After a failed point: the base without the point's adapters, put back as loaded; None when they
+    cannot be taken off (the block then ends: its later points are refused by their baseline)."""
     try:
         if t is None or t.model is None:
             raise RuntimeError("adapters half attached")
-        base = hf_loop.release(t, t.engine)
-    except Exception:  # noqa: BLE001 - start from a fresh base then
-        base, built = None, None
+        base = hf_loop.release(t, t.engine, snapshot)
+    except Exception:  # noqa: BLE001
+        base = None
     hf_loop._reset(device)
-    return base, built
+    return base
 
 
 if __name__ == "__main__":

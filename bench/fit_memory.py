@@ -6,6 +6,12 @@ reserved, error %, per engine.
     PYTHONPATH=src python bench/fit_memory.py bench/results/h200-calibration-*.jsonl [--engine runner]
         [--write]      (also rewrite the fitted NAME=value pairs in src/envdoctor/training/estimate.py)
         [--no-fit]     (the tables with the constants as they are)
+        [--accept-unguarded]  (also points without calibrate_memory.py's guards: lines made without a GPU)
+
+Points the guards flag are left out, each with its reason printed: a point whose baseline was above the
+built base's, whose checkpointing was not what it asked for, or whose base was not put back; every point
+of a block (one run's shape × engine) whose repeat of its first point did not reproduce the peak within
+2 %, or that has no repeat at all (cut short, or measured before the guards: the 2026-11-30 lines).
 
 The allocated constants of each engine are fitted on its "fit" rows, then RESERVE_FRAC and RESERVE_GIB
 on the measured reserved peaks: least squares of the relative errors (Gauss-Newton from the current
@@ -33,9 +39,19 @@ HELD = {"ATT_SAVED", "RESERVE_FRAC", "RESERVE_GIB"}
 ESTIMATE_PY = Path(E.__file__)
 
 
-def load_rows(paths: list[str]) -> list[dict]:
+def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[str] | None = None) -> list[dict]:
+    """The measured points fit for fitting: kind "point", no error, and clean by the guards of
+    bench/calibrate_memory.py. Left out, each with its reason appended to `ignored`: a point flagged
+    contaminated (baseline above the built base's, checkpointing not as asked, base not as loaded) or
+    refused; every point of a block (one run's shape × engine) whose repeat of its first point did not
+    reproduce the peak, or that has no verdict at all (no repeat: cut short, or measured before the
+    guards existed: accept_unguarded=True takes those, for lines made without a GPU)."""
+    ignored = [] if ignored is None else ignored
     rows = []
     for path in paths:
+        run = 0
+        candidates: list[tuple[int, dict]] = []
+        verdicts: dict[tuple, dict] = {}
         for n, line in enumerate(Path(path).read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -43,8 +59,36 @@ def load_rows(paths: list[str]) -> list[dict]:
                 row = json.loads(line)
             except ValueError as exc:
                 raise SystemExit(f"{path}:{n}: not JSON ({exc})")
-            if row.get("kind") == "point" and not row.get("error") and row.get("peak_allocated"):
-                rows.append(row)
+            kind = row.get("kind")
+            if kind == "header":
+                run += 1
+            elif kind == "block":
+                verdicts[(run, row.get("shape"), row.get("engine"))] = row
+            elif kind == "point" and not row.get("error") and row.get("peak_allocated"):
+                row["_where"], row["_run"] = f"{path}:{n}", run
+                candidates.append((n, row))
+        for n, row in candidates:
+            name = row.get("id") or (row.get("shape"), row.get("engine"), row.get("seq"), row.get("micro"))
+            where = f"{row['_where']} {name}"
+            if row.get("role") == "repeat":
+                continue  # a guard, not a grid point
+            if row.get("contaminated") or row.get("refused"):
+                ignored.append(f"{where}: contaminated: {'; '.join(row.get('contaminated') or ['refused'])}")
+                continue
+            verdict = verdicts.get((row["_run"], row.get("shape"), row.get("engine")))
+            if verdict is None:
+                if "allocated_before" not in row and not accept_unguarded:
+                    ignored.append(f"{where}: measured without the guards (no allocated_before, no repeat): "
+                                   "points of one process may contaminate each other")
+                    continue
+                if "allocated_before" in row:
+                    ignored.append(f"{where}: its block has no verdict (the repeat of its first point never ran)")
+                    continue
+            elif verdict.get("contaminated"):
+                ignored.append(f"{where}: block {row['shape']}/{row['engine']} contaminated: "
+                               + "; ".join(verdict.get("reasons") or ["(no reason given)"]))
+                continue
+            rows.append(row)
     return rows
 
 
@@ -175,11 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", action="append", help="only this engine (repeatable)")
     ap.add_argument("--no-fit", action="store_true")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--accept-unguarded", action="store_true",
+                    help="also take points measured without calibrate_memory.py's guards (lines made without a GPU)")
     args = ap.parse_args(argv)
-    rows = load_rows(args.files)
+    ignored: list[str] = []
+    rows = load_rows(args.files, args.accept_unguarded, ignored)
+    if ignored:
+        print(f"ignored {len(ignored)} measured point(s):")
+        print("\n".join(f"- {why}" for why in ignored) + "\n")
     engines = sorted({r["engine"] for r in rows} & set(args.engine or E.ENGINES))
     if not engines:
-        raise SystemExit("no measured points (kind: point, without error) in " + ", ".join(args.files))
+        raise SystemExit("no usable measured points (kind: point, without error, clean by the guards) in "
+                         + ", ".join(args.files))
     rows = [r for r in rows if r["engine"] in engines]
     if not args.no_fit:
         for engine in engines:

@@ -1,31 +1,55 @@
 #!/usr/bin/env bash
-# The memory calibration (issue #18) on one H200, in device calls of < 10 min each; every point is a JSON
-# line in $OUT/calibration-<part>.jsonl, written as it is measured. Random-weight models (no download)
-# of the public Llama-3.1-8B / 3.2-3B / 3.2-1B shapes are saved once to /tmp/envdoctor-random-models.
-#   bash bench/h200_calibrate.sh a   # Llama-3.1-8B, hf-loop + hf-trainer (38 points; ~7-8 min, budget-stopped)
-#   bash bench/h200_calibrate.sh b   # Llama-3.1-8B runner (19), then 3B and 1B, all engines (36; ~8 min)
-# (needs the bitsandbytes wheel in .whl/: carry it; each call stops cleanly at ${BUDGET:-550} s)
-#   bash bench/h200_calibrate.sh liger   # optional: 8B hf-loop with Liger kernels, if liger-kernel is there
-# Then, here: python bench/fit_memory.py bench/results/h200-calibration-*.jsonl
+# The memory calibration (issue #18) on one H200 in ONE device call of ≤ 9 min: every point is a JSON line in
+# $OUT/calibration.jsonl, written as it is measured, with calibrate_memory.py's guards (allocated_before
+# against the built base, checkpointing as observed, the repeat of each engine's first point at the end of its
+# block: kind "block" lines). Random-weight models (no download) of the public Llama-3.1-8B / 3.2-1B shapes
+# are saved once to /tmp/envdoctor-random-models.
+#   bash bench/h200_calibrate.sh          # all four parts below, one after the other (~8.5 min)
+#   bash bench/h200_calibrate.sh 8b-hf    # Llama-3.1-8B, hf-loop + hf-trainer   (budget 265 s)
+#   bash bench/h200_calibrate.sh 8b-runner  # Llama-3.1-8B, envdoctor's runner   (budget 125 s)
+#   bash bench/h200_calibrate.sh small    # Llama-3.2-1B, hf engines (80 s), then its runner (the rest)
+#   bash bench/h200_calibrate.sh liger    # optional: 8B hf-loop with Liger kernels, if liger-kernel is there
+# Each engine family is its own process (a family's base dies with it) with its own budget: a process
+# stops before a point that would not finish, keeping the time for its block's repeats.
+# Planned from the 2026-11-30 H200 lines (bench/results/2026-11-30-h200-calibration-unusable): 8B build
+# 42 s (init + save + quantized load), 8B reload 15 s, 8B points 3-19 s (median ~6), runner 4-7 s, 1B points
+# 2-13 s; ~1 s of guards per point. Replaying those timings through the budget logic: 8b-hf 28 points (7 fit
+# + 7 hold-out per engine) + 2 repeats in ~268 s; 8b-runner 12 (6 + 6) + 1 repeat in ~122 s; 1B hf 10 + 2
+# repeats in ~74 s; 1B runner ~6 + 1 repeat in ~40 s: ~8.5 min with the wheel install.
+# CPU proof of the same script (tiny shapes, no GPU): DEVICE=cpu BIG=tiny SMALL=tiny-tied bash bench/h200_calibrate.sh
+# Then, here: python bench/fit_memory.py bench/results/h200-calibration-*.jsonl (guard-flagged lines refused)
 set -u
-part=${1:-a}
+part=${1:-all}
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp}
-if ! python3 -c "import bitsandbytes" 2>/dev/null; then  # the device has no bitsandbytes: the carried wheel
+DEVICE=${DEVICE:-cuda} BIG=${BIG:-llama-3.1-8b} SMALL=${SMALL:-llama-3.2-1b} PY=${PY:-python3}
+if ! $PY -c "import bitsandbytes" 2>/dev/null; then  # the device has no bitsandbytes: the carried wheel
   [ -d /tmp/site/bitsandbytes ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
-nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee $OUT/nvidia-smi.csv
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
+  | tee $OUT/nvidia-smi.csv
 start=$SECONDS
-left() { echo $(( ${BUDGET:-550} - (SECONDS - start) )); }
-cal() { python3 bench/calibrate_memory.py --out $OUT/calibration-$part.jsonl "$@" 2>&1 \
-          | grep -vE "Warning|warnings.warn|^ *state\[|Loading weights|^\{'train_runtime"; }
+total=${BUDGET:-540}
+left() { echo $(( total - (SECONDS - start) )); }
+cal() { $PY bench/calibrate_memory.py --device $DEVICE --out $OUT/calibration.jsonl "$@" 2>&1 \
+          | grep -vE "Warning|warnings.warn|^ *state\[|Loading weights|Writing model shards|^\{'train_runtime"; }
+cap() { local l=$(( $(left) - $2 )); echo $(( l < $1 ? l : $1 )); }  # at most $1 s, leaving $2 s for what follows
 case $part in
-  a) cal --shapes llama-3.1-8b --engines hf-loop,hf-trainer --budget-s $(left) ;;
-  b) cal --shapes llama-3.1-8b --engines runner --budget-s $(( $(left) - 250 ))
-     cal --shapes llama-3.2-3b,llama-3.2-1b --budget-s $(left) ;;
-  liger) cal --shapes llama-3.1-8b --engines hf-loop --liger --budget-s $(left) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh a|b|liger"; exit 2 ;;
+  all) cal --shapes $BIG --engines hf-loop,hf-trainer --budget-s 265
+       cal --shapes $BIG --engines runner --budget-s $(cap 125 140)
+       cal --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(cap 80 55)
+       cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
+  8b-hf) cal --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 15 )) ;;
+  8b-runner) cal --shapes $BIG --engines runner --budget-s $(( $(left) - 15 )) ;;
+  small) cal --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(cap 80 55)
+         cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
+  liger) cal --shapes $BIG --engines hf-loop --liger --budget-s $(( $(left) - 15 )) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger]"; exit 2 ;;
 esac
-nvidia-smi --query-gpu=memory.used --format=csv,noheader
-echo "points: $(grep -c '"kind": "point"' $OUT/calibration-$part.jsonl) in $((SECONDS - start)) s"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
+f=$OUT/calibration.jsonl
+echo "points: $(grep -c '"kind": "point"' $f) ($(grep -c '"refused": true' $f) refused, $(grep -c '"role": "repeat"' $f) repeats)" \
+     "blocks: $(grep -c '"kind": "block"' $f), contaminated: $(grep '"kind": "block"' $f | grep -c '"contaminated": true')" \
+     "in $((SECONDS - start)) s"
+grep '"kind": "block"' $f | $PY -c "import json,sys; [print('block', b['shape'], b['engine'], 'CONTAMINATED' if b['contaminated'] else 'clean', b.get('peak_allocated_ratio', ''), '; '.join(b['reasons'])[:300]) for b in map(json.loads, sys.stdin)]"

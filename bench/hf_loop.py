@@ -130,6 +130,8 @@ def load_base(folder: Path, family: str, cfg: dict, device: str, reentrant: bool
     else:
         from envdoctor_runner.modeling import same_kernel_in_eval
         same_kernel_in_eval(model)
+        for p in model.parameters():  # what attach_lora does first at every point: the snapshot's state
+            p.requires_grad_(False)
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -143,6 +145,8 @@ class Trainable:
     loss: Callable                     # (input_ids) -> scalar loss
     params: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)  # what release() had to put back on the base
+    overrides_cleared: int = 0                        # bitsandbytes module overrides release() dropped
 
 
 def build_peft_model(base, cfg: dict, engine: str, reentrant: bool = False) -> Trainable:
@@ -178,11 +182,30 @@ def make_optimizer(params, cfg: dict, device: str, notes: list[str]):
     return torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
 
 
-def _reset(device: str) -> None:
+def warm_up(base, device: str, vocab: int) -> None:
+    """One no-grad forward of 8 tokens through the base and one small backward on the device, before the
+    base's baseline is taken: what the first kernels leave allocated for the life of the process (cuBLAS /
+    cuBLASLt workspaces that _reset cannot clear, lazily made buffers) is then part of the baseline, not
+    counted against the first point that runs them."""
     import torch
-    gc.collect()
+    ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        base(input_ids=ids)
+    x = torch.ones(64, 64, device=device, requires_grad=True)
+    (x @ x).sum().backward()
+    del x, ids
+
+
+def _reset(device: str, collect: bool = True) -> None:
+    import torch
+    if collect:  # a full collection walks every Python object: ~0.5 s with transformers loaded
+        gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+        # cuBLAS workspaces live in torch's allocator from the first matmul on: without this a point's
+        # baseline would sit above the freshly built base's by their size.
+        if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+            torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
@@ -251,7 +274,7 @@ def run_steps(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> d
     (kernels, allocator, optimizer state) counts for memory, not for speed. Peaks are over all steps,
     from a reset after the adapters were built."""
     import torch
-    _reset(device)
+    _reset(device, collect=False)  # the caller collected before building the adapters
     if t.engine == "runner":  # the runner's own choice of optimizer class and arguments
         from envdoctor_runner.modeling import build_optimizer
         opt = build_optimizer(cfg, t.model, device, t.notes)
@@ -287,7 +310,7 @@ def run_trainer(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) ->
     checkpointing Trainer itself turns on (its default kwargs: non-reentrant)."""
     import torch
     from transformers import Trainer, TrainingArguments
-    _reset(device)
+    _reset(device, collect=False)
     b, s, accum = cfg["micro_batch_size"], cfg["sequence_len"], cfg["gradient_accumulation_steps"]
     gen = torch.Generator().manual_seed(0)
     rows = [{"input_ids": x, "labels": x} for x in torch.randint(0, vocab, (b * accum * steps, s), generator=gen)]
@@ -315,13 +338,138 @@ def run_trainer(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) ->
     return out
 
 
-def release(t: Trainable, engine: str):
-    """The base back without adapters or modules_to_save copies, for the next point."""
+def release(t: Trainable, engine: str, snapshot: "BaseSnapshot | None" = None):
+    """The base back without adapters or modules_to_save copies, for the next point; with `snapshot`, also
+    put back what peft's unload() does not (BaseSnapshot.restore: its list of repairs is t.notes' last
+    entry when there were any) and drop bitsandbytes' global overrides (clear_bnb_overrides)."""
     base = t.model.unload()
     t.model = t.loss = None
     t.params.clear()
-    gc.collect()
-    return base
+    if snapshot is not None:
+        t.repairs = snapshot.restore(base)
+    t.overrides_cleared = clear_bnb_overrides()
+    return base  # the next point's _reset collects what is left
+
+
+def decoder_layers(model) -> list:
+    """The modules whose `gradient_checkpointing` flag decides whether a layer's activations are recomputed
+    (transformers' GradientCheckpointingLayer: the decoder layers)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # older transformers: any module with the flag but the model itself
+        return [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and m is not model]
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def checkpointing_on(model) -> bool | str:
+    """Whether the decoder layers will checkpoint, as set on them (not as the config asked): True, False,
+    or "mixed" (some layers only), "no layers" (nothing found)."""
+    flags = {bool(getattr(m, "gradient_checkpointing", False)) for m in decoder_layers(model)}
+    if not flags:
+        return "no layers"
+    return flags.pop() if len(flags) == 1 else "mixed"
+
+
+def clear_bnb_overrides() -> int:
+    """Forget what transformers' Trainer registered with bitsandbytes' GlobalOptimManager; returns how
+    many module overrides were dropped.
+
+    For an 8-bit bnb optimizer, Trainer.create_optimizer registers every nn.Embedding of the model
+    (register_module_override(module, "weight", {"optim_bits": 32})) with that process-wide singleton,
+    which keeps the module in a list for ever: after a modules_to_save point the fp32 embedding copy
+    (128256 x 4096 x 4 B = 2.1 GB for an 8B shape) stays on the card, one per point. Its pid2config is
+    keyed by id(), which a later parameter may reuse."""
+    try:
+        from bitsandbytes.optim import GlobalOptimManager
+    except Exception:  # noqa: BLE001 - no bitsandbytes: nothing registered
+        return 0
+    manager = GlobalOptimManager.get_instance()
+    dropped = len(manager.module_weight_config_triple)
+    manager.initialize()
+    return dropped
+
+
+class BaseSnapshot:
+    """What a reused base is made of right after load_base, to put it back after each point and to check
+    that it was.
+
+    peft 0.21's unload() returns, for a module wrapped by modules_to_save, the trained COPY
+    (ModulesToSaveWrapper.unload_and_optionally_merge_module), not the original: after such a point the
+    base's embed_tokens / lm_head are the copies (requires_grad True; in the runner family fp32 where the
+    base had bf16: attach_lora casts the copies). Forward hooks added per point (the runner's dtype hook
+    on the input embedding, transformers' make_inputs_require_grads) would pile up on the base."""
+
+    def __init__(self, base):
+        self.modules = dict(base.named_modules(remove_duplicate=False))
+        self.params = {n: (p, p.dtype, p.requires_grad) for n, p in base.named_parameters(remove_duplicate=False)}
+        self.hooks = {n: (set(m._forward_hooks), set(m._forward_pre_hooks)) for n, m in self.modules.items()}
+        self.require_grads_hooks = list(getattr(base, "_require_grads_hooks", []) or [])
+        self.checkpointing = checkpointing_on(base)
+
+    def restore(self, base) -> list[str]:
+        """Put the base back as it was loaded; returns what had to be repaired (empty: nothing)."""
+        repairs = []
+        for name in sorted(self.modules, key=lambda n: n.count(".")):  # parents before children
+            if not name:
+                continue
+            parent_name, _, leaf = name.rpartition(".")
+            parent = base.get_submodule(parent_name) if parent_name else base
+            if getattr(parent, leaf, None) is not self.modules[name]:
+                now = type(getattr(parent, leaf, None)).__name__
+                setattr(parent, leaf, self.modules[name])
+                repairs.append(f"{name}: the original module put back ({now} was there)")
+        for name, (p, dtype, grad) in self.params.items():
+            if p.requires_grad != grad:
+                p.requires_grad_(grad)
+                repairs.append(f"{name}: requires_grad back to {grad}")
+        for name, m in self.modules.items():
+            fwd, pre = self.hooks[name]
+            extra = [k for k in m._forward_hooks if k not in fwd] + [k for k in m._forward_pre_hooks if k not in pre]
+            for k in extra:
+                m._forward_hooks.pop(k, None)
+                m._forward_pre_hooks.pop(k, None)
+            if extra:
+                repairs.append(f"{name or 'model'}: {len(extra)} forward hook(s) added by the point removed")
+        if hasattr(base, "_require_grads_hooks"):
+            base._require_grads_hooks = list(self.require_grads_hooks)
+        return repairs
+
+    def differences(self, base) -> list[str]:
+        """How the base differs from the snapshot now (empty: it is the base that was loaded)."""
+        out = []
+        now = dict(base.named_parameters(remove_duplicate=False))
+        for name, (p, dtype, grad) in self.params.items():
+            q = now.get(name)
+            if q is not p:
+                out.append(f"{name}: another parameter" + (f" ({q.dtype})" if q is not None else " (missing)"))
+            elif q.dtype != dtype or q.requires_grad != grad:
+                out.append(f"{name}: {q.dtype} requires_grad={q.requires_grad}, loaded {dtype} {grad}")
+        out += [f"{n}: new parameter" for n in now if n not in self.params]
+        return out
+
+
+def live_tensors() -> tuple[int, int]:
+    """(count, bytes) of the distinct storages of every torch.Tensor Python still reaches: the CPU's
+    stand-in for torch.cuda.memory_allocated(), and on a GPU a check that nothing of a point survives."""
+    import warnings
+
+    import torch
+    seen, total = set(), 0
+    with warnings.catch_warnings():  # isinstance() on some library proxies among gc's objects warns
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        try:
+            storage = obj.untyped_storage()
+        except Exception:  # noqa: BLE001 - meta / sparse / wrapper tensors without one storage
+            continue
+        key = (storage.data_ptr(), str(obj.device))
+        if key in seen or not storage.data_ptr():
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    del tensors
+    return len(seen), total
 
 
 def apply_liger() -> str | None:
