@@ -243,7 +243,7 @@ def test_measured_hold_out_points_meet_the_error_budget():
     within ±10 % of the measured reserved peak, none more than 5 % under, for every engine."""
     files = sorted(RESULTS.glob("h200-calibration-*.jsonl"))
     if not files:
-        pytest.skip("no H200 calibration lines in bench/results yet (bench/h200_calibrate.sh a|b)")
+        pytest.skip("no H200 calibration lines in bench/results yet (bash bench/h200_calibrate.sh on one H200)")
     sys.path.insert(0, str(BENCH))
     import fit_memory as F
     rows = [r for r in F.load_rows([str(f) for f in files]) if r["role"] == "holdout"]
