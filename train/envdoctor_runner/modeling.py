@@ -256,6 +256,7 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
             shard(piece)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+        _return_freed_memory()
     with torch.device(device):  # its buffers were computed on the meta device: computed again
         inner.rotary_emb = type(inner.rotary_emb)(config)
     if tied:
@@ -271,6 +272,16 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
         loading.update(peak_loaded_weight_bytes=peak, whole_model_weight_bytes=weight_bytes(peft_model, whole=True),
                        largest_piece_weight_bytes=largest_piece, root_weight_bytes=root_bytes)
     return peft_model, count
+
+
+def _return_freed_memory() -> None:
+    """Give the float piece's freed host memory back to the system (glibc keeps freed heap memory for reuse,
+    which RSS then still counts: measured, 0.1-0.2 GiB more peak RSS per process). Elsewhere: nothing."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _owner(piece: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
