@@ -172,6 +172,13 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
             tokenizer.save_pretrained(base_dir)
         model = model.to(device)
         return attach_lora(model, cfg, dtype)
+    if use_4bit and shard is not None and _streamable(cfg["base_model"], config, dtype):
+        model, n = build_4bit_streamed(cfg, config, tokenizer, dtype, compute, device, targets, None, shard,
+                                       loading, folder=cfg["base_model"])
+        notes.append(f"{n} linear layers quantized to {cfg['bnb_4bit_quant_type'].upper()} with bitsandbytes "
+                     f"on {device}, read from {cfg['base_model']} one decoder layer at a time, each sharded as it "
+                     "was built")
+        return model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg["bnb_4bit_quant_type"],
                                bnb_4bit_compute_dtype=compute,
@@ -187,16 +194,17 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
 
 
 def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: str, targets: list[str],
-                        base_dir=None, shard=None, loading: dict | None = None):
-    """(peft model, linear layers quantized): a random-weight 4-bit model from a config, built so that no
-    process ever holds the whole model, float or 4-bit.
+                        base_dir=None, shard=None, loading: dict | None = None, folder=None):
+    """(peft model, linear layers quantized): a 4-bit model, random weights from a config or (`folder`) a
+    pretrained model's safetensors read a tensor at a time, built so that no process ever holds the whole
+    model, float or 4-bit.
 
     The whole model is first built on the meta device (shapes, no memory) and peft's get_peft_model wraps it
     there: the LoRA layers and modules_to_save copies get exactly the names peft gives them on a real model
     (the adapter files, resume and `envdoctor merge` are unchanged). Then piece by piece (the embedding, each
     decoder layer, the final norm, lm_head) the piece is materialised on `device` in `dtype`; its base weights
     are drawn from its own seeded generator (_init_random: the same weights whatever the number of
-    processes), its LoRA A from a second one (B is zero, as peft's default), its modules_to_save copies
+    processes) or read from `folder`, its LoRA A from a second one (B is zero, as peft's default), its modules_to_save copies
     copied from the originals; rank 0 writes the float piece to `base_dir` under the plain model's names
     (merging needs the float base); a decoder layer's base linears become Shardable4bitLinear; and `shard`
     (FSDP's fully_shard, or None) splits the piece at once, so a process keeps 1/N of it. The embedding and
@@ -206,19 +214,12 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
     Weights held by a process at most: 1/N of the 4-bit model + one float piece + the root's pieces.
     `loading` receives those figures in bytes, counted from the tensors (no allocator or RSS noise)."""
     from peft import get_peft_model
-    from transformers import LlamaForCausalLM
     from envdoctor_runner.shardable4bit import quantize_modules
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
+    model = _meta_model(config, dtype, folder)
     inner = model.model
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    paths = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(len(inner.layers))] + ["model.norm"]
-             + ([] if tied else ["lm_head"]))
+    paths = pieces_of(model)
+    read = _FolderReader(folder, dtype) if folder is not None else None
     root = {"model.norm", "lm_head"} | ({"model.embed_tokens"} if tied else set())  # a tied weight is not split
     # Each piece as the plain model has it (peft wraps some modules next): its parameters under their plain
     # names (the float base is written with them) and its modules in the order _init_random draws in.
@@ -237,7 +238,13 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
         piece = model.get_submodule(path)  # peft's wrapper where the module is in modules_to_save
         params, modules = plain.pop(path)
         piece.to_empty(device=device)
-        _init_random(modules, config, cfg["seed"], index, device)
+        for p in piece.parameters():  # what trains is fp32 (LoRA is; modules_to_save copies are not)
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        if read is not None:
+            read.fill(path, params)
+        else:
+            _init_random(modules, config, cfg["seed"], index, device)
         _init_adapters(piece, peft_model.peft_config["default"], cfg["seed"], index, device)
         largest_piece = max(largest_piece, weight_bytes(piece))  # the float piece, before quantization
         peak = max(peak, weight_bytes(peft_model))
@@ -246,9 +253,6 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
         if path.startswith("model.layers."):
             count += quantize_modules(piece, [m for m in modules if type(m) is torch.nn.Linear], cfg, compute, dtype)
         del params, modules  # the float linears' last references
-        for p in piece.parameters():  # what trains is fp32 (LoRA is; modules_to_save copies are not)
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
         peak = max(peak, weight_bytes(peft_model))
         if path in root:
             root_bytes += weight_bytes(piece)
@@ -272,6 +276,88 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
         loading.update(peak_loaded_weight_bytes=peak, whole_model_weight_bytes=weight_bytes(peft_model, whole=True),
                        largest_piece_weight_bytes=largest_piece, root_weight_bytes=root_bytes)
     return peft_model, count
+
+
+def _streamable(base_model: str, config, dtype) -> bool:
+    """Whether a pretrained base can be read a piece at a time: a local folder of safetensors files whose
+    tensors carry the model's own module names, in a layout pieces_of knows (else from_pretrained loads it
+    whole, as without FSDP)."""
+    from pathlib import Path
+    from envdoctor_runner import safetensors_stream
+    folder = Path(base_model)
+    try:
+        names = set(safetensors_stream.weight_files(folder)) if folder.is_dir() else set()
+    except (OSError, ValueError):
+        return False
+    model = _meta_model(config, dtype, folder)
+    paths = pieces_of(model)
+    return bool(names) and paths is not None and all(
+        f"{p}.{n}" in names for p in paths for n, _ in model.get_submodule(p).named_parameters())
+
+
+def _meta_model(config, dtype, folder):
+    """The model on the meta device: Llama from a config, else the folder's architecture."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            if folder is None:
+                from transformers import LlamaForCausalLM
+                return LlamaForCausalLM(config)
+            from transformers import AutoModelForCausalLM
+            return AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def pieces_of(model) -> list[str] | None:
+    """The pieces the model is built from, in order (embedding, decoder layers, final norm, lm_head unless
+    tied), or None for a layout this loader does not know: another module than those, or a buffer inside a
+    piece (materialising would leave it uninitialised)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, n) for n in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return None
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    paths = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(len(inner.layers))] + ["model.norm"]
+             + ([] if tied else ["lm_head"]))
+    covered = set(paths) | {"model.rotary_emb", "model.layers", "model", "", "lm_head"}
+    for name, module in model.named_modules():
+        if name not in covered and not any(name.startswith(p + ".") for p in paths):
+            return None
+    for name, _ in model.named_buffers():
+        if any(name.startswith(p + ".") for p in paths):
+            return None
+    return paths
+
+
+class _FolderReader:
+    """A pretrained model's tensors read from its safetensors files one at a time (plain reads, no mmap:
+    the process holds the tensor, not the file), cast to the training dtype."""
+
+    def __init__(self, folder, dtype):
+        from pathlib import Path
+        from envdoctor_runner import safetensors_stream
+        self.folder = Path(folder)
+        self.files = safetensors_stream.weight_files(self.folder)
+        self.heads: dict = {}
+        self.dtype = dtype
+
+    def fill(self, path: str, params) -> None:
+        from envdoctor_runner import safetensors_stream
+        with torch.no_grad():
+            for name, owner, attr in params:
+                key = f"{path}.{name}"
+                file = self.files.get(key)
+                if file is None:
+                    raise FileNotFoundError(f"{self.folder}: no tensor {key} in its safetensors files")
+                if file not in self.heads:
+                    self.heads[file] = safetensors_stream.header(file)
+                tensor = safetensors_stream.read(file, key, *self.heads[file])
+                target = getattr(owner, attr)
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise ValueError(f"{file}: {key} has shape {tuple(tensor.shape)}, the config makes "
+                                     f"{tuple(target.shape)}")
+                target.copy_(tensor.to(self.dtype))
 
 
 def _return_freed_memory() -> None:
