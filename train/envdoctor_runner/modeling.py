@@ -223,6 +223,7 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
     root = {"model.norm", "lm_head"} | ({"model.embed_tokens"} if tied else set())  # a tied weight is not split
     # Each piece as the plain model has it (peft wraps some modules next): its parameters under their plain
     # names (the float base is written with them) and its modules in the order _init_random draws in.
+    head, embed = model.lm_head, inner.embed_tokens  # the plain modules: peft may wrap them next
     plain = {}
     for path in paths:
         piece = model.get_submodule(path)
@@ -263,8 +264,15 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
         _return_freed_memory()
     with torch.device(device):  # its buffers were computed on the meta device: computed again
         inner.rotary_emb = type(inner.rotary_emb)(config)
-    if tied:
-        model.tie_weights()
+    if tied:  # lm_head is no piece: it takes the embedding's weight (and a modules_to_save copy of it)
+        wrapper = model.get_submodule("lm_head")
+        wrapper.to_empty(device=device)
+        head.weight = embed.weight
+        for p in wrapper.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        _init_adapters(wrapper, peft_model.peft_config["default"], cfg["seed"], len(paths), device)
+        root_bytes += weight_bytes(wrapper) - weight_bytes(embed)
     if writer:
         writer.finish(config, tokenizer)
     left = [n for n, t in [*peft_model.named_parameters(), *peft_model.named_buffers()] if t.is_meta]
