@@ -106,12 +106,14 @@ def main() -> int:
         return 0
 
     fsdp = bool(cfg["fsdp"])
+    loading: dict = {}  # the weight bytes this process held at most while the model was built
     model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None,
-                        fsdp=fsdp)
+                        fsdp=fsdp, shard=distributed.sharder(world, device) if fsdp else None, loading=loading)
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
     last = checkpoint.latest(out) if args.resume else None
     if last:
-        state = checkpoint.restore_weights(last, model)  # before wrapping: every process loads the same file
+        # every process loads the same file; under FSDP after wrapping (the model may be sharded already)
+        state = checkpoint.read_state(last) if fsdp else checkpoint.restore_weights(last, model)
         # Positions are global micro-batch counts (any --nproc resumes), except in mid-epoch checkpoints that
         # an earlier runner wrote with several processes: per process, and that runner's layout is gone.
         if state["batch"] and state.get("world_size", 1) > 1 and state.get("batch_scope") != "global":
@@ -131,6 +133,8 @@ def main() -> int:
     warmup = cfg["warmup_steps"] if cfg["warmup_steps"] is not None else int(total * (cfg["warmup_ratio"] or 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg["lr_scheduler"], warmup, total))
     if last:
+        if fsdp:
+            checkpoint.restore_weights(last, model, step_loss)
         checkpoint.restore_training(last, optimizer, scheduler, step_loss if fsdp else None)
         say(f"resumed from {last.name}: epoch {state['epoch'] + 1}, batch {state['batch']}", flush=True)
     for n in notes:
@@ -201,6 +205,12 @@ def main() -> int:
     rate = distributed.total(tokens, world) / max(time.time() - started, 1e-6)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     memory = distributed.peak_memory_per_rank(world, device)  # a collective: every rank
+    if loading:  # a 4-bit model built from a config: exact counts, unlike RSS (a collective too)
+        held = distributed.totals([float(loading["peak_loaded_weight_bytes"]) if r == world.rank else 0.0
+                                   for r in range(world.size)], world)
+        memory["peak_loaded_weight_bytes_per_rank"] = [int(b) for b in held]
+        memory["loaded_weight_bytes"] = {k.removesuffix("_weight_bytes"): v for k, v in loading.items()
+                                         if k != "peak_loaded_weight_bytes"}
     weights = checkpoint.gathered_weights(step_loss if fsdp else None)  # FSDP: every rank takes part
     if world.main:
         checkpoint.write_adapter(out / "adapter", model, weights)

@@ -93,12 +93,38 @@ def _step_of(line: str) -> float:
         return float("inf")  # a row cut by the kill: dropped
 
 
-def restore_weights(path: Path, model) -> dict:
-    """The adapter's weights into the (not yet wrapped) model; the saved run state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+def read_state(path: Path) -> dict:
+    """The run state a checkpoint saved (epoch, batch, step, losses...)."""
     return json.loads((path / "state.json").read_text())
+
+
+def restore_weights(path: Path, model, fsdp_module=None) -> dict:
+    """The adapter's weights into the model; the saved run state. Without FSDP: before wrapping. Under
+    FSDP: after (the model may be sharded while it is built): every process reads the file and keeps its
+    shard, through torch's distributed state-dict API (a sharded parameter refuses a plain copy)."""
+    from safetensors.torch import load_file
+    saved = load_file(path / "adapter_model.safetensors")
+    if fsdp_module is None:
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, saved)
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        names = adapter_names(model)
+        missing = sorted(set(names) - set(saved))
+        if missing:
+            raise ValueError(f"{path / 'adapter_model.safetensors'}: no {', '.join(missing[:3])}")
+        set_model_state_dict(fsdp_module, {"peft_model." + names[k]: saved[k] for k in names},
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    return read_state(path)
+
+
+def adapter_names(model) -> dict[str, str]:
+    """{name in the adapter file: the trained parameter's name in the model}, as peft names them: peft's
+    own get_peft_model_state_dict is asked to name a stand-in of every trained parameter."""
+    from peft import get_peft_model_state_dict
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    named = get_peft_model_state_dict(model, state_dict={n: torch.tensor(i) for i, n in enumerate(trained)})
+    return {k: trained[int(v)] for k, v in named.items()}
 
 
 def restore_training(path: Path, optimizer, scheduler, fsdp_module=None) -> None:

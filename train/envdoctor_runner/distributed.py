@@ -140,24 +140,21 @@ def wrap(module: torch.nn.Module, world: World, device_name: str, fsdp: bool = F
     """DDP (every process holds the model), or with fsdp FSDP2's fully_shard: each decoder layer, then the
     whole, sharded over the processes (parameters, gradients and optimizer state split N ways)."""
     if fsdp:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        if not dist.is_initialized():  # one process: still sharded "over one", so the same code path runs
-            dist.init_process_group("nccl" if device_name.startswith("cuda") else "gloo", rank=0, world_size=1,
-                                    store=dist.HashStore())
-        mesh = init_device_mesh("cuda" if device_name.startswith("cuda") else "cpu", (world.size,))
+        from torch.distributed.fsdp import FSDPModule
+        shard = sharder(world, device_name)
         # Each decoder layer is one group (gathered for its forward and backward, then freed), and so is
         # the input embedding (used once per pass). The rest (final norm, lm_head) is the root's: the root
         # stays gathered through the step (FSDP2's choice), and lm_head is called once per loss chunk.
         # fully_shard moves a group to the GPU when it shards it: a model built on the host (a 4-bit base
         # under FSDP, modeling.build_model) reaches the GPU a layer at a time.
+        # A module already sharded while the model was built (modeling.build_4bit_streamed) is left as it is.
         for sub in module.modules():
-            if type(sub).__name__.endswith("DecoderLayer"):
-                fully_shard(sub, mesh=mesh)
+            if type(sub).__name__.endswith("DecoderLayer") and not isinstance(sub, FSDPModule):
+                shard(sub)
         embed = _input_embedding(module)
-        if embed is not None:
-            fully_shard(embed, mesh=mesh)
-        fully_shard(module, mesh=mesh)
+        if embed is not None and not isinstance(embed, FSDPModule):
+            shard(embed)
+        shard(module)
         return module
     if not world.distributed:
         return module
@@ -166,6 +163,24 @@ def wrap(module: torch.nn.Module, world: World, device_name: str, fsdp: bool = F
     # No buffer broadcast before every forward: the model's only buffers (rotary frequencies) are constants,
     # equal on every rank; the broadcast would be one more collective per pass.
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+def sharder(world: World, device_name: str):
+    """A function that shards a module over all processes with FSDP2's fully_shard (on a GPU it moves the
+    module there). Starts a one-process group when there is none: one process is sharded "over one", so
+    the same code path runs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    if device_name not in _MESHES:  # one mesh for the whole model: the layers sharded while it was built too
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device_name.startswith("cuda") else "gloo", rank=0, world_size=1,
+                                    store=dist.HashStore())
+        _MESHES[device_name] = init_device_mesh("cuda" if device_name.startswith("cuda") else "cpu", (world.size,))
+    mesh = _MESHES[device_name]
+    return lambda module: fully_shard(module, mesh=mesh)
+
+
+_MESHES: dict = {}
 
 
 def _input_embedding(module: torch.nn.Module):

@@ -129,13 +129,15 @@ def _skeleton(cfg: dict, tokenizer):
         return config, AutoModelForCausalLM.from_config(config)
 
 
-def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None, fsdp: bool = False):
+def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=None, fsdp: bool = False,
+                shard=None, loading: dict | None = None):
     """The peft model to train. A model built from `model_config` (random weights) is first saved
     unquantized to `base_dir`, when given: merging needs the base weights the adapter was trained on.
 
-    4-bit from a config: built one decoder layer at a time (build_4bit_from_config), so the float model is
-    never whole anywhere; the 4-bit layers are Shardable4bitLinear (plain tensors FSDP can shard). With
-    fsdp on a GPU the built model waits on the host and FSDP moves it to the GPU a layer at a time."""
+    4-bit from a config: built one piece at a time on `device` (build_4bit_streamed), the 4-bit layers
+    Shardable4bitLinear (plain tensors FSDP can shard); with `shard` (FSDP's fully_shard, from
+    distributed.sharder) each decoder layer is sharded as soon as it is built, so no process holds the
+    whole model, float or 4-bit; `loading` receives the weight bytes a process held at most."""
     dtype, compute = dtypes(cfg, device, notes)
     config, skeleton = _skeleton(cfg, tokenizer)
     use_4bit = cfg["load_in_4bit"]
@@ -147,12 +149,12 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
     targets = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules()
                       if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")})
     del skeleton
-    park = "cpu" if fsdp else device
     if cfg["model_config"] and use_4bit:
-        model, n = build_4bit_from_config(cfg, config, tokenizer, dtype, compute, device, park, base_dir)
+        model, n = build_4bit_streamed(cfg, config, tokenizer, dtype, compute, device, targets, base_dir, shard,
+                                       loading)
         notes.append(f"{n} linear layers quantized to {cfg['bnb_4bit_quant_type'].upper()} with bitsandbytes "
-                     f"on {device}, one decoder layer at a time")
-        return attach_lora(model, cfg, dtype, all_linear=targets, device=park)
+                     f"on {device}, one decoder layer at a time" + (", each sharded as it was built" if shard else ""))
+        return model
     if cfg["model_config"]:
         from transformers import LlamaForCausalLM
         torch.manual_seed(cfg["seed"])
@@ -170,6 +172,13 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
             tokenizer.save_pretrained(base_dir)
         model = model.to(device)
         return attach_lora(model, cfg, dtype)
+    if use_4bit and shard is not None and _streamable(cfg["base_model"], config, dtype):
+        model, n = build_4bit_streamed(cfg, config, tokenizer, dtype, compute, device, targets, None, shard,
+                                       loading, folder=cfg["base_model"])
+        notes.append(f"{n} linear layers quantized to {cfg['bnb_4bit_quant_type'].upper()} with bitsandbytes "
+                     f"on {device}, read from {cfg['base_model']} one decoder layer at a time, each sharded as it "
+                     "was built")
+        return model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg["bnb_4bit_quant_type"],
                                bnb_4bit_compute_dtype=compute,
@@ -184,55 +193,245 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
     return attach_lora(model, cfg, dtype)
 
 
-def build_4bit_from_config(cfg: dict, config, tokenizer, dtype, compute, device: str, park: str, base_dir=None):
-    """(model, linear layers quantized): a random-weight model from a config, built piece by piece (the
-    embedding, each decoder layer, the final norm, lm_head): each piece is materialised on `device` in
-    `dtype`, initialised from its own seeded generator (the same weights whatever the number of processes),
-    written to `base_dir` (rank 0: merging needs the float base), quantized (its nn.Linear layers become
-    Shardable4bitLinear) and moved to `park`. Peak memory: the 4-bit model plus one float piece."""
-    from transformers import LlamaForCausalLM
-    from envdoctor_runner.shardable4bit import quantize_children
+def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: str, targets: list[str],
+                        base_dir=None, shard=None, loading: dict | None = None, folder=None):
+    """(peft model, linear layers quantized): a 4-bit model, random weights from a config or (`folder`) a
+    pretrained model's safetensors read a tensor at a time, built so that no process ever holds the whole
+    model, float or 4-bit.
+
+    The whole model is first built on the meta device (shapes, no memory) and peft's get_peft_model wraps it
+    there: the LoRA layers and modules_to_save copies get exactly the names peft gives them on a real model
+    (the adapter files, resume and `envdoctor merge` are unchanged). Then piece by piece (the embedding, each
+    decoder layer, the final norm, lm_head) the piece is materialised on `device` in `dtype`; its base weights
+    are drawn from its own seeded generator (_init_random: the same weights whatever the number of
+    processes) or read from `folder`, its LoRA A from a second one (B is zero, as peft's default), its modules_to_save copies
+    copied from the originals; rank 0 writes the float piece to `base_dir` under the plain model's names
+    (merging needs the float base); a decoder layer's base linears become Shardable4bitLinear; and `shard`
+    (FSDP's fully_shard, or None) splits the piece at once, so a process keeps 1/N of it. The embedding and
+    the decoder layers are sharded as they are built; the final norm and lm_head belong to the root, which
+    distributed.wrap shards last.
+
+    Weights held by a process at most: 1/N of the 4-bit model + one float piece + the root's pieces.
+    `loading` receives those figures in bytes, counted from the tensors (no allocator or RSS noise)."""
+    from peft import get_peft_model
+    from envdoctor_runner.shardable4bit import quantize_modules
+    model = _meta_model(config, dtype, folder)
+    inner = model.model
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    paths = pieces_of(model)
+    read = _FolderReader(folder, dtype) if folder is not None else None
+    root = {"model.norm", "lm_head"} | ({"model.embed_tokens"} if tied else set())  # a tied weight is not split
+    # Each piece as the plain model has it (peft wraps some modules next): its parameters under their plain
+    # names (the float base is written with them) and its modules in the order _init_random draws in.
+    head, embed = model.lm_head, inner.embed_tokens  # the plain modules: peft may wrap them next
+    plain = {}
+    for path in paths:
+        piece = model.get_submodule(path)
+        plain[path] = ([(name, *_owner(piece, name)) for name, _ in piece.named_parameters()], list(piece.modules()))
+    _freeze_and_checkpoint(model, cfg)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*meta device.*")
+        peft_model = get_peft_model(model, _lora_config(cfg, targets))
+    writer = (_BaseWriter(base_dir, len(paths)) if base_dir is not None and not (base_dir / "config.json").exists()
+              else None)
+    count, peak, largest_piece, root_bytes = 0, 0, 0, 0
+    for index, path in enumerate(paths):
+        piece = model.get_submodule(path)  # peft's wrapper where the module is in modules_to_save
+        params, modules = plain.pop(path)
+        piece.to_empty(device=device)
+        for p in piece.parameters():  # what trains is fp32 (LoRA is; modules_to_save copies are not)
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        if read is not None:
+            read.fill(path, params)
+        else:
+            _init_random(modules, config, cfg["seed"], index, device)
+        _init_adapters(piece, peft_model.peft_config["default"], cfg["seed"], index, device)
+        largest_piece = max(largest_piece, weight_bytes(piece))  # the float piece, before quantization
+        peak = max(peak, weight_bytes(peft_model))
+        if writer:
+            writer.add({f"{path}.{name}": getattr(owner, attr) for name, owner, attr in params})
+        if path.startswith("model.layers."):
+            count += quantize_modules(piece, [m for m in modules if type(m) is torch.nn.Linear], cfg, compute, dtype)
+        del params, modules  # the float linears' last references
+        peak = max(peak, weight_bytes(peft_model))
+        if path in root:
+            root_bytes += weight_bytes(piece)
+        elif shard is not None:
+            shard(piece)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        _return_freed_memory()
+    with torch.device(device):  # its buffers were computed on the meta device: computed again
+        inner.rotary_emb = type(inner.rotary_emb)(config)
+    if tied:  # lm_head is no piece: it takes the embedding's weight (and a modules_to_save copy of it)
+        wrapper = model.get_submodule("lm_head")
+        wrapper.to_empty(device=device)
+        head.weight = embed.weight
+        for p in wrapper.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        _init_adapters(wrapper, peft_model.peft_config["default"], cfg["seed"], len(paths), device)
+        root_bytes += weight_bytes(wrapper) - weight_bytes(embed)
+    if writer:
+        writer.finish(config, tokenizer, type(model).__name__)
+    left = [n for n, t in [*peft_model.named_parameters(), *peft_model.named_buffers()] if t.is_meta]
+    if left:  # a model class with parts outside the pieces above: fail here, not in the first forward
+        raise RuntimeError(f"left on the meta device after loading: {', '.join(left[:5])}")
+    if dtype != torch.float32:  # a trained fp32 embedding copy must not turn the residual stream into fp32
+        peft_model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(dtype))
+    if loading is not None:
+        loading.update(peak_loaded_weight_bytes=peak, whole_model_weight_bytes=weight_bytes(peft_model, whole=True),
+                       largest_piece_weight_bytes=largest_piece, root_weight_bytes=root_bytes)
+    return peft_model, count
+
+
+def _streamable(base_model: str, config, dtype) -> bool:
+    """Whether a pretrained base can be read a piece at a time: a local folder of safetensors files whose
+    tensors carry the model's own module names, in a layout pieces_of knows (else from_pretrained loads it
+    whole, as without FSDP)."""
+    from pathlib import Path
+    from envdoctor_runner import safetensors_stream
+    folder = Path(base_model)
+    try:
+        names = set(safetensors_stream.weight_files(folder)) if folder.is_dir() else set()
+    except (OSError, ValueError):
+        return False
+    model = _meta_model(config, dtype, folder)
+    paths = pieces_of(model)
+    return bool(names) and paths is not None and all(
+        f"{p}.{n}" in names for p in paths for n, _ in model.get_submodule(p).named_parameters())
+
+
+def _meta_model(config, dtype, folder):
+    """The model on the meta device: Llama from a config, else the folder's architecture."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = LlamaForCausalLM(config)
+            if folder is None:
+                from transformers import LlamaForCausalLM
+                return LlamaForCausalLM(config)
+            from transformers import AutoModelForCausalLM
+            return AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(default)
-    inner = model.model
-    pieces = ([("model.embed_tokens", inner.embed_tokens)] + [(f"model.layers.{i}", layer) for i, layer in
-                                                              enumerate(inner.layers)] + [("model.norm", inner.norm)])
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    if not tied:
-        pieces.append(("lm_head", model.lm_head))
-    writer = _BaseWriter(base_dir, len(pieces)) if base_dir is not None and not (base_dir / "config.json").exists()         else None
-    count = 0
-    for index, (prefix, piece) in enumerate(pieces):
-        piece.to_empty(device=device)
-        _init_random(piece, config, cfg["seed"], index, device)
-        if writer:
-            writer.add(prefix, piece)
-        if prefix.startswith("model.layers."):
-            count += quantize_children(piece, cfg, compute, dtype)
-        piece.to(park)
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    with torch.device(park):  # its buffers were computed on the meta device: computed again
-        inner.rotary_emb = type(inner.rotary_emb)(config)
-    if tied:
-        model.tie_weights()
-    if writer:
-        writer.finish(config, tokenizer, type(model).__name__)
-    return model, count
 
 
-def _init_random(piece: torch.nn.Module, config, seed: int, index: int, device: str) -> None:
+def pieces_of(model) -> list[str] | None:
+    """The pieces the model is built from, in order (embedding, decoder layers, final norm, lm_head unless
+    tied), or None for a layout this loader does not know: another module than those, or a buffer inside a
+    piece (materialising would leave it uninitialised)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, n) for n in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return None
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    paths = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(len(inner.layers))] + ["model.norm"]
+             + ([] if tied else ["lm_head"]))
+    covered = set(paths) | {"model.rotary_emb", "model.layers", "model", "", "lm_head"}
+    for name, module in model.named_modules():
+        if name not in covered and not any(name.startswith(p + ".") for p in paths):
+            return None
+    for name, _ in model.named_buffers():
+        if any(name.startswith(p + ".") for p in paths):
+            return None
+    return paths
+
+
+class _FolderReader:
+    """A pretrained model's tensors read from its safetensors files one at a time (plain reads, no mmap:
+    the process holds the tensor, not the file), cast to the training dtype."""
+
+    def __init__(self, folder, dtype):
+        from pathlib import Path
+        from envdoctor_runner import safetensors_stream
+        self.folder = Path(folder)
+        self.files = safetensors_stream.weight_files(self.folder)
+        self.heads: dict = {}
+        self.dtype = dtype
+
+    def fill(self, path: str, params) -> None:
+        from envdoctor_runner import safetensors_stream
+        with torch.no_grad():
+            for name, owner, attr in params:
+                key = f"{path}.{name}"
+                file = self.files.get(key)
+                if file is None:
+                    raise FileNotFoundError(f"{self.folder}: no tensor {key} in its safetensors files")
+                if file not in self.heads:
+                    self.heads[file] = safetensors_stream.header(file)
+                tensor = safetensors_stream.read(file, key, *self.heads[file])
+                target = getattr(owner, attr)
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise ValueError(f"{file}: {key} has shape {tuple(tensor.shape)}, the config makes "
+                                     f"{tuple(target.shape)}")
+                target.copy_(tensor.to(self.dtype))
+
+
+def _return_freed_memory() -> None:
+    """Give the float piece's freed host memory back to the system (glibc keeps freed heap memory for reuse,
+    which RSS then still counts: measured, 0.1-0.2 GiB more peak RSS per process). Elsewhere: nothing."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _owner(piece: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    """(the module holding parameter `name` of piece, its attribute name)."""
+    module, _, attr = name.rpartition(".")
+    return (piece.get_submodule(module) if module else piece), attr
+
+
+def _init_adapters(piece: torch.nn.Module, lora, seed: int, index: int, device: str) -> None:
+    """The piece's adapters after materialisation: LoRA A as peft initialises it (kaiming-uniform, or normal
+    for init_lora_weights "gaussian"), drawn from the piece's own generator; B zero; modules_to_save copies
+    equal to their originals."""
+    import math
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import ModulesToSaveWrapper
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index + 500_009)
+    with torch.no_grad():
+        for m in piece.modules():
+            if isinstance(m, LoraLayer):
+                for name in m.lora_A:
+                    a, b = m.lora_A[name], m.lora_B[name]
+                    if lora.init_lora_weights is True:
+                        torch.nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5), generator=gen)
+                    elif str(lora.init_lora_weights).lower() == "gaussian":
+                        a.weight.normal_(0.0, 1 / m.r[name], generator=gen)
+                    else:
+                        raise ValueError(f"init_lora_weights={lora.init_lora_weights!r}: not supported when the "
+                                         "model is built a layer at a time")
+                    b.weight.zero_()
+                    if b.bias is not None:
+                        b.bias.zero_()
+            elif isinstance(m, ModulesToSaveWrapper):
+                for copy in m.modules_to_save.values():
+                    copy.load_state_dict(m.original_module.state_dict())
+
+
+def weight_bytes(module: torch.nn.Module, whole: bool = False) -> int:
+    """Bytes of the parameters and buffers this process holds (a sharded one: its local shard; on the meta
+    device: none); with whole, as if every sharded tensor were whole."""
+    seen, n = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) in seen or t.is_meta:
+            continue
+        seen.add(id(t))
+        local = t.to_local() if hasattr(t, "to_local") and not whole else t  # a DTensor: its shard
+        n += local.numel() * local.element_size()
+    return n
+
+def _init_random(modules: list[torch.nn.Module], config, seed: int, index: int, device: str) -> None:
     """Llama's initialisation (normal(0, initializer_range) for linear and embedding weights, ones for the
-    norms), drawn from a generator seeded by (seed, piece): no order of construction to reproduce."""
+    norms) of one piece's modules, in order, drawn from a generator seeded by (seed, piece): no order of
+    construction to reproduce."""
     gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
     std = getattr(config, "initializer_range", 0.02)
     with torch.no_grad():
-        for m in piece.modules():
+        for m in modules:
             if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
                 m.weight.normal_(0.0, std, generator=gen)
                 if getattr(m, "bias", None) is not None:
@@ -251,12 +450,12 @@ class _BaseWriter:
         self.folder, self.n, self.i, self.weight_map, self.size = folder, n, 0, {}, 0
         folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, prefix: str, piece: torch.nn.Module) -> None:
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        """One piece's float tensors, by their names in the plain model."""
         from safetensors.torch import save_file
         self.i += 1
         name = f"model-{self.i:05d}-of-{self.n:05d}.safetensors"
-        tensors = {f"{prefix}.{k}" if k else prefix: v.detach().to("cpu").contiguous()
-                   for k, v in piece.state_dict().items()}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(tensors, self.folder / name, metadata={"format": "pt"})
         for k, v in tensors.items():
             self.weight_map[k] = name
@@ -278,21 +477,10 @@ def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, de
     Not peft's prepare_model_for_kbit_training: it casts every non-quantized weight to fp32, which for
     Llama-3's 128k vocabulary is 2 GiB more per embedding matrix and an fp32 residual stream. The frozen
     base stays in its dtype; only what trains is fp32."""
-    from peft import LoraConfig, get_peft_model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if cfg["gradient_checkpointing"]:
-        # Explicitly, non-reentrant (no input-grad hook needed). With transformers 5 / peft 0.21 the kbit
-        # preparation alone left it off: measured on an H200, 101 GiB peak instead of 16 (8B, 2 × 2048).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
+    from peft import get_peft_model
+    _freeze_and_checkpoint(model, cfg)
     shardable = all_linear is not None  # the base's 4-bit layers are Shardable4bitLinear
-    everything = (all_linear if shardable else "all-linear")  # peft's "all-linear" knows only its own classes
-    lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
-                      target_modules=everything if cfg["lora_target_linear"] else cfg["lora_target_modules"],
-                      modules_to_save=cfg["lora_modules_to_save"] or None,
-                      task_type="CAUSAL_LM")
+    lora = _lora_config(cfg, all_linear)
     if shardable:  # peft's own LoRA Linear around it: it only calls the base layer's forward
         from peft.tuners.lora.layer import Linear as LoraLinear
         from envdoctor_runner.shardable4bit import Shardable4bitLinear
@@ -308,6 +496,27 @@ def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, de
     if dtype != torch.float32:  # a trained fp32 embedding copy must not turn the residual stream into fp32
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(dtype))
     return model
+
+
+def _freeze_and_checkpoint(model, cfg: dict) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg["gradient_checkpointing"]:
+        # Explicitly, non-reentrant (no input-grad hook needed). With transformers 5 / peft 0.21 the kbit
+        # preparation alone left it off: measured on an H200, 101 GiB peak instead of 16 (8B, 2 × 2048).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _lora_config(cfg: dict, all_linear: list[str] | None):
+    """peft's LoraConfig for this run; all_linear: the linear layers' names, where "all-linear" (which knows
+    only peft's own layer classes) would miss them."""
+    from peft import LoraConfig
+    everything = all_linear if all_linear is not None else "all-linear"
+    return LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+                      target_modules=everything if cfg["lora_target_linear"] else cfg["lora_target_modules"],
+                      modules_to_save=cfg["lora_modules_to_save"] or None, task_type="CAUSAL_LM")
 
 
 def build_optimizer(cfg: dict, model, device: str, notes: list[str]):

@@ -109,12 +109,14 @@ def _bytes_in(t: torch.Tensor, storage_dtype) -> tuple[int, torch.Tensor]:
     return n_bytes, raw.view(storage_dtype).clone()
 
 
-def quantize_children(module: torch.nn.Module, cfg: dict, compute_dtype, storage_dtype) -> int:
-    """Replace module's nn.Linear descendants (not lm_head) by Shardable4bitLinear; their float weights go."""
-    count = 0
+def quantize_modules(module: torch.nn.Module, linears: list[torch.nn.Linear], cfg: dict, compute_dtype,
+                     storage_dtype) -> int:
+    """Replace each of `linears` (nn.Linear descendants of module, wherever peft put them: a LoRA layer's
+    base_layer) by a Shardable4bitLinear; their float weights go with them."""
+    targets, count = {id(m) for m in linears}, 0
     for _name, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child_name != "lm_head":
+            if id(child) in targets:
                 setattr(parent, child_name, Shardable4bitLinear.quantize(
                     child.weight.data, child.bias.data if child.bias is not None else None, cfg, compute_dtype,
                     storage_dtype))
