@@ -73,12 +73,8 @@ def _measured(rec: dict | None) -> bool:
     return bool(rec) and not rec.get("skipped") and not rec.get("error") and rec.get("tokens_per_s") is not None
 
 
-def _num(x, fmt: str) -> str:
-    return format(x, fmt) if isinstance(x, (int, float)) else "—"
-
-
 def _cell(value, base, fmt: str, scale: float = 1.0, unit: str = "") -> str:
-    if not isinstance(value, (int, float)):
+    if not isinstance(value, (int, float)) or value <= 0:  # 0: no CUDA allocator to ask (a CPU run)
         return "—"
     text = format(value / scale, fmt) + unit
     r = ratio(value, base)
@@ -100,7 +96,7 @@ def render(records: dict[tuple[str, str], dict]) -> str:
     head = [f"{k}={v}" for k, v in setup.items()]
     lines.append("Training table (issue 17): " + ", ".join(
         x for x in [any_rec.get("machine", ""), any_rec.get("date", ""), *head] if x))
-    lines += ["", "| config | engine | tokens/s | peak allocated | peak reserved | steps timed | mean loss |",
+    lines += ["", "| config | engine | tokens/s | peak allocated | peak reserved | steps timed | mean loss (steps) |",
               "|---|---|---|---|---|---|---|"]
     configs = sorted({c for c, _ in records})
     footnotes, targets, numerics = [], [], []
@@ -124,8 +120,8 @@ def render(records: dict[tuple[str, str], dict]) -> str:
                 _cell(rec["tokens_per_s"], None if own else base.get("tokens_per_s"), ",.0f"),
                 _cell(rec.get("peak_allocated"), None if own else base.get("peak_allocated"), ".2f", GIB, " GiB"),
                 _cell(rec.get("peak_reserved"), None if own else base.get("peak_reserved"), ".2f", GIB, " GiB"),
-                str(max(len(rec.get("step_seconds") or []) - 1, 0)),
-                _num(sum(losses) / len(losses), ".4f") if losses else "—"]) + " |")
+                str(rec.get("timed_steps", max(len(rec.get("step_seconds") or []) - 1, 0))),
+                f"{sum(losses) / len(losses):.4f} ({len(losses)})" if losses else "—"]) + " |")
             if rec.get("steps", 0) < rec.get("steps_requested", 0):
                 footnotes.append(f"{config} / {name}: {rec['steps']} of {rec['steps_requested']} steps "
                                  f"({rec.get('stopped') or 'stopped early'})")
@@ -145,7 +141,8 @@ def render(records: dict[tuple[str, str], dict]) -> str:
             cmp = compare_losses(base.get("losses") or [], losses)
             if cmp:
                 numerics.append("| " + " | ".join([
-                    config, f"{name} vs plain loop", str(cmp["steps"]), f"{cmp['mean_plain']:.4f}",
+                    config, f"{name} vs plain loop", str(cmp["steps"]),
+                    f"{base['losses'][0]:.3f} → {base['losses'][cmp['steps'] - 1]:.3f}", f"{cmp['mean_plain']:.4f}",
                     f"{cmp['mean_other']:.4f}", f"{cmp['mean_diff_pct']:.3f} %",
                     f"{cmp['max_step_diff_pct']:.3f} % (step {cmp['worst_step']})",
                     _mark(cmp["ok"]) + ("" if cmp["steps"] >= MIN_STEPS else f" (< {MIN_STEPS} steps)")]) + " |")
@@ -155,8 +152,9 @@ def render(records: dict[tuple[str, str], dict]) -> str:
     if numerics:
         lines += ["", f"Loss agreement, step by step on the same token batches (targets: ≥ {MIN_STEPS} steps, mean "
                       f"≤ {MEAN_DIFF_PCT} %, every step ≤ {STEP_DIFF_PCT} %):", "",
-                  "| config | compared | steps | mean loss, plain | mean loss, other | mean diff | largest step diff | ok |",
-                  "|---|---|---|---|---|---|---|---|", *numerics]
+                  "| config | compared | steps | plain loss, first → last | mean loss, plain | mean loss, other | "
+                  "mean diff | largest step diff | ok |",
+                  "|---|---|---|---|---|---|---|---|---|", *numerics]
     used = [c for c in configs if c in CONFIG_NAMES]
     if used:
         lines += ["", "Configs: " + "; ".join(f"{c} = {CONFIG_NAMES[c]}" for c in used) + "."]

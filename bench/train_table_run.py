@@ -51,15 +51,15 @@ SETUPS = {"llama-3.1-8b": (2048, 2, 4, 45.0, 6.5), "tiny": (64, 2, 2, 8.0, 0.05)
 SPEED = {"plain": 1.0, "liger": 0.95, "runner": 0.6}  # a step's cost relative to the plain loop's (a guess)
 
 
-def batches(seed: int, steps: int, accum: int, micro: int, seq: int, vocab: int):
-    """[step][micro] LongTensor (micro, seq): the same for every engine."""
+def batches(seed: int, schedule: list[int], micro: int, seq: int, vocab: int):
+    """[step][micro] LongTensor (micro, seq), schedule[k] micro batches at step k: the same for every engine."""
     import torch
     gen = torch.Generator().manual_seed(seed)
     rank = torch.arange(vocab, dtype=torch.float64)
     probs = 1.0 / (rank + 2.0) ** 1.1
     perm = torch.randperm(vocab, generator=gen)
     out = []
-    for k in range(steps):
+    for k, accum in enumerate(schedule):
         row = []
         for j in range(accum):
             g = torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + j)
@@ -90,9 +90,14 @@ def run_one(args) -> dict:
     """One (engine, config) in this process: build, train, measure; the record for the JSON line."""
     engine, config = args.child.split(":")
     seq, micro, accum = args.seq, args.micro, args.accum
-    rec = dict(engine=engine, config=config, steps_requested=args.steps, date=dt.date.today().isoformat(),
+    # The timed steps at the config's accumulation, then the loss-only steps at --loss-accum (all steps' losses
+    # are compared: the same schedule and batches for every engine).
+    schedule = [accum] * args.steps + [args.loss_accum] * args.loss_steps
+    rec = dict(engine=engine, config=config, steps_requested=len(schedule), date=dt.date.today().isoformat(),
                setup=dict(shape=args.shape, seq=seq, micro_batch=micro, accum=accum, lora_r=64,
-                          optimizer="paged_adamw_8bit", checkpointing=True, seed=args.seed),
+                          optimizer="paged_adamw_8bit", checkpointing=True, seed=args.seed,
+                          schedule=f"{args.steps} timed steps at accum {accum}"
+                          + (f" + {args.loss_steps} loss steps at accum {args.loss_accum}" if args.loss_steps else "")),
                versions=versions(), notes=[])
     if engine == "liger":
         if not args.device.startswith("cuda"):
@@ -110,7 +115,7 @@ def run_one(args) -> dict:
     cfg = hf_loop.base_config(sequence_len=seq, micro_batch_size=micro, gradient_accumulation_steps=accum,
                               lora_modules_to_save=list(CONFIGS[config]))
     vocab = hf_loop.SHAPES[args.shape]["vocab_size"]
-    data = batches(args.seed, args.steps, accum, micro, seq, vocab)
+    data = batches(args.seed, schedule, micro, seq, vocab)
     start = time.perf_counter()
     base = hf_loop.load_base(Path(args.model_dir), "runner" if engine == "runner" else "hf", cfg, args.device)
     hf_loop.warm_up(base, args.device, vocab)
@@ -129,24 +134,25 @@ def run_one(args) -> dict:
     torch.manual_seed(args.seed)
     t.model.train()
     losses, seconds = [], []
-    for k in range(args.steps):
+    for k, n in enumerate(schedule):
         begin = time.perf_counter()
         total = None
         for ids in data[k]:
             ids = ids.to(args.device, non_blocking=True)
             loss = t.loss(ids)
-            (loss / accum).backward()
+            (loss / n).backward()
             total = loss.detach() if total is None else total + loss.detach()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(total) / accum)  # waits for the device
+        losses.append(float(total) / n)  # waits for the device
         seconds.append(time.perf_counter() - begin)
-        if args.stop_at and k + 1 < args.steps and time.time() + 1.2 * seconds[-1] > args.stop_at:
+        if args.stop_at and k + 1 < len(schedule) and time.time() + 1.2 * seconds[-1] > args.stop_at:
             rec["stopped"] = "its share of --budget-s ran out"
             break
     rec.update(hf_loop._memory(args.device, opt))
-    timed = seconds[1:]
+    timed = seconds[1:args.steps]
     rec.update(steps=len(losses), losses=[round(x, 6) for x in losses], step_seconds=[round(x, 4) for x in seconds],
+               timed_steps=len(timed),
                tokens_per_s=micro * seq * accum * len(timed) / sum(timed) if timed else None)
     rec["notes"] = list(t.notes)
     return rec
@@ -185,8 +191,13 @@ def main() -> int:
                                                       "/tmp/envdoctor-random-<shape>)")
     ap.add_argument("--out", required=True, help="JSON lines are appended here")
     ap.add_argument("--runs", default="plain:A,runner:A,liger:A,plain:B,runner:B,liger:B")
-    ap.add_argument("--steps", type=int, default=50, help="optimizer steps of the plain loop and the runner")
-    ap.add_argument("--liger-steps", type=int, default=None, help="steps of the Liger runs (default --steps; "
+    ap.add_argument("--steps", type=int, default=50, help="optimizer steps at the config's accumulation (timed "
+                                                           "from the second on)")
+    ap.add_argument("--loss-steps", type=int, default=0, help="more steps after those, at --loss-accum, for the "
+                                                              "loss comparison only (not for the Liger runs)")
+    ap.add_argument("--loss-accum", type=int, default=None, help="accumulation of the loss steps (default: the "
+                                                                 "config's)")
+    ap.add_argument("--liger-steps", type=int, default=None, help="timed steps of the Liger runs (default --steps; "
                                                                    "a few are enough for speed)")
     ap.add_argument("--budget-s", type=float, default=None, help="seconds for all the runs of this call")
     ap.add_argument("--seed", type=int, default=0)
@@ -198,6 +209,7 @@ def main() -> int:
     args = ap.parse_args()
     seq, micro, accum, load_s, step_s = SETUPS[args.shape]
     args.seq, args.micro, args.accum = args.seq or seq, args.micro or micro, args.accum or accum
+    args.loss_accum = args.loss_accum or args.accum
     args.model_dir = args.model_dir or f"/tmp/envdoctor-random-{args.shape}"
     if args.child:
         return child_main(args)
@@ -210,11 +222,14 @@ def main() -> int:
         print(f"random {args.shape} saved to {args.model_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     runs = parse_runs(args.runs)
     steps_of = {r: (args.liger_steps or args.steps) if r[0] == "liger" else args.steps for r in runs}
-    cost = {r: load_s + steps_of[r] * step_s * SPEED[r[0]] for r in runs}
+    loss_of = {r: 0 if r[0] == "liger" else args.loss_steps for r in runs}
+    cost = {r: load_s + (steps_of[r] + loss_of[r] * args.loss_accum / args.accum) * step_s * SPEED[r[0]]
+            for r in runs}
     for i, (engine, config) in enumerate(runs):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"{engine}:{config}", "--device", args.device,
                "--shape", args.shape, "--model-dir", args.model_dir, "--out", args.out, "--seed", str(args.seed),
-               "--steps", str(steps_of[(engine, config)]), "--seq", str(args.seq), "--micro", str(args.micro),
+               "--steps", str(steps_of[(engine, config)]), "--loss-steps", str(loss_of[(engine, config)]),
+               "--loss-accum", str(args.loss_accum), "--seq", str(args.seq), "--micro", str(args.micro),
                "--accum", str(args.accum)]
         timeout = None
         if args.budget_s:
@@ -222,7 +237,7 @@ def main() -> int:
             share = left * cost[(engine, config)] / sum(cost[r] for r in runs[i:])
             cmd += ["--stop-at", str(time.time() + share)]
             timeout = max(share, 0) + 90  # a hung load must not eat the next runs' time
-        print(f"== {engine}:{config} ({steps_of[(engine, config)]} steps)", flush=True)
+        print(f"== {engine}:{config} ({steps_of[(engine, config)]} + {loss_of[(engine, config)]} steps)", flush=True)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, timeout=timeout)
