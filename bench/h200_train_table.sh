@@ -13,7 +13,7 @@
 # The default (6 + 50 at accumulation 1) is what fits one call per config; LOSS_ACCUM=4 LOSS_STEPS=44 compares
 # 50 steps of the config's own accumulation but needs ~3 calls (RUNS=plain:A,liger:A / runner:A,runner:B /
 # plain:B,liger:B). BUDGET_S caps the runs of a call: each run stops stepping before its share runs out, and the
-# line says how many steps it ran.
+# line says how many steps it ran. TABLE_ARGS: more arguments (the CPU proof: TABLE_ARGS="--device cpu --shape tiny").
 set -u
 export PYTHONUNBUFFERED=1 NO_COLOR=1 OUT=${OUT:-/tmp} TOKENIZERS_PARALLELISM=false
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -29,9 +29,9 @@ case "${1:-1}" in
 esac
 runs=${RUNS:-$runs}
 python3 -c "import bitsandbytes, liger_kernel" 2>&1 | tail -1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 bench/train_table_run.py --runs "$runs" --out "$OUT/train_table.jsonl" \
   --steps "${STEPS:-6}" --liger-steps "${LIGER_STEPS:-6}" --loss-steps "${LOSS_STEPS:-50}" \
-  --loss-accum "${LOSS_ACCUM:-1}" --budget-s "${BUDGET_S:-440}" 2>&1 \
-  | grep -vE "Warning|warn\(|^ *warnings.warn|Loading weights|it/s\]$" | tee "$OUT/train_table.log"
+  --loss-accum "${LOSS_ACCUM:-1}" --budget-s "${BUDGET_S:-440}" ${TABLE_ARGS:-} 2>&1 \
+  | grep --line-buffered -vE "Warning|warn\(|^ *warnings.warn|Loading weights|it/s\]$" | tee "$OUT/train_table.log"
 python3 bench/train_table.py "$OUT/train_table.jsonl" > "$OUT/train_table.md"

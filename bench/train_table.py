@@ -125,6 +125,9 @@ def render(records: dict[tuple[str, str], dict]) -> str:
             if rec.get("steps", 0) < rec.get("steps_requested", 0):
                 footnotes.append(f"{config} / {name}: {rec['steps']} of {rec['steps_requested']} steps "
                                  f"({rec.get('stopped') or 'stopped early'})")
+            if rec.get("paged_bytes"):
+                footnotes.append(f"{config} / {name}: paged optimizer state {rec['paged_bytes'] / GIB:.2f} GiB "
+                                 "(CUDA managed memory: in neither peak)")
             for note in rec.get("notes") or []:
                 footnotes.append(f"{config} / {name}: {note}")
             if own:

@@ -49,7 +49,7 @@ def test_render_merges_calls_and_prints_ratios_targets_and_agreement(tmp_path):
     part1 = write(tmp_path / "p1.jsonl", [
         rec("plain", "A", 2600.0, 18.5, 20.0, loss),
         rec("runner", "A", 999.0, 1.0, 1.0, loss),                        # replaced by the line below
-        rec("runner", "A", 5200.0, 9.0, 9.5, [x * 1.002 for x in loss]),
+        rec("runner", "A", 5200.0, 9.0, 9.5, [x * 1.002 for x in loss], paged_bytes=GIB // 2),
         rec("liger", "A", 2700.0, 15.1, 16.0, []),
     ])
     part2 = write(tmp_path / "p2.jsonl", [
@@ -70,6 +70,7 @@ def test_render_merges_calls_and_prints_ratios_targets_and_agreement(tmp_path):
     assert "| B | envdoctor runner vs plain loop | 50 |" in out and "| 4.000 % | 4.000 % (step " in out and "| ✗ |" in out
     assert "| B | plain loop + Liger kernels | not run (see below) |" in out
     assert "- B / plain loop + Liger kernels: exit status -9" in out
+    assert "- A / envdoctor runner: paged optimizer state 0.50 GiB (CUDA managed memory: in neither peak)" in out
     assert out.startswith("Training table (issue 17): NVIDIA H200, 2026-11-30, shape=llama-3.1-8b, seq=2048")
 
 
@@ -85,6 +86,7 @@ def test_render_cpu_rows_skipped_liger_and_early_stop(tmp_path):
     assert "- A / envdoctor runner: 8 of 10 steps (its share of --budget-s ran out)" in out
     assert "- A / plain loop + Liger kernels: Liger's kernels are Triton" in out
     assert "(< 50 steps)" in out
+    assert "paged optimizer state" not in out  # none on a CPU
 
 
 def test_bad_files_are_named_with_line(tmp_path, capsys):
