@@ -11,8 +11,8 @@
 # Per run: STEPS timed optimizer steps at the config's accumulation 4 (the first untimed), then LOSS_STEPS more
 # at LOSS_ACCUM for the loss comparison (same batches, same seed in every engine; all steps' losses compared).
 # The default (6 + 50 at accumulation 1) is what fits one call per config; LOSS_ACCUM=4 LOSS_STEPS=44 compares
-# 50 steps of the config's own accumulation but needs ~3 calls (RUNS=plain:A,liger:A / runner:A,runner:B /
-# plain:B,liger:B). BUDGET_S caps the runs of a call: each run stops stepping before its share runs out, and the
+# 50 steps of the config's own accumulation but needs four calls, ~25 min of device time (BUDGET_S=480 and
+# RUNS=plain:A / plain:B / runner:A,liger:A / runner:B,liger:B: a plain run alone is ~6.5 min). BUDGET_S caps the runs of a call: each run stops stepping before its share runs out, and the
 # line says how many steps it ran. TABLE_ARGS: more arguments (the CPU proof: TABLE_ARGS="--device cpu --shape tiny").
 set -u
 export PYTHONUNBUFFERED=1 NO_COLOR=1 OUT=${OUT:-/tmp} TOKENIZERS_PARALLELISM=false
