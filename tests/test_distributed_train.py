@@ -160,6 +160,7 @@ parts = [f"rank {{world.rank}}", distributed.shared_output_problem(shared, world
 sys.stdout.write(" ".join(map(str, parts)) + chr(10))  # one write: the two ranks share the pipe
 sys.stdout.flush()
 distributed.finish(world)
+distributed.leave(0)  # as the runner leaves: a live gloo group at interpreter exit can abort
 """)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=100, env=ENV)
