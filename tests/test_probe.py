@@ -81,3 +81,18 @@ def test_probe_of_a_broken_interpreter_is_a_fact_error(tmp_path):
     slow.chmod(0o755)
     with pytest.raises(FactError, match="timed out"):
         probe_python(System(), Context(python=str(slow), python_reason="test", probe_timeout=0.3))
+
+
+def test_missing_files_names_every_gone_record_entry_and_only_those(tmp_path):
+    """torch's RECORD check (a damaged install), read one folder at a time: files in nested folders, at the
+    top, in a folder that is gone, and a dangling symlink (present: pip records links as files)."""
+    from envdoctor.target import probe  # the script the target interpreter runs
+    site = tmp_path / "site"
+    (site / "torch" / "nn").mkdir(parents=True)
+    (site / "torch" / "nn" / "a.py").write_text("")
+    (site / "top.pth").write_text("")
+    (site / "torch" / "link.so").symlink_to(site / "nowhere")
+    record = tmp_path / "RECORD"
+    record.write_text("torch/nn/a.py,sha256=x,1\ntorch/nn/b.py,,\ntop.pth,,\ngone.txt,,\ntorch/link.so,,\n"
+                      "torch/nn/__pycache__/a.cpython-311.pyc,,\ntorch/gone/c.py,,\n\n")
+    assert sorted(probe.missing_files(str(site), str(record))) == ["gone.txt", "torch/gone/c.py", "torch/nn/b.py"]

@@ -128,16 +128,26 @@ def describe_dist(site, entry, with_files):
 
 
 # Only torch's RECORD is verified on every probe: a damaged torch breaks everything above it, and its
-# ~15,000 entries cost ~0.15 s of stat calls; every distribution's would cost ~0.4 s more on a full stack.
+# ~15,000 entries cost ~20 ms (listdir per folder); every distribution's would cost ~0.4 s more on a full stack.
 MISSING = "damaged install: missing"
 
 
 def missing_files(site, record):
-    out = []
+    """RECORD's files (not .pyc) that are gone. One listdir per folder, not one lstat per file: torch's
+    ~730 folders instead of ~14,600 files (measured 20 ms instead of 43 on every probe)."""
+    wanted = {}
     for line in (read_file(record) or "").splitlines():
         rel = line.split(",", 1)[0]
-        if rel and not rel.endswith(".pyc") and not os.path.lexists(os.path.join(site, rel)):
-            out.append(rel)
+        if rel and not rel.endswith(".pyc"):
+            folder, _, name = rel.rpartition("/")
+            wanted.setdefault(folder, []).append(name)
+    out = []
+    for folder, names in wanted.items():
+        try:
+            present = set(os.listdir(os.path.join(site, folder)))
+        except OSError:
+            present = set()
+        out.extend(folder + "/" + n if folder else n for n in names if n not in present)
     return out
 
 
