@@ -75,6 +75,26 @@ GRID = {
     ],
     "tiny-tied": [(256, 2, 8, True, True, "fit"), (128, 1, 16, True, False, "holdout")],
 }
+# Round 2 (measured 2026-11-30 after the first fit and its model revision: the round-1 hold-out points had
+# been seen by then): fit points where round 1 had none (modules_to_save without checkpointing for the HF
+# engines, long sequences), and hold-out points never used for any choice, including the 3B shape that
+# round 1 did not reach.
+GRID2 = {
+    "llama-3.1-8b": [
+        (2048, 1, 64, True, False, "fit"), (3072, 2, 64, True, True, "holdout"),
+        (8192, 1, 32, False, True, "fit"), (6144, 1, 16, False, True, "holdout"),
+        (1024, 2, 16, True, False, "fit"), (768, 4, 128, True, True, "holdout"),
+        (768, 2, 32, False, False, "holdout"),
+    ],
+    "llama-3.2-3b": [
+        (2048, 2, 64, True, True, "holdout"), (4096, 2, 16, False, True, "holdout"),
+        (1024, 4, 128, True, True, "holdout"), (512, 8, 8, False, True, "holdout"),
+        (8192, 1, 64, True, True, "holdout"), (1024, 1, 32, False, False, "holdout"),
+        (256, 4, 64, True, False, "holdout"),
+    ],
+    "tiny": [(128, 1, 8, True, False, "fit"), (64, 2, 16, False, True, "holdout")],   # CPU proofs
+}
+GRIDS = {"1": GRID, "2": GRID2}
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0
@@ -97,14 +117,16 @@ def point_seconds(history: list[tuple[float, float]], ktokens: float) -> float:
     return MARGIN * sec * ktokens / kt
 
 
-def points(shapes: list[str], engines: list[str], roles: list[str], max_points: int = 0) -> list[dict]:
+def points(shapes: list[str], engines: list[str], roles: list[str], max_points: int = 0,
+           grid: dict | None = None) -> list[dict]:
     """The grid in the order it is measured: by shape, then engine family (one base each); within a family
     fit and hold-out points alternate and each point is measured by every engine of the family before the
     next, so a run cut short by its budget still has both roles and both engines."""
     out = []
+    grid = GRID if grid is None else grid
     for shape in shapes:
-        fits = [g for g in GRID[shape] if g[-1] == "fit" and "fit" in roles]
-        held = [g for g in GRID[shape] if g[-1] == "holdout" and "holdout" in roles]
+        fits = [g for g in grid.get(shape, []) if g[-1] == "fit" and "fit" in roles]
+        held = [g for g in grid.get(shape, []) if g[-1] == "holdout" and "holdout" in roles]
         order = [g for pair in zip(fits, held) for g in pair] + fits[len(held):] + held[len(fits):]
         order = order[:max_points] if max_points else order
         for family in ("hf", "runner"):
@@ -250,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-3b,llama-3.2-1b")
     ap.add_argument("--engines", default=",".join(hf_loop.ENGINES))
     ap.add_argument("--roles", default="fit,holdout")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="1", help="which grid of points (GRID, GRID2)")
     ap.add_argument("--max-points", type=int, default=0, help="at most this many grid points per shape (0: all)")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per point (the first is the warm-up)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop cleanly before this many seconds")
@@ -273,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     from envdoctor.training.estimate import Shape  # noqa: F401 - fail early without PYTHONPATH=src
     if args.point:
         return _child(args)
-    todo = points(shapes, engines, args.roles.split(","), args.max_points)
+    todo = points(shapes, engines, args.roles.split(","), args.max_points, GRIDS[args.grid])
     out = open(args.out, "a", buffering=1)
-    out.write(json.dumps(dict(header(args.device, args.liger), **guards_header(), fresh_process=args.fresh_process))
+    out.write(json.dumps(dict(header(args.device, args.liger), **guards_header(), fresh_process=args.fresh_process,
+                              grid=args.grid))
               + "\n")
     rates = dict(build=BUILD_S_PER_GB, seen_build=False, seen_point=False)
     history: dict[str, list[tuple[float, float]]] = {}  # engine → (ktokens, seconds) of its measured points

@@ -45,7 +45,13 @@ case $part in
   small) cal --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(cap 80 55)
          cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
   liger) cal --shapes $BIG --engines hf-loop --liger --budget-s $(( $(left) - 15 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger]"; exit 2 ;;
+  # Round 2 (GRID2: fit points where round 1 had none, fresh hold-out points, the 3B shape), one GPU each:
+  #   CUDA_VISIBLE_DEVICES=0 bash bench/h200_calibrate.sh round2-8b & CUDA_VISIBLE_DEVICES=1 bash bench/h200_calibrate.sh round2-3b
+  round2-8b) cal --grid 2 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 80)
+             cal --grid 2 --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
+  round2-3b) cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 170 70)
+             cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl
