@@ -211,3 +211,21 @@ def test_staged_failure_keeps_the_old_folder_and_removes_the_staging_one(tmp_pat
     with atomic.staged(final) as tmp:
         (tmp / "weights").write_text("new")
     assert (final / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@needs_ns
+def test_two_ranks_both_end_when_rank_0_cannot_write_a_checkpoint(tmp_path):
+    """DDP over gloo: rank 0 alone writes, rank 1 waits for it; the save ends in one all-reduce of "did it
+    fail" instead of a barrier, so rank 1 learns of the failure there and both exit 4 (no rank left in a
+    collective until the 300 s timeout). torchrun then reports the two exit codes itself (its exit 1)."""
+    config = demo(tmp_path, num_epochs=2)
+    in_namespace(tmp_path, "mount -t tmpfs -o size=5800k tmpfs $OUT\n"
+                 + run("first", f"{ENVDOCTOR} train --python {sys.executable} {config} --nproc 2 --force")
+                 + "ls -a $OUT/checkpoints > $T/left\n")
+    code, text = step(tmp_path, "first")
+    assert code != 0
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot write checkpoint epoch-2"), text[-3000:]
+    assert "The last good checkpoint is epoch-1" in errors[0]
+    assert text.count("exitcode  : 4") == 2, text[-3000:]  # torchrun's report: both ranks ended with 4
+    assert (tmp_path / "left").read_text().split() == [".", "..", "epoch-1", "latest"]
