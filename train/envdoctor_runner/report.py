@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -33,15 +34,23 @@ def loss_curve_png(out: Path, losses: list[float], val: list[tuple[int, float]],
     ticks and a legend. Drawn by matplotlib where the target interpreter has it, else by pngplot (same
     elements, no dependency); builtin=True forces the latter."""
     path = out / "loss_curve.png"
+    tmp = out / ".loss_curve.tmp.png"  # drawn beside it, then renamed: a full disk leaves no half image
     title = _title(losses, val)
-    if not builtin:
-        try:
-            _matplotlib_png(path, losses, val, lrs, width, height, title)
-            return path
-        except ImportError:
-            pass
-    from . import pngplot
-    path.write_bytes(pngplot.loss_plot(losses, val, lrs, width, height, title))
+    try:
+        drawn = False
+        if not builtin:
+            try:
+                _matplotlib_png(tmp, losses, val, lrs, width, height, title)
+                drawn = True
+            except ImportError:
+                pass
+        if not drawn:
+            from . import pngplot
+            tmp.write_bytes(pngplot.loss_plot(losses, val, lrs, width, height, title))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -222,8 +222,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             return 2
     # Atomic: with several nodes sharing the folder, each writes it while another's runner may be reading it.
     staging = outdir / f".config.resolved.{os.getpid()}.{node_rank}.tmp"
-    staging.write_text(json.dumps(resolved, indent=2))
-    os.replace(staging, config_path)
+    try:
+        staging.write_text(json.dumps(resolved, indent=2))
+        os.replace(staging, config_path)
+    except OSError as exc:  # a full disk (--force past the space check): the runner's exit code and one line
+        staging.unlink(missing_ok=True)
+        out.write(f"error: cannot write {config_path}: {exc.strerror or exc}. Free space there, or pass "
+                  "--output-dir on another disk\n")
+        return 4
     argv = launcher_argv(ctx, nproc, str(asset("train", "qlora.py")), nnodes, node_rank,
                          getattr(args, "rdzv_endpoint", None)) + ["--config", str(config_path)]
     argv += ["--resume"] if args.resume else []
