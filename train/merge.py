@@ -24,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from envdoctor_runner import lora_merge, merge_pipeline, safetensors_stream as sts  # noqa: E402
+from envdoctor_runner import atomic, lora_merge, merge_pipeline, safetensors_stream as sts  # noqa: E402
+
+WRITE_FAILED = 4  # the merged model could not be written (a full disk): nothing is left under its name
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
@@ -90,13 +92,35 @@ def main() -> int:
         print(f"error: {len(unmatched)} adapter tensors match no base weight (another base model?): "
               f"{unmatched[:3]}", file=sys.stderr)
         return 2
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out_bytes = sum(torch.Size(shape).numel() * torch.empty((), dtype=d).element_size() for d, shape in specs.values())
+    free = atomic.free_bytes(out.parent)
+    small = sum((d / n).stat().st_size for d in (adapter, base) for n in TOKENIZER_FILES if (d / n).is_file())
+    if free is not None and free < out_bytes + small + (1 << 20):  # + tokenizer files, config, reports
+        print(f"error: cannot write the merged model to {out}: it needs {atomic.human(out_bytes)}, "
+              f"{atomic.human(free)} free there. Free space, or merge to another disk (--out DIR)", file=sys.stderr)
+        return WRITE_FAILED
+    tmp.mkdir(parents=True)
+    try:
+        return _write(args, base, adapter, out, tmp, files, heads, specs, acfg, lora, replaced, device, started)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial model left, and its space given back
+        if atomic.write_errno(exc) is None:
+            raise
+        failed = atomic.WriteFailed(out, exc, out_bytes)
+        print(f"error: {failed.line('the merged model to ' + str(out))}. Free space there, or merge to another "
+              "disk (--out DIR)", file=sys.stderr)
+        return WRITE_FAILED
+
+
+def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, specs, acfg, lora, replaced,
+           device: str, started: float) -> int:
+    """The merged model into `tmp`, then renamed to `out` (atomic.publish) once complete and synced."""
     dequantize = nf4_round_trip(device) if args.from_nf4 else None
     linear_names = {n for n in files if n.endswith(".weight") and "layers." in n and len(specs[n][1]) == 2}
     order = sorted(files)
     groups = shards(order, specs, int(args.max_shard_gb * 1e9))
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weight_map, writers, tasks = {}, [], []
 
     def nbytes(n: str) -> int:
@@ -136,6 +160,8 @@ def main() -> int:
         timings = merge_pipeline.run(tasks, read, merge, writers, budget, readers=args.readers,
                                      write_threads=args.writers)
     except merge_pipeline.PipelineError as exc:
+        if atomic.write_errno(exc) is not None:
+            raise  # a write error: main() words it and removes the partial folder
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -165,9 +191,8 @@ def main() -> int:
                "device": device, "lora_merged": len(lora), "replaced": sorted(replaced), "shards": len(groups),
                "bytes": total, "seconds": round(time.time() - started, 2), "pipeline": timings.to_dict()}
     (tmp / "merge_report.json").write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    atomic.fsync_tree(tmp)  # the shards are synced already; the small files and the folder too
+    atomic.publish(tmp, out)  # an earlier merge at `out` is removed only once this one holds the name
     print(json.dumps(summary), flush=True)
     return 0
 

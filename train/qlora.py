@@ -22,7 +22,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
+from envdoctor_runner import atomic, basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
+
+# The run could not write its output (a full disk, a quota, a file-size limit): one line names the folder, the
+# bytes, the last good checkpoint and the command that continues; every rank ends with this code.
+WRITE_FAILED = 4
+
+
+class Stopped(Exception):
+    """Every rank agreed to stop (a write failed on one of them); `code` is the exit status."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 def main() -> int:
@@ -107,8 +119,14 @@ def main() -> int:
 
     fsdp = bool(cfg["fsdp"])
     loading: dict = {}  # the weight bytes this process held at most while the model was built
-    model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None,
-                        fsdp=fsdp, shard=distributed.sharder(world, device) if fsdp else None, loading=loading)
+    failed = None
+    try:
+        model = build_model(cfg, tokenizer, device, notes, base_dir=out / "base" if world.main else None,
+                            fsdp=fsdp, shard=distributed.sharder(world, device) if fsdp else None, loading=loading)
+    except atomic.WriteFailed as exc:  # the float base (rank 0): the model itself was built to the end
+        failed = exc
+    stop_if_failed(failed, world, lambda e: f"{e.line('the float base ' + str(out / 'base'))}. Free space "
+                   f"there, or pass --output-dir on another disk, and run the same command again", say)
     state = {"epoch": 0, "batch": 0, "step": 0, "losses": [], "val": []}
     last = checkpoint.latest(out) if args.resume else None
     if last:
@@ -144,11 +162,16 @@ def main() -> int:
         + (f", sharded over {world.size} process(es) (FSDP)" if fsdp else ""), flush=True)
 
     def save(name: str, extra: dict) -> None:
-        if fsdp:  # gathering a sharded adapter is a collective: every rank calls, rank 0 writes
-            checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra}, step_loss, world.main)
-        elif world.main:
-            checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra})
-        distributed.barrier(world)
+        failed = None
+        try:
+            if fsdp:  # gathering a sharded adapter is a collective: every rank calls, rank 0 writes
+                checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra}, step_loss, world.main)
+            elif world.main:
+                checkpoint.save(out, name, model, optimizer, scheduler, {**state, **extra})
+        except atomic.WriteFailed as exc:  # nothing half-written left, the previous checkpoint untouched
+            failed = exc
+        # in place of a barrier: one all-reduce tells every rank whether rank 0 could write
+        stop_if_failed(failed, world, lambda e: checkpoint_failed(e, name, cfg), say)
 
     save_every = cfg["save_steps"]  # optimizer steps between mid-epoch checkpoints (None: per epoch)
     started, tokens, all_tokens = time.time(), 0, 0.0
@@ -212,29 +235,83 @@ def main() -> int:
         memory["loaded_weight_bytes"] = {k.removesuffix("_weight_bytes"): v for k, v in loading.items()
                                          if k != "peak_loaded_weight_bytes"}
     weights = checkpoint.gathered_weights(step_loss if fsdp else None)  # FSDP: every rank takes part
+    failed, plot = None, None
     if world.main:
-        checkpoint.write_adapter(out / "adapter", model, weights)
-        tokenizer.save_pretrained(out / "adapter")
-        # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
-        # Without a validation split (val_set_size 0) the merge is verified on training chunks: it checks
-        # that merged == base + adapter, which any tokens show; eval says where its chunks came from.
-        (out / "heldout.json").write_text(json.dumps({"chunks": (val or train)[:16], "sequence_len": seq,
-                                                      "source": "validation" if val else "training"}))
-        plot = report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]], state.get("lrs"))
-        base = str(out / "base") if (out / "base" / "config.json").exists() else cfg["base_model"]
-        (out / "run_summary.json").write_text(json.dumps({
-            "base_model": cfg["base_model"], "base_model_path": base, "model_config": cfg["model_config"],
-            "config": cfg, "versions": report.versions(), "device": device, "world_size": world.size,
-            "notes": notes, "data": stats, "steps": state["step"],
-            "first_loss": state["losses"][0] if state["losses"] else None,
-            "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
-            "heldout": "heldout.json", "adapter": str(out / "adapter"), "tokens_per_s": rate,
-            "peak_memory_gib": peak, **memory, "python": sys.executable}, indent=2))
+        try:
+            plot = write_results(out, cfg, model, weights, tokenizer, val, train, seq, state, stats, notes, device,
+                                 world, rate, peak, memory)
+        except atomic.WriteFailed as exc:
+            failed = exc
+    stop_if_failed(failed, world, lambda e: f"{e.line()}. Training finished and its last checkpoint is kept: free "
+                   f"space there, then `{resume_command(cfg)}` writes the results (no step is trained again)", say)
+    if world.main:
         progress.close()
         log.done(out / "adapter", plot, sys.executable)
     distributed.finish(world)
     log.close()
     return 0
+
+
+def write_results(out: Path, cfg: dict, model, weights, tokenizer, val, train, seq: int, state: dict, stats: dict,
+                  notes: list[str], device: str, world, rate: float, peak, memory: dict) -> Path:
+    """The run's results (rank 0): the adapter folder and every file staged and renamed into place, so a
+    full disk leaves none half-written; run_summary.json (what merge and eval read) last. A failed write
+    raises atomic.WriteFailed."""
+    trained = weights if weights is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with atomic.staged(out / "adapter", atomic.size_of(trained)) as tmp:
+        checkpoint.write_adapter(tmp, model, weights)
+        tokenizer.save_pretrained(tmp)
+    # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
+    # Without a validation split (val_set_size 0) the merge is verified on training chunks: it checks
+    # that merged == base + adapter, which any tokens show; eval says where its chunks came from.
+    atomic.write_text(out / "heldout.json", json.dumps({"chunks": (val or train)[:16], "sequence_len": seq,
+                                                        "source": "validation" if val else "training"}))
+    try:
+        plot = report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]], state.get("lrs"))
+    except Exception as exc:  # noqa: BLE001 - a write error becomes WriteFailed; anything else is a bug
+        if atomic.write_errno(exc) is None:
+            raise
+        raise atomic.WriteFailed(out / "loss_curve.png", exc) from exc
+    base = str(out / "base") if (out / "base" / "config.json").exists() else cfg["base_model"]
+    atomic.write_text(out / "run_summary.json", json.dumps({
+        "base_model": cfg["base_model"], "base_model_path": base, "model_config": cfg["model_config"],
+        "config": cfg, "versions": report.versions(), "device": device, "world_size": world.size,
+        "notes": notes, "data": stats, "steps": state["step"],
+        "first_loss": state["losses"][0] if state["losses"] else None,
+        "final_loss": state["losses"][-1] if state["losses"] else None, "val_loss": state["val"],
+        "heldout": "heldout.json", "adapter": str(out / "adapter"), "tokens_per_s": rate,
+        "peak_memory_gib": peak, **memory, "python": sys.executable}, indent=2))
+    return plot
+
+
+def resume_command(cfg: dict) -> str:
+    """The command that continues this run: its config, and its output folder (it may have come from
+    --output-dir rather than the config)."""
+    return (f"envdoctor train {shlex.quote(cfg['config_path'])} --output-dir {shlex.quote(str(cfg['output_dir']))} "
+            "--resume")
+
+
+def checkpoint_failed(exc: atomic.WriteFailed, name: str, cfg: dict) -> str:
+    """The one line for a checkpoint that could not be written: what, why, the sizes, where to continue."""
+    last = checkpoint.latest(Path(cfg["output_dir"]))
+    where = exc.line(f"checkpoint {name} in {exc.target.parent}")
+    if last is None:
+        return (f"{where}. No checkpoint was written yet: free space there, or pass --output-dir on another "
+                "disk, and start again")
+    return f"{where}. The last good checkpoint is {last.name}: free space there, then continue with: {resume_command(cfg)}"
+
+
+def stop_if_failed(failed: atomic.WriteFailed | None, world, message, say) -> None:
+    """Every rank calls this at the same point: one all-reduce of "a write failed here" (nothing when
+    alone), so that when rank 0 could not write, no rank is left waiting in a collective. Then rank 0 says
+    message(failed) in one line and every rank raises Stopped(WRITE_FAILED)."""
+    from envdoctor_runner import distributed
+    if not distributed.totals([1.0 if failed is not None else 0.0], world)[0]:
+        return
+    if failed is not None:
+        say(f"error: {message(failed)}", flush=True)
+    distributed.finish(world)
+    raise Stopped(WRITE_FAILED)
 
 
 def lr_factor(kind: str, warmup: int, total: int):
@@ -298,6 +375,15 @@ if __name__ == "__main__":
         code = main()
     except KeyboardInterrupt:
         code = interrupted(sys.argv)
+    except Stopped as stop:  # the one line is said; every rank ends with the same code
+        code = stop.code
+    except (atomic.WriteFailed, OSError) as exc:  # a write outside the guarded ones: still one line
+        if isinstance(exc, OSError) and atomic.write_errno(exc) not in atomic.SPACE:
+            raise
+        failed = exc if isinstance(exc, atomic.WriteFailed) else atomic.WriteFailed(Path(exc.filename or "."), exc)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {failed.line()}. Free space there, or pass --output-dir on another disk", flush=True)
+        code = WRITE_FAILED
     if "torch.distributed" in sys.modules:  # a process group's threads end with the process (distributed.leave)
         from envdoctor_runner import distributed
         distributed.leave(code)

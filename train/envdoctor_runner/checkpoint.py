@@ -1,4 +1,4 @@
-"""Checkpoints written atomically (a staging folder, then a rename), and found again for --resume.
+"""Checkpoints written atomically (atomic.staged: a staging folder, fsync, then a rename), and found again for --resume.
 
 Under FSDP the adapter and the optimizer state are sharded: every process takes part in gathering them
 (collectives), rank 0 writes. Otherwise rank 0 alone saves (the caller only calls it there)."""
@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from envdoctor_runner import atomic
 
 
 def _full_state(module, optimizer):
@@ -43,23 +45,36 @@ def gathered_weights(fsdp_module) -> dict | None:
 
 
 def save(out: Path, name: str, model, optimizer, scheduler, state: dict, fsdp_module=None, main: bool = True) -> Path:
+    """checkpoints/<name>, staged and renamed into place complete (atomic.staged), then the `latest` pointer
+    replaced atomically: a full disk leaves the previous checkpoint and pointer as they were and raises
+    atomic.WriteFailed, the staging folder removed. Earlier checkpoints are never deleted here."""
     final = out / "checkpoints" / name
-    tmp = out / "checkpoints" / f".{name}.tmp"
     if fsdp_module is not None:
         weights, optim_state = _full_state(fsdp_module, optimizer)  # every rank: these are collectives
         if not main:
             return final
     else:
         weights, optim_state = None, optimizer.state_dict()
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_adapter(tmp, model, weights)
-    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (out / "checkpoints" / "latest").write_text(name)
+    trained = weights if weights is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
+    needed = atomic.size_of(trained) + atomic.size_of(optim_state)
+    with atomic.staged(final, needed) as tmp:
+        write_adapter(tmp, model, weights)
+        # through a Python file object: a failed write then carries its OSError (torch's own file writer
+        # reports only "unexpected pos"), which names the reason (ENOSPC, EDQUOT, EFBIG)
+        with open(tmp / "trainer.pt", "wb") as fh:
+            torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                        "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, fh)
+        (tmp / "state.json").write_text(json.dumps(state))
+    pointer = out / "checkpoints" / "latest"
+    if pointer.exists() and pointer.read_text().strip() == name:  # this name again (a resumed, finished run)
+        return final
+    try:
+        atomic.write_text(pointer, name)
+    except atomic.WriteFailed:
+        # The checkpoint is complete but the pointer still names the previous one: --resume would start
+        # from that; remove this one so that what is on disk and what the pointer says agree.
+        shutil.rmtree(final, ignore_errors=True)
+        raise
     return final
 
 

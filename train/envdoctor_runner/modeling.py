@@ -168,8 +168,10 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
         finally:
             torch.set_default_dtype(default)
         if base_dir is not None and not (base_dir / "config.json").exists():
-            model.save_pretrained(base_dir, max_shard_size="2GB")
-            tokenizer.save_pretrained(base_dir)
+            from envdoctor_runner import atomic
+            with atomic.staged(base_dir, weight_bytes(model, whole=True)) as tmp:  # complete, or not there
+                model.save_pretrained(tmp, max_shard_size="2GB")
+                tokenizer.save_pretrained(tmp)
         model = model.to(device)
         return attach_lora(model, cfg, dtype)
     if use_4bit and shard is not None and _streamable(cfg["base_model"], config, dtype):
@@ -443,12 +445,27 @@ def _init_random(modules: list[torch.nn.Module], config, seed: int, index: int, 
 
 
 class _BaseWriter:
-    """The float base as save_pretrained writes it (safetensors shards, an index, config.json last: a
-    folder with config.json is complete), one piece per shard, so no process holds the whole model."""
+    """The float base as save_pretrained writes it (safetensors shards, an index, config.json), one piece
+    per shard, so no process holds the whole model; into a staging folder renamed to `folder` once complete
+    (atomic). A failed write (a full disk) is kept, the staging folder removed, later pieces skipped:
+    the model is still built to the end on every rank (under FSDP its pieces are sharded as they are
+    built), and finish() raises it (atomic.WriteFailed)."""
 
     def __init__(self, folder, n: int):
-        self.folder, self.n, self.i, self.weight_map, self.size = folder, n, 0, {}, 0
-        folder.mkdir(parents=True, exist_ok=True)
+        from envdoctor_runner import atomic
+        self.final, self.n, self.i, self.weight_map, self.size = folder, n, 0, {}, 0
+        self.folder = atomic.staging_name(folder)
+        self.failed: BaseException | None = None
+        self._stage = atomic.staged(folder)
+        self._stage.__enter__()
+
+    def _abandon(self, exc: BaseException) -> None:
+        try:
+            self._stage.__exit__(type(exc), exc, exc.__traceback__)  # removes the staging folder, wraps exc
+        except BaseException as wrapped:  # noqa: BLE001 - kept for finish()
+            self.failed = wrapped
+        if self.failed is None:
+            self.failed = exc
 
     def add(self, tensors: dict[str, torch.Tensor]) -> None:
         """One piece's float tensors, by their names in the plain model."""
@@ -456,19 +473,36 @@ class _BaseWriter:
         self.i += 1
         name = f"model-{self.i:05d}-of-{self.n:05d}.safetensors"
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(tensors, self.folder / name, metadata={"format": "pt"})
         for k, v in tensors.items():
             self.weight_map[k] = name
             self.size += v.numel() * v.element_size()
+        if self.failed is None:
+            try:
+                save_file(tensors, self.folder / name, metadata={"format": "pt"})
+            except Exception as exc:  # noqa: BLE001 - finish() raises it, once the model is built
+                self._abandon(exc)
 
     def finish(self, config, tokenizer, architecture: str) -> None:
         import json
-        # save_pretrained records the model class; vLLM (and `check --model`) pick the class from it.
-        config.architectures = [architecture]
-        (self.folder / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": self.size}, "weight_map": self.weight_map}, indent=2))
-        tokenizer.save_pretrained(self.folder)
-        config.save_pretrained(self.folder)
+        if self.failed is None:
+            try:
+                # save_pretrained records the model class; vLLM (and `check --model`) pick the class from it.
+                config.architectures = [architecture]
+                (self.folder / "model.safetensors.index.json").write_text(json.dumps(
+                    {"metadata": {"total_size": self.size}, "weight_map": self.weight_map}, indent=2))
+                tokenizer.save_pretrained(self.folder)
+                config.save_pretrained(self.folder)
+            except Exception as exc:  # noqa: BLE001
+                self._abandon(exc)
+        if self.failed is None:
+            try:
+                self._stage.__exit__(None, None, None)  # fsync, rename into place
+                return
+            except Exception as exc:  # noqa: BLE001 - already wrapped, staging removed
+                self.failed = exc
+        if getattr(self.failed, "needed", 1) is None:
+            self.failed.needed = self.size  # the whole float base, counted piece by piece
+        raise self.failed
 
 
 def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, device: str | None = None):

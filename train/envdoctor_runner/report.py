@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
-def log_metrics(out: Path, row: dict) -> None:
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+_METRICS_LOST: list[int] = []  # steps whose metrics.jsonl row a failed write lost
+
+
+def log_metrics(out: Path, row: dict) -> bool:
+    """Append one row. A failed write (a full disk) is not the end of the run: the row is lost (said once;
+    a row cut in half is dropped on --resume), the steps and losses live on in the checkpoints and
+    run_summary.json, and the next checkpoint's save decides whether the run can go on."""
+    try:
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        return True
+    except OSError as exc:
+        if not _METRICS_LOST:
+            import sys
+            print(f"warning: cannot append to {out / 'metrics.jsonl'} ({exc.strerror or exc}): its rows from step "
+                  f"{row.get('step')} on are missing", file=sys.stderr, flush=True)
+        _METRICS_LOST.append(row.get("step", -1))
+        return False
 
 
 def loss_curve_png(out: Path, losses: list[float], val: list[tuple[int, float]], lrs: list[float] | None = None,
@@ -18,15 +34,23 @@ def loss_curve_png(out: Path, losses: list[float], val: list[tuple[int, float]],
     ticks and a legend. Drawn by matplotlib where the target interpreter has it, else by pngplot (same
     elements, no dependency); builtin=True forces the latter."""
     path = out / "loss_curve.png"
+    tmp = out / ".loss_curve.tmp.png"  # drawn beside it, then renamed: a full disk leaves no half image
     title = _title(losses, val)
-    if not builtin:
-        try:
-            _matplotlib_png(path, losses, val, lrs, width, height, title)
-            return path
-        except ImportError:
-            pass
-    from . import pngplot
-    path.write_bytes(pngplot.loss_plot(losses, val, lrs, width, height, title))
+    try:
+        drawn = False
+        if not builtin:
+            try:
+                _matplotlib_png(tmp, losses, val, lrs, width, height, title)
+                drawn = True
+            except ImportError:
+                pass
+        if not drawn:
+            from . import pngplot
+            tmp.write_bytes(pngplot.loss_plot(losses, val, lrs, width, height, title))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

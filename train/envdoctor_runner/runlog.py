@@ -157,9 +157,12 @@ class RunLog:
         for handler, stream in self._handlers:
             handler.setStream(stream)
         if self._file:
-            if self._log_open is not None:
-                self._file.write("\n")
-            self._file.close()
+            try:
+                if self._log_open is not None:
+                    self._file.write("\n")
+                self._file.close()
+            except OSError as exc:
+                self._lost(exc)
             self._file = None
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -173,6 +176,24 @@ class RunLog:
         """Plain text in the file: escapes dropped, each \\r redraw on a line of its own (one line per step)."""
         if not self._file:
             return
+        try:
+            self._write_log(tee, text)
+        except OSError as exc:  # a full disk: the run goes on (it says so itself where it matters), unlogged
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        """The log file cannot be written: stop writing it, say so once on the real stream."""
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:  # its buffer cannot be flushed either
+            pass
+        if self.main:
+            real = self._saved[1]
+            real.write(f"warning: {self.path}: cannot write ({exc.strerror or exc}); the log stops here\n")
+            real.flush()
+
+    def _write_log(self, tee: _Tee, text: str) -> None:
         text = _ANSI.sub("", text)
         if self._log_open is not None and self._log_open is not tee and text:
             self._file.write("\n")  # another stream's unfinished line: end it
@@ -217,8 +238,11 @@ class RunLog:
                     tee = self.out if h.stream in (self._saved[0], sys.__stdout__) else self.err
                     self._handlers.append((h, h.setStream(tee)))
         if self._file:
-            self._file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
-            self._file.flush()
+            try:
+                self._file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
+                self._file.flush()
+            except OSError as exc:
+                self._lost(exc)
         atexit.register(self.close)
 
 

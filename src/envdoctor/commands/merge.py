@@ -21,6 +21,7 @@ from envdoctor.training.backends import axolotl_argv, axolotl_env
 from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
+WRITE_FAILED = 4  # train/merge.py could not write the merged model (a full disk): it said so in one line
 # merge.py writes here; the folder takes its real name only once verify.py has passed it. A merge killed
 # while being verified leaves this name behind, which says what it is.
 UNVERIFIED = ".unverified"
@@ -133,7 +134,7 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     code = system.stream(argv, env=env)
     if code != 0:
         out.write(f"merge failed (exit {code}); {dest} was not changed\n")
-        return 1
+        return WRITE_FAILED if code == WRITE_FAILED else 1
     verify_path = stage / "verify_report.json"
     heldout = run / "heldout.json"
     if not heldout.is_file():
@@ -171,8 +172,13 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         out.write(f"  The unverified merge stays in {stage}; {dest} was not changed.\n")
         return 1
     files = {p.name: p.stat().st_size for p in stage.iterdir() if p.suffix == ".safetensors"}
-    system.write_text(str(stage / MANIFEST), json.dumps(redact({"inputs": fp, "verified": True, "verify": verify,
-                                                               "merge": merge, "files": files}), indent=2))
+    try:
+        system.write_text(str(stage / MANIFEST), json.dumps(redact({"inputs": fp, "verified": True, "verify": verify,
+                                                                   "merge": merge, "files": files}), indent=2))
+    except OSError as exc:  # a full disk even for this small file: the verified merge stays under its staging name
+        out.write(f"cannot write {stage / MANIFEST}: {exc.strerror or exc}; the verified merge stays in {stage}, "
+                  f"{dest} was not changed: free space, then run the same command again\n")
+        return WRITE_FAILED
     publish(stage, dest)
     out.write(f"merged: {dest} ({merge['shards']} shard(s), {merge['bytes'] / 1e9:.2f} GB, {merge['lora_merged']} "
               f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "

@@ -19,6 +19,7 @@ from envdoctor.model import failing_statuses
 from envdoctor.system import System
 from envdoctor.training.backends import axolotl_argv, axolotl_env, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
+from envdoctor.training.diskspace import space_problem
 from envdoctor.training.runner_modules import absolute_inputs
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
@@ -198,6 +199,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             outdir.rename(aside)
             outdir.mkdir(parents=True)
             out.write(f"--force: the earlier run is now in {aside}\n")
+    if not args.dry_run:  # the checkpoints, float base and adapter the run writes: room for them?
+        facts = run.facts.get("train_config")
+        short = space_problem(resolved, facts.value.model if facts and facts.value else None, outdir,
+                              gpu=gpus > 0, resume=args.resume)
+        if short:
+            out.write(f"{'warning' if args.force else 'error'}: {short}\n")
+            if not args.force:
+                return 1
     if nnodes > 1:
         # Checked again by the runner once every rank is up (rank 0 writes a file, every rank reads it).
         out.write(f"node {node_rank} of {nnodes}: output_dir {outdir} must be one shared folder (same path on "
@@ -213,8 +222,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             return 2
     # Atomic: with several nodes sharing the folder, each writes it while another's runner may be reading it.
     staging = outdir / f".config.resolved.{os.getpid()}.{node_rank}.tmp"
-    staging.write_text(json.dumps(resolved, indent=2))
-    os.replace(staging, config_path)
+    try:
+        staging.write_text(json.dumps(resolved, indent=2))
+        os.replace(staging, config_path)
+    except OSError as exc:  # a full disk (--force past the space check): the runner's exit code and one line
+        staging.unlink(missing_ok=True)
+        out.write(f"error: cannot write {config_path}: {exc.strerror or exc}. Free space there, or pass "
+                  "--output-dir on another disk\n")
+        return 4
     argv = launcher_argv(ctx, nproc, str(asset("train", "qlora.py")), nnodes, node_rank,
                          getattr(args, "rdzv_endpoint", None)) + ["--config", str(config_path)]
     argv += ["--resume"] if args.resume else []
