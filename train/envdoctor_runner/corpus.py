@@ -48,11 +48,17 @@ class Texts(Sequence):
             self.append(t)
 
     def append(self, text: str) -> None:
-        self.append_utf8(text.encode("utf-8"))
+        self.append_utf8((text.encode("utf-8"),))
 
-    def append_utf8(self, raw: bytes) -> None:
-        self._buf += raw
+    def append_utf8(self, parts: Iterable[bytes]) -> None:
+        """One document made of these pieces of UTF-8 (a truncate removes what an unfinished one added)."""
+        for raw in parts:
+            self._buf += raw
         self._ends.append(len(self._buf))
+
+    def utf8(self, i: int) -> memoryview:
+        """Document i's UTF-8 bytes, not copied (release it before appending)."""
+        return memoryview(self._buf)[self._ends[i - 1] if i else 0:self._ends[i]]
 
     def truncate(self, n: int) -> None:
         """Keep the first n documents."""
@@ -121,18 +127,19 @@ def _binary(name: str, offset: int, line: int) -> str:
 
 
 def _not_utf8(name: str, byte: int, offset: int, line: int, reason: str) -> str:
-    return f"{name}: not UTF-8 text: byte 0x{byte:02x} at offset {offset} (line {line}): {reason}; save the file as UTF-8"
+    return (f"{name}: not UTF-8 text: byte 0x{byte:02x} at offset {offset} (line {line}): {reason}; save the file "
+            "as UTF-8")
 
 
 def _line(raw: bytes, offset: int) -> int:
     return raw.count(b"\n", 0, offset) + 1
 
 
-def text_lines(fh, name: str) -> Iterator[str]:
-    """The lines of a binary file object, as decode(whole file).splitlines() has them, a "\n"-ended piece
-    of the file at a time (a whole file's str and its lines took several times the file). The same
-    ValueError as decode, after the last line, when the file is not UTF-8 text: a caller keeps nothing
-    it made of the lines before."""
+def pieces(fh, name: str) -> Iterator[tuple[bytes, str]]:
+    """(UTF-8, its text) of each "\n"-ended piece of a binary file object (the BOM left out), what
+    decode(whole file) reads, a piece at a time (a whole file's str and its lines took several times the
+    file). The same ValueError as decode, after the last piece, when the file is not UTF-8 text: a caller
+    keeps nothing it made of the pieces before."""
     offset, nul, bad = 0, None, None
     for n, piece in enumerate(fh, 1):  # binary files split after b"\n" only, as _line counts
         if nul is None and b"\x00" in piece:
@@ -140,9 +147,8 @@ def text_lines(fh, name: str) -> Iterator[str]:
         start = 3 if offset == 0 and piece.startswith(BOM) else 0
         if nul is None and bad is None:
             try:
-                # With its "\n", a piece splits as it did within the whole text ("\r\n" never spans two
-                # pieces) and an invalid sequence fails for the reason it failed in the whole file.
-                yield from piece[start:].decode("utf-8").splitlines()
+                # With its "\n", an invalid sequence fails for the reason it failed in the whole file.
+                yield piece[start:] if start else piece, piece[start:].decode("utf-8")
             except UnicodeDecodeError as exc:
                 at = start + exc.start
                 bad = (piece[at], offset + at, n, exc.reason)
@@ -151,6 +157,13 @@ def text_lines(fh, name: str) -> Iterator[str]:
         raise ValueError(_binary(name, *nul))
     if bad is not None:
         raise ValueError(_not_utf8(name, *bad))
+
+
+def text_lines(fh, name: str) -> Iterator[str]:
+    """The lines of a binary file object, as decode(whole file).splitlines() has them: a piece ends with
+    "\n", so it splits as it did within the whole text ("\r\n" never spans two pieces)."""
+    for _raw, text in pieces(fh, name):
+        yield from text.splitlines()
 
 
 def jsonl_rows(text: str, name: str) -> tuple[list[str], list[str]]:
@@ -217,12 +230,9 @@ def _read_file(f: Path, named: bool, corpus: Corpus) -> None:
             if f.suffix.lower() == JSONL:
                 problems = _read_jsonl(fh, str(f), corpus.documents)
             else:
-                raw = fh.read()
-                text = decode(raw, str(f))
                 problems = []
-                if text.strip():  # the file's bytes are its text's UTF-8: kept as they are
-                    corpus.documents.append_utf8(raw[3:] if raw.startswith(BOM) else raw)
-                del raw, text
+                if not _read_plain(fh, str(f), corpus.documents):
+                    corpus.documents.truncate(before)
     except OSError as exc:
         problems = [f"{f}: cannot read: {exc.strerror}"]
     except ValueError as exc:
@@ -236,6 +246,20 @@ def _read_file(f: Path, named: bool, corpus: Corpus) -> None:
         return
     corpus.files.append(f)
     corpus.doc_bytes.extend(corpus.documents.size(i) for i in range(before, len(corpus.documents)))
+
+
+def _read_plain(fh, name: str, into: Texts) -> bool:
+    """A plain-text file appended to `into` as one document, its bytes kept as they are (they are its
+    text's UTF-8), a piece at a time; whether it holds more than whitespace."""
+    solid = False
+
+    def kept() -> Iterator[bytes]:
+        nonlocal solid
+        for raw, text in pieces(fh, name):
+            solid = solid or bool(text.strip())
+            yield raw
+    into.append_utf8(kept())
+    return solid
 
 
 def _read_jsonl(fh, name: str, into: Texts) -> list[str]:

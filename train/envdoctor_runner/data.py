@@ -24,10 +24,62 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def clean(text: str) -> str:
+    return _tidy(text).strip()
+
+
+def _tidy(text: str) -> str:
+    """clean() but the strip."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = re.sub(r"[ \t]+\n", "\n", text)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+PIECE = 1 << 20  # UTF-8 bytes of a longer document cleaned at once
+
+
+def clean_pieces(raw: memoryview) -> Iterator[bytes]:
+    """clean() of a document given as UTF-8, as UTF-8, about PIECE bytes at a time (a whole document as
+    str takes up to 4 bytes a character, and each step of clean makes another).
+
+    A piece ends after a "\n" whose next character is none of \x00-\x20 and \x7f: every rule of clean then
+    sees the same text within a piece as in the whole (NFC composes nothing with "\n"; no "\r\n", run of
+    newlines or [ \t]+\n spans the seam; control characters go one by one), so the whole's tidied text
+    is the pieces' joined, and its strip is done across pieces: leading whitespace pieces dropped,
+    whitespace pieces kept only when text follows them, the last piece with text stripped at its end."""
+    held, pending, lo = None, [], 0
+    while lo < len(raw):
+        hi = _piece_end(raw, lo + PIECE)
+        text = _tidy(str(raw[lo:hi], "utf-8"))
+        lo = hi
+        if held is None:
+            text = text.lstrip()
+            if text:
+                held = text
+        elif text.isspace() or not text:
+            pending.append(text)
+        else:
+            yield held.encode("utf-8")
+            yield from (p.encode("utf-8") for p in pending)
+            held, pending = text, []
+    if held is not None:
+        yield held.rstrip().encode("utf-8")
+
+
+def _piece_end(raw: memoryview, at: int) -> int:
+    """The first byte after a "\n" at or after `at` whose next byte is not \x00-\x20 or \x7f; len(raw) if none."""
+    while at < len(raw):
+        part = bytes(raw[at:at + (1 << 16)])
+        j = part.find(b"\n")
+        while j >= 0:
+            k = at + j + 1
+            if k >= len(raw):
+                return len(raw)
+            if raw[k] > 0x20 and raw[k] != 0x7F:
+                return k
+            j = part.find(b"\n", j + 1)
+        at += len(part)
+    return len(raw)
 
 
 def read_documents(paths: list[str], base: Path, warn=None) -> corpus.Texts:
@@ -39,7 +91,17 @@ def read_documents(paths: list[str], base: Path, warn=None) -> corpus.Texts:
         (warn or (lambda _m: None))(w)
     if found.problems:
         raise corpus.CorpusError(found.problems)
-    docs = corpus.Texts(d for d in (clean(d) for d in found.documents) if d)
+    docs = corpus.Texts()
+    for i in range(len(found.documents)):
+        if found.documents.size(i) > PIECE:
+            with found.documents.utf8(i) as raw:
+                docs.append_utf8(clean_pieces(raw))
+            if not docs.size(len(docs) - 1):
+                docs.truncate(len(docs) - 1)
+        else:
+            d = clean(found.documents[i])
+            if d:
+                docs.append(d)
     del found
     if not docs:
         raise corpus.CorpusError(["the datasets hold no text once control characters and blank lines are removed"])
@@ -86,17 +148,17 @@ class Chunks(Sequence):
 
 
 BATCH = 1 << 16    # characters of documents in one tokenizer call
-WINDOW = 1 << 18   # characters of a longer document in one tokenizer call (fast tokenizers)
-OVERLAP = 1 << 13  # characters two windows share, where they must agree for the seam to be taken
+WINDOW = 1 << 18   # UTF-8 bytes of a longer document in one tokenizer call (fast tokenizers)
+OVERLAP = 1 << 13  # UTF-8 bytes two windows share, where they must agree for the seam to be taken
 AGREE = 8          # tokens that must agree on each side of a seam
 
 
-def tokenize(docs: list[str], tokenizer) -> tuple[array, array]:
+def tokenize(docs, tokenizer) -> tuple[array, array]:
     """(every document's tokens, each followed by EOS where the tokenizer has one, in one int32 buffer;
     the end of each document in it)."""
     tokens, ends = array("i"), array("q")
     eos = tokenizer.eos_token_id
-    for ids in _encoded(docs, tokenizer):
+    for ids in _encoded(docs if isinstance(docs, corpus.Texts) else corpus.Texts(docs), tokenizer):
         tokens.extend(ids)
         if eos is not None:
             tokens.append(eos)
@@ -104,24 +166,25 @@ def tokenize(docs: list[str], tokenizer) -> tuple[array, array]:
     return tokens, ends
 
 
-def _encoded(docs: list[str], tokenizer) -> Iterator[list[int]]:
+def _encoded(docs: corpus.Texts, tokenizer) -> Iterator[list[int] | array]:
     """The token ids of each document, in order, as tokenizer(d, add_special_tokens=False) makes them.
-    A transformers fast tokenizer takes a batch of documents a call (the same ids as one at a time); any
-    other callable is called a document at a time (what the runner needs of a tokenizer)."""
-    fast = bool(getattr(tokenizer, "is_fast", False))
-    if not fast:
+    A transformers fast tokenizer takes a batch of documents a call (the same ids as one at a time) and
+    a document of more than WINDOW bytes in windows; any other callable (what the runner needs of a
+    tokenizer) is called a document at a time."""
+    if not getattr(tokenizer, "is_fast", False):
         for d in docs:
             yield tokenizer(d, add_special_tokens=False)["input_ids"]
         return
     batch, size = [], 0
-    for d in docs:
-        if len(d) > WINDOW:
+    for i in range(len(docs)):
+        if docs.size(i) > WINDOW:
             yield from _batch(tokenizer, batch)
             batch, size = [], 0
-            yield _long(tokenizer, d)
+            with docs.utf8(i) as raw:
+                yield _long(tokenizer, raw)
             continue
-        batch.append(d)
-        size += len(d)
+        batch.append(docs[i])
+        size += len(batch[-1])
         if size >= BATCH:
             yield from _batch(tokenizer, batch)
             batch, size = [], 0
@@ -135,62 +198,77 @@ def _batch(tokenizer, texts: list[str]) -> list[list[int]]:
                      return_token_type_ids=False)["input_ids"]
 
 
-def _long(tokenizer, text: str) -> array:
-    """A long document's ids, tokenized in overlapping windows and joined at a seam both windows agree on.
+def _long(tokenizer, raw: memoryview) -> array:
+    """A long document's ids (given as UTF-8), tokenized in overlapping windows and joined at a seam both
+    windows agree on.
 
     A tokenizer's model (BPE, WordPiece, Unigram) works on each pre-tokenizer word alone, and pre-tokenizers
     split by local rules (regexes, whitespace, digits), so a word that starts at the same character in two
     windows, far from both windows' edges, with the same tokens around it in both, starts there in the whole
     text too: the first window's tokens before it and the second's from it are the whole text's. A window
     pair without such a seam (a tokenizer without a pre-tokenizer, as SentencePiece conversions with
-    split=False: one word; a stretch of OVERLAP characters of one word) is not guessed at: the document is
-    tokenized whole, as before, at the tokenizer's memory cost."""
-    out = array("i")
-    begin, cur = 0, _window(tokenizer, text, 0)
-    taken = 0  # index in cur's tokens from which they are still to be taken
-    while begin + WINDOW < len(text):
-        nxt_begin = begin + WINDOW - OVERLAP
-        nxt = _window(tokenizer, text, nxt_begin)
-        seam = _seam(cur, nxt, nxt_begin + OVERLAP // 4, begin + WINDOW - OVERLAP // 4)
-        if seam is None:
-            return array("i", tokenizer(text, add_special_tokens=False)["input_ids"])
-        i, j = seam
-        if i < taken:  # a seam before the last one: windows far narrower than OVERLAP; not guessed at
-            return array("i", tokenizer(text, add_special_tokens=False)["input_ids"])
-        out.extend(cur[0][taken:i])
-        begin, cur, taken = nxt_begin, nxt, j
-    out.extend(cur[0][taken:])
+    split=False: one word; OVERLAP bytes within one word) is not guessed at: the document is tokenized
+    whole, as before, at the tokenizer's memory cost (~170 bytes a character)."""
+    out, taken = array("i"), 0  # taken: cur's tokens before this one are in out
+    cur = _window(tokenizer, raw, 0, _char_start(raw, WINDOW), 0)
+    while cur.hi < len(raw):
+        lo = _char_start(raw, cur.hi - OVERLAP)
+        nxt = _window(tokenizer, raw, lo, _char_start(raw, lo + WINDOW), cur.first + len(str(raw[cur.lo:lo], "utf-8")))
+        quarter = (cur.last - nxt.first) // 4
+        seam = _seam(cur, nxt, nxt.first + quarter, cur.last - quarter)
+        if seam is None or seam[0] < taken:
+            return array("i", tokenizer(str(raw, "utf-8"), add_special_tokens=False)["input_ids"])
+        out.extend(cur.ids[taken:seam[0]])
+        cur, taken = nxt, seam[1]
+    out.extend(cur.ids[taken:])
     return out
 
 
-def _window(tokenizer, text: str, begin: int) -> tuple[list[int], list[int], list]:
-    """(ids, absolute start character of each token, word index of each token) of text[begin:begin + WINDOW]."""
-    enc = tokenizer(text[begin:begin + WINDOW], add_special_tokens=False, return_offsets_mapping=True,
+class _Window:
+    """The encoding of raw[lo:hi]: ids, each token's first character and word (absolute character
+    positions in the document: window `first` .. `last`)."""
+
+    def __init__(self, ids, starts, words, lo: int, hi: int, first: int, last: int):
+        self.ids, self.starts, self.words = ids, starts, words
+        self.lo, self.hi, self.first, self.last = lo, hi, first, last
+
+
+def _window(tokenizer, raw: memoryview, lo: int, hi: int, first: int) -> _Window:
+    text = str(raw[lo:hi], "utf-8")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                     return_attention_mask=False, return_token_type_ids=False)
-    return enc["input_ids"], [begin + s for s, _e in enc["offset_mapping"]], enc.word_ids()
+    return _Window(enc["input_ids"], [first + s for s, _e in enc["offset_mapping"]], enc.word_ids(),
+                   lo, hi, first, first + len(text))
 
 
-def _seam(a, b, lo: int, hi: int) -> tuple[int, int] | None:
+def _char_start(raw: memoryview, i: int) -> int:
+    """The first character boundary at or after byte i (a UTF-8 continuation byte is 0b10xxxxxx)."""
+    i = min(max(i, 0), len(raw))
+    while i < len(raw) and 0x80 <= raw[i] < 0xC0:
+        i += 1
+    return i
+
+
+def _seam(a: _Window, b: _Window, lo: int, hi: int) -> tuple[int, int] | None:
     """(i, j): token i of window a and token j of window b begin the same word at one character in
     [lo, hi), with AGREE tokens each side equal (ids and starts) in both; None when there is none."""
-    a_ids, a_at, a_word = a
-    b_ids, b_at, b_word = b
     where = {}
-    for j in range(max(AGREE, bisect_left(b_at, lo)), min(len(b_ids) - AGREE, bisect_left(b_at, hi))):
-        if b_word[j] is not None and b_word[j - 1] is not None and b_word[j] != b_word[j - 1]:
-            where.setdefault(b_at[j], j)
+    for j in range(max(AGREE, bisect_left(b.starts, lo)), min(len(b.ids) - AGREE, bisect_left(b.starts, hi))):
+        if None not in (b.words[j], b.words[j - 1]) and b.words[j] != b.words[j - 1]:
+            where.setdefault(b.starts[j], j)
     # Starts never decrease along an encoding, so bisect finds the range (were they to, fewer seams are
-    # found, never a wrong one: every candidate is checked below).
-    for i in range(max(AGREE, bisect_left(a_at, lo)), min(len(a_ids) - AGREE, bisect_left(a_at, hi))):
-        j = where.get(a_at[i])
-        if j is None or a_word[i] is None or a_word[i - 1] is None or a_word[i] == a_word[i - 1]:
+    # found, never a wrong one: every candidate is checked here).
+    for i in range(max(AGREE, bisect_left(a.starts, lo)), min(len(a.ids) - AGREE, bisect_left(a.starts, hi))):
+        j = where.get(a.starts[i])
+        if j is None or None in (a.words[i], a.words[i - 1]) or a.words[i] == a.words[i - 1]:
             continue
-        if a_ids[i - AGREE:i + AGREE] == b_ids[j - AGREE:j + AGREE] and a_at[i - AGREE:i + AGREE] == b_at[j - AGREE:j + AGREE]:
+        if a.ids[i - AGREE:i + AGREE] == b.ids[j - AGREE:j + AGREE] and \
+                a.starts[i - AGREE:i + AGREE] == b.starts[j - AGREE:j + AGREE]:
             return i, j
     return None
 
 
-def prepare(docs: list[str], tokenizer, length: int, overlap: int, val: float | int, seed: int,
+def prepare(docs: Sequence[str], tokenizer, length: int, overlap: int, val: float | int, seed: int,
             packing: bool = False):
     """(train chunks, val chunks, stats). With packing, documents are joined (each ended by EOS) into one
     stream before chunking: no padding, at the price of attention across a document boundary."""
