@@ -1,11 +1,14 @@
 """A style corpus → token chunks: read text files / a folder / jsonl, clean, chunk to sequence_len with
 overlap, deduplicate, split into train and validation.
 
-Host memory: the tokens of the whole corpus live in one int32 buffer (4 bytes a token) and a chunk is a
-(start, length) window on it, so overlapping chunks share their tokens; documents are tokenized in
-batches of about BATCH characters and a long document in windows of WINDOW characters (a fast tokenizer
-holds ~170 bytes a character of its input while it works: 3.4 GB for one 20 MB book); batches are made
-when asked for. Python lists of ints (36 bytes a token) exist for one tokenizer call or one batch only."""
+Host memory (a user's corpus of gigabytes on a desktop): the documents are one UTF-8 buffer
+(corpus.Texts), read a line at a time and a long one cleaned in pieces; the tokens of the whole corpus
+are one int32 buffer (4 bytes a token) and a chunk is a (start, length) window on it, so overlapping
+chunks share their tokens; documents are tokenized in batches of about BATCH characters and a long one
+in windows of WINDOW bytes (a fast tokenizer holds ~170 bytes a character of its input while it works:
+3.4 GB for one 20 MB book); batches are made when asked for. Python lists of ints (36 bytes a token)
+exist for one tokenizer call or one batch only. The result is the former code's, token for token
+(tests/test_data_memory.py holds that code as its oracle; bench/bench_data_prep.py --prove)."""
 
 from __future__ import annotations
 
