@@ -88,6 +88,7 @@ def main() -> int:
     seq = cfg["sequence_len"]
     train, val, stats = data.prepare(docs, tokenizer, seq, cfg["chunk_overlap"], cfg["val_set_size"], cfg["seed"],
                                      packing=cfg["sample_packing"])
+    del docs  # the tokens hold the corpus from here (4 bytes a token); the text is not needed again
     micro, accum = cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]
     need = corpus.needed_chunks(micro, accum)
     if stats["train"] < need:  # exact (tokenized): the preflight can only rule out the certain cases
@@ -180,7 +181,7 @@ def main() -> int:
     watchdog = distributed.Watchdog(world)
     for epoch in range(state["epoch"], epochs):
         step_loss.train()
-        batches = list(data.batches(train, micro, pad, epoch, cfg["seed"]))  # every rank: the same order
+        batches = data.batches(train, micro, pad, epoch, cfg["seed"])  # every rank: the same order, made lazily
         plan = schedule.epoch_plan(len(batches), accum, world.rank, world.size)
         # state["batch"]: micro batches of this epoch already trained, counted globally (world-size free).
         for s in range(state["batch"] // accum if epoch == state["epoch"] else 0, len(plan)):
@@ -264,7 +265,8 @@ def write_results(out: Path, cfg: dict, model, weights, tokenizer, val, train, s
     # Held-out token chunks (never trained on) for `envdoctor merge` to verify and `envdoctor eval` to score.
     # Without a validation split (val_set_size 0) the merge is verified on training chunks: it checks
     # that merged == base + adapter, which any tokens show; eval says where its chunks came from.
-    atomic.write_text(out / "heldout.json", json.dumps({"chunks": (val or train)[:16], "sequence_len": seq,
+    held = (val or train)[:16].tolist()
+    atomic.write_text(out / "heldout.json", json.dumps({"chunks": held, "sequence_len": seq,
                                                         "source": "validation" if val else "training"}))
     try:
         plot = report.loss_curve_png(out, state["losses"], [tuple(v) for v in state["val"]], state.get("lrs"))
@@ -333,7 +335,7 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
     if not chunks:
         return float("nan")
     loss_of.eval()
-    batches = list(data.batches(chunks, micro, pad, 0, 0))
+    batches = data.batches(chunks, micro, pad, 0, 0)
     total, n = 0.0, 0
     with torch.no_grad():
         for p in schedule.passes(list(range(len(batches))), world.rank, world.size):

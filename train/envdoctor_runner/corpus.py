@@ -17,6 +17,8 @@ Rules:
 from __future__ import annotations
 
 import json
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +37,63 @@ class CorpusError(Exception):
         self.problems = problems
 
 
+class Texts(Sequence):
+    """Documents held as one UTF-8 buffer, each decoded when read: a corpus takes its size on disk (or
+    less). As Python strings it took up to 4 bytes a character (one emoji makes a whole str 4 bytes a
+    character) plus 50 bytes each; as one file's str and its lines, several times that again."""
+
+    def __init__(self, texts: Iterable[str] = ()):
+        self._buf, self._ends = bytearray(), array("q")
+        for t in texts:
+            self.append(t)
+
+    def append(self, text: str) -> None:
+        self.append_utf8((text.encode("utf-8"),))
+
+    def append_utf8(self, parts: Iterable[bytes]) -> None:
+        """One document made of these pieces of UTF-8 (a truncate removes what an unfinished one added)."""
+        for raw in parts:
+            self._buf += raw
+        self._ends.append(len(self._buf))
+
+    def utf8(self, i: int) -> memoryview:
+        """Document i's UTF-8 bytes, not copied (release it before appending)."""
+        return memoryview(self._buf)[self._ends[i - 1] if i else 0:self._ends[i]]
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n documents."""
+        del self._buf[self._ends[n - 1] if n else 0:]
+        del self._ends[n:]
+
+    def size(self, i: int) -> int:
+        """UTF-8 bytes of document i."""
+        return self._ends[i] - (self._ends[i - 1] if i else 0)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self._buf[self._ends[i - 1] if i else 0:self._ends[i]].decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (Sequence, Texts)) and not isinstance(other, str) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Texts({len(self)} documents, {len(self._buf)} bytes)"
+
+
 @dataclass
 class Corpus:
-    documents: list[str] = field(default_factory=list)    # raw text, one a file or a jsonl row
-    doc_bytes: list[int] = field(default_factory=list)     # UTF-8 size of each document
+    documents: Texts = field(default_factory=Texts)         # raw text, one a file or a jsonl row
+    doc_bytes: array = field(default_factory=lambda: array("q"))  # UTF-8 size of each document
     files: list[Path] = field(default_factory=list)        # files read
     problems: list[str] = field(default_factory=list)      # errors: the run cannot use these datasets
     warnings: list[str] = field(default_factory=list)
@@ -50,51 +105,99 @@ def dataset_path(entry: str, config_dir: str | Path) -> Path:
     return p if p.is_absolute() else (Path(config_dir) / p).resolve()
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def decode(raw: bytes, name: str) -> str:
     """UTF-8 text, or ValueError saying where it is not (byte offset and line)."""
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise ValueError(f"{name}: binary data, not UTF-8 text (a NUL byte at offset {nul}, line "
-                         f"{_line(raw, nul)}); UTF-16 text reads like this too: save it as UTF-8")
-    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+        raise ValueError(_binary(name, nul, _line(raw, nul)))
+    bom = 3 if raw.startswith(BOM) else 0
     try:
         return raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         at = exc.start + bom
-        raise ValueError(f"{name}: not UTF-8 text: byte 0x{raw[at]:02x} at offset {at} (line "
-                         f"{_line(raw, at)}): {exc.reason}; save the file as UTF-8") from None
+        raise ValueError(_not_utf8(name, raw[at], at, _line(raw, at), exc.reason)) from None
+
+
+def _binary(name: str, offset: int, line: int) -> str:
+    return (f"{name}: binary data, not UTF-8 text (a NUL byte at offset {offset}, line {line}); UTF-16 text "
+            "reads like this too: save it as UTF-8")
+
+
+def _not_utf8(name: str, byte: int, offset: int, line: int, reason: str) -> str:
+    return (f"{name}: not UTF-8 text: byte 0x{byte:02x} at offset {offset} (line {line}): {reason}; save the file "
+            "as UTF-8")
 
 
 def _line(raw: bytes, offset: int) -> int:
     return raw.count(b"\n", 0, offset) + 1
 
 
+def pieces(fh, name: str) -> Iterator[tuple[bytes, str]]:
+    """(UTF-8, its text) of each "\n"-ended piece of a binary file object (the BOM left out), what
+    decode(whole file) reads, a piece at a time (a whole file's str and its lines took several times the
+    file). The same ValueError as decode, after the last piece, when the file is not UTF-8 text: a caller
+    keeps nothing it made of the pieces before."""
+    offset, nul, bad = 0, None, None
+    for n, piece in enumerate(fh, 1):  # binary files split after b"\n" only, as _line counts
+        if nul is None and b"\x00" in piece:
+            nul = (offset + piece.index(b"\x00"), n)
+        start = 3 if offset == 0 and piece.startswith(BOM) else 0
+        if nul is None and bad is None:
+            try:
+                # With its "\n", an invalid sequence fails for the reason it failed in the whole file.
+                yield piece[start:] if start else piece, piece[start:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                at = start + exc.start
+                bad = (piece[at], offset + at, n, exc.reason)
+        offset += len(piece)
+    if nul is not None:
+        raise ValueError(_binary(name, *nul))
+    if bad is not None:
+        raise ValueError(_not_utf8(name, *bad))
+
+
+def text_lines(fh, name: str) -> Iterator[str]:
+    """The lines of a binary file object, as decode(whole file).splitlines() has them: a piece ends with
+    "\n", so it splits as it did within the whole text ("\r\n" never spans two pieces)."""
+    for _raw, text in pieces(fh, name):
+        yield from text.splitlines()
+
+
 def jsonl_rows(text: str, name: str) -> tuple[list[str], list[str]]:
     """(texts, problems) of a .jsonl file; a blank line is allowed, anything else must be a row."""
     texts, problems = [], []
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            problems.append(f"{name}:{n}: not valid JSON ({getattr(exc, 'msg', exc)} at column "
-                            f"{getattr(exc, 'colno', '?')})")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{name}:{n}: expected a JSON object with a \"text\" field, got {type(row).__name__}")
-            continue
-        key = next((k for k in TEXT_FIELDS if k in row), None)
-        if key is None:
-            keys = ", ".join(sorted(map(str, row))[:8]) or "none"
-            problems.append(f"{name}:{n}: no \"text\" (or \"content\") field; its keys: {keys}"
-                            + (" (chat rows are not read: this runner trains on plain text)"
-                               if "messages" in row or "conversations" in row else ""))
-        elif not isinstance(row[key], str):
-            problems.append(f"{name}:{n}: \"{key}\" must be a string, got {type(row[key]).__name__}")
-        else:
-            texts.append(row[key])
+        row_text, problem = _row(line, n, name)
+        if problem:
+            problems.append(problem)
+        elif row_text is not None:
+            texts.append(row_text)
     return texts, problems
+
+
+def _row(line: str, n: int, name: str) -> tuple[str | None, str | None]:
+    """(the text of jsonl line n, None), (None, what is wrong with it) or (None, None) for a blank line."""
+    if not line.strip():
+        return None, None
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        return None, (f"{name}:{n}: not valid JSON ({getattr(exc, 'msg', exc)} at column "
+                      f"{getattr(exc, 'colno', '?')})")
+    if not isinstance(row, dict):
+        return None, f"{name}:{n}: expected a JSON object with a \"text\" field, got {type(row).__name__}"
+    key = next((k for k in TEXT_FIELDS if k in row), None)
+    if key is None:
+        keys = ", ".join(sorted(map(str, row))[:8]) or "none"
+        return None, (f"{name}:{n}: no \"text\" (or \"content\") field; its keys: {keys}"
+                      + (" (chat rows are not read: this runner trains on plain text)"
+                         if "messages" in row or "conversations" in row else ""))
+    if not isinstance(row[key], str):
+        return None, f"{name}:{n}: \"{key}\" must be a string, got {type(row[key]).__name__}"
+    return row[key], None
 
 
 def _cap(problems: list[str]) -> list[str]:
@@ -119,30 +222,57 @@ def _files_of(folder: Path, corpus: Corpus) -> list[Path]:
 
 
 def _read_file(f: Path, named: bool, corpus: Corpus) -> None:
+    """The file's documents appended to corpus.documents, or its problems to corpus.problems (and none
+    of its documents kept)."""
+    before = len(corpus.documents)
     try:
-        raw = f.read_bytes()
+        with f.open("rb") as fh:
+            if f.suffix.lower() == JSONL:
+                problems = _read_jsonl(fh, str(f), corpus.documents)
+            else:
+                problems = []
+                if not _read_plain(fh, str(f), corpus.documents):
+                    corpus.documents.truncate(before)
     except OSError as exc:
-        corpus.problems.append(f"{f}: cannot read: {exc.strerror}")
-        return
-    try:
-        text = decode(raw, str(f))
+        problems = [f"{f}: cannot read: {exc.strerror}"]
     except ValueError as exc:
-        corpus.problems.append(str(exc))
-        return
-    if f.suffix.lower() == JSONL:
-        texts, problems = jsonl_rows(text, str(f))
+        problems = [str(exc)]
+    if problems:
+        corpus.documents.truncate(before)
         corpus.problems.extend(_cap(problems))
-        if problems:
-            return
-    else:
-        texts = [text]
-    texts = [t for t in texts if t.strip()]
-    if not texts:
+        return
+    if len(corpus.documents) == before:
         (corpus.problems if named else corpus.warnings).append(f"{f}: empty (no text)" + ("" if named else ", skipped"))
         return
     corpus.files.append(f)
-    corpus.documents.extend(texts)
-    corpus.doc_bytes.extend(len(t.encode("utf-8")) for t in texts)
+    corpus.doc_bytes.extend(corpus.documents.size(i) for i in range(before, len(corpus.documents)))
+
+
+def _read_plain(fh, name: str, into: Texts) -> bool:
+    """A plain-text file appended to `into` as one document, its bytes kept as they are (they are its
+    text's UTF-8), a piece at a time; whether it holds more than whitespace."""
+    solid = False
+
+    def kept() -> Iterator[bytes]:
+        nonlocal solid
+        for raw, text in pieces(fh, name):
+            solid = solid or bool(text.strip())
+            yield raw
+    into.append_utf8(kept())
+    return solid
+
+
+def _read_jsonl(fh, name: str, into: Texts) -> list[str]:
+    """The texts of a .jsonl file appended to `into` (blank ones left out), a line at a time; the file's
+    problems (rows stop being kept at the first)."""
+    problems = []
+    for n, line in enumerate(text_lines(fh, name), 1):
+        text, problem = _row(line, n, name)
+        if problem:
+            problems.append(problem)
+        elif text is not None and text.strip() and not problems:
+            into.append(text)
+    return problems
 
 
 def read_corpus(entries: list[str], config_dir: str | Path) -> Corpus:
