@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
+from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule, stopping  # noqa: E402
 
 
 def main() -> int:
@@ -269,35 +268,24 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
     return total / n
 
 
-def _stop_cleanly(signum, _frame):
-    """Ctrl-C (or torchrun's SIGTERM to its workers): once, then ignored while the run unwinds."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def interrupted(argv: list[str]) -> int:
-    """What a stopped run says: where it can continue from, and the command that does (exit 130)."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 130
-    try:
-        cfg = config.load(argv[argv.index("--config") + 1])
-        last = checkpoint.latest(Path(cfg["output_dir"]))
-        how = f"envdoctor train {shlex.quote(cfg['config_path'])} --resume"
-    except (SystemExit, ValueError, IndexError, OSError):
-        last, how = None, "envdoctor train CONFIG --resume"
-    print("\ninterrupted: " + (f"the last checkpoint is {last.name}; continue with: {how}" if last else
-                               "no checkpoint was written yet; start again with the same command"), flush=True)
-    return 130
+def interrupted(argv: list[str], signum: int) -> int:
+    """What a stopped run says (rank 0): where it can continue from, and the command that does."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            cfg = config.load(argv[argv.index("--config") + 1])
+            last, config_path = checkpoint.latest(Path(cfg["output_dir"])), cfg["config_path"]
+        except (SystemExit, ValueError, IndexError, OSError):
+            last, config_path = None, None
+        print(stopping.message(config_path, last, signum), flush=True)
+    return stopping.exit_code(signum)
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, _stop_cleanly)
-    signal.signal(signal.SIGTERM, _stop_cleanly)
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        code = interrupted(sys.argv)
+    stopping.install()
+    stopping.die_with_launcher()
+    code = stopping.run(main)
+    if code is None:
+        code = interrupted(sys.argv, stopping.received() or signal.SIGINT)
     if "torch.distributed" in sys.modules:  # a process group's threads end with the process (distributed.leave)
         from envdoctor_runner import distributed
         distributed.leave(code)

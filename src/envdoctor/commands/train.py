@@ -16,7 +16,7 @@ from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.model import failing_statuses
-from envdoctor.system import System
+from envdoctor.system import Stopped, System
 from envdoctor.training.backends import axolotl_argv, axolotl_env, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
 from envdoctor.training.runner_modules import absolute_inputs
@@ -39,15 +39,16 @@ def visible_gpus(system: System, gpu) -> int:
 
 def launcher_argv(ctx: Context, nproc: int, script: str, nnodes: int = 1, node_rank: int = 0,
                   endpoint: str | None = None) -> list[str]:
-    """One process (python), or N through torchrun — the launcher that ships with torch. Several nodes:
+    """One process (python), or N through torchrun — the launcher that ships with torch, by way of
+    train/launch.py, which stops on Ctrl-C / SIGTERM as one process does (no torchrun traceback). Several nodes:
     torchrun's static rendezvous at node 0's endpoint, so node ranks (and global rank 0, the writer) are the
     ones given, not the order in which nodes arrive."""
     if nnodes > 1:
-        return [ctx.python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+        return [ctx.python, str(asset("train", "launch.py")), "--nnodes", str(nnodes), "--node-rank", str(node_rank),
                 "--rdzv-backend", "static", "--rdzv-endpoint", str(endpoint), "--nproc-per-node", str(nproc), script]
     if nproc <= 1:
         return [ctx.python, script]
-    return [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script]
+    return [ctx.python, str(asset("train", "launch.py")), "--standalone", "--nproc-per-node", str(nproc), script]
 
 
 def _earlier_run(outdir: Path, resume: bool) -> str | None:
@@ -222,8 +223,13 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     out.write(f"$ {' '.join(argv)}\n")
     out.flush()
     offline = {} if getattr(args, "download", False) else {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
-                                    "TOKENIZERS_PARALLELISM": "false"})
+    try:
+        return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
+                                        "TOKENIZERS_PARALLELISM": "false"})
+    except Stopped as stop:
+        if stop.child_code is None:  # killed: it could not say where to resume
+            raise
+        return stop.child_code  # the runner (rank 0) has said where it stopped and how to resume
 
 
 def main(args) -> int:

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""torchrun, ending the way a single-process run does:
+
+    python train/launch.py TORCHRUN-ARGS…      (the same arguments as `python -m torch.distributed.run`)
+
+torchrun itself turns Ctrl-C / SIGTERM into a SignalException that it raises again once its workers are
+stopped: a traceback, after two warnings that restate the signal, under each rank's own message. A rank that
+fails gives a ChildFailedError traceback and report under the rank's own traceback. Here:
+- the first SIGINT/SIGTERM: torchrun forwards it to the ranks and waits for them (then SIGKILL, after its
+  shutdown timeout), as before; further signals are ignored meanwhile (on a terminal Ctrl-C reaches every
+  process of the group, and `envdoctor train` forwards the one it got), so that wait is never cut short and
+  no rank outlives us. Exit 128 + the signal's number (130, 143), quietly: rank 0 says where to resume.
+- a failed rank: one line naming it (its own error is above) and its exit code.
+Runs in the target interpreter, without envdoctor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import runpy
+import sys
+
+# torchrun's warnings on a stop that say only what the ranks' own message says (by their templates: a
+# torch that words them otherwise prints them again, nothing worse).
+RESTATED = ("Received %s death signal, shutting down workers", "Sending process %s closing signal %s")
+
+
+class _Restated(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in RESTATED
+
+
+def _quiet_restated() -> None:
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("torch.distributed.elastic") and isinstance(logger, logging.Logger):
+            logger.addFilter(_Restated())
+
+
+def _first_stop_only(api) -> None:
+    """Wrap the handler torchrun installs (it looks the module's function up when it installs it) so that
+    only the first signal interrupts the agent, a second one would cut its wait for the ranks short; and
+    the warnings that restate the signal are dropped from then on."""
+    handler = getattr(api, "_terminate_process_handler", None)
+    if handler is None:  # another torch: its own handling, tracebacks included
+        return
+    stopping: list[int] = []
+
+    def first_only(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        _quiet_restated()
+        handler(signum, frame)
+
+    api._terminate_process_handler = first_only
+
+
+def main(argv: list[str]) -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # train/'s scripts are not modules
+    try:
+        from torch.distributed.elastic.multiprocessing import api
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    except KeyboardInterrupt:
+        return 130
+    _first_stop_only(api)
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        # As `python -m torch.distributed.run` runs it (its own log lines keep their plain format).
+        runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
+    except api.SignalException as stop:
+        return 128 + int(stop.sigval)
+    except KeyboardInterrupt:  # before torchrun's handler was installed
+        return 130
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else failure.signal_name()
+        print(f"error: rank {rank} (local rank {failure.local_rank}) stopped first, with {how}; its own "
+              "output above says why", file=sys.stderr, flush=True)
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode if failure.exitcode < 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
