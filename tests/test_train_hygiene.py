@@ -1,5 +1,5 @@
 """Run hygiene, for real on the CPU: Ctrl-C stops a run cleanly (exit 130, no traceback, the --resume
-command printed); the resumed run logs each step once; a finished output folder is not overwritten
+command printed), SIGTERM too (143), with one process or two through torchrun (no rank left behind); the resumed run logs each step once; a finished output folder is not overwritten
 without --force (and --force moves it aside); merge and eval default to the interpreter that trained."""
 
 import argparse
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 
@@ -75,6 +76,67 @@ def test_ctrl_c_resume_and_a_finished_folder(tmp_path):
     assert forced.returncode == 0, forced.stdout[-3000:]
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.")]
     assert len(aside) == 1 and (aside[0] / "run_summary.json").exists() and f"now in {aside[0]}" in forced.stdout
+
+
+def descendants(pid):
+    return psutil.Process(pid).children(recursive=True)
+
+
+def left_running(procs):
+    """Of these processes, the ones still running (a zombie is dead: only its entry is left)."""
+    alive = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("sig,whom,code,says", [
+    (signal.SIGINT, "group", 130, "interrupted"),  # Ctrl-C on a terminal: envdoctor, torchrun and every rank
+    (signal.SIGTERM, "envdoctor", 143, "stopped by SIGTERM"),  # `docker stop`, systemd, kill PID: envdoctor alone
+])
+def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says):
+    """--nproc 2 (torchrun, gloo): a stop ends as one process's does (no torchrun SignalException traceback,
+    from any process), leaves no rank behind, and leaves a checkpoint that --resume continues."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, save_steps=3, datasets=[{"path": str(asset("train", "demo_corpus"))}],
+               output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
+        while proc.poll() is None and time.time() < deadline and max(steps_logged(metrics), default=0) < 4:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.communicate()[0][-3000:]
+        started = descendants(proc.pid)
+        assert len([p for p in started if p.ppid() != proc.pid]) == 2  # torchrun's two ranks
+        os.killpg(proc.pid, sig) if whom == "group" else os.kill(proc.pid, sig)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == code, output[-3000:]
+    assert "Traceback" not in output and "SignalException" not in output, output[-3000:]
+    assert "death signal" not in output and "closing signal" not in output, output[-3000:]  # torchrun restating it
+    assert output.count(f"{says}: the last checkpoint is ") == 1, output[-2000:]
+    assert f"continue with: envdoctor train {config} --resume" in output
+    assert "envdoctor: interrupted" not in output  # the runner said it: one line
+    assert not left_running(started), [p.cmdline() for p in left_running(started)]
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert (tmp_path / "run" / "checkpoints" / latest / "state.json").exists()
+    interrupted_at = max(steps_logged(metrics))
+
+    res = envdoctor("train", "--python", sys.executable, str(config), "--nproc", "2", "--resume", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    steps = steps_logged(metrics)
+    assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
 
 
 def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):
