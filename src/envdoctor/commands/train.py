@@ -17,7 +17,7 @@ from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.model import failing_statuses
 from envdoctor.system import Stopped, System
-from envdoctor.training.backends import axolotl_argv, axolotl_env, cpu_tolerated_extensions
+from envdoctor.training.backends import axolotl_argv, axolotl_env, axolotl_missing, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
 from envdoctor.training.runner_modules import absolute_inputs
 
@@ -128,6 +128,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     nnodes = getattr(args, "nnodes", None) or 1
     if axolotl and nnodes > 1:
         raise UsageError("--backend axolotl launches its own processes: --nnodes is for the bundled runner")
+    early = None
+    if axolotl:  # said first: nothing about the config or the machine matters to a run that cannot start
+        early = engine.start_facts(["python"], registry.PROVIDERS, system, ctx)  # the preflight's probe, reused
+        probe = early["python"].result(timeout=ctx.probe_timeout + 5)
+        missing_axolotl = axolotl_missing(probe.value) if probe.value is not None else None
+        if missing_axolotl:
+            out.write(f"error: {missing_axolotl}\n")
+            return 1
     # Command-line settings are config keys: validated with the config and seen by the preflight's memory
     # estimate (per GPU under FSDP) exactly as the runner will see them.
     overrides = {**({"fsdp": True} if args.fsdp else {}),
@@ -149,7 +157,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
                               train_engine="peft" if axolotl else "runner", train_nproc=args.nproc,
                               train_overrides=tuple(overrides.items()),
                               train_download=bool(getattr(args, "download", False)))
-    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
+    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
     failing = [r for r in run.results if r.status in failing_statuses()]
