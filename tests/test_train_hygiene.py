@@ -139,6 +139,36 @@ def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says)
     assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
 
 
+def test_ranks_die_with_a_killed_torchrun(tmp_path):
+    """torchrun SIGKILLed (envdoctor's answer to a second Ctrl-C, or the OOM killer) cannot stop its ranks:
+    they go with it (PR_SET_PDEATHSIG) instead of training on alone (measured without it: they finished the
+    run and wrote run_summary.json)."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
+        while proc.poll() is None and time.time() < deadline and not steps_logged(metrics):
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.communicate()[0][-3000:]
+        started = descendants(proc.pid)
+        agent = [p for p in started if p.ppid() == proc.pid]
+        ranks = [p for p in started if p.ppid() != proc.pid]
+        assert len(agent) == 1 and len(ranks) == 2
+        agent[0].kill()
+        output = proc.communicate(timeout=300)[0]  # the ranks hold its stdout: it ends when they have
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGKILL, output[-3000:]
+    assert not left_running(ranks) and not (tmp_path / "run" / "run_summary.json").exists(), output[-3000:]
+
+
 def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -235,7 +235,8 @@ class System:
         previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
         try:
             try:
-                return proc.wait()
+                code = proc.wait()
+                return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
             except KeyboardInterrupt as stop:
                 signum = getattr(stop, "signum", signal.SIGINT)
                 try:
