@@ -5,6 +5,7 @@ without --force (and --force moves it aside); merge and eval default to the inte
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -126,14 +127,15 @@ def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says)
     assert "Traceback" not in output and "SignalException" not in output, output[-3000:]
     assert "death signal" not in output and "closing signal" not in output, output[-3000:]  # torchrun restating it
     assert output.count(f"{says}: the last checkpoint is ") == 1, output[-2000:]
-    assert f"continue with: envdoctor train {config} --resume" in output
+    resume = output.split("continue with: ")[1].splitlines()[0]
+    assert resume == f"envdoctor train {config} --resume --nproc 2 --python {sys.executable}", resume
     assert "envdoctor: interrupted" not in output  # the runner said it: one line
     assert not left_running(started), [p.cmdline() for p in left_running(started)]
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     assert (tmp_path / "run" / "checkpoints" / latest / "state.json").exists()
     interrupted_at = max(steps_logged(metrics))
 
-    res = envdoctor("train", "--python", sys.executable, str(config), "--nproc", "2", "--resume", cwd=tmp_path)
+    res = envdoctor(*shlex.split(resume)[1:], cwd=tmp_path)  # the printed command, as printed
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     steps = steps_logged(metrics)
     assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once

@@ -276,7 +276,7 @@ def interrupted(argv: list[str], signum: int) -> int:
             last, config_path = checkpoint.latest(Path(cfg["output_dir"])), cfg["config_path"]
         except (SystemExit, ValueError, IndexError, OSError):
             last, config_path = None, None
-        print(stopping.message(config_path, last, signum), flush=True)
+        print(stopping.message(os.environ.get("ENVDOCTOR_RESUME_COMMAND"), config_path, last, signum), flush=True)
     return stopping.exit_code(signum)
 
 

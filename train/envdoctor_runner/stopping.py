@@ -68,9 +68,11 @@ def die_with_launcher() -> None:
         os._exit(128 + signal.SIGKILL)
 
 
-def message(config_path: str | None, latest: Path | None, signum: int) -> str:
-    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it."""
-    how = f"envdoctor train {shlex.quote(config_path)} --resume" if config_path else "envdoctor train CONFIG --resume"
+def message(command: str | None, config_path: str | None, latest: Path | None, signum: int) -> str:
+    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it
+    (`command`: envdoctor's own, with its --output-dir, --python…; else from the config's path)."""
+    how = command or (f"envdoctor train {shlex.quote(config_path)} --resume" if config_path else
+                      "envdoctor train CONFIG --resume")
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     if latest is None:
         return f"\n{what}: no checkpoint was written yet; start again with the same command"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,17 @@ def output_dir_problem(outdir) -> str | None:
     except OSError as e:
         return f"output_dir {outdir} is not writable: {e.strerror or e}"
     return None
+
+
+def resume_command(args, config: str, output_dir: str) -> str:
+    """What continues this run after a stop (the runner prints it): the same config (or --demo), output
+    folder, interpreter and the settings a checkpoint depends on (--fsdp); any number of processes."""
+    argv = ["envdoctor", "train", *(["--demo"] if args.demo else [config]), "--resume"]
+    argv += ["--output-dir", output_dir] if args.output_dir else []
+    argv += ["--fsdp"] if args.fsdp else []
+    argv += ["--nproc", str(args.nproc)] if args.nproc else []
+    argv += ["--python", args.python] if getattr(args, "python", None) else []
+    return shlex.join(argv)
 
 
 def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
@@ -233,7 +245,8 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     offline = {} if getattr(args, "download", False) else {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     try:
         return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
-                                        "TOKENIZERS_PARALLELISM": "false"})
+                                        "TOKENIZERS_PARALLELISM": "false",
+                                        "ENVDOCTOR_RESUME_COMMAND": resume_command(args, str(path), str(outdir))})
     except Stopped as stop:
         if stop.child_code is None:  # killed: it could not say where to resume
             raise
