@@ -107,7 +107,8 @@ def stand_in_axolotl(tmp_path):
     (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: axolotl\nVersion: 0.19.0\n")
     (meta / "RECORD").write_text("axolotl-0.19.0.dist-info/METADATA,,\naxolotl-0.19.0.dist-info/RECORD,,\n")
     path = os.pathsep.join(p for p in (ENV.get("PYTHONPATH"), str(site)) if p)
-    return {**ENV, "PATH": f"{ENV['PATH']}{os.pathsep}{bindir}", "PYTHONPATH": path}, record  # PATH last: the hand-off moves it first
+    # bin last on PATH: the hand-off moves it first
+    return {**ENV, "PATH": f"{ENV['PATH']}{os.pathsep}{bindir}", "PYTHONPATH": path}, record
 
 
 def test_axolotl_backend_gets_the_users_config_after_a_passing_preflight(tmp_path):

@@ -1,5 +1,6 @@
 """Run hygiene, for real on the CPU: Ctrl-C stops a run cleanly (exit 130, no traceback, the --resume
-command printed), SIGTERM too (143), with one process or two through torchrun (no rank left behind); the resumed run logs each step once; a finished output folder is not overwritten
+command printed), SIGTERM too (143), with one process or two through torchrun (no rank left behind); the
+resumed run logs each step once; a finished output folder is not overwritten
 without --force (and --force moves it aside); merge and eval default to the interpreter that trained."""
 
 import argparse
@@ -169,6 +170,39 @@ def test_ranks_die_with_a_killed_torchrun(tmp_path):
             proc.communicate()
     assert proc.returncode == 128 + signal.SIGKILL, output[-3000:]
     assert not left_running(ranks) and not (tmp_path / "run" / "run_summary.json").exists(), output[-3000:]
+
+
+STUCK = """
+import datetime, sys
+sys.path.insert(0, {train!r})
+from envdoctor_runner import stopping
+stopping.install()
+stopping.STUCK_S = 1.0
+stopping.last_words = lambda signum: (print(f"last words {{signum}}", flush=True), 128 + signum)[1]
+import torch.distributed as dist
+store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=600))
+print("waiting", flush=True)
+store.get("never set")  # C++ that returns to Python only after 600 s, as a rendezvous with a rank that left
+"""
+
+
+def test_a_stop_reaches_a_main_thread_blocked_in_cpp(tmp_path):
+    """The handler of a signal runs only when the main thread is back in Python: one blocked in a c10d store
+    wait (a rank waiting for a peer that already stopped) would sit there until torchrun's SIGKILL. The
+    runner's stop thread sees the signal anyway and ends the process after STUCK_S with the runner's words."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK.format(train=str(asset("train"))))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and output.strip() == "last words 15", output
 
 
 def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):

@@ -16,11 +16,12 @@ from envdoctor.errors import UsageError
 
 def test_several_nodes_use_torchruns_static_rendezvous():
     ctx = Context(sys.executable, "test")
-    launch = str(asset("train", "launch.py"))  # torchrun's arguments, torchrun's quiet stop (tests/test_train_hygiene.py)
+    launch = str(asset("train", "launch.py"))  # torchrun's arguments, a quiet stop (tests/test_train_hygiene.py)
     assert launcher_argv(ctx, 4, "qlora.py", 2, 1, "head:29500") == [
         sys.executable, launch, "--nnodes", "2", "--node-rank", "1", "--rdzv-backend",
         "static", "--rdzv-endpoint", "head:29500", "--nproc-per-node", "4", "qlora.py"]
-    assert launcher_argv(ctx, 2, "qlora.py")[1:3] == [launch, "--standalone"] and launcher_argv(ctx, 1, "q.py") == [sys.executable, "q.py"]
+    assert launcher_argv(ctx, 2, "qlora.py")[1:3] == [launch, "--standalone"]
+    assert launcher_argv(ctx, 1, "q.py") == [sys.executable, "q.py"]
 
 
 @pytest.mark.parametrize("nnodes,rank,endpoint,says", [

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import runpy
+import signal
 import sys
 
 # torchrun's warnings on a stop that say only what the ranks' own message says (by their templates: a
@@ -56,14 +57,21 @@ def _first_stop_only(api) -> None:
     api._terminate_process_handler = first_only
 
 
+def _stop_early(signum, _frame):
+    """Until torchrun installs its handler (importing torch takes seconds): the first signal stops us
+    (no rank is running yet), later ones are ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, _stop_early)
+    signal.signal(signal.SIGTERM, _stop_early)
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # train/'s scripts are not modules
-    try:
-        from torch.distributed.elastic.multiprocessing import api
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    except KeyboardInterrupt:
-        return 130
+    from torch.distributed.elastic.multiprocessing import api
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     _first_stop_only(api)
     sys.argv = [sys.argv[0], *argv]
     try:
@@ -71,8 +79,6 @@ def main(argv: list[str]) -> int:
         runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
     except api.SignalException as stop:
         return 128 + int(stop.sigval)
-    except KeyboardInterrupt:  # before torchrun's handler was installed
-        return 130
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
         how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else failure.signal_name()

@@ -21,7 +21,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule, stopping  # noqa: E402
+from envdoctor_runner import stopping  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # before the imports below (torch's takes seconds): a stop during them is clean too
+    stopping.install()
+    stopping.die_with_launcher()
+try:
+    from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(stopping.before_start(sys.argv))
+if __name__ == "__main__":
+    stopping.last_words = lambda signum: interrupted(sys.argv, signum)  # a main thread stuck in C++
 
 
 def main() -> int:
@@ -276,13 +288,11 @@ def interrupted(argv: list[str], signum: int) -> int:
             last, config_path = checkpoint.latest(Path(cfg["output_dir"])), cfg["config_path"]
         except (SystemExit, ValueError, IndexError, OSError):
             last, config_path = None, None
-        print(stopping.message(os.environ.get("ENVDOCTOR_RESUME_COMMAND"), config_path, last, signum), flush=True)
+        print(stopping.message(config_path, last, signum), flush=True)
     return stopping.exit_code(signum)
 
 
 if __name__ == "__main__":
-    stopping.install()
-    stopping.die_with_launcher()
     code = stopping.run(main)
     if code is None:
         code = interrupted(sys.argv, stopping.received() or signal.SIGINT)

@@ -248,7 +248,7 @@ class System:
                     raise Stopped(signum, None) from None
                 raise Stopped(signum, code if code >= 0 else 128 - code) from None
         finally:
-            if main:
+            if main and previous is not None:  # None: a handler installed outside Python, left as it is
                 signal.signal(signal.SIGTERM, previous)
 
     # -- CPU and memory ----------------------------------------------------------------------

@@ -9,15 +9,51 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+STUCK_S = 10.0  # a signal not seen by Python this long after it arrived: the main thread is stuck in C++
 _received: list[int] = []
+last_words = None  # set by the runner once it can say where to resume: (signum) -> exit code
 
 
 def install() -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    _watch_for_a_stuck_main_thread()
+
+
+def _watch_for_a_stuck_main_thread() -> None:
+    """Python runs a signal's handler only between bytecodes of the main thread. One blocked in C++ — a
+    rendezvous or collective waiting for a rank that has already left — never gets there: torchrun would
+    SIGKILL it 30 s later (with a warning), one process alone would hang until envdoctor kills it. The C
+    level of the handler still writes the signal's number to the wakeup fd, whichever thread is blocked:
+    a thread reading it gives the main thread STUCK_S to take the stop, and otherwise ends the process
+    itself, as the handler would have (the checkpoints are atomic: a half-written one is never used)."""
+    try:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (OSError, ValueError, AttributeError):  # not the main thread, or no pipes: the handler alone
+        return
+
+    def watch() -> None:
+        signum = os.read(read_end, 1)[0]
+        deadline = time.monotonic() + STUCK_S
+        while time.monotonic() < deadline:
+            if _received:
+                return  # the main thread is unwinding
+            time.sleep(0.1)
+        code = last_words(signum) if last_words else before_start(sys.argv, signum)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    threading.Thread(target=watch, daemon=True, name="envdoctor-stop").start()
 
 
 def _stop(signum, _frame):
@@ -68,15 +104,32 @@ def die_with_launcher() -> None:
         os._exit(128 + signal.SIGKILL)
 
 
-def message(command: str | None, config_path: str | None, latest: Path | None, signum: int) -> str:
-    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it
-    (`command`: envdoctor's own, with its --output-dir, --python…; else from the config's path)."""
-    how = command or (f"envdoctor train {shlex.quote(config_path)} --resume" if config_path else
-                      "envdoctor train CONFIG --resume")
-    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+def _what(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+
+
+def _resume_command(config_path: str | None) -> str:
+    """envdoctor's own (with its --output-dir, --python…), else one from the config's path."""
+    command = os.environ.get("ENVDOCTOR_RESUME_COMMAND")
+    if command:
+        return command
+    return f"envdoctor train {shlex.quote(config_path)} --resume" if config_path else "envdoctor train CONFIG --resume"
+
+
+def message(config_path: str | None, latest: Path | None, signum: int) -> str:
+    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it."""
     if latest is None:
-        return f"\n{what}: no checkpoint was written yet; start again with the same command"
-    return f"\n{what}: the last checkpoint is {latest.name}; continue with: {how}"
+        return f"\n{_what(signum)}: no checkpoint was written yet; start again with the same command"
+    return f"\n{_what(signum)}: the last checkpoint is {latest.name}; continue with: {_resume_command(config_path)}"
+
+
+def before_start(argv: list[str], signum: int | None = None) -> int:
+    """Stopped while the runner's modules (torch) were being imported: nothing of this run was done."""
+    signum = signum or received() or signal.SIGINT
+    if int(os.environ.get("RANK", "0")) == 0:
+        then = f"continue with: {_resume_command(None)}" if "--resume" in argv else "start again with the same command"
+        print(f"\n{_what(signum)} before the run started; {then}", flush=True)
+    return exit_code(signum)
 
 
 def exit_code(signum: int) -> int:
