@@ -142,6 +142,36 @@ def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says)
     assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
 
 
+def test_a_stop_while_the_ranks_start_is_clean_too(tmp_path):
+    """Ctrl-C as soon as both ranks exist (starting, importing torch, or meeting at the rendezvous): a
+    KeyboardInterrupt there can be dropped by Python ("Exception ignored in …") or leave a half-imported
+    numpy behind ("cannot load module more than once"); either way the stop is one line, no traceback."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and len(descendants(proc.pid)) < 3:
+            time.sleep(0.01)
+        started = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+    # One line, or none when the signal came before the ranks' Python ran a line of the runner (the default
+    # action of SIGINT, during the interpreter's start, ends a process silently).
+    assert len([line for line in output.splitlines() if line.startswith("interrupted")]) <= 1, output[-3000:]
+    assert not left_running(started), [p.cmdline() for p in left_running(started)]
+
+
 def test_ranks_die_with_a_killed_torchrun(tmp_path):
     """torchrun SIGKILLed (envdoctor's answer to a second Ctrl-C, or the OOM killer) cannot stop its ranks:
     they go with it (PR_SET_PDEATHSIG) instead of training on alone (measured without it: they finished the

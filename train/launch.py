@@ -65,14 +65,41 @@ def _stop_early(signum, _frame):
     raise SystemExit(128 + signum)
 
 
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _ranks_start_with_stops_held() -> None:
+    """torchrun forwards a stop to ranks that may be starting: CPython hit by SIGINT while it imports its
+    site module dies with "Fatal Python error: init_import_site" and a traceback. Started with SIGINT/SIGTERM
+    blocked (a mask is inherited through exec), a rank gets such a stop once its handler is in place
+    (envdoctor_runner/stopping.release)."""
+    try:
+        from torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler import SubprocessHandler
+        popen, _ = SubprocessHandler._popen, signal.pthread_sigmask
+    except (ImportError, AttributeError):  # another torch, or no signal masks: as it is
+        return
+
+    def held(self, args, env):
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            return popen(self, args, env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    SubprocessHandler._popen = held
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _stop_early)
     signal.signal(signal.SIGTERM, _stop_early)
+    if hasattr(signal, "pthread_sigmask"):  # envdoctor starts us with them held, as we start the ranks
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # train/'s scripts are not modules
     from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     _first_stop_only(api)
+    _ranks_start_with_stops_held()
     sys.argv = [sys.argv[0], *argv]
     try:
         # As `python -m torch.distributed.run` runs it (its own log lines keep their plain format).

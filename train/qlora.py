@@ -27,9 +27,11 @@ if __name__ == "__main__":  # before the imports below (torch's takes seconds): 
     stopping.install()
     stopping.die_with_launcher()
 try:
+    if __name__ == "__main__":
+        stopping.release()
     from envdoctor_runner import basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
-except KeyboardInterrupt:
-    if __name__ != "__main__":
+except BaseException:  # a KeyboardInterrupt, or the ImportError it can leave behind in numpy's import
+    if __name__ != "__main__" or stopping.received() is None:
         raise
     raise SystemExit(stopping.before_start(sys.argv))
 if __name__ == "__main__":
@@ -175,6 +177,7 @@ def main() -> int:
             watchdog.at(f"epoch {epoch + 1}, optimizer step {state['step'] + 1}")
             loss_sum, count = 0.0, 0
             for i, p in enumerate(plan[s]):
+                stopping.check()
                 ids, mask = (torch.tensor(x, device=device) for x in batches[p.index])
                 with distributed.gradient_sync(step_loss, world, i + 1 == len(plan[s])):
                     loss = step_loss(ids, mask, ids.masked_fill(mask == 0, -100))
@@ -271,6 +274,7 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for p in schedule.passes(list(range(len(batches))), world.rank, world.size):
+            stopping.check()
             ids, mask = (torch.tensor(x, device=device) for x in batches[p.index])
             loss = float(loss_of(ids, mask, ids.masked_fill(mask == 0, -100)))
             if p.real:

@@ -216,22 +216,29 @@ class System:
             raise
         return CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
 
-    def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stops_held: bool = False) -> int:
         """Run a long command with its output going straight to ours (a training run); its exit code.
 
         A stop reaches the child too: Ctrl-C (on a terminal it reaches our whole process group; it is
         forwarded when only we got it) and SIGTERM (Slurm, systemd, `docker stop`: forwarded). The child is
         given STOP_GRACE_S to stop cleanly (a run prints how to resume; torchrun first waits up to 30 s for
         its ranks); `Stopped` then goes on up with the child's exit code. Killed only if it does not stop, or
-        on a second signal."""
+        on a second signal. `stops_held`: the child starts with SIGINT/SIGTERM blocked and lets them in once
+        its handler is in place (train/qlora.py, train/launch.py): a Ctrl-C while its interpreter starts
+        would otherwise end it with "Fatal Python error: init_import_site" and a traceback."""
         import threading
+        main = threading.current_thread() is threading.main_thread()
+        held = stops_held and main and hasattr(signal, "pthread_sigmask")
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if held else None
         try:
             proc = subprocess.Popen([str(a) for a in argv], env=dict(self.env if env is None else env),
                                     cwd=self.cwd)
         except OSError as exc:
             print(f"cannot run {argv[0]}: {exc}", flush=True)
             return 127
-        main = threading.current_thread() is threading.main_thread()
+        finally:
+            if held:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
         previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
         try:
             try:

@@ -13,24 +13,59 @@ import threading
 import time
 from pathlib import Path
 
-STUCK_S = 10.0  # a signal not seen by Python this long after it arrived: the main thread is stuck in C++
+STUCK_S = 10.0  # a stop the main thread has not taken up this long after the signal: it never will
 _received: list[int] = []
+_finishing = threading.Lock()  # held by whichever thread says the last words: they are said once
 last_words = None  # set by the runner once it can say where to resume: (signum) -> exit code
 
 
 def install() -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    _watch_for_a_stuck_main_thread()
+    default = sys.unraisablehook
+
+    def unraisable(info) -> None:  # the stop raised where Python cannot raise (a weakref callback, __del__)
+        if not (_received and isinstance(info.exc_value, KeyboardInterrupt)):
+            default(info)
+
+    sys.unraisablehook = unraisable
+    _watch_for_a_stop_not_taken_up()
 
 
-def _watch_for_a_stuck_main_thread() -> None:
-    """Python runs a signal's handler only between bytecodes of the main thread. One blocked in C++ — a
-    rendezvous or collective waiting for a rank that has already left — never gets there: torchrun would
-    SIGKILL it 30 s later (with a warning), one process alone would hang until envdoctor kills it. The C
-    level of the handler still writes the signal's number to the wakeup fd, whichever thread is blocked:
-    a thread reading it gives the main thread STUCK_S to take the stop, and otherwise ends the process
-    itself, as the handler would have (the checkpoints are atomic: a half-written one is never used)."""
+def _stop(signum, _frame):
+    _received.append(signum)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def release() -> None:
+    """Let SIGINT/SIGTERM in. envdoctor and train/launch.py start the runner with them blocked: one that
+    came while the interpreter started (where CPython dies with "Fatal Python error: init_import_site" and
+    a traceback) waits, and is delivered here, to the handler (a KeyboardInterrupt raised here)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def received() -> int | None:
+    return _received[0] if _received else None
+
+
+def check() -> None:
+    """At the loop's safe points: the stop, if its KeyboardInterrupt was lost (raised inside a weakref
+    callback or an import, where Python prints and drops it)."""
+    if _received and not _finishing.locked():
+        raise KeyboardInterrupt
+
+
+def _watch_for_a_stop_not_taken_up() -> None:
+    """Python runs a signal's handler only between bytecodes of the main thread: one blocked in C++ — a
+    rendezvous or collective waiting for a rank that has already left — never gets there (torchrun would
+    SIGKILL it 30 s later, with a warning; one process alone would hang until envdoctor kills it), and a
+    KeyboardInterrupt raised where Python drops it is lost. The C level of the handler still writes the
+    signal's number to the wakeup fd: a thread reading it gives the main thread STUCK_S to take the stop
+    up, and otherwise says the last words and ends the process itself (the checkpoints are atomic: a
+    half-written one is never used)."""
     try:
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
@@ -42,10 +77,12 @@ def _watch_for_a_stuck_main_thread() -> None:
         signum = os.read(read_end, 1)[0]
         deadline = time.monotonic() + STUCK_S
         while time.monotonic() < deadline:
-            if _received:
-                return  # the main thread is unwinding
+            if _finishing.locked():
+                return  # the main thread is saying them
             time.sleep(0.1)
-        code = last_words(signum) if last_words else before_start(sys.argv, signum)
+        if not _finishing.acquire(blocking=False):
+            return
+        code = last_words(signum) if last_words else _before_start(sys.argv, signum)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -56,22 +93,19 @@ def _watch_for_a_stuck_main_thread() -> None:
     threading.Thread(target=watch, daemon=True, name="envdoctor-stop").start()
 
 
-def _stop(signum, _frame):
-    _received.append(signum)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def received() -> int | None:
-    return _received[0] if _received else None
+def _take_up() -> None:
+    """The main thread takes the stop up: it says the last words, unless the watcher already is (and is
+    about to end the process)."""
+    if not _finishing.acquire(blocking=False):
+        while True:
+            time.sleep(60)
 
 
 def run(main) -> int | None:
-    """main()'s exit code, or None when a signal stopped it. A rank waiting in a collective may see the peer
-    that stopped first leave (a gloo error) just before its own signal arrives: under a launcher an error
-    waits a moment for that signal (a real error is raised as it was), and a KeyboardInterrupt raised while
-    an error is handled ends up here too."""
+    """main()'s exit code, or None when a signal stopped it (the caller then says the last words). A rank
+    waiting in a collective may see the peer that stopped first leave (a gloo error) just before its own
+    signal arrives: under a launcher an error waits a moment for that signal (a real error is raised as it
+    was); any error after a stop is the stop (a lost KeyboardInterrupt can leave a half-imported module)."""
     try:
         try:
             return main()
@@ -84,6 +118,7 @@ def run(main) -> int | None:
                 raise
             raise KeyboardInterrupt from None
     except KeyboardInterrupt:
+        _take_up()
         return None
 
 
@@ -123,9 +158,13 @@ def message(config_path: str | None, latest: Path | None, signum: int) -> str:
     return f"\n{_what(signum)}: the last checkpoint is {latest.name}; continue with: {_resume_command(config_path)}"
 
 
-def before_start(argv: list[str], signum: int | None = None) -> int:
+def before_start(argv: list[str]) -> int:
     """Stopped while the runner's modules (torch) were being imported: nothing of this run was done."""
-    signum = signum or received() or signal.SIGINT
+    _take_up()
+    return _before_start(argv, received() or signal.SIGINT)
+
+
+def _before_start(argv: list[str], signum: int) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         then = f"continue with: {_resume_command(None)}" if "--resume" in argv else "start again with the same command"
         print(f"\n{_what(signum)} before the run started; {then}", flush=True)

@@ -246,7 +246,8 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     try:
         return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
                                         "TOKENIZERS_PARALLELISM": "false",
-                                        "ENVDOCTOR_RESUME_COMMAND": resume_command(args, str(path), str(outdir))})
+                                        "ENVDOCTOR_RESUME_COMMAND": resume_command(args, str(path), str(outdir))},
+                             stops_held=True)
     except Stopped as stop:
         if stop.child_code is None:  # killed: it could not say where to resume
             raise
