@@ -6,10 +6,12 @@
 torchrun itself turns Ctrl-C / SIGTERM into a SignalException that it raises again once its workers are
 stopped: a traceback, after two warnings that restate the signal, under each rank's own message. A rank that
 fails gives a ChildFailedError traceback and report under the rank's own traceback. Here:
-- the first SIGINT/SIGTERM: torchrun forwards it to the ranks and waits for them (then SIGKILL, after its
-  shutdown timeout), as before; further signals are ignored meanwhile (on a terminal Ctrl-C reaches every
-  process of the group, and `envdoctor train` forwards the one it got), so that wait is never cut short and
-  no rank outlives us. Exit 128 + the signal's number (130, 143), quietly: rank 0 says where to resume.
+- the first SIGINT/SIGTERM: torchrun forwards it to the ranks (each in a session of its own, out of the
+  terminal's reach) and waits for them (then SIGKILL, after its shutdown timeout), as before; further
+  signals are ignored meanwhile (a terminal's Ctrl-C reaches us and `envdoctor train`, which forwards the
+  one it got), so that wait is never cut short and no rank outlives us. Exit 128 + the signal's number
+  (130, 143), quietly: rank 0 says where to resume.
+- ranks start with SIGINT/SIGTERM blocked, let in once their handler is in place.
 - a failed rank: one line naming it (its own error is above) and its exit code.
 Runs in the target interpreter, without envdoctor.
 """
