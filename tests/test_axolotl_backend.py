@@ -105,3 +105,15 @@ def test_the_hand_off_puts_the_target_environments_bin_first_on_path(tmp_path):
     env = axolotl_env(system, "/opt/venvs/bin/axolotl")
     assert env["PATH"] == "/opt/venvs/bin:/usr/bin" and env["VIRTUAL_ENV"] == "/opt/venvs"
     assert env["HOME"] == "/home/u" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_without_axolotl_the_install_command_keeps_the_targets_torch():
+    from envbuild import dist, pyenv
+    from envdoctor.training.backends import axolotl_missing
+    said = axolotl_missing(pyenv(dist("torch", "2.13.0+cpu")))
+    assert said.startswith("axolotl is not installed in the target interpreter /venv/bin/python")
+    assert "/venv/bin/python -m pip install 'axolotl' 'torch==2.13.0+cpu'" in said  # as docs/remedies.md pins
+    assert "keeping torch 2.13.0+cpu" in said
+    bare = axolotl_missing(pyenv())  # no torch to keep: say to install the right one first
+    assert "-m pip install 'axolotl'\n" in bare and "envdoctor install --venv DIR" in bare
+    assert axolotl_missing(pyenv(dist("torch", "2.13.0+cpu"), dist("axolotl", "0.19.0"))) is None

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -99,7 +100,15 @@ def stand_in_axolotl(tmp_path):
                    f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:] + [os.environ['PATH'].split(os.pathsep)[0]])"
                    " + '\\n')\nprint('stand-in axolotl ran')\n")
     exe.chmod(0o755)
-    return {**ENV, "PATH": f"{ENV['PATH']}{os.pathsep}{bindir}"}, record  # last: the hand-off moves it first
+    # Installed, as far as the target interpreter's metadata says (what `train --backend axolotl` asks first).
+    site = tmp_path / "site"
+    meta = site / "axolotl-0.19.0.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: axolotl\nVersion: 0.19.0\n")
+    (meta / "RECORD").write_text("axolotl-0.19.0.dist-info/METADATA,,\naxolotl-0.19.0.dist-info/RECORD,,\n")
+    path = os.pathsep.join(p for p in (ENV.get("PYTHONPATH"), str(site)) if p)
+    # bin last on PATH: the hand-off moves it first
+    return {**ENV, "PATH": f"{ENV['PATH']}{os.pathsep}{bindir}", "PYTHONPATH": path}, record
 
 
 def test_axolotl_backend_gets_the_users_config_after_a_passing_preflight(tmp_path):
@@ -122,6 +131,24 @@ def test_axolotl_backend_gets_the_users_config_after_a_passing_preflight(tmp_pat
     res = subprocess.run([sys.executable, "-m", "envdoctor", "merge", str(config), "--backend", "axolotl"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert res.returncode == 0 and json.loads(record.read_text().splitlines()[-1]) == ["merge-lora", str(config), bindir]
+
+
+def test_axolotl_backend_without_axolotl_says_so_first_with_the_pinned_install(tmp_path):
+    """The target interpreter (this one) has no axolotl: that is the first thing said, with the pip command
+    that keeps its torch, and nothing before it — not the config's errors (learning_rate is missing), nor
+    the preflight's findings."""
+    from importlib.metadata import version
+    config = tmp_path / "axolotl.yaml"
+    config.write_text("base_model: ./tiny\ndatasets:\n  - path: ./corpus.jsonl\nadapter: qlora\nmicro_batch_size: 2\n")
+    res = subprocess.run([sys.executable, "-m", "envdoctor", "train", str(config), "--backend", "axolotl",
+                          "--python", sys.executable], capture_output=True, text=True, cwd=tmp_path, env=ENV,
+                         timeout=300)
+    assert res.returncode == 1 and res.stderr == "", res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"error: axolotl is not installed in the target interpreter {sys.executable}: --backend " \
+                       f"axolotl hands the work to its `axolotl train`. Install it, keeping torch {version('torch')}:"
+    assert lines[1] == f"  {shlex.quote(sys.executable)} -m pip install 'axolotl' 'torch=={version('torch')}'"
+    assert len(lines) == 3 and "error(s) in the config" not in res.stdout and "preflight" not in res.stdout
 
 
 def test_axolotl_backend_is_never_called_after_a_failing_preflight(tmp_path, venv_missing_a_requirement):
@@ -147,7 +174,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
         res = train(str(config), "--nproc", str(n), cwd=tmp_path)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         runs[n] = tmp_path / f"run{n}"
-    assert "torch.distributed.run --standalone --nproc-per-node 2" in res.stdout
+    assert "launch.py --standalone --nproc-per-node 2" in res.stdout
     summary = json.loads((runs[2] / "run_summary.json").read_text())
     assert summary["world_size"] == 2
     losses = {n: [r["loss"] for r in map(json.loads, (runs[n] / "metrics.jsonl").read_text().splitlines()) if "loss" in r]

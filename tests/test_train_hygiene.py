@@ -1,15 +1,18 @@
 """Run hygiene, for real on the CPU: Ctrl-C stops a run cleanly (exit 130, no traceback, the --resume
-command printed); the resumed run logs each step once; a finished output folder is not overwritten
+command printed), SIGTERM too (143), with one process or two through torchrun (no rank left behind); the
+resumed run logs each step once; a finished output folder is not overwritten
 without --force (and --force moves it aside); merge and eval default to the interpreter that trained."""
 
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 
@@ -75,6 +78,161 @@ def test_ctrl_c_resume_and_a_finished_folder(tmp_path):
     assert forced.returncode == 0, forced.stdout[-3000:]
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.")]
     assert len(aside) == 1 and (aside[0] / "run_summary.json").exists() and f"now in {aside[0]}" in forced.stdout
+
+
+def descendants(pid):
+    return psutil.Process(pid).children(recursive=True)
+
+
+def left_running(procs):
+    """Of these processes, the ones still running (a zombie is dead: only its entry is left)."""
+    alive = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("sig,whom,code,says", [
+    (signal.SIGINT, "group", 130, "interrupted"),  # Ctrl-C on a terminal: envdoctor, torchrun and every rank
+    (signal.SIGTERM, "envdoctor", 143, "stopped by SIGTERM"),  # `docker stop`, systemd, kill PID: envdoctor alone
+])
+def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says):
+    """--nproc 2 (torchrun, gloo): a stop ends as one process's does (no torchrun SignalException traceback,
+    from any process), leaves no rank behind, and leaves a checkpoint that --resume continues."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, save_steps=3, datasets=[{"path": str(asset("train", "demo_corpus"))}],
+               output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
+        while proc.poll() is None and time.time() < deadline and max(steps_logged(metrics), default=0) < 4:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.communicate()[0][-3000:]
+        started = descendants(proc.pid)
+        assert len([p for p in started if p.ppid() != proc.pid]) == 2  # torchrun's two ranks
+        os.killpg(proc.pid, sig) if whom == "group" else os.kill(proc.pid, sig)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == code, output[-3000:]
+    assert "Traceback" not in output and "SignalException" not in output, output[-3000:]
+    assert "death signal" not in output and "closing signal" not in output, output[-3000:]  # torchrun restating it
+    assert output.count(f"{says}: the last checkpoint is ") == 1, output[-2000:]
+    resume = output.split("continue with: ")[1].splitlines()[0]
+    assert resume == f"envdoctor train {config} --resume --nproc 2 --python {sys.executable}", resume
+    assert "envdoctor: interrupted" not in output  # the runner said it: one line
+    assert not left_running(started), [p.cmdline() for p in left_running(started)]
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert (tmp_path / "run" / "checkpoints" / latest / "state.json").exists()
+    interrupted_at = max(steps_logged(metrics))
+
+    res = envdoctor(*shlex.split(resume)[1:], cwd=tmp_path)  # the printed command, as printed
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    steps = steps_logged(metrics)
+    assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
+
+
+def test_a_stop_while_the_ranks_start_is_clean_too(tmp_path):
+    """Ctrl-C as soon as both ranks exist (starting, importing torch, or meeting at the rendezvous): a
+    KeyboardInterrupt there can be dropped by Python ("Exception ignored in …") or leave a half-imported
+    numpy behind ("cannot load module more than once"); either way the stop is one line, no traceback."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and len(descendants(proc.pid)) < 3:
+            time.sleep(0.01)
+        started = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+    # One line, or none when the signal came before the ranks' Python ran a line of the runner (the default
+    # action of SIGINT, during the interpreter's start, ends a process silently).
+    assert len([line for line in output.splitlines() if line.startswith("interrupted")]) <= 1, output[-3000:]
+    assert not left_running(started), [p.cmdline() for p in left_running(started)]
+
+
+def test_ranks_die_with_a_killed_torchrun(tmp_path):
+    """torchrun SIGKILLed (envdoctor's answer to a second Ctrl-C, or the OOM killer) cannot stop its ranks:
+    they go with it (PR_SET_PDEATHSIG) instead of training on alone (measured without it: they finished the
+    run and wrote run_summary.json)."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
+        while proc.poll() is None and time.time() < deadline and not steps_logged(metrics):
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.communicate()[0][-3000:]
+        started = descendants(proc.pid)
+        agent = [p for p in started if p.ppid() == proc.pid]
+        ranks = [p for p in started if p.ppid() != proc.pid]
+        assert len(agent) == 1 and len(ranks) == 2
+        agent[0].kill()
+        output = proc.communicate(timeout=300)[0]  # the ranks hold its stdout: it ends when they have
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGKILL, output[-3000:]
+    assert not left_running(ranks) and not (tmp_path / "run" / "run_summary.json").exists(), output[-3000:]
+
+
+STUCK = """
+import datetime, sys
+sys.path.insert(0, {train!r})
+from envdoctor_runner import stopping
+stopping.install()
+stopping.STUCK_S = 1.0
+stopping.last_words = lambda signum: (print(f"last words {{signum}}", flush=True), 128 + signum)[1]
+import torch.distributed as dist
+store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=600))
+print("waiting", flush=True)
+store.get("never set")  # C++ that returns to Python only after 600 s, as a rendezvous with a rank that left
+"""
+
+
+def test_a_stop_reaches_a_main_thread_blocked_in_cpp(tmp_path):
+    """The handler of a signal runs only when the main thread is back in Python: one blocked in a c10d store
+    wait (a rank waiting for a peer that already stopped) would sit there until torchrun's SIGKILL. The
+    runner's stop thread sees the signal anyway and ends the process after STUCK_S with the runner's words."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK.format(train=str(asset("train"))))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and output.strip() == "last words 15", output
 
 
 def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from envdoctor.assets import asset
 from envdoctor.commands.train import check_nodes, launcher_argv, output_dir_problem
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
@@ -15,10 +16,12 @@ from envdoctor.errors import UsageError
 
 def test_several_nodes_use_torchruns_static_rendezvous():
     ctx = Context(sys.executable, "test")
+    launch = str(asset("train", "launch.py"))  # torchrun's arguments, a quiet stop (tests/test_train_hygiene.py)
     assert launcher_argv(ctx, 4, "qlora.py", 2, 1, "head:29500") == [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", "1", "--rdzv-backend",
+        sys.executable, launch, "--nnodes", "2", "--node-rank", "1", "--rdzv-backend",
         "static", "--rdzv-endpoint", "head:29500", "--nproc-per-node", "4", "qlora.py"]
-    assert launcher_argv(ctx, 2, "qlora.py")[3] == "--standalone" and launcher_argv(ctx, 1, "q.py") == [sys.executable, "q.py"]
+    assert launcher_argv(ctx, 2, "qlora.py")[1:3] == [launch, "--standalone"]
+    assert launcher_argv(ctx, 1, "q.py") == [sys.executable, "q.py"]
 
 
 @pytest.mark.parametrize("nnodes,rank,endpoint,says", [

@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import time
@@ -22,7 +21,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import atomic, basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
+from envdoctor_runner import stopping  # noqa: E402  (standard library only)
+
+if __name__ == "__main__":  # before the imports below (torch's takes seconds): a stop during them is clean too
+    stopping.install()
+    stopping.die_with_launcher()
+try:
+    if __name__ == "__main__":
+        stopping.release()
+    from envdoctor_runner import atomic, basemodel, checkpoint, config, corpus, data, report, schedule  # noqa: E402
+except BaseException:  # a KeyboardInterrupt, or the ImportError it can leave behind in numpy's import
+    if __name__ != "__main__" or stopping.received() is None:
+        raise
+    raise SystemExit(stopping.before_start(sys.argv))
+if __name__ == "__main__":
+    stopping.last_words = lambda signum: interrupted(sys.argv, signum)  # a main thread stuck in C++
 
 # The run could not write its output (a full disk, a quota, a file-size limit): one line names the folder, the
 # bytes, the last good checkpoint and the command that continues; every rank ends with this code.
@@ -35,6 +48,21 @@ class Stopped(Exception):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
+
+
+def guarded_main() -> int:
+    """main(), where a write that failed ends as one line and WRITE_FAILED on every rank, not a traceback."""
+    try:
+        return main()
+    except Stopped as stop:  # the one line is said; every rank ends with the same code
+        return stop.code
+    except (atomic.WriteFailed, OSError) as exc:  # a write outside the guarded ones: still one line
+        if isinstance(exc, OSError) and atomic.write_errno(exc) not in atomic.SPACE:
+            raise
+        failed = exc if isinstance(exc, atomic.WriteFailed) else atomic.WriteFailed(Path(exc.filename or "."), exc)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {failed.line()}. Free space there, or pass --output-dir on another disk", flush=True)
+        return WRITE_FAILED
 
 
 def main() -> int:
@@ -188,6 +216,7 @@ def main() -> int:
             watchdog.at(f"epoch {epoch + 1}, optimizer step {state['step'] + 1}")
             loss_sum, count = 0.0, 0
             for i, p in enumerate(plan[s]):
+                stopping.check()
                 ids, mask = (torch.tensor(x, device=device) for x in batches[p.index])
                 with distributed.gradient_sync(step_loss, world, i + 1 == len(plan[s])):
                     loss = step_loss(ids, mask, ids.masked_fill(mask == 0, -100))
@@ -287,10 +316,10 @@ def write_results(out: Path, cfg: dict, model, weights, tokenizer, val, train, s
 
 
 def resume_command(cfg: dict) -> str:
-    """The command that continues this run: its config, and its output folder (it may have come from
-    --output-dir rather than the config)."""
-    return (f"envdoctor train {shlex.quote(cfg['config_path'])} --output-dir {shlex.quote(str(cfg['output_dir']))} "
-            "--resume")
+    """The command that continues this run: envdoctor's own when it launched the run (its --nproc,
+    --python… kept), else the config and the output folder (it may have come from --output-dir)."""
+    return os.environ.get("ENVDOCTOR_RESUME_COMMAND") or (
+        f"envdoctor train {shlex.quote(cfg['config_path'])} --output-dir {shlex.quote(str(cfg['output_dir']))} --resume")
 
 
 def checkpoint_failed(exc: atomic.WriteFailed, name: str, cfg: dict) -> str:
@@ -339,6 +368,7 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for p in schedule.passes(list(range(len(batches))), world.rank, world.size):
+            stopping.check()
             ids, mask = (torch.tensor(x, device=device) for x in batches[p.index])
             loss = float(loss_of(ids, mask, ids.masked_fill(mask == 0, -100)))
             if p.real:
@@ -348,44 +378,22 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
     return total / n
 
 
-def _stop_cleanly(signum, _frame):
-    """Ctrl-C (or torchrun's SIGTERM to its workers): once, then ignored while the run unwinds."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def interrupted(argv: list[str]) -> int:
-    """What a stopped run says: where it can continue from, and the command that does (exit 130)."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 130
-    try:
-        cfg = config.load(argv[argv.index("--config") + 1])
-        last = checkpoint.latest(Path(cfg["output_dir"]))
-        how = f"envdoctor train {shlex.quote(cfg['config_path'])} --resume"
-    except (SystemExit, ValueError, IndexError, OSError):
-        last, how = None, "envdoctor train CONFIG --resume"
-    print("\ninterrupted: " + (f"the last checkpoint is {last.name}; continue with: {how}" if last else
-                               "no checkpoint was written yet; start again with the same command"), flush=True)
-    return 130
+def interrupted(argv: list[str], signum: int) -> int:
+    """What a stopped run says (rank 0): where it can continue from, and the command that does."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            cfg = config.load(argv[argv.index("--config") + 1])
+            last, config_path = checkpoint.latest(Path(cfg["output_dir"])), cfg["config_path"]
+        except (SystemExit, ValueError, IndexError, OSError):
+            last, config_path = None, None
+        print(stopping.message(config_path, last, signum), flush=True)
+    return stopping.exit_code(signum)
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, _stop_cleanly)
-    signal.signal(signal.SIGTERM, _stop_cleanly)
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        code = interrupted(sys.argv)
-    except Stopped as stop:  # the one line is said; every rank ends with the same code
-        code = stop.code
-    except (atomic.WriteFailed, OSError) as exc:  # a write outside the guarded ones: still one line
-        if isinstance(exc, OSError) and atomic.write_errno(exc) not in atomic.SPACE:
-            raise
-        failed = exc if isinstance(exc, atomic.WriteFailed) else atomic.WriteFailed(Path(exc.filename or "."), exc)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {failed.line()}. Free space there, or pass --output-dir on another disk", flush=True)
-        code = WRITE_FAILED
+    code = stopping.run(guarded_main)
+    if code is None:
+        code = interrupted(sys.argv, stopping.received() or signal.SIGINT)
     if "torch.distributed" in sys.modules:  # a process group's threads end with the process (distributed.leave)
         from envdoctor_runner import distributed
         distributed.leave(code)

@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except EnvdoctorError as exc:
         print(f"envdoctor: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # system.Stopped carries SIGTERM's 143
         print("envdoctor: interrupted", file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)
     except Exception:  # noqa: BLE001 - last resort: a pasteable report, never a bare traceback
         print(f"envdoctor {__version__} hit an internal error (Python {platform.python_version()}, "
               f"{platform.platform()}). Please report it with this output:\n{traceback.format_exc()}",

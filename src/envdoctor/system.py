@@ -17,6 +17,23 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 
+STOP_GRACE_S = 45  # longer than torchrun's own wait for its ranks (30 s), so that it is never cut short
+
+
+class Stopped(KeyboardInterrupt):
+    """A streamed command stopped by SIGINT or SIGTERM. `child_code`: the exit code it stopped with by
+    itself (it has said why), None when it was killed. `exit_code`: ours, as a shell reports a command
+    killed by that signal (130, 143)."""
+
+    def __init__(self, signum: int, child_code: int | None):
+        super().__init__(signum)
+        self.signum, self.child_code, self.exit_code = signum, child_code, 128 + int(signum)
+
+
+def _raise_stopped(signum, _frame):
+    raise Stopped(signum, None)
+
+
 @dataclass(frozen=True)
 class CommandResult:
     argv: tuple[str, ...]
@@ -199,28 +216,47 @@ class System:
             raise
         return CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
 
-    def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stops_held: bool = False) -> int:
         """Run a long command with its output going straight to ours (a training run); its exit code.
 
-        Ctrl-C reaches the child too (it is in our process group on a terminal; it is forwarded when only
-        we got it): the child is given 30 s to stop cleanly (a run prints how to resume), then
-        KeyboardInterrupt goes on up. Killed only if it does not stop, or on a second Ctrl-C."""
+        A stop reaches the child too: Ctrl-C (on a terminal it reaches our whole process group; it is
+        forwarded when only we got it) and SIGTERM (Slurm, systemd, `docker stop`: forwarded). The child is
+        given STOP_GRACE_S to stop cleanly (a run prints how to resume; torchrun first waits up to 30 s for
+        its ranks); `Stopped` then goes on up with the child's exit code. Killed only if it does not stop, or
+        on a second signal. `stops_held`: the child starts with SIGINT/SIGTERM blocked and lets them in once
+        its handler is in place (train/qlora.py, train/launch.py): a Ctrl-C while its interpreter starts
+        would otherwise end it with "Fatal Python error: init_import_site" and a traceback."""
+        import threading
+        main = threading.current_thread() is threading.main_thread()
+        held = stops_held and main and hasattr(signal, "pthread_sigmask")
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if held else None
         try:
             proc = subprocess.Popen([str(a) for a in argv], env=dict(self.env if env is None else env),
                                     cwd=self.cwd)
         except OSError as exc:
             print(f"cannot run {argv[0]}: {exc}", flush=True)
             return 127
+        finally:
+            if held:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
         try:
-            return proc.wait()
-        except KeyboardInterrupt:
             try:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired, KeyboardInterrupt):
-                proc.kill()
-                proc.wait()
-            raise
+                code = proc.wait()
+                return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
+            except KeyboardInterrupt as stop:
+                signum = getattr(stop, "signum", signal.SIGINT)
+                try:
+                    proc.send_signal(signum)
+                    code = proc.wait(timeout=STOP_GRACE_S)
+                except (OSError, subprocess.TimeoutExpired, KeyboardInterrupt):
+                    proc.kill()
+                    proc.wait()
+                    raise Stopped(signum, None) from None
+                raise Stopped(signum, code if code >= 0 else 128 - code) from None
+        finally:
+            if main and previous is not None:  # None: a handler installed outside Python, left as it is
+                signal.signal(signal.SIGTERM, previous)
 
     # -- CPU and memory ----------------------------------------------------------------------
     def cpu_affinity(self) -> int | None:

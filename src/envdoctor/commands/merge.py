@@ -17,7 +17,7 @@ from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.redact import redact
 from envdoctor.system import System
-from envdoctor.training.backends import axolotl_argv, axolotl_env
+from envdoctor.training.backends import axolotl_argv, axolotl_env, axolotl_missing
 from envdoctor.training.runtime import require
 
 MANIFEST = "envdoctor-merge.json"
@@ -91,6 +91,15 @@ def publish(stage: Path, dest: Path) -> None:
 
 def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if args.backend == "axolotl":
+        from envdoctor.errors import FactError
+        from envdoctor.facts.python_env import probe_python
+        try:
+            missing = axolotl_missing(probe_python(system, ctx), "merge-lora")
+        except FactError:  # the interpreter cannot be probed: axolotl_argv below says what it can
+            missing = None
+        if missing:
+            out.write(f"error: {missing}\n")
+            return 1
         argv = axolotl_argv(system, ctx, "merge-lora", args.run)
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()

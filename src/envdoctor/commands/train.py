@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
 from envdoctor.model import failing_statuses
-from envdoctor.system import System
-from envdoctor.training.backends import axolotl_argv, axolotl_env, cpu_tolerated_extensions
+from envdoctor.system import Stopped, System
+from envdoctor.training.backends import axolotl_argv, axolotl_env, axolotl_missing, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
 from envdoctor.training.diskspace import space_problem
 from envdoctor.training.runner_modules import absolute_inputs
@@ -40,15 +41,16 @@ def visible_gpus(system: System, gpu) -> int:
 
 def launcher_argv(ctx: Context, nproc: int, script: str, nnodes: int = 1, node_rank: int = 0,
                   endpoint: str | None = None) -> list[str]:
-    """One process (python), or N through torchrun — the launcher that ships with torch. Several nodes:
+    """One process (python), or N through torchrun — the launcher that ships with torch, by way of
+    train/launch.py, which stops on Ctrl-C / SIGTERM as one process does (no torchrun traceback). Several nodes:
     torchrun's static rendezvous at node 0's endpoint, so node ranks (and global rank 0, the writer) are the
     ones given, not the order in which nodes arrive."""
     if nnodes > 1:
-        return [ctx.python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+        return [ctx.python, str(asset("train", "launch.py")), "--nnodes", str(nnodes), "--node-rank", str(node_rank),
                 "--rdzv-backend", "static", "--rdzv-endpoint", str(endpoint), "--nproc-per-node", str(nproc), script]
     if nproc <= 1:
         return [ctx.python, script]
-    return [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script]
+    return [ctx.python, str(asset("train", "launch.py")), "--standalone", "--nproc-per-node", str(nproc), script]
 
 
 def _earlier_run(outdir: Path, resume: bool) -> str | None:
@@ -114,6 +116,17 @@ def output_dir_problem(outdir) -> str | None:
     return None
 
 
+def resume_command(args, config: str, output_dir: str) -> str:
+    """What continues this run after a stop (the runner prints it): the same config (or --demo), output
+    folder, interpreter and the settings a checkpoint depends on (--fsdp); any number of processes."""
+    argv = ["envdoctor", "train", *(["--demo"] if args.demo else [config]), "--resume"]
+    argv += ["--output-dir", output_dir] if args.output_dir else []
+    argv += ["--fsdp"] if args.fsdp else []
+    argv += ["--nproc", str(args.nproc)] if args.nproc else []
+    argv += ["--python", args.python] if getattr(args, "python", None) else []
+    return shlex.join(argv)
+
+
 def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     path = asset("train", "configs", "demo.yaml") if args.demo else args.config
     if path is None:
@@ -128,6 +141,14 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     nnodes = getattr(args, "nnodes", None) or 1
     if axolotl and nnodes > 1:
         raise UsageError("--backend axolotl launches its own processes: --nnodes is for the bundled runner")
+    early = None
+    if axolotl:  # said first: nothing about the config or the machine matters to a run that cannot start
+        early = engine.start_facts(["python"], registry.PROVIDERS, system, ctx)  # the preflight's probe, reused
+        probe = early["python"].result(timeout=ctx.probe_timeout + 5)
+        missing_axolotl = axolotl_missing(probe.value) if probe.value is not None else None
+        if missing_axolotl:
+            out.write(f"error: {missing_axolotl}\n")
+            return 1
     # Command-line settings are config keys: validated with the config and seen by the preflight's memory
     # estimate (per GPU under FSDP) exactly as the runner will see them.
     overrides = {**({"fsdp": True} if args.fsdp else {}),
@@ -149,7 +170,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
                               train_engine="peft" if axolotl else "runner", train_nproc=args.nproc,
                               train_overrides=tuple(overrides.items()),
                               train_download=bool(getattr(args, "download", False)))
-    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx)
+    run = engine.run_checks(checks, registry.PROVIDERS, system, ctx, started=early)
     python = run.facts.get("python")
     missing = [p for p in RUNTIME if python and python.value and python.value.get(p) is None]
     failing = [r for r in run.results if r.status in failing_statuses()]
@@ -237,8 +258,15 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     out.write(f"$ {' '.join(argv)}\n")
     out.flush()
     offline = {} if getattr(args, "download", False) else {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
-                                    "TOKENIZERS_PARALLELISM": "false"})
+    try:
+        return system.stream(argv, env={**system.env, "PYTHONUNBUFFERED": "1", **offline,
+                                        "TOKENIZERS_PARALLELISM": "false",
+                                        "ENVDOCTOR_RESUME_COMMAND": resume_command(args, str(path), str(outdir))},
+                             stops_held=True)
+    except Stopped as stop:
+        if stop.child_code is None:  # killed: it could not say where to resume
+            raise
+        return stop.child_code  # the runner (rank 0) has said where it stopped and how to resume
 
 
 def main(args) -> int:

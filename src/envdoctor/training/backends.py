@@ -26,6 +26,8 @@ from pathlib import Path
 
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
+from envdoctor.facts.python_env import PythonEnv
+from envdoctor.repair.requests import pip_line, torch_pin
 from envdoctor.system import System
 
 # axolotl's fused LoRA kernels (Triton, CUDA only); unset, all four are turned on for lora/qlora.
@@ -40,12 +42,29 @@ def axolotl_executable(system: System, ctx: Context) -> str | None:
     return system.which("axolotl")
 
 
+def axolotl_missing(python: PythonEnv, verb: str = "train") -> str | None:
+    """The first thing to say when the target interpreter has no axolotl: before the config (whose keys are
+    axolotl's to judge) or the preflight (whose findings would be about a run that cannot start). The
+    install command keeps the target's torch: pip's newest axolotl would otherwise bring its own torch
+    build (a CUDA one, over a CPU or another CUDA build), as every remedy in docs/remedies.md avoids."""
+    if python.get("axolotl") is not None:
+        return None
+    pin = torch_pin(python)
+    keep = f", keeping torch {pin.split('==', 1)[1]}" if pin else \
+        " (torch first, the build for your GPU: `envdoctor install --venv DIR`; without it pip brings its default)"
+    return (f"axolotl is not installed in the target interpreter {python.executable}: --backend axolotl hands "
+            f"the work to its `axolotl {verb}`. Install it{keep}:\n"
+            f"  {pip_line(python.executable, ['axolotl'], pin=pin)}\n"
+            "or leave out --backend to use envdoctor's own runner")
+
+
 def axolotl_argv(system: System, ctx: Context, verb: str, config: str) -> list[str]:
     exe = axolotl_executable(system, ctx)
     if exe is None:
-        raise UsageError(f"--backend axolotl: no `axolotl` in {Path(ctx.python).parent} or on PATH; install it "
-                         f"with `envdoctor install --recipe blackwell-cu128 …` or `{ctx.python} -m pip install "
-                         "axolotl` (never --no-deps), or leave out --backend to use envdoctor's runner")
+        # axolotl_missing has said it when the distribution is missing: here it is installed without its script
+        raise UsageError(f"--backend axolotl: axolotl is installed for {ctx.python}, but its `axolotl` command is "
+                         f"neither in {Path(ctx.python).parent} nor on PATH (installed with --user or --target?): put "
+                         "the folder that holds it on PATH, or leave out --backend to use envdoctor's runner")
     if not Path(config).is_file():
         raise UsageError(f"{config}: no such config file")
     return [exe, verb, str(config)]
