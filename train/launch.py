@@ -91,6 +91,11 @@ def _ranks_start_with_stops_held() -> None:
     SubprocessHandler._popen = held
 
 
+# The runner's exit codes after its own one-line error (2: bad input or setup, 4: output could not be
+# written): a launcher line on top would only repeat it.
+SAID = {2, 4}
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _stop_early)
     signal.signal(signal.SIGTERM, _stop_early)
@@ -109,6 +114,9 @@ def main(argv: list[str]) -> int:
     except api.SignalException as stop:
         return 128 + int(stop.sigval)
     except ChildFailedError as failed:
+        codes = {f.exitcode for f in failed.failures.values()}
+        if len(codes) == 1 and codes <= SAID:  # the ranks said why in their one line: nothing to add
+            return codes.pop()
         rank, failure = failed.get_first_failure()
         how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else failure.signal_name()
         print(f"error: rank {rank} (local rank {failure.local_rank}) stopped first, with {how}; its own "
