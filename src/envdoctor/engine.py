@@ -50,7 +50,7 @@ def _spawn(fn: Callable, *args) -> Future:
     return fut
 
 
-def _provide(provider: Provider, system: System, ctx: Context, deps: dict[str, Future]) -> FactOutcome:
+def _provide(provider: Provider, fn: Callable, system: System, ctx: Context, deps: dict[str, Future]) -> FactOutcome:
     inputs = {}
     for name, fut in deps.items():
         out = fut.result()  # bounded: the dependency's own timeout is enforced by whoever waits on us
@@ -59,7 +59,7 @@ def _provide(provider: Provider, system: System, ctx: Context, deps: dict[str, F
         inputs[name] = out.value
     start = time.monotonic()
     try:
-        return FactOutcome(provider.fn(system, ctx, **inputs), duration_s=time.monotonic() - start)
+        return FactOutcome(fn(system, ctx, **inputs), duration_s=time.monotonic() - start)
     except FactError as exc:
         return FactOutcome(error=str(exc), duration_s=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001
@@ -76,7 +76,9 @@ def start_facts(names: Iterable[str], providers: dict[str, Provider], system: Sy
     def ensure(name: str) -> Future:
         if name not in futs:
             deps = {d: ensure(d) for d in providers[name].needs}
-            futs[name] = _spawn(_provide, providers[name], system, ctx, deps)
+            # The provider's module is imported here, in the calling thread, not in the worker: imports
+            # stay in one thread, in a fixed order.
+            futs[name] = _spawn(_provide, providers[name], providers[name].function(), system, ctx, deps)
         return futs[name]
 
     for n in names:
