@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 from typing import TextIO
 
 from envdoctor.engine import Run
@@ -39,9 +38,17 @@ def build(run: Run, target: dict, version: str, exit_code: int) -> dict:
 def node() -> dict:
     """Which machine wrote this report (for `envdoctor report merge` over a fleet)."""
     env = os.environ
-    return {k: v for k, v in {"hostname": platform.node(), "slurm_node": env.get("SLURMD_NODENAME"),
+    return {k: v for k, v in {"hostname": _hostname(), "slurm_node": env.get("SLURMD_NODENAME"),
                               "slurm_job": env.get("SLURM_JOB_ID"), "rank": env.get("RANK") or env.get("SLURM_PROCID")
                               }.items() if v}
+
+
+def _hostname() -> str:
+    """platform.node() without importing platform (it compiles regexes at import): both are uname's node."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import platform
+    return platform.node()
 
 
 def render(run: Run, target: dict, version: str, exit_code: int, stream: TextIO) -> None:
