@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
+import time
 from typing import TextIO
 
 from envdoctor.engine import Run
@@ -25,7 +25,8 @@ def build(run: Run, target: dict, version: str, exit_code: int) -> dict:
     return redact({
         "schema_version": SCHEMA_VERSION,
         "envdoctor_version": version,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # datetime.now(timezone.utc).isoformat(timespec="seconds")'s format, without importing datetime
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "duration_s": round(run.duration_s, 4),
         "target": target,
         "node": node(),
