@@ -48,6 +48,9 @@ def test_a_plain_check_loads_only_what_its_checks_use(tmp_path):
     hits = sorted(m for m in loaded if any(m == b or m.startswith(b + ".") for b in banned))
     assert hits == []
     assert "envdoctor.checks.packages" in loaded and "envdoctor.report.json_report" in loaded  # it did run
+    remedies = [r["remedy"] for r in report["results"]] + [i["remedy"] for r in report["results"] for i in r["items"]]
+    if not any(rem and rem.get("fix_id") for rem in remedies):  # no fix request built: none loaded
+        assert not {"envdoctor.repair.requests", "envdoctor.local_build"} & loaded
 
 
 def test_version_loads_no_check_machinery():
