@@ -53,6 +53,19 @@ def test_a_plain_check_loads_only_what_its_checks_use(tmp_path):
         assert not {"envdoctor.repair.requests", "envdoctor.local_build"} & loaded
 
 
+def test_the_command_leaves_fast_with_everything_written(tmp_path):
+    # `python -m envdoctor check` ends in os._exit: the whole report must be out first, under its exit code.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for extra in ([], ["--strict"]):
+        proc = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--json", "--python", sys.executable,
+                               *extra], capture_output=True, text=True, env=env, timeout=120)
+        report = json.loads(proc.stdout)
+        assert proc.stdout.endswith("}\n") and report["summary"]["exit_code"] == proc.returncode
+    usage = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--only", "nope.nothing"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert usage.returncode == 2 and "unknown check 'nope.nothing'" in usage.stderr
+
+
 def test_version_loads_no_check_machinery():
     proc = subprocess.run([sys.executable, "-c", "import sys\nfrom envdoctor.cli import main\n"
                            "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"

@@ -197,3 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if paused:
             gc.enable()
+
+
+def run() -> None:
+    """The `envdoctor` command (the console script and `python -m envdoctor`): `main`, then for `check` an exit
+    without the interpreter's teardown, which frees ~170 modules' objects one by one (~10 ms of a ~0.1 s
+    command). Everything is written and flushed by then; envdoctor leaves nothing to atexit, finalizers or
+    non-daemon threads. The other verbs exit the usual way."""
+    code = main()
+    if sys.argv[1:2] != ["check"]:
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away: main has answered for it (141)
+            pass
+    os._exit(code)
