@@ -15,7 +15,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the probe starts
+if TYPE_CHECKING:  # annotations only
+    from typing import Callable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
