@@ -6,7 +6,9 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the probe starts
+if TYPE_CHECKING:  # annotations only
+    from typing import Mapping
 
 
 @dataclass(frozen=True)

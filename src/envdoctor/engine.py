@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -37,8 +34,43 @@ class Run:
     duration_s: float = 0.0
 
 
-def _spawn(fn: Callable, *args) -> Future:
-    fut: Future = Future()
+class Future:
+    """What a worker thread delivers: its value or its exception. (Not concurrent.futures.Future: that
+    package imports logging, ~3 ms of every `check`, for the four methods used here.)"""
+
+    __slots__ = ("_event", "_value", "_exc", "_notify")
+
+    def __init__(self, notify: threading.Event | None = None) -> None:
+        self._event = threading.Event()
+        self._value, self._exc, self._notify = None, None, notify
+
+    def _finish(self) -> None:
+        self._event.set()
+        if self._notify is not None:
+            self._notify.set()
+
+    def set_result(self, value) -> None:
+        self._value = value
+        self._finish()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        self._finish()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def result(self, timeout: float | None = None):
+        """The value (or the worker's exception, raised); TimeoutError when it has not come by then."""
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+def _spawn(fn: Callable, *args, notify: threading.Event | None = None) -> Future:
+    fut = Future(notify)
 
     def body() -> None:
         try:
@@ -50,7 +82,7 @@ def _spawn(fn: Callable, *args) -> Future:
     return fut
 
 
-def _provide(provider: Provider, system: System, ctx: Context, deps: dict[str, Future]) -> FactOutcome:
+def _provide(provider: Provider, fn: Callable, system: System, ctx: Context, deps: dict[str, Future]) -> FactOutcome:
     inputs = {}
     for name, fut in deps.items():
         out = fut.result()  # bounded: the dependency's own timeout is enforced by whoever waits on us
@@ -59,10 +91,11 @@ def _provide(provider: Provider, system: System, ctx: Context, deps: dict[str, F
         inputs[name] = out.value
     start = time.monotonic()
     try:
-        return FactOutcome(provider.fn(system, ctx, **inputs), duration_s=time.monotonic() - start)
+        return FactOutcome(fn(system, ctx, **inputs), duration_s=time.monotonic() - start)
     except FactError as exc:
         return FactOutcome(error=str(exc), duration_s=time.monotonic() - start)
     except Exception as exc:  # noqa: BLE001
+        import traceback  # only for a crash: not an import every run pays
         return FactOutcome(error=f"probe '{provider.name}' crashed: {type(exc).__name__}: {exc}",
                            expected=False, traceback=traceback.format_exc(),
                            duration_s=time.monotonic() - start)
@@ -76,7 +109,9 @@ def start_facts(names: Iterable[str], providers: dict[str, Provider], system: Sy
     def ensure(name: str) -> Future:
         if name not in futs:
             deps = {d: ensure(d) for d in providers[name].needs}
-            futs[name] = _spawn(_provide, providers[name], system, ctx, deps)
+            # The provider's module is imported here, in the calling thread, not in the worker: imports
+            # stay in one thread, in a fixed order.
+            futs[name] = _spawn(_provide, providers[name], providers[name].function(), system, ctx, deps)
         return futs[name]
 
     for n in names:
@@ -107,7 +142,7 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
     def fact(name: str) -> FactOutcome:
         try:
             out = fact_futs[name].result(timeout=max(0.0, start + fact_timeout[name] - time.monotonic()))
-        except FutureTimeout:
+        except TimeoutError:
             out = FactOutcome(error=f"probe '{name}' did not finish within {fact_timeout[name]:g} s",
                               expected=False)
         with lock:
@@ -134,7 +169,8 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
             res.duration_s = time.monotonic() - started[check.id]
         return res
 
-    futures = {c.id: _spawn(run_one, c) for c in checks}
+    finished = threading.Event()  # set by each check that ends: the loop below wakes for it
+    futures = {c.id: _spawn(run_one, c, notify=finished) for c in checks}
     results: dict[str, Result] = {}
     pending = {c.id: c for c in checks}
     while pending:
@@ -151,8 +187,8 @@ def run_checks(checks: Iterable[Check], providers: dict[str, Provider], system: 
                 del pending[cid]
         if pending:
             deadlines = [started[c] + pending[c].timeout - now for c in pending if c in started]
-            wait([futures[c] for c in pending], timeout=min(deadlines + [0.05]),
-                 return_when=FIRST_COMPLETED)
+            finished.wait(timeout=max(0.0, min(deadlines + [0.05])))
+            finished.clear()  # an end after this is seen by the next pass, which comes after the clear
     ordered = []
     for check in checks:
         res = results[check.id]
@@ -167,6 +203,7 @@ def _collect(check: Check, fut: Future, started_at: float | None, now: float) ->
         if not isinstance(res, Result):
             raise TypeError(f"check returned {type(res).__name__}, not a Result")
     except Exception as exc:  # noqa: BLE001 - a broken check must not break the report
+        import traceback
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         res = Result(Status.ERROR, f"check '{check.id}' crashed: {type(exc).__name__}: {exc}", traceback=tb)
         res.duration_s = (now - started_at) if started_at else 0.0

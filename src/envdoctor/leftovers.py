@@ -11,7 +11,6 @@ from pathlib import PurePosixPath
 
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.model import Item, Status
-from envdoctor.repair.requests import RemoveLeftovers, remedy
 
 def leftovers_by_site(python: PythonEnv) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
@@ -21,12 +20,14 @@ def leftovers_by_site(python: PythonEnv) -> dict[str, list[str]]:
 
 
 def remove_command(paths: list[str]) -> str:
+    from envdoctor.repair.requests import RemoveLeftovers
     return RemoveLeftovers(tuple(paths)).command("")
 
 
 def leftover_items(python: PythonEnv) -> list[Item]:
     items = []
     for site, paths in sorted(leftovers_by_site(python).items()):
+        from envdoctor.repair.requests import RemoveLeftovers, remedy  # only with leftovers to remove
         names = [PurePosixPath(p).name for p in paths]
         items.append(Item(Status.WARN, f"leftovers of an interrupted pip run in {site}: {', '.join(names)}",
                           ("pip renames what it replaces to ~name (metadata too) and deletes it at the end; "

@@ -14,7 +14,6 @@ from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.model import Remedy
 from envdoctor.redact import redact_text
-from envdoctor.repair.requests import pip_remedy
 
 # --no-deps: nothing but the extension is touched, so torch stays the installed one (an unpinned resolve
 # could replace it); --no-build-isolation: the build compiles against this torch's headers and libraries,
@@ -62,6 +61,7 @@ def source_of(dist: Distribution | None) -> tuple[str, str, bool] | None:
 def rebuild_remedy(python: PythonEnv, dist_name: str, version: str | None, torch: TorchFacts) -> Remedy:
     """Rebuild from the recorded source, or say that no automatic fix exists (no fix id either way: the
     build depends on a source envdoctor does not manage)."""
+    from envdoctor.repair.requests import pip_remedy
     dist = python.get(dist_name)
     found = source_of(dist)
     label = f"{dist_name} {version or ''}".strip()

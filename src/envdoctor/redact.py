@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 MASK = "***"
@@ -21,17 +22,35 @@ _TOKENS = re.compile("|".join(p.pattern for p in _PATTERNS))
 # environment assignments in logs (HF_TOKEN=…). The value goes up to the next separator.
 _ASSIGNED = re.compile(r"(?P<name>\b[\w.-]*?(?:token|secret|passwd|password|api_?key|access_?key|private_?key|"
                        r"credentials?|signature|sig|auth))=(?P<value>[^\s&#\"'<>;,]+)", re.I)
-# Every secret above contains one of these; most strings contain none and skip the regexes.
-_HINTS = ("@", "hf_", "gh", "sk-", "wandb_", "AKIA", "github_pat", "=")
+# What each regex cannot match without, searched in C on the text as it is at that step, so skipping a regex
+# never changes the result: a report holds ~1000 requirement strings with "=" ("numpy>=1.17") and no secret.
+_TOKEN_HINT = re.compile(r"hf_|gh[opusr]_|github_pat_|sk-|wandb_v1_|AKIA")
+_SECRET_WORDS = ("token", "secret", "passwd", "password", "apikey", "api_key", "accesskey", "access_key",
+                 "privatekey", "private_key", "credential", "credentials", "signature", "sig", "auth")
+
+
+def _may_assign(text: str) -> bool:
+    """Whether _ASSIGNED can match: some "=" right after a secret word. Non-ASCII text goes to the regex
+    (re.I folds a few non-ASCII letters onto ASCII ones, str.lower does not)."""
+    if not text.isascii():
+        return True
+    low = text.lower()
+    i = low.find("=")
+    while i != -1:
+        if low.endswith(_SECRET_WORDS, 0, i):
+            return True
+        i = low.find("=", i + 1)
+    return False
 
 
 def redact_text(text: str) -> str:
-    if not any(h in text for h in _HINTS):
-        return text
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    if "=" in text:
+    if "@" in text and "://" in text:
+        text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    if "=" in text and _may_assign(text):
         text = _ASSIGNED.sub(lambda m: f"{m['name']}={MASK}", text)
-    return _TOKENS.sub(MASK, text)
+    if _TOKEN_HINT.search(text):
+        text = _TOKENS.sub(MASK, text)
+    return text
 
 
 def redact(obj, key: str = ""):
@@ -41,10 +60,15 @@ def redact(obj, key: str = ""):
     if isinstance(obj, (list, tuple)):
         return [redact(v, key) for v in obj]
     if isinstance(obj, str):
-        if key and SECRET_NAME.search(key) and obj:
+        if key and obj and _secret_key(key):
             return MASK
         return redact_text(obj)
     return obj
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:  # a report repeats few keys thousands of times
+    return SECRET_NAME.search(key) is not None
 
 
 class RedactedLog:

@@ -9,25 +9,13 @@ from this table before it imports any check module.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 from envdoctor.applies import CONDITIONS, not_applicable
-from envdoctor.facts.binaries import probe_binaries
-from envdoctor.facts.gpu import probe_gpu
-from envdoctor.facts.host import probe_host
-from envdoctor.facts.imports import probe_imports
-from envdoctor.facts.model_dir import probe_model_dir
-from envdoctor.facts.stack_imports import probe_stack_imports
-from envdoctor.facts.python_env import probe_python
-from envdoctor.facts.recipe import probe_recipe
 from envdoctor.facts.smoke import STAGES, provider_for
-from envdoctor.facts.toolkit import probe_toolkit
-from envdoctor.facts.torch_build import probe_torch
-from envdoctor.facts.train_config import probe_train_config
-from envdoctor.facts.train_inputs import probe_base_model, probe_datasets
-from envdoctor.facts.wsl import probe_wsl
 from envdoctor.model import Result
 
 
@@ -47,10 +35,18 @@ class Check:
 @dataclass(frozen=True)
 class Provider:
     name: str
-    fn: Callable            # (system, ctx, **facts of `needs`) -> facts
+    fn: Callable | str      # (system, ctx, **facts of `needs`) -> facts; or "module:function", imported when
+    #                         the facts are first gathered (a plain `check` never imports the training config's,
+    #                         the model folder's or the smoke tests' modules)
     timeout: float | str    # seconds, or the name of a Context field (plus a margin)
     owner: str              # the check that reports this provider's failure as a failure
     needs: tuple[str, ...] = ()  # other providers whose facts this one reads
+
+    def function(self) -> Callable:
+        if callable(self.fn):
+            return self.fn
+        module, _, attr = self.fn.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 def check(id: str, title: str, category: str, looks_at: str, needs: tuple[str, ...] = (),
@@ -58,6 +54,9 @@ def check(id: str, title: str, category: str, looks_at: str, needs: tuple[str, .
     """Declare a check. The decorated function gets `.check` (its Check) and folds in `applies`: called
     on a machine where a condition does not hold, it returns that condition's skip without running."""
     def declare(fn: Callable[..., Result]) -> Callable[..., Result]:
+        if not applies:  # nothing to fold in (and no signature to read: ~30 checks load on every run)
+            fn.check = Check(id, title, category, looks_at, tuple(needs), fn, timeout, option, ())
+            return fn
         sig = inspect.signature(fn)
         for name in applies:
             if name not in CONDITIONS:
@@ -76,24 +75,29 @@ def check(id: str, title: str, category: str, looks_at: str, needs: tuple[str, .
     return declare
 
 
-# Every fact provider, by name.
+# Every fact provider, by name ("module:function" under envdoctor.facts: imported when first needed).
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (
-    Provider("host", probe_host, 10.0, owner="system.os"),
-    Provider("python", probe_python, "probe_timeout", owner="python.interpreter"),
-    Provider("gpu", probe_gpu, 30.0, owner="gpu.driver"),
-    Provider("toolkit", probe_toolkit, 30.0, owner="gpu.nvcc"),
-    Provider("torch", probe_torch, 30.0, owner="gpu.torch", needs=("python",)),
-    Provider("binaries", probe_binaries, 30.0, owner="binaries.extensions", needs=("python", "torch")),
-    Provider("imports", probe_imports, "smoke_timeout", owner="deep.imports", needs=("binaries",)),
+    Provider("host", "envdoctor.facts.host:probe_host", 10.0, owner="system.os"),
+    Provider("python", "envdoctor.facts.python_env:probe_python", "probe_timeout", owner="python.interpreter"),
+    Provider("gpu", "envdoctor.facts.gpu:probe_gpu", 30.0, owner="gpu.driver"),
+    Provider("toolkit", "envdoctor.facts.toolkit:probe_toolkit", 30.0, owner="gpu.nvcc"),
+    Provider("torch", "envdoctor.facts.torch_build:probe_torch", 30.0, owner="gpu.torch", needs=("python",)),
+    Provider("binaries", "envdoctor.facts.binaries:probe_binaries", 30.0, owner="binaries.extensions",
+             needs=("python", "torch")),
+    Provider("imports", "envdoctor.facts.imports:probe_imports", "smoke_timeout", owner="deep.imports",
+             needs=("binaries",)),
     *(Provider(f"smoke_{stage}", provider_for(stage), "smoke_timeout", owner=f"deep.{stage}", needs=("gpu",))
       for stage in STAGES),
-    Provider("recipe", probe_recipe, 10.0, owner="recipe.match"),
-    Provider("wsl", probe_wsl, 30.0, owner="wsl.version"),
-    Provider("train_config", probe_train_config, 10.0, owner="config.valid"),
-    Provider("datasets", probe_datasets, 120.0, owner="config.datasets", needs=("train_config",)),  # reads it all
-    Provider("base_model", probe_base_model, 10.0, owner="config.base_model", needs=("train_config",)),
-    Provider("model_dir", probe_model_dir, 300.0, owner="model.files"),
-    Provider("stack_imports", probe_stack_imports, "smoke_timeout", owner="deep.stack", needs=("python",)),
+    Provider("recipe", "envdoctor.facts.recipe:probe_recipe", 10.0, owner="recipe.match"),
+    Provider("wsl", "envdoctor.facts.wsl:probe_wsl", 30.0, owner="wsl.version"),
+    Provider("train_config", "envdoctor.facts.train_config:probe_train_config", 10.0, owner="config.valid"),
+    Provider("datasets", "envdoctor.facts.train_inputs:probe_datasets", 120.0, owner="config.datasets",
+             needs=("train_config",)),  # reads it all
+    Provider("base_model", "envdoctor.facts.train_inputs:probe_base_model", 10.0, owner="config.base_model",
+             needs=("train_config",)),
+    Provider("model_dir", "envdoctor.facts.model_dir:probe_model_dir", 300.0, owner="model.files"),
+    Provider("stack_imports", "envdoctor.facts.stack_imports:probe_stack_imports", "smoke_timeout",
+             owner="deep.stack", needs=("python",)),
 )}
 
 # Report order of the categories; checks keep their declaration order inside one.

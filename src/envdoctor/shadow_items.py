@@ -6,7 +6,6 @@ from __future__ import annotations
 from envdoctor import shadowing as sh
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.model import Item, Remedy, Status
-from envdoctor.repair.requests import EditPth, pip_line, pip_remedy, remedy
 
 
 def _lines(s: sh.Shadow) -> tuple[str, ...]:
@@ -15,6 +14,7 @@ def _lines(s: sh.Shadow) -> tuple[str, ...]:
 
 
 def shadow_item(python: PythonEnv, s: sh.Shadow) -> Item:
+    from envdoctor.repair.requests import EditPth, pip_line, pip_remedy, remedy
     active = s.active
     name = active.name or active.key
     versions = {d.version for d in [active, *s.others]}

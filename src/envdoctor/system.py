@@ -7,6 +7,7 @@ its own environment and scripted commands, so the logic under test is the real l
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -14,7 +15,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the probe starts
+if TYPE_CHECKING:  # annotations only
+    from typing import Callable, Mapping, Sequence
 
 
 STOP_GRACE_S = 45  # longer than torchrun's own wait for its ranks (30 s), so that it is never cut short
@@ -192,6 +195,17 @@ class System:
     def run(self, argv: Sequence[str], timeout: float, input: str | None = None,
             env: Mapping[str, str] | None = None) -> CommandResult:
         """Run a command with a timeout. Never raises: failures come back in the result."""
+        return self._started(argv, input, env)(timeout)
+
+    def spawn(self, argv: Sequence[str], timeout: float) -> Callable[[], CommandResult]:
+        """Start a command now, in this thread; the returned function waits for it as `run` would (same
+        timeout, counted from now). A subclass that scripts `run` (tests) gets `run` called at the wait."""
+        if type(self).run is not System.run:
+            return lambda: self.run(argv, timeout=timeout)
+        return functools.partial(self._started(argv, None, None), timeout)
+
+    def _started(self, argv: Sequence[str], input: str | None,
+                 env: Mapping[str, str] | None) -> Callable[[float], CommandResult]:
         argv = tuple(str(a) for a in argv)
         start = time.monotonic()
         try:
@@ -202,19 +216,23 @@ class System:
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
                 env=dict(self.env if env is None else env), cwd=self.cwd, start_new_session=os.name == "posix")
         except (OSError, ValueError) as exc:
-            return CommandResult(argv, None, "", "", time.monotonic() - start,
-                                 error=f"{getattr(exc, 'strerror', None) or exc}: "
-                                       f"{getattr(exc, 'filename', None) or argv[0]}")
-        try:
-            out, err = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            out, err = _drain(proc)
-            return CommandResult(argv, None, out, err, time.monotonic() - start, timed_out=True)
-        except BaseException:  # Ctrl-C while waiting: take the group down with us
-            kill_group(proc)
-            raise
-        return CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
+            failed = CommandResult(argv, None, "", "", time.monotonic() - start,
+                                   error=f"{getattr(exc, 'strerror', None) or exc}: "
+                                         f"{getattr(exc, 'filename', None) or argv[0]}")
+            return lambda timeout: failed
+
+        def finish(timeout: float) -> CommandResult:
+            try:
+                out, err = proc.communicate(input, timeout=max(0.0, start + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                out, err = _drain(proc)
+                return CommandResult(argv, None, out, err, time.monotonic() - start, timed_out=True)
+            except BaseException:  # Ctrl-C while waiting: take the group down with us
+                kill_group(proc)
+                raise
+            return CommandResult(argv, proc.returncode, out, err, time.monotonic() - start)
+        return finish
 
     def stream(self, argv: Sequence[str], env: Mapping[str, str] | None = None, stops_held: bool = False) -> int:
         """Run a long command with its output going straight to ours (a training run); its exit code.

@@ -16,11 +16,9 @@ from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.flashattn_wheel import flash_attn_wheel_url
 from envdoctor.gpu_compat import companion_pins
-from envdoctor.local_build import rebuild_remedy
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
 from envdoctor.pins import index_url
 from envdoctor.registry import check
-from envdoctor.repair.requests import AlignCompanions, RebuildFlashAttn, remedy as fix_remedy, torch_pin
 
 FA_TAG = re.compile(r"\+cu(\d+)torch(\d+\.\d+)cxx11abi(TRUE|FALSE)", re.I)
 
@@ -72,6 +70,7 @@ def explain(ext: Extension, torch: TorchFacts, python: PythonEnv) -> tuple[str, 
 def flash_attn_remedy(version: str, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
     """One request, printed and planned: the command is the request's one step as a shell line (script and
     variables), so what a user copies is exactly what `envdoctor fix flash-attn.rebuild` runs."""
+    from envdoctor.repair.requests import RebuildFlashAttn, remedy as fix_remedy
     if torch_is_cpu_only(torch):
         return flash_attn_needs_cuda(torch)
     jobs = flash_attn_jobs(host)
@@ -87,6 +86,8 @@ def flash_attn_remedy(version: str, torch: TorchFacts, python: PythonEnv, gpu: G
 
 
 def remedy_for(ext: Extension, torch: TorchFacts, python: PythonEnv, gpu: GpuFacts, host: HostFacts) -> Remedy:
+    from envdoctor.local_build import rebuild_remedy
+    from envdoctor.repair.requests import AlignCompanions, remedy as fix_remedy, torch_pin
     key = canonicalize_name(ext.dist)
     if key == "flash-attn":
         return flash_attn_remedy((ext.version or "").split("+")[0], torch, python, gpu, host)

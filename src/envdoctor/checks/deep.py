@@ -3,14 +3,18 @@ and the statically read arch list cross-checked against torch's own."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from envdoctor.facts.binaries import BinaryFacts
 from envdoctor.facts.gpu import GpuFacts
-from envdoctor.facts.imports import ImportOutcomes
 from envdoctor.facts.python_env import PythonEnv
-from envdoctor.facts.smoke import SmokeResult
 from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, skip
 from envdoctor.registry import check
+
+if TYPE_CHECKING:  # annotations only: the facts' modules load when their checks run
+    from envdoctor.facts.imports import ImportOutcomes
+    from envdoctor.facts.smoke import SmokeResult
 
 STATUS = {"ok": Status.OK, "warn": Status.WARN, "fail": Status.FAIL, "skip": Status.SKIP}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from envdoctor import tables
 from envdoctor.applies import NO_GPU
@@ -15,7 +16,9 @@ from envdoctor.gpu_compat import (Build, companion_pins, coverage, min_driver, p
                                   tag_cuda)
 from envdoctor.model import Item, Remedy, Result, Status, fail, from_items, ok, skip, warn
 from envdoctor.registry import check
-from envdoctor.repair.requests import ReinstallTorch, remedy as fix_remedy
+
+if TYPE_CHECKING:  # fix requests load where a remedy is built (a failure): not on every run
+    from envdoctor.repair.requests import ReinstallTorch
 
 BUSY_FRACTION, BUSY_BYTES = 0.10, 1 * GiB
 
@@ -31,10 +34,12 @@ def torch_specs(python: PythonEnv, build: Build) -> list[str]:
 
 
 def torch_request(python: PythonEnv, build: Build) -> ReinstallTorch:
+    from envdoctor.repair.requests import ReinstallTorch
     return ReinstallTorch(tuple(torch_specs(python, build)), build.index_url)
 
 
 def _torch_remedy(python: PythonEnv, gpu: GpuFacts, torch: TorchFacts, why: str) -> Remedy:
+    from envdoctor.repair.requests import remedy as fix_remedy
     ccs = [g.cc for g in gpu.gpus if g.cc]
     build, driver_ok = pick_build(ccs, gpu.cuda_driver, torch.minor if torch.installed else None)
     if build is None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from envdoctor.facts.model_dir import ModelDirFacts
+from typing import TYPE_CHECKING
+
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
+
+if TYPE_CHECKING:  # annotations only: the facts' modules load when their checks run
+    from envdoctor.facts.model_dir import ModelDirFacts
 
 
 @check("model.files", "Model weights", "Model",

@@ -13,7 +13,6 @@ from envdoctor.facts.python_env import Distribution, PythonEnv
 from envdoctor.model import Item, Remedy, Result, Status, from_items, ok, warn
 from envdoctor.pins import index_url, pip_install, torch_build_tag
 from envdoctor.registry import check
-from envdoctor.repair.requests import AlignCompanions, InstallSpecs, ReinstallTorch, pip_line, pip_remedy, remedy as fix_remedy, torch_pin
 from envdoctor.leftovers import leftover_items
 from envdoctor.shadow_items import shadow_item
 from envdoctor.shadowing import classify, shadowed_by_path
@@ -54,6 +53,8 @@ def requirements(python: PythonEnv) -> Result:
         if shadow:  # pip would act on the copy in site-packages, not the one imported: no pip remedy
             items += [Item(Status.FAIL, _why(u), (shadow,), Remedy(text=shadow)) for u in group]
             continue
+        # Fix requests load only where a remedy is built: a healthy environment never pays for them.
+        from envdoctor.repair.requests import InstallSpecs, pip_remedy, remedy as fix_remedy, torch_pin
         spec, conflict = _spec_for(python, group[0].need.req.name)
         torch_changes |= key == "torch"
         for u in group:
@@ -105,6 +106,8 @@ def metadata(python: PythonEnv) -> Result:
         if d.version and deps.parse_version(d.version) is None:
             problems.append(f"version {d.version!r} is not a valid PEP 440 version")
         damaged = [p for p in problems if p.startswith(DAMAGED)]
+        if problems:  # fix requests load for a broken install only
+            from envdoctor.repair.requests import ReinstallTorch, pip_line, pip_remedy, remedy as fix_remedy
         if damaged and d.key == "torch" and d.version:
             # Files gone from an install whose metadata is intact: the same version again, over it, is the
             # fix (--no-deps: its dependencies are not the damaged part).
@@ -140,20 +143,23 @@ def _companion_item(python: PythonEnv, torch: Distribution, name: str, want: str
     crel, trel = _release(comp.version), _release(torch.version)
     tminor = ".".join(map(str, trel[:2]))
     tag = torch_build_tag(torch.version)
-    fix = (fix_remedy(AlignCompanions((f"{name}=={want}.*",), index_url(tag), True, torch_pin(python)), python,
-                      f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".")
-           if want else pip_remedy(python, pip_line(python.executable, [name], options=["-y"], verb="uninstall"),
-                                   f"No {name} release exists for torch {tminor}: remove it or change torch."))
+
+    def fix() -> Remedy:  # built for a failing item only: a matching companion never loads the fix requests
+        from envdoctor.repair.requests import AlignCompanions, pip_line, pip_remedy, remedy as fix_remedy, torch_pin
+        return (fix_remedy(AlignCompanions((f"{name}=={want}.*",), index_url(tag), True, torch_pin(python)), python,
+                           f"Install the {name} built for torch {tminor}" + (f" ({tag})" if tag else "") + ".")
+                if want else pip_remedy(python, pip_line(python.executable, [name], options=["-y"], verb="uninstall"),
+                                        f"No {name} release exists for torch {tminor}: remove it or change torch."))
     if want is None:
-        return Item(Status.FAIL, f"{comp.label} has no release for torch {torch.version}", (), fix)
+        return Item(Status.FAIL, f"{comp.label} has no release for torch {torch.version}", (), fix())
     if ".".join(map(str, crel[:2])) != want:
         return Item(Status.FAIL, f"{comp.label} is not built for torch {torch.version} (needs {name} {want}.x)",
                     ("A companion built for another torch fails at import with undefined symbols or "
-                     "'operator does not exist'.",), fix)
+                     "'operator does not exist'.",), fix())
     ctag = torch_build_tag(comp.version)
     if ctag and tag and ctag != tag:
         return Item(Status.FAIL, f"{comp.label} is a {ctag} build but torch is {tag}",
-                    ("Its CUDA kernels link against another CUDA runtime than torch's.",), fix)
+                    ("Its CUDA kernels link against another CUDA runtime than torch's.",), fix())
     return Item(Status.OK, f"{comp.label} matches torch {torch.version}")
 
 
@@ -181,6 +187,7 @@ def _torchao_item(python: PythonEnv, torch: Distribution, table: dict) -> Item |
         from envdoctor.cpu_torch import pure_wheel_remedy
         remedy = pure_wheel_remedy(python, "torchao", wanted[-1])
     else:
+        from envdoctor.repair.requests import AlignCompanions, remedy as fix_remedy, torch_pin
         remedy = (fix_remedy(AlignCompanions((f"torchao=={wanted[-1]}",), torch_pin=torch_pin(python)), python,
                              f"torchao {wanted[-1]} is built for torch {torch.version}.") if wanted else
                   Remedy(text=f"No torchao release in the table supports torch {torch.version}."))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packaging.requirements import Requirement
 
 from envdoctor import deps
 from envdoctor.facts.python_env import PythonEnv
 from envdoctor.model import Item, Remedy, Result, Status, from_items
 from envdoctor.pins import torch_build_tag
-from envdoctor.recipes import Recipe
 from envdoctor.registry import check
+
+if TYPE_CHECKING:  # annotations only: a plain check never loads the recipes
+    from envdoctor.recipes import Recipe
 
 
 def _item(python: PythonEnv, spec: str) -> Item:

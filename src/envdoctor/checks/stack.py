@@ -4,15 +4,18 @@ pairs names the release that fixes a known one."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name as normalize
 
 from envdoctor import deps, tables
 from envdoctor.facts.python_env import PythonEnv
-from envdoctor.facts.stack_imports import StackImport, StackImports
 from envdoctor.model import Item, Remedy, Result, Status, from_items, skip
-from envdoctor.repair.requests import pip_line, pip_remedy, torch_pin
 from envdoctor.registry import check
+
+if TYPE_CHECKING:  # annotations only: the facts' modules load when their checks run
+    from envdoctor.facts.stack_imports import StackImport, StackImports
 
 
 def _top(module: str | None) -> str | None:
@@ -50,6 +53,7 @@ def known_pair(dist: str, version: str | None, python: PythonEnv) -> tuple[dict,
 
 
 def item_for(r: StackImport, python: PythonEnv) -> Item:
+    from envdoctor.repair.requests import pip_line, pip_remedy, torch_pin
     label = f"{r.dist} {r.version or '?'}"
     if r.ok:
         return Item(Status.OK, f"import {r.dist}: ok ({r.seconds:.1f} s)")

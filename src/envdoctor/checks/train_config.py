@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from envdoctor.facts.gpu import Gpu, GpuFacts
 from envdoctor.facts.torch_build import TorchFacts
-from envdoctor.facts.train_config import TrainConfigFacts
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
-from envdoctor.training.backends import cpu_fix, cuda_only_settings
-from envdoctor.training.estimate import MARGIN, GiB, Shape, estimate, gpus_to_fit, ways_to_fit
+
+if TYPE_CHECKING:  # annotations only: the facts' modules load when their checks run
+    from envdoctor.facts.train_config import TrainConfigFacts
 
 
 @check("config.valid", "Training config", "Config", "every key of the training config, all errors at once",
@@ -27,6 +29,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
        "trainable parameters, adapter size, modules_to_save cost and peak GPU memory (allocated, reserved, on the "
        "card) per GPU of the run, from config.json alone", needs=("train_config", "gpu"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
+    # Imported here: a check without --config never loads the estimator.
+    from envdoctor.training.estimate import MARGIN, GiB, Shape, estimate, gpus_to_fit, ways_to_fit
     cfg, model = train_config.config.resolved(), train_config.model
     if model is None:
         return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
@@ -127,6 +131,7 @@ def run_gpus(gpu: GpuFacts, visible: str | None, nproc: int | None, runner: bool
        "for `train --backend axolotl`: settings of the config that need CUDA, on a machine without it",
        needs=("train_config", "torch", "gpu"), option="config")
 def axolotl_device(train_config: TrainConfigFacts, torch: TorchFacts, gpu: GpuFacts) -> Result:
+    from envdoctor.training.backends import cpu_fix, cuda_only_settings
     if train_config.engine != "peft":  # train.py sets "peft" for --backend axolotl only
         return skip("not an axolotl run")
     if torch.installed and torch.cuda and gpu.present:

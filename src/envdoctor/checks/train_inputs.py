@@ -3,9 +3,13 @@ model's files on this machine? The same rules the runner applies (its corpus.py 
 
 from __future__ import annotations
 
-from envdoctor.facts.train_inputs import BaseModelFacts, DatasetFacts
+from typing import TYPE_CHECKING
+
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
+
+if TYPE_CHECKING:  # annotations only: the facts' modules load when their checks run
+    from envdoctor.facts.train_inputs import BaseModelFacts, DatasetFacts
 
 
 def _size(n: int) -> str:

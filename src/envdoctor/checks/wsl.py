@@ -9,8 +9,6 @@ from envdoctor.facts.python_env import PythonEnv
 from envdoctor.facts.wsl import WslFacts
 from envdoctor.model import Remedy, Result, fail, ok, skip, warn
 from envdoctor.registry import check
-from envdoctor.repair.requests import EditWslConfig, remedy as fix_remedy
-from envdoctor.wslconfig import effective, recommend
 
 MERGE_GIB = 20          # an 8B model in bf16 (16 GB) plus the process around it, to load and merge
 BUILD_JOBS = 4          # flash-attn's README: MAX_JOBS=4 on machines under 96 GB
@@ -39,6 +37,7 @@ def config(wsl: WslFacts) -> Result:
         return warn("cannot find the Windows profile folder, so not .wslconfig either",
                     [wsl.host_from or "", "tried wslvar, cmd.exe through interop, and /mnt/c/Users"],
                     Remedy(text="Enable interop ([interop] enabled=true in /etc/wsl.conf) or install wslu."))
+    from envdoctor.wslconfig import effective  # on WSL only: off it these checks skip
     eff = effective(wsl.config, wsl.host_ram, wsl.host_cpus)
     values = (f"VM gets memory {_gib(eff.memory)} ({eff.memory_from}), swap {_gib(eff.swap)} ({eff.swap_from}), "
               f"processors {eff.processors or 'all'}") if eff else "effective values unknown (Windows RAM unknown)"
@@ -68,6 +67,8 @@ def memory(wsl: WslFacts, host: HostFacts, python: PythonEnv) -> Result:
         return ok(f"the VM has {_gib(vm)}, enough for {need} GiB of work", why)
     remedy = Remedy(text=f"Give the VM more memory in .wslconfig, {RESTART}.")
     if wsl.host_ram and wsl.profile:
+        from envdoctor.repair.requests import EditWslConfig, remedy as fix_remedy
+        from envdoctor.wslconfig import recommend
         values = recommend(wsl.host_ram, wsl.host_cpus)
         if int(values["memory"][:-2]) * GiB > vm * 1.05:
             remedy = fix_remedy(EditWslConfig(wsl.config_path, tuple(values.items())), python,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
-import platform
 import sys
-from difflib import get_close_matches
 
 from envdoctor import __version__
 from envdoctor.commands.interpreter import resolve
@@ -19,6 +17,7 @@ def select(checks: dict, only: list[str], skip: list[str], enabled: frozenset = 
         hits = {cid for cid in checks if cid == pattern or cid.startswith(pattern + ".")
                 or fnmatch.fnmatchcase(cid, pattern)}
         if not hits:
+            from difflib import get_close_matches
             near = get_close_matches(pattern, list(checks), n=3)
             raise UsageError(f"unknown check {pattern!r}" + (f"; did you mean {', '.join(near)}?" if near else
                                                             "; `envdoctor checks` lists them"))
@@ -70,6 +69,7 @@ def main(args) -> int:
     code = exit_code(run.results, args.strict)
     fmt = "json" if args.json else (args.format or "text")
     if args.junit:
+        import platform
         from envdoctor.report import junit
         system.write_bytes(args.junit, junit.build(run.results, run.duration_s, args.strict, platform.node()))
     if fmt == "json":

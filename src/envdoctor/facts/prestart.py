@@ -15,14 +15,16 @@ _started: dict[tuple, tuple[threading.Thread, list]] = {}
 
 
 def start(system, argv: list[str], timeout: float) -> None:
-    """Run `system.run(argv, timeout)` in a daemon thread now (daemon: a check that never needs it
-    cannot hold the process at exit)."""
+    """Start `argv` now, in this thread (`system.spawn`: a thread of its own would first have to win the GIL
+    from the imports that follow), and collect its output in a daemon thread (the pipes never fill; daemon:
+    a check that never needs it cannot hold the process at exit)."""
     key = (id(system), tuple(argv))
     box: list = []
-    thread = threading.Thread(target=lambda: box.append(system.run(argv, timeout=timeout)), daemon=True)
     with _lock:
         if key in _started:
             return
+        wait = system.spawn(argv, timeout)
+        thread = threading.Thread(target=lambda: box.append(wait()), daemon=True)
         _started[key] = (thread, box)
     thread.start()
 
@@ -35,5 +37,5 @@ def take(system, argv: list[str]):
     if entry is None:
         return None
     thread, box = entry
-    thread.join()  # bounded: system.run enforces the same timeout the caller would have used
+    thread.join()  # bounded: the wait enforces the same timeout the caller would have used
     return box[0] if box else None

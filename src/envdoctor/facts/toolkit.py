@@ -71,15 +71,18 @@ def parse_nvcc_version(text: str) -> str | None:
     return f"{m[1]}.{m[2]}" if m else None
 
 
-def _version(system: System, nvcc: str) -> str | None:
-    # CUDA >= 11.1 writes version.json beside bin/: no process needed.
-    root = nvcc.rsplit("/bin/", 1)[0]
-    text = system.read_text(f"{root}/version.json")
-    version = parse_version_json(text) if text else None
-    if version:
-        return version
-    res = system.run([nvcc, "--version"], timeout=10.0)
-    return parse_nvcc_version(res.stdout) if res.ok else None
+def _versions(system: System, nvccs: list[str]) -> list[str | None]:
+    """Each nvcc's version. CUDA >= 11.1 writes version.json beside bin/: no process needed; the others run
+    `nvcc --version`, all started before any is waited for (a check waits for the slowest, not the sum)."""
+    found: list[str | None] = []
+    for nvcc in nvccs:
+        text = system.read_text(f"{nvcc.rsplit('/bin/', 1)[0]}/version.json")
+        found.append(parse_version_json(text) if text else None)
+    running = {i: system.spawn([nvcc, "--version"], timeout=10.0) for i, nvcc in enumerate(nvccs) if not found[i]}
+    for i, wait in running.items():
+        res = wait()
+        found[i] = parse_nvcc_version(res.stdout) if res.ok else None
+    return found
 
 
 def probe_toolkit(system: System, ctx: Context) -> ToolkitFacts:
@@ -103,6 +106,6 @@ def probe_toolkit(system: System, ctx: Context) -> ToolkitFacts:
             by_real[real] = Nvcc(path, None)
         if how not in by_real[real].found_by:
             by_real[real].found_by.append(how)
-    for real, n in by_real.items():
-        n.version = _version(system, real)
+    for n, version in zip(by_real.values(), _versions(system, list(by_real))):
+        n.version = version
     return ToolkitFacts(list(by_real.values()), cuda_home)

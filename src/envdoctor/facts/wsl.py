@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from envdoctor.context import Context
 from envdoctor.facts.host import wsl_version
 from envdoctor.system import System
-from envdoctor.wslconfig import WslConfig, read
-from envdoctor.wslini import IniError, decode, scan
+
+if TYPE_CHECKING:  # the .wslconfig reader loads only on WSL (below): elsewhere it is ~3 ms of every check
+    from envdoctor.wslconfig import WslConfig
 
 INTEROP = ("/proc/sys/fs/binfmt_misc/WSLInterop", "/proc/sys/fs/binfmt_misc/WSLInterop-late")
 POWERSHELL = "/WINDOWS/System32/WindowsPowerShell/v1.0/powershell.exe"
@@ -59,6 +61,7 @@ def windows_to_linux(path: str, mount_root: str) -> str | None:
 def _mount_root(system: System) -> str:
     """[automount] root in /etc/wsl.conf, read by the same reader as .wslconfig (WSL parses both with
     one parser; init reads wsl.conf on Linux, so without CRLF folding)."""
+    from envdoctor.wslini import IniError, decode, scan
     data = system.read_bytes("/etc/wsl.conf")
     try:
         root = scan(decode(data).text, text_mode=False).get("automount.root") if data else None
@@ -138,6 +141,8 @@ def probe_wsl(system: System, ctx: Context) -> WslFacts:
         facts.config_path = f"{facts.profile}/.wslconfig"
         data = system.read_bytes(facts.config_path)
         if data is not None:
+            from envdoctor.wslconfig import read
+            from envdoctor.wslini import IniError, decode
             facts.config = read(data, facts.config_path)
             try:
                 facts.config_text = decode(data).text
