@@ -16,9 +16,10 @@ of a block (one run's shape × engine) whose repeat of its first point did not r
 The allocated constants of each engine are fitted on its "fit" rows, then RESERVE_FRAC and RESERVE_GIB
 on the measured reserved peaks: least squares of the relative errors (Gauss-Newton from the current
 values), then coordinate descent on the worst error, an under-estimate counting double (an estimate too
-low sends a user into an out-of-memory crash; one too high only costs a bigger GPU). ATT_SAVED is held (fp32 probabilities per layer, an eager-
-attention term that SDPA does not have). The acceptance of issue #18: every hold-out point within ±10 %
-of the measured reserved peak, none more than 5 % under.
+low sends a user into an out-of-memory crash; one too high only costs a bigger GPU). Trainer's attention
+terms are held at 0 (HELD_BY_ENGINE: bf16 autocast, flash SDPA). The RESERVE_* constants are fitted after
+the others, on the reserved peaks. The acceptance of issue #18: every hold-out point within ±10 % of the
+measured reserved peak, none more than 5 % under.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from hf_loop import SHAPES  # noqa: E402
 
 from envdoctor.training import estimate as E  # noqa: E402
 
-HELD = {"ATT_SAVED", "RESERVE_FRAC", "RESERVE_GIB"}
+HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
+# Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
+# SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs
+# loop does not autocast (an fp32 residual stream: seq² measured with and without checkpointing).
+HELD_BY_ENGINE = {"hf-trainer": {"ATT_GC", "ATT_SAVED"}}
 ESTIMATE_PY = Path(E.__file__)
 
 
@@ -158,11 +163,13 @@ def fit(engine: str, rows: list[dict]) -> None:
     if not fit_rows:
         print(f"{engine}: no fit rows; constants left as they are\n")
         return
-    names = [n for n in E.CONSTANTS[engine] if n not in HELD]
+    reserve = [n for n in E.CONSTANTS[engine] if n.startswith("RESERVE_")]
+    held = HELD | HELD_BY_ENGINE.get(engine, set())
+    names = [n for n in E.CONSTANTS[engine] if n not in held and n not in reserve]
     least_squares(engine, names, fit_rows, "peak_allocated")
     w = descend(engine, names, fit_rows, "peak_allocated")
-    least_squares(engine, ["RESERVE_FRAC", "RESERVE_GIB"], fit_rows, "peak_reserved")
-    wr = descend(engine, ["RESERVE_FRAC", "RESERVE_GIB"], fit_rows, "peak_reserved")
+    least_squares(engine, reserve, fit_rows, "peak_reserved")
+    wr = descend(engine, reserve, fit_rows, "peak_reserved")
     k = E.CONSTANTS[engine]
     print(f"{engine}: fitted on {len(fit_rows)} points, worst penalised error allocated {w * 100:.1f} %, "
           f"reserved {wr * 100:.1f} %")

@@ -14,8 +14,10 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
              logits    the HF engines: B × S × vocab × LOGIT_BYTES (a full-logits loss); the runner's
                        chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
              ddp       with several processes and no FSDP: DDP's gradient buckets, a fp32 copy of the grads
+             accum     with gradient accumulation: every trainable gradient (fp32) held between micro batches
   reserved   torch.cuda.max_memory_reserved(): allocated plus the caching allocator's slack, modelled as
-             RESERVE_FRAC × allocated + RESERVE_GIB (default allocator settings)
+             RESERVE_FRAC × allocated + RESERVE_GIB + RESERVE_LOGITS × one loss's fp32 logits + RESERVE_SAVE
+             × the modules_to_save copies in fp32 (default allocator settings)
   card       reserved + the paged optimizer's state (bitsandbytes' paged AdamW keeps it in CUDA managed
              memory, resident on the card while training, outside torch's counters) + the CUDA context
 A run fits when card × (1 + MARGIN) is at most the free memory of every GPU it uses.
@@ -38,32 +40,32 @@ ENGINES = ("runner", "hf-loop", "hf-trainer")
 HF_PATH = ("hf-loop", "hf-trainer")   # "peft": the larger of these two
 CONTEXT_BYTES = int(0.5 * GiB)        # the CUDA context and library handles of one process (H200: ~0.5 GiB)
 MARGIN = 0.05                         # of the card total: the stated margin "fits" keeps
-# Fitted constants per engine. CALIBRATED: bench/results/h200-llama8b-calibration*.json (2026-11-29; the
-# runner; for hf-loop the old reentrant "plain loop"), then raised to the issue #18 measurements of the
-# seed's config on an H200 (runner 21.6 GiB allocated; the docs loop 26.4 allocated, 29.8 reserved;
-# the same without modules_to_save 18.5 / 22.1): INTERIM until bench/fit_memory.py --write refits them on
-# the new grid (it rewrites the NAME=value pairs below).
+# Fitted constants per engine: bench/fit_memory.py --write on the H200 lines of 2026-11-30
+# (bench/results/h200-calibration-2026-11-30*.jsonl: the docs loop, Trainer and the runner on random-weight
+# Llama-3.1-8B, 3.2-3B and 3.2-1B shapes quantized by from_pretrained; 16 fit points per engine). Allocated
+# peaks of the hold-out points are within ±13 %; reserved peaks are not within issue #18's ±10 % / -5 %
+# everywhere (the allocator's slack varies by ±1 GiB between runs of equal allocations): docs/training.md.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
-        CHUNK_BYTES=7.8,          # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
-        ACT_RUNNER=1.16,          # × _layer_elements × 2 B per token: one layer recomputed in backward
-        ACT_RUNNER_FULL=1.10,     # the same per layer, all layers kept (no checkpointing)
-        SAVE_BYTES_RUNNER=12.9,   # per modules_to_save parameter: fp32 copy + fp32 grad + transients
-        RESERVE_FRAC=0.20, RESERVE_GIB=0.0),
+        CHUNK_BYTES=9.821,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
+        ACT_RUNNER=1.287,         # × _layer_elements × 2 B per token: one layer recomputed in backward
+        ACT_RUNNER_FULL=1.012,    # the same per layer, all layers kept (no checkpointing)
+        SAVE_BYTES_RUNNER=7.039,  # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        RESERVE_FRAC=0, RESERVE_GIB=0, RESERVE_LOGITS=2.259, RESERVE_SAVE=0.6358),
     "hf-loop": dict(
-        ACT_SCALE=2.35,           # × the saved elements per token per layer counted in _layer_elements()
-        ATT_GC=13.0,              # bytes per (batch × heads × seq²): one layer's attention, recomputed
-        ATT_SAVED=4.0,            # bytes per (batch × heads × seq²) per layer without checkpointing
-        LOGIT_BYTES=3.74,         # bytes per logit element at the peak (loss and its gradient)
-        SAVE_BYTES=8.0,           # per modules_to_save parameter: fp32 copy + fp32 grad
-        RESERVE_FRAC=0.20, RESERVE_GIB=0.0),
-    "hf-trainer": dict(  # not measured yet: hf-loop's values
-        ACT_SCALE=2.35,           # × the saved elements per token per layer counted in _layer_elements()
-        ATT_GC=13.0,              # bytes per (batch × heads × seq²): one layer's attention, recomputed
-        ATT_SAVED=4.0,            # bytes per (batch × heads × seq²) per layer without checkpointing
-        LOGIT_BYTES=3.74,         # bytes per logit element at the peak (loss and its gradient)
-        SAVE_BYTES=8.0,           # per modules_to_save parameter: fp32 copy + fp32 grad
-        RESERVE_FRAC=0.20, RESERVE_GIB=0.0),
+        ACT_SCALE=1.387,          # × the saved elements per token per layer counted in _layer_elements()
+        ATT_GC=14.82,             # bytes per (batch × heads × seq²): one layer's attention, recomputed
+        ATT_SAVED=3.665,          # bytes per (batch × heads × seq²) per layer without checkpointing
+        LOGIT_BYTES=11.39,        # bytes per logit element at the peak (loss and its gradient)
+        SAVE_BYTES=4.305,         # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        RESERVE_FRAC=0.05188, RESERVE_GIB=0.01516, RESERVE_LOGITS=1.019, RESERVE_SAVE=0.3018),
+    "hf-trainer": dict(
+        ACT_SCALE=1.108,          # × the saved elements per token per layer counted in _layer_elements()
+        ATT_GC=0,                 # held: bf16 autocast → SDPA's flash kernel, no seq² tensor
+        ATT_SAVED=0,              # held, likewise
+        LOGIT_BYTES=14.07,        # bytes per logit element at the peak (loss and its gradient)
+        SAVE_BYTES=4.327,         # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        RESERVE_FRAC=0.1437, RESERVE_GIB=0.0457, RESERVE_LOGITS=0.1697, RESERVE_SAVE=0.2111),
 }
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 # Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
@@ -205,11 +207,15 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     else:
         per_layer = k["ACT_SCALE"] * _layer_elements(shape, dropout)
         att = b * shape.heads * s * s
-        if gc_on:  # layer inputs are fp32: prepare_model_for_kbit_training makes the residual stream fp32
-            act = tokens * (4 * shape.layers * shape.hidden + 2 * per_layer) + k["ATT_GC"] * att
+        logits, save_bytes = tokens * shape.vocab * k["LOGIT_BYTES"], k["SAVE_BYTES"]
+        if gc_on:  # layer inputs are fp32: prepare_model_for_kbit_training makes the residual stream fp32.
+            # The loss's logits are freed before the first layer is recomputed: the peak is one phase or the
+            # other (measured: the docs loop at 8192 tokens peaks in a layer's attention, Trainer in the loss)
+            layer_phase = tokens * 2 * per_layer + k["ATT_GC"] * att
+            act = tokens * 4 * shape.layers * shape.hidden + (layer_phase if layer_phase >= logits else 0.0)
+            logits = logits if logits > layer_phase else 0.0
         else:
             act = shape.layers * (tokens * 2 * per_layer + k["ATT_SAVED"] * att)
-        logits, save_bytes = tokens * shape.vocab * k["LOGIT_BYTES"], k["SAVE_BYTES"]
     embed_bytes = embed * heads * (2.0 if runner else 4.0)
     lora_bytes = lora * (8.0 + opt)
     save_total = save * (save_bytes + opt)
@@ -229,9 +235,19 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         paged = (lora + save) * paged_per
         if nproc > 1:
             parts["DDP gradient buckets"] = (lora + save) * 4.0
+    if cfg["gradient_accumulation_steps"] > 1:  # the fp32 gradients live from the first micro batch to the
+        # step, through every later micro batch's peak (measured on the H200, issue #17's table at accumulation
+        # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
+        parts["gradients held across micro batches"] = 4.0 * (lora + save) / (nproc if sharded else 1)
     parts["activations"] = act
     parts["logits and loss"] = logits
-    reserve = k["RESERVE_FRAC"] * sum(parts.values()) + k["RESERVE_GIB"] * GiB
+    # The caching allocator's slack grows with the largest blocks freed and split again: the fp32 logits of
+    # one loss (the whole batch for the HF engines, one chunk for the runner) and the modules_to_save copies'
+    # gradients, allocated and freed every step (measured: 0.5-20 GiB over the 2026-11-30 H200 grid).
+    loss_tokens = min(cfg["loss_chunk_tokens"], tokens) if runner else tokens
+    reserve = (k["RESERVE_FRAC"] * sum(parts.values()) + k["RESERVE_GIB"] * GiB
+               + k["RESERVE_LOGITS"] * 4.0 * loss_tokens * shape.vocab / (nproc if sharded else 1)
+               + k["RESERVE_SAVE"] * 4.0 * save / (nproc if sharded else 1))
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
                     CONTEXT_BYTES, nproc, sharded)
 
