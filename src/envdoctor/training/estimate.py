@@ -43,7 +43,7 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # Fitted constants per engine: bench/fit_memory.py --write on the H200 lines of 2026-11-30
 # (bench/results/h200-calibration-2026-11-30*.jsonl: the docs loop, Trainer and the runner on random-weight
 # Llama-3.1-8B, 3.2-3B and 3.2-1B shapes quantized by from_pretrained; 16 fit points per engine). Allocated
-# peaks of the hold-out points are within ±13 %; reserved peaks are not within issue #18's ±10 % / -5 %
+# peaks of the hold-out points are within ±14 %; reserved peaks are not within issue #18's ±10 % / -5 %
 # everywhere (the allocator's slack varies by ±1 GiB between runs of equal allocations): docs/training.md.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
@@ -246,7 +246,7 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     # gradients, allocated and freed every step (measured: 0.5-20 GiB over the 2026-11-30 H200 grid).
     loss_tokens = min(cfg["loss_chunk_tokens"], tokens) if runner else tokens
     reserve = (k["RESERVE_FRAC"] * sum(parts.values()) + k["RESERVE_GIB"] * GiB
-               + k["RESERVE_LOGITS"] * 4.0 * loss_tokens * shape.vocab / (nproc if sharded else 1)
+               + k["RESERVE_LOGITS"] * 4.0 * loss_tokens * shape.vocab  # every rank computes its own batch's
                + k["RESERVE_SAVE"] * 4.0 * save / (nproc if sharded else 1))
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
                     CONTEXT_BYTES, nproc, sharded)
