@@ -42,7 +42,7 @@ CONTEXT_BYTES = int(0.5 * GiB)        # the CUDA context and library handles of 
 MARGIN = 0.05                         # of the card total: the stated margin "fits" keeps
 # Fitted constants per engine: bench/fit_memory.py --write on the H200 lines of 2026-11-30
 # (bench/results/h200-calibration-2026-11-30*.jsonl: the docs loop, Trainer and the runner on random-weight
-# Llama-3.1-8B, 3.2-3B and 3.2-1B shapes quantized by from_pretrained; 16 fit points per engine). Allocated
+# Llama-3.1-8B, 3.2-3B and 3.2-1B shapes quantized by from_pretrained; 13-16 fit points per engine). Allocated
 # peaks of the hold-out points are within ±14 %; reserved peaks are not within issue #18's ±10 % / -5 %
 # everywhere (the allocator's slack varies by ±1 GiB between runs of equal allocations): docs/training.md.
 CONSTANTS: dict[str, dict[str, float]] = {
