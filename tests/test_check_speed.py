@@ -134,3 +134,15 @@ def test_redact_text_still_masks():
     assert redact.redact_text("https://u:p@x.org/s?token=abc&sig=zz") == "https://***@x.org/s?token=***&sig=***"
     assert redact.redact_text("HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz1234") == "HF_TOKEN=***"
     assert redact.redact_text("numpy>=1.17; extra == \"test\"") == "numpy>=1.17; extra == \"test\""
+
+
+def test_the_fast_exit_keeps_the_exit_code_when_a_stream_is_closed(tmp_path):
+    # `envdoctor check >&-` (or 2>&-): Python sets sys.stdout (sys.stderr) to None. The exit code is main's,
+    # never a traceback from flushing a stream that is not there.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for fd in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--python", str(tmp_path / "nope")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+                              preexec_fn=lambda fd=fd: os.close(fd))
+        assert proc.returncode == 2, (fd, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stdout + proc.stderr

@@ -208,6 +208,8 @@ def run() -> None:
     if sys.argv[1:2] != ["check"]:
         raise SystemExit(code)
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed (`>&-`): Python sets the stream to None
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a reader that went away: main has answered for it (141)
