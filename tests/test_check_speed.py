@@ -146,3 +146,15 @@ def test_the_fast_exit_keeps_the_exit_code_when_a_stream_is_closed(tmp_path):
                               preexec_fn=lambda fd=fd: os.close(fd))
         assert proc.returncode == 2, (fd, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_every_lazily_named_provider_resolves_to_its_function():
+    # "module:function" strings are imported only when their facts are first gathered: a typo or a renamed
+    # function would surface only on the machine (and with the option) that needs it. Each resolves here.
+    from envdoctor import registry
+    checks = registry.load()
+    needed = {n for c in checks.values() for n in c.needs}
+    for p in registry.PROVIDERS.values():
+        fn = p.function()
+        assert callable(fn) and (isinstance(p.fn, str) and fn.__name__ == p.fn.partition(":")[2] or callable(p.fn))
+        assert p.name in needed and p.owner in checks, p.name
