@@ -158,3 +158,14 @@ def test_every_lazily_named_provider_resolves_to_its_function():
         fn = p.function()
         assert callable(fn) and (isinstance(p.fn, str) and fn.__name__ == p.fn.partition(":")[2] or callable(p.fn))
         assert p.name in needed and p.owner in checks, p.name
+
+
+def test_a_report_to_a_closed_stdout_is_dropped_not_a_crash(tmp_path):
+    # `envdoctor check >&-` (cron, a daemon): nothing to write to, as with a reader that went away; the exit
+    # code still says whether the checks passed.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for verb in (["check", "--only", "system.os"], ["checks"]):
+        proc = subprocess.run([sys.executable, "-m", "envdoctor", *verb], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+                              preexec_fn=lambda: os.close(1))
+        assert proc.returncode == 0 and proc.stderr == "", (verb, proc.stderr)
