@@ -117,3 +117,35 @@ def test_without_axolotl_the_install_command_keeps_the_targets_torch():
     bare = axolotl_missing(pyenv())  # no torch to keep: say to install the right one first
     assert "-m pip install 'axolotl'\n" in bare and "envdoctor install --venv DIR" in bare
     assert axolotl_missing(pyenv(dist("torch", "2.13.0+cpu"), dist("axolotl", "0.19.0"))) is None
+
+
+def test_a_probe_that_outlasts_its_timeout_is_a_preflight_failure_not_a_crash(tmp_path):
+    """`train --backend axolotl` asks the probe about axolotl before anything else. A target whose probe
+    leaves a process holding its pipes comes back only after the timeout and the 5 s drain: that is the
+    preflight's python.interpreter failure, never a TimeoutError out of the command (exit 3)."""
+    import io
+    import sys
+    import time
+
+    from envdoctor import target
+    from envdoctor.assets import asset
+    from envdoctor.cli import build_parser
+    from envdoctor.commands.train import run_train
+    from envdoctor.context import Context
+    from envdoctor.system import CommandResult, System
+
+    class SlowProbe(System):  # the real machine, but the target's probe hangs past its timeout
+        def run(self, argv, timeout, input=None, env=None):
+            if list(argv) == target.argv(sys.executable, "probe"):
+                time.sleep(timeout + 5.5)  # the drain of a grandchild's pipes (system._drain) on top
+                return CommandResult(tuple(argv), None, "", "", timeout, timed_out=True)
+            return super().run(argv, timeout, input=input, env=env)
+
+    config = asset("train", "configs", "demo.yaml")
+    args = build_parser("train").parse_args(["train", str(config), "--backend", "axolotl", "--dry-run",
+                                             "--python", sys.executable, "--output-dir", str(tmp_path / "run")])
+    out = io.StringIO()
+    code = run_train(args, SlowProbe(), Context(python=sys.executable, python_reason="test", probe_timeout=0.05),
+                     out=out)
+    assert code == 1, out.getvalue()
+    assert "python.interpreter" in out.getvalue() and "refusing to start" in out.getvalue()

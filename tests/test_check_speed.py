@@ -134,3 +134,38 @@ def test_redact_text_still_masks():
     assert redact.redact_text("https://u:p@x.org/s?token=abc&sig=zz") == "https://***@x.org/s?token=***&sig=***"
     assert redact.redact_text("HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz1234") == "HF_TOKEN=***"
     assert redact.redact_text("numpy>=1.17; extra == \"test\"") == "numpy>=1.17; extra == \"test\""
+
+
+def test_the_fast_exit_keeps_the_exit_code_when_a_stream_is_closed(tmp_path):
+    # `envdoctor check >&-` (or 2>&-): Python sets sys.stdout (sys.stderr) to None. The exit code is main's,
+    # never a traceback from flushing a stream that is not there.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for fd in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--python", str(tmp_path / "nope")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+                              preexec_fn=lambda fd=fd: os.close(fd))
+        assert proc.returncode == 2, (fd, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_every_lazily_named_provider_resolves_to_its_function():
+    # "module:function" strings are imported only when their facts are first gathered: a typo or a renamed
+    # function would surface only on the machine (and with the option) that needs it. Each resolves here.
+    from envdoctor import registry
+    checks = registry.load()
+    needed = {n for c in checks.values() for n in c.needs}
+    for p in registry.PROVIDERS.values():
+        fn = p.function()
+        assert callable(fn) and (isinstance(p.fn, str) and fn.__name__ == p.fn.partition(":")[2] or callable(p.fn))
+        assert p.name in needed and p.owner in checks, p.name
+
+
+def test_a_report_to_a_closed_stdout_is_dropped_not_a_crash(tmp_path):
+    # `envdoctor check >&-` (cron, a daemon): nothing to write to, as with a reader that went away; the exit
+    # code still says whether the checks passed.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    for verb in (["check", "--only", "system.os"], ["checks"]):
+        proc = subprocess.run([sys.executable, "-m", "envdoctor", *verb], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+                              preexec_fn=lambda: os.close(1))
+        assert proc.returncode == 0 and proc.stderr == "", (verb, proc.stderr)

@@ -124,3 +124,10 @@ def test_report_merge_reads_pdsh_output_and_names_a_bad_file(tmp_path):
     bad.write_text("not json at all")
     res = envdoctor("report", "merge", str(bad), cwd=tmp_path)
     assert res.returncode == 2 and str(bad) in res.stderr and "Traceback" not in res.stderr
+
+
+def test_junit_to_a_path_that_cannot_be_written_is_a_usage_error(tmp_path):
+    (tmp_path / "a-file").write_text("")  # a file where the report's folder would be
+    res = envdoctor("check", "--only", "system.os", "--junit", str(tmp_path / "a-file" / "report.xml"), cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith(f"envdoctor: --junit {tmp_path / 'a-file' / 'report.xml'}: cannot write it")

@@ -164,6 +164,8 @@ def _closed_pipe() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the output goes nowhere, as with a closed pipe
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
     first = (sys.argv[1:] if argv is None else argv)[:1]
     parser = build_parser(first[0] if first and first[0] in VERBS else None)
     args = parser.parse_args(argv)
@@ -208,6 +210,8 @@ def run() -> None:
     if sys.argv[1:2] != ["check"]:
         raise SystemExit(code)
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed (`>&-`): Python sets the stream to None
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a reader that went away: main has answered for it (141)

@@ -247,19 +247,23 @@ class System:
         import threading
         main = threading.current_thread() is threading.main_thread()
         held = stops_held and main and hasattr(signal, "pthread_sigmask")
+        # Ours first, then the child: a SIGTERM between the two would end envdoctor with the child left running.
+        previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
         before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if held else None
         try:
             proc = subprocess.Popen([str(a) for a in argv], env=dict(self.env if env is None else env),
                                     cwd=self.cwd)
         except OSError as exc:
-            print(f"cannot run {argv[0]}: {exc}", flush=True)
-            return 127
-        finally:
             if held:
                 signal.pthread_sigmask(signal.SIG_SETMASK, before)
-        previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
+            if main and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            print(f"cannot run {argv[0]}: {exc}", flush=True)
+            return 127
         try:
             try:
+                if held:  # a stop that came while the child started is raised here, and forwarded below
+                    signal.pthread_sigmask(signal.SIG_SETMASK, before)
                 code = proc.wait()
                 return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
             except KeyboardInterrupt as stop:

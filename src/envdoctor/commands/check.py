@@ -71,7 +71,10 @@ def main(args) -> int:
     if args.junit:
         import platform
         from envdoctor.report import junit
-        system.write_bytes(args.junit, junit.build(run.results, run.duration_s, args.strict, platform.node()))
+        try:
+            system.write_bytes(args.junit, junit.build(run.results, run.duration_s, args.strict, platform.node()))
+        except OSError as exc:  # a folder that is a file, no permission, a full disk: the option's fault
+            raise UsageError(f"--junit {args.junit}: cannot write it ({exc.strerror or exc})") from None
     if fmt == "json":
         from envdoctor.report import json_report
         json_report.render(run, {"python": python, "reason": reason}, __version__, code, sys.stdout)

@@ -144,8 +144,11 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     early = None
     if axolotl:  # said first: nothing about the config or the machine matters to a run that cannot start
         early = engine.start_facts(["python"], registry.PROVIDERS, system, ctx)  # the preflight's probe, reused
-        probe = early["python"].result(timeout=ctx.probe_timeout + 5)
-        missing_axolotl = axolotl_missing(probe.value) if probe.value is not None else None
+        try:
+            probe = early["python"].result(timeout=ctx.probe_timeout + 5)
+        except TimeoutError:  # a probe held past its timeout (pipes kept open): the preflight reports it
+            probe = None
+        missing_axolotl = axolotl_missing(probe.value) if probe and probe.value is not None else None
         if missing_axolotl:
             out.write(f"error: {missing_axolotl}\n")
             return 1
