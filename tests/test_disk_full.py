@@ -214,6 +214,43 @@ def test_staged_failure_keeps_the_old_folder_and_removes_the_staging_one(tmp_pat
     assert (final / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+def test_a_stop_between_publishs_two_renames_keeps_the_old_folder_under_its_name(tmp_path, monkeypatch):
+    """A name saved again (a re-run into the same --output-dir writes epoch-1 again): publish moves the old
+    folder aside, then renames the new one in. A KeyboardInterrupt (Ctrl-C, SIGTERM) landing between the
+    two renames must not leave the name empty: --resume would find no checkpoint and start over."""
+    final = tmp_path / "epoch-1"
+    final.mkdir()
+    (final / "state.json").write_text("old")
+    real, calls = os.replace, []
+
+    def interrupted_after_the_first(a, b):
+        calls.append(a)
+        real(a, b)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.staged(final) as tmp:
+            (tmp / "state.json").write_text("new")
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-1"]
+    assert (final / "state.json").read_text() == "old"
+
+
+def test_latest_puts_back_a_checkpoint_a_kill_left_aside(tmp_path):
+    """SIGKILL (torchrun's, the OOM killer's) between publish's renames: the complete old checkpoint is
+    under its aside name; latest() finds it there and puts it back."""
+    from envdoctor_runner import checkpoint
+    ckpts = tmp_path / "checkpoints"
+    aside = ckpts / ".epoch-1.old-12345"
+    aside.mkdir(parents=True)
+    (aside / "state.json").write_text("{}")
+    (ckpts / "latest").write_text("epoch-1")
+    assert checkpoint.latest(tmp_path) == ckpts / "epoch-1"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch-1", "latest"]
+
+
 @needs_ns
 def test_two_ranks_both_end_when_rank_0_cannot_write_a_checkpoint(tmp_path):
     """DDP over gloo: rank 0 alone writes, rank 1 waits for it; the save ends in one all-reduce of "did it

@@ -115,15 +115,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def aside_name(final: Path) -> Path:
+    """Where publish() keeps the folder it replaces until the new one holds the name."""
+    return final.with_name(f".{final.name}.old-{os.getpid()}")
+
+
+def recover(final: Path) -> bool:
+    """Put back a folder publish() had moved aside when the process was killed (SIGKILL, a power cut)
+    between its two renames: the name is empty and the complete old folder waits under its aside name.
+    Whether `final` exists afterwards."""
+    final = Path(final)
+    if final.exists():
+        return True
+    for old in sorted(final.parent.glob(f".{final.name}.old-*")):
+        try:
+            os.replace(old, final)
+            return True
+        except OSError:  # another process (a rank) put it back first, or it is gone
+            if final.exists():
+                return True
+    return False
+
+
 def publish(stage: Path, final: Path) -> None:
     """Move a complete staging folder to its real name. A folder already there is moved aside first and
     removed only after the rename: at every moment one complete folder holds the name or the aside name."""
     old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(stage, final)
+    try:
+        if final.exists():
+            old = aside_name(final)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(stage, final)
+    except BaseException:
+        # A stop (KeyboardInterrupt from the signal handler) or an error between the two renames: the old
+        # folder goes back to its name, else the name would be empty and the caller removes the staging one.
+        if old is not None and old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
