@@ -235,6 +235,31 @@ def test_a_stop_reaches_a_main_thread_blocked_in_cpp(tmp_path):
     assert proc.returncode == 143 and output.strip() == "last words 15", output
 
 
+OTHER_SIGNAL = """
+import os, signal, sys, time
+sys.path.insert(0, {train!r})
+from envdoctor_runner import stopping
+stopping.install()
+stopping.STUCK_S = 0.2
+stopping.last_words = lambda signum: (print(f"last words {{signum}}", flush=True), 128 + signum)[1]
+signal.signal(signal.SIGUSR1, lambda *_: None)  # a library's own handler (transformers' SIGALRM timeout...)
+os.kill(os.getpid(), signal.SIGUSR1)
+deadline = time.monotonic() + 3.0
+while time.monotonic() < deadline:  # a healthy run, in Python: nothing should end it
+    time.sleep(0.05)
+print("trained on", flush=True)
+"""
+
+
+def test_a_signal_that_is_not_a_stop_does_not_end_the_run(tmp_path):
+    """The stop thread wakes on the wakeup fd, which gets a byte for every signal with a Python handler:
+    only SIGINT/SIGTERM (the runner's own handler) may start its count down to os._exit."""
+    script = tmp_path / "other.py"
+    script.write_text(OTHER_SIGNAL.format(train=str(asset("train"))))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "trained on", res.stdout + res.stderr
+
+
 def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -74,7 +74,13 @@ def _watch_for_a_stop_not_taken_up() -> None:
         return
 
     def watch() -> None:
-        signum = os.read(read_end, 1)[0]
+        # The wakeup fd gets every signal with a Python handler (a library's SIGALRM, SIGCHLD, SIGUSR1…):
+        # only one of _stop's starts the count. Its byte is written before _stop runs in the main thread
+        # (never, when that thread is stuck in C++): the handler in place says whose it is.
+        while True:
+            signum = os.read(read_end, 1)[0]
+            if signum in _received or signal.getsignal(signum) is _stop:
+                break
         deadline = time.monotonic() + STUCK_S
         while time.monotonic() < deadline:
             if _finishing.locked():
