@@ -194,6 +194,22 @@ def test_write_errno_is_found_where_torch_and_safetensors_put_it(tmp_path):
     assert atomic.write_errno(ValueError("a bug, not a disk")) is None
 
 
+def test_a_bug_raised_while_an_os_error_is_handled_is_not_a_write_error(tmp_path):
+    """Every exception raised in an `except OSError:` block carries that error as its context: a bug there
+    (inside a save, or the runner's result writing) must pass through staged() as itself, a traceback,
+    not become WriteFailed ("cannot write …: no such file or directory", exit 4)."""
+    with pytest.raises(KeyError):
+        with atomic.staged(tmp_path / "adapter") as tmp:
+            try:
+                (tmp / "optional.json").read_text()
+            except FileNotFoundError:
+                {}["a bug in the fallback"]
+    assert list(tmp_path.iterdir()) == []
+    bug = TypeError("a bug")
+    bug.__context__ = OSError(28, "No space left on device")
+    assert atomic.write_errno(bug) is None
+
+
 def test_staged_failure_keeps_the_old_folder_and_removes_the_staging_one(tmp_path):
     final = tmp_path / "adapter"
     final.mkdir()

@@ -61,8 +61,12 @@ def human(n: int | float) -> str:
 
 
 def write_errno(exc: BaseException | None) -> int | None:
-    """The errno of a failed write, wherever the library put it (the exception, its cause or context, or
-    its message); None when it is not an OS error at all."""
+    """The errno of a failed write, wherever the library put it (the exception, its cause, its message, or
+    the context of torch's C++ RuntimeError); None when it is not an OS error at all.
+
+    Only a plain RuntimeError's implicit context is looked into: any exception raised while another is
+    handled has one, and a bug (a KeyError in an `except FileNotFoundError:` fallback) must stay a
+    traceback, not read as "cannot write …: no such file or directory"."""
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, OSError) and exc.errno is not None:
@@ -70,7 +74,8 @@ def write_errno(exc: BaseException | None) -> int | None:
         m = _OS_ERROR.search(str(exc))
         if m:
             return int(m.group(1) or m.group(2))
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        implicit = exc.__context__ if type(exc) is RuntimeError else None
+        exc, seen = exc.__cause__ or implicit, seen + 1
     return None
 
 
