@@ -157,11 +157,12 @@ def _resume_command(config_path: str | None) -> str:
     return f"envdoctor train {shlex.quote(config_path)} --resume" if config_path else "envdoctor train CONFIG --resume"
 
 
-def message(config_path: str | None, latest: Path | None, signum: int) -> str:
-    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it."""
+def message(command: str | None, latest: Path | None, signum: int) -> str:
+    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it (the
+    runner's resume_command: envdoctor's own, else the config with its --output-dir)."""
     if latest is None:
         return f"\n{_what(signum)}: no checkpoint was written yet; start again with the same command"
-    return f"\n{_what(signum)}: the last checkpoint is {latest.name}; continue with: {_resume_command(config_path)}"
+    return f"\n{_what(signum)}: the last checkpoint is {latest.name}; continue with: {command or _resume_command(None)}"
 
 
 def before_start(argv: list[str]) -> int:
