@@ -254,6 +254,22 @@ def test_a_stop_between_publishs_two_renames_keeps_the_old_folder_under_its_name
     assert (final / "state.json").read_text() == "old"
 
 
+def test_a_stop_while_the_latest_pointer_is_written_leaves_no_staging_file(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (Ctrl-C, SIGTERM) inside write_text: the pointer keeps its old text and its
+    staging file is removed, as for a failed write (it was left in checkpoints/ for good)."""
+    pointer = tmp_path / "latest"
+    pointer.write_text("epoch-1")
+
+    def stopped(_fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "fsync", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_text(pointer, "epoch-2")
+    monkeypatch.undo()
+    assert pointer.read_text() == "epoch-1" and sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+
 def test_latest_puts_back_a_checkpoint_a_kill_left_aside(tmp_path):
     """SIGKILL (torchrun's, the OOM killer's) between publish's renames: the complete old checkpoint is
     under its aside name; latest() finds it there and puts it back."""

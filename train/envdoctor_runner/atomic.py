@@ -192,8 +192,10 @@ def write_text(path: Path, text: str, needed: int | None = None) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # a stop too: no staging file left behind
         tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         raise WriteFailed(path, exc, needed or len(text.encode())) from exc
 
 
