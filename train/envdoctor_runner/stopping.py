@@ -114,7 +114,12 @@ def run(main) -> int | None:
     was); any error after a stop is the stop (a lost KeyboardInterrupt can leave a half-imported module)."""
     try:
         try:
-            return main()
+            code = main()
+            # The run is complete (its results written): a signal while the process exits (torch's teardown
+            # takes a while) changes nothing, rather than ending a finished run in a traceback and 130/143.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            return code
         except KeyboardInterrupt:
             raise
         except Exception:
