@@ -6,6 +6,7 @@ the former code, kept here as the definition of the result."""
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 
@@ -241,3 +242,19 @@ def test_the_demo_tokenizer_on_a_corpus_of_every_shape_makes_the_former_chunks(t
         got = data.prepare(docs, tok, length, overlap, 0.2, 7, packing=packing)
         want = old_prepare(docs, tok, length, overlap, 0.2, 7, packing=packing)
         assert (list(got[0]), list(got[1]), got[2]) == want
+
+
+def test_jsonl_rows_with_unicode_line_separators_inside_strings_are_read(tmp_path):
+    """JSON Lines are separated by "\\n" ("\\r\\n"): U+2028, U+2029 and U+0085 (NEL) are valid raw inside a
+    JSON string (json.dumps(..., ensure_ascii=False) writes them so) and must not split a row, as
+    str.splitlines did: a valid file was refused as "not valid JSON" at lines it does not have."""
+    rows = ["first\u2028second", "café \x85 NEL", "para\u2029graph", "plain"]
+    f = tmp_path / "rows.jsonl"
+    f.write_bytes(("\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in rows) + "\r\n\n").encode())
+    found = corpus.read_corpus([str(f)], tmp_path)
+    assert found.problems == [] and list(found.documents) == rows
+    assert corpus.jsonl_rows(f.read_text(encoding="utf-8"), str(f)) == (rows, [])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes('{"text": "a"}\r{"text": "b\u2028c"}\n[1]\n'.encode())  # a lone "\r" still ends a line
+    found = corpus.read_corpus([str(bad)], tmp_path)
+    assert found.problems == [f"{bad}:3: expected a JSON object with a \"text\" field, got list"], found.problems

@@ -194,6 +194,22 @@ def test_write_errno_is_found_where_torch_and_safetensors_put_it(tmp_path):
     assert atomic.write_errno(ValueError("a bug, not a disk")) is None
 
 
+def test_a_bug_raised_while_an_os_error_is_handled_is_not_a_write_error(tmp_path):
+    """Every exception raised in an `except OSError:` block carries that error as its context: a bug there
+    (inside a save, or the runner's result writing) must pass through staged() as itself, a traceback,
+    not become WriteFailed ("cannot write …: no such file or directory", exit 4)."""
+    with pytest.raises(KeyError):
+        with atomic.staged(tmp_path / "adapter") as tmp:
+            try:
+                (tmp / "optional.json").read_text()
+            except FileNotFoundError:
+                {}["a bug in the fallback"]
+    assert list(tmp_path.iterdir()) == []
+    bug = TypeError("a bug")
+    bug.__context__ = OSError(28, "No space left on device")
+    assert atomic.write_errno(bug) is None
+
+
 def test_staged_failure_keeps_the_old_folder_and_removes_the_staging_one(tmp_path):
     final = tmp_path / "adapter"
     final.mkdir()
@@ -212,6 +228,59 @@ def test_staged_failure_keeps_the_old_folder_and_removes_the_staging_one(tmp_pat
     with atomic.staged(final) as tmp:
         (tmp / "weights").write_text("new")
     assert (final / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_stop_between_publishs_two_renames_keeps_the_old_folder_under_its_name(tmp_path, monkeypatch):
+    """A name saved again (a re-run into the same --output-dir writes epoch-1 again): publish moves the old
+    folder aside, then renames the new one in. A KeyboardInterrupt (Ctrl-C, SIGTERM) landing between the
+    two renames must not leave the name empty: --resume would find no checkpoint and start over."""
+    final = tmp_path / "epoch-1"
+    final.mkdir()
+    (final / "state.json").write_text("old")
+    real, calls = os.replace, []
+
+    def interrupted_after_the_first(a, b):
+        calls.append(a)
+        real(a, b)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.staged(final) as tmp:
+            (tmp / "state.json").write_text("new")
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-1"]
+    assert (final / "state.json").read_text() == "old"
+
+
+def test_a_stop_while_the_latest_pointer_is_written_leaves_no_staging_file(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (Ctrl-C, SIGTERM) inside write_text: the pointer keeps its old text and its
+    staging file is removed, as for a failed write (it was left in checkpoints/ for good)."""
+    pointer = tmp_path / "latest"
+    pointer.write_text("epoch-1")
+
+    def stopped(_fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "fsync", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_text(pointer, "epoch-2")
+    monkeypatch.undo()
+    assert pointer.read_text() == "epoch-1" and sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+
+def test_latest_puts_back_a_checkpoint_a_kill_left_aside(tmp_path):
+    """SIGKILL (torchrun's, the OOM killer's) between publish's renames: the complete old checkpoint is
+    under its aside name; latest() finds it there and puts it back."""
+    from envdoctor_runner import checkpoint
+    ckpts = tmp_path / "checkpoints"
+    aside = ckpts / ".epoch-1.old-12345"
+    aside.mkdir(parents=True)
+    (aside / "state.json").write_text("{}")
+    (ckpts / "latest").write_text("epoch-1")
+    assert checkpoint.latest(tmp_path) == ckpts / "epoch-1"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch-1", "latest"]
 
 
 @needs_ns

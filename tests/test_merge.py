@@ -4,6 +4,7 @@ base, and the tensor-by-tensor merge holding far less memory than the model it w
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -429,3 +430,55 @@ def test_merge_py_names_a_truncated_base_shard_and_leaves_no_output(tmp_path):
                   res.stderr)
     assert m and m[1] == m[2] == "model.layers.0.mlp.up_proj.weight", res.stderr  # safetensors puts it last
     assert not (tmp_path / "out").exists() and not list((tmp_path / "out.partial").glob("*.safetensors"))
+
+
+SLOW_READS = """
+import os, sys, time
+if sys.argv and sys.argv[0].endswith("merge.py"):
+    sys.path.insert(0, os.path.dirname(sys.argv[0]))
+    from envdoctor_runner import merge_pipeline
+    run = merge_pipeline.run
+
+    def slow(tasks, read, *args, **kw):  # each tensor read takes a while: a big model on a slow disk
+        print("merging", flush=True)
+        return run(tasks, lambda task: (time.sleep(0.5), read(task))[1], *args, **kw)
+    merge_pipeline.run = slow
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_merge_py_stopped_midway_ends_quietly_and_leaves_no_partial_output(tmp_path, signum):
+    """Ctrl-C (envdoctor merge's, to the process group) or SIGTERM while tensors are being merged: exit
+    128 + the signal, one line, no traceback, no `.partial` folder of model size left behind, and an
+    earlier merge at --out untouched."""
+    import torch
+    from safetensors.torch import save_file
+    base, adapter, out = tmp_path / "base", tmp_path / "adapter", tmp_path / "out"
+    for d in (base, adapter, out):
+        d.mkdir()
+    save_file({f"model.layers.{i}.mlp.up_proj.weight": torch.ones(64, 32) for i in range(8)},
+              str(base / "model.safetensors"))
+    (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "dtype": "float32"}))
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(4, 32),
+               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.ones(64, 4)},
+              str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    (out / "model.safetensors").write_text("an earlier merge")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_READS)
+    proc = subprocess.Popen([sys.executable, str(asset("train", "merge.py")), "--base", str(base), "--adapter",
+                             str(adapter), "--out", str(out), "--device", "cpu", "--readers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(site)})
+    try:
+        assert proc.stdout.readline().strip() == "merging"
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr[-3000:]
+    assert (out / "model.safetensors").read_text() == "an earlier merge"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base", "out", "site"]

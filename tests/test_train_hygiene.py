@@ -211,7 +211,10 @@ stopping.STUCK_S = 1.0
 stopping.last_words = lambda signum: (print(f"last words {{signum}}", flush=True), 128 + signum)[1]
 import torch.distributed as dist
 store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=600))
-print("waiting", flush=True)
+# said from a thread once the main thread is inside store.get: said before the call, the signal could land
+# while the main thread is still in Python (a KeyboardInterrupt traceback, -2: 1 run in 4 failed so)
+import threading
+threading.Timer(1.0, lambda: print("waiting", flush=True)).start()
 store.get("never set")  # C++ that returns to Python only after 600 s, as a rendezvous with a rank that left
 """
 
@@ -233,6 +236,56 @@ def test_a_stop_reaches_a_main_thread_blocked_in_cpp(tmp_path):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 143 and output.strip() == "last words 15", output
+
+
+OTHER_SIGNAL = """
+import os, signal, sys, time
+sys.path.insert(0, {train!r})
+from envdoctor_runner import stopping
+stopping.install()
+stopping.STUCK_S = 0.2
+stopping.last_words = lambda signum: (print(f"last words {{signum}}", flush=True), 128 + signum)[1]
+signal.signal(signal.SIGUSR1, lambda *_: None)  # a library's own handler (transformers' SIGALRM timeout...)
+os.kill(os.getpid(), signal.SIGUSR1)
+deadline = time.monotonic() + 3.0
+while time.monotonic() < deadline:  # a healthy run, in Python: nothing should end it
+    time.sleep(0.05)
+print("trained on", flush=True)
+"""
+
+
+def test_a_signal_that_is_not_a_stop_does_not_end_the_run(tmp_path):
+    """The stop thread wakes on the wakeup fd, which gets a byte for every signal with a Python handler:
+    only SIGINT/SIGTERM (the runner's own handler) may start its count down to os._exit."""
+    script = tmp_path / "other.py"
+    script.write_text(OTHER_SIGNAL.format(train=str(asset("train"))))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "trained on", res.stdout + res.stderr
+
+
+FINISHED_THEN_STOPPED = """
+import os, signal, sys, time
+sys.path.insert(0, {train!r})
+from envdoctor_runner import stopping
+stopping.install()
+stopping.STUCK_S = 0.2
+stopping.last_words = lambda signum: (print(f"last words {{signum}}", flush=True), 128 + signum)[1]
+code = stopping.run(lambda: 0)  # the run finished: adapter and results written
+os.kill(os.getpid(), signal.{sig})  # Ctrl-C / SIGTERM while the process tears down (torch's takes a while)
+time.sleep(1.0)
+print("exit", code, flush=True)
+raise SystemExit(code)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_after_the_run_finished_changes_nothing(tmp_path, sig):
+    """Once main() has returned, the run is complete: a signal during the exit must not turn it into a
+    KeyboardInterrupt traceback and exit 130/143, nor the stop thread's "continue with" words."""
+    script = tmp_path / "finished.py"
+    script.write_text(FINISHED_THEN_STOPPED.format(train=str(asset("train")), sig=sig))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "exit 0" and not res.stderr, res.stdout + res.stderr
 
 
 def test_merge_and_eval_default_to_the_interpreter_that_trained(tmp_path):

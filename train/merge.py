@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -197,5 +198,26 @@ def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, 
     return 0
 
 
+def _stop(signum, _frame):
+    """Ctrl-C (envdoctor merge's, to the process group) or SIGTERM: once, then ignored while main() removes
+    the partial folder (a model's size) on its way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stopped.append(signum)
+    raise KeyboardInterrupt
+
+
+_stopped: list[int] = []
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        signum = _stopped[0] if _stopped else signal.SIGINT
+        print(f"{'interrupted' if signum == signal.SIGINT else 'stopped by ' + signal.Signals(signum).name}: "
+              "no merged model was written (nothing partial is left); run the same command again", file=sys.stderr,
+              flush=True)
+        code = 128 + int(signum)
+    raise SystemExit(code)

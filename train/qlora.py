@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -383,10 +384,10 @@ def interrupted(argv: list[str], signum: int) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         try:
             cfg = config.load(argv[argv.index("--config") + 1])
-            last, config_path = checkpoint.latest(Path(cfg["output_dir"])), cfg["config_path"]
+            last, command = checkpoint.latest(Path(cfg["output_dir"])), resume_command(cfg)
         except (SystemExit, ValueError, IndexError, OSError):
-            last, config_path = None, None
-        print(stopping.message(config_path, last, signum), flush=True)
+            last, command = None, None
+        print(stopping.message(command, last, signum), flush=True)
     return stopping.exit_code(signum)
 
 

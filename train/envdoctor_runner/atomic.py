@@ -61,8 +61,12 @@ def human(n: int | float) -> str:
 
 
 def write_errno(exc: BaseException | None) -> int | None:
-    """The errno of a failed write, wherever the library put it (the exception, its cause or context, or
-    its message); None when it is not an OS error at all."""
+    """The errno of a failed write, wherever the library put it (the exception, its cause, its message, or
+    the context of torch's C++ RuntimeError); None when it is not an OS error at all.
+
+    Only a plain RuntimeError's implicit context is looked into: any exception raised while another is
+    handled has one, and a bug (a KeyError in an `except FileNotFoundError:` fallback) must stay a
+    traceback, not read as "cannot write …: no such file or directory"."""
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, OSError) and exc.errno is not None:
@@ -70,7 +74,8 @@ def write_errno(exc: BaseException | None) -> int | None:
         m = _OS_ERROR.search(str(exc))
         if m:
             return int(m.group(1) or m.group(2))
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        implicit = exc.__context__ if type(exc) is RuntimeError else None
+        exc, seen = exc.__cause__ or implicit, seen + 1
     return None
 
 
@@ -115,15 +120,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def aside_name(final: Path) -> Path:
+    """Where publish() keeps the folder it replaces until the new one holds the name."""
+    return final.with_name(f".{final.name}.old-{os.getpid()}")
+
+
+def recover(final: Path) -> bool:
+    """Put back a folder publish() had moved aside when the process was killed (SIGKILL, a power cut)
+    between its two renames: the name is empty and the complete old folder waits under its aside name.
+    Whether `final` exists afterwards."""
+    final = Path(final)
+    if final.exists():
+        return True
+    for old in sorted(final.parent.glob(f".{final.name}.old-*")):
+        try:
+            os.replace(old, final)
+            return True
+        except OSError:  # another process (a rank) put it back first, or it is gone
+            if final.exists():
+                return True
+    return False
+
+
 def publish(stage: Path, final: Path) -> None:
     """Move a complete staging folder to its real name. A folder already there is moved aside first and
     removed only after the rename: at every moment one complete folder holds the name or the aside name."""
     old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(stage, final)
+    try:
+        if final.exists():
+            old = aside_name(final)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(stage, final)
+    except BaseException:
+        # A stop (KeyboardInterrupt from the signal handler) or an error between the two renames: the old
+        # folder goes back to its name, else the name would be empty and the caller removes the staging one.
+        if old is not None and old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -158,8 +192,10 @@ def write_text(path: Path, text: str, needed: int | None = None) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # a stop too: no staging file left behind
         tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         raise WriteFailed(path, exc, needed or len(text.encode())) from exc
 
 

@@ -83,6 +83,7 @@ def latest(out: Path) -> Path | None:
     if not pointer.exists():
         return None
     path = out / "checkpoints" / pointer.read_text().strip()
+    atomic.recover(path)  # a kill between publish's two renames left it under its aside name
     return path if (path / "state.json").exists() else None
 
 

@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -159,17 +160,29 @@ def pieces(fh, name: str) -> Iterator[tuple[bytes, str]]:
         raise ValueError(_not_utf8(name, *bad))
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """str.splitlines() but at "\n", "\r\n" and "\r" only: U+2028, U+2029 and U+0085 (NEL) are valid raw
+    inside a JSON string (json.dumps(..., ensure_ascii=False) writes them so) and do not end a JSON line."""
+    lines = _LINE_BREAK.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def text_lines(fh, name: str) -> Iterator[str]:
-    """The lines of a binary file object, as decode(whole file).splitlines() has them: a piece ends with
+    """The lines of a binary file object, as split_lines(decode(whole file)) has them: a piece ends with
     "\n", so it splits as it did within the whole text ("\r\n" never spans two pieces)."""
     for _raw, text in pieces(fh, name):
-        yield from text.splitlines()
+        yield from split_lines(text)
 
 
 def jsonl_rows(text: str, name: str) -> tuple[list[str], list[str]]:
     """(texts, problems) of a .jsonl file; a blank line is allowed, anything else must be a row."""
     texts, problems = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(split_lines(text), 1):
         row_text, problem = _row(line, n, name)
         if problem:
             problems.append(problem)

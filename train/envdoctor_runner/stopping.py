@@ -74,7 +74,13 @@ def _watch_for_a_stop_not_taken_up() -> None:
         return
 
     def watch() -> None:
-        signum = os.read(read_end, 1)[0]
+        # The wakeup fd gets every signal with a Python handler (a library's SIGALRM, SIGCHLD, SIGUSR1…):
+        # only one of _stop's starts the count. Its byte is written before _stop runs in the main thread
+        # (never, when that thread is stuck in C++): the handler in place says whose it is.
+        while True:
+            signum = os.read(read_end, 1)[0]
+            if signum in _received or signal.getsignal(signum) is _stop:
+                break
         deadline = time.monotonic() + STUCK_S
         while time.monotonic() < deadline:
             if _finishing.locked():
@@ -108,7 +114,12 @@ def run(main) -> int | None:
     was); any error after a stop is the stop (a lost KeyboardInterrupt can leave a half-imported module)."""
     try:
         try:
-            return main()
+            code = main()
+            # The run is complete (its results written): a signal while the process exits (torch's teardown
+            # takes a while) changes nothing, rather than ending a finished run in a traceback and 130/143.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            return code
         except KeyboardInterrupt:
             raise
         except Exception:
@@ -151,11 +162,12 @@ def _resume_command(config_path: str | None) -> str:
     return f"envdoctor train {shlex.quote(config_path)} --resume" if config_path else "envdoctor train CONFIG --resume"
 
 
-def message(config_path: str | None, latest: Path | None, signum: int) -> str:
-    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it."""
+def message(command: str | None, latest: Path | None, signum: int) -> str:
+    """Rank 0's one line: the signal, the last checkpoint and the command that continues from it (the
+    runner's resume_command: envdoctor's own, else the config with its --output-dir)."""
     if latest is None:
         return f"\n{_what(signum)}: no checkpoint was written yet; start again with the same command"
-    return f"\n{_what(signum)}: the last checkpoint is {latest.name}; continue with: {_resume_command(config_path)}"
+    return f"\n{_what(signum)}: the last checkpoint is {latest.name}; continue with: {command or _resume_command(None)}"
 
 
 def before_start(argv: list[str]) -> int:
