@@ -482,3 +482,30 @@ def test_merge_py_stopped_midway_ends_quietly_and_leaves_no_partial_output(tmp_p
     assert proc.returncode == 128 + signum and "Traceback" not in stderr, stderr[-3000:]
     assert (out / "model.safetensors").read_text() == "an earlier merge"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base", "out", "site"]
+
+
+def test_a_stop_between_the_two_renames_of_publish_keeps_the_earlier_merge(tmp_path, monkeypatch):
+    """`envdoctor merge --out` over an earlier merge: a Ctrl-C after the earlier one was moved aside and
+    before the new one took its name gives the earlier merge its name back (never an empty name)."""
+    from pathlib import Path
+
+    from envdoctor.commands.merge import publish
+    dest, stage = tmp_path / "merged", tmp_path / ".merged.partial"
+    dest.mkdir()
+    (dest / "model.safetensors").write_text("earlier")
+    stage.mkdir()
+    (stage / "model.safetensors").write_text("new")
+    real = Path.rename
+
+    def rename(self, target):
+        if self == stage:
+            raise KeyboardInterrupt  # the signal lands between the two renames
+        return real(self, target)
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        publish(stage, dest)
+    monkeypatch.undo()
+    assert (dest / "model.safetensors").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged.partial", "merged"]
+    publish(stage, dest)
+    assert (dest / "model.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]

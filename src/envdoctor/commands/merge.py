@@ -81,10 +81,15 @@ def publish(stage: Path, dest: Path) -> None:
     """Move a verified merge into place. An earlier merge at `dest` is moved aside first and removed only
     after the rename, so a crash in between leaves one complete folder under one of the two names."""
     old = None
-    if dest.exists():
-        old = dest.with_name(f"{dest.name}.replaced-{os.getpid()}")
-        dest.rename(old)
-    stage.rename(dest)
+    try:
+        if dest.exists():
+            old = dest.with_name(f"{dest.name}.replaced-{os.getpid()}")
+            dest.rename(old)
+        stage.rename(dest)
+    except BaseException:  # a Ctrl-C or an error between the two renames: the earlier merge gets its name back
+        if old is not None and old.exists() and not dest.exists():
+            old.rename(dest)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
