@@ -80,6 +80,17 @@ def test_ctrl_c_resume_and_a_finished_folder(tmp_path):
     assert len(aside) == 1 and (aside[0] / "run_summary.json").exists() and f"now in {aside[0]}" in forced.stdout
 
 
+def start_two_ranks(tmp_path, **overrides):
+    """`envdoctor train` of the demo with --nproc 2 (torchrun, gloo) in its own session, output in tmp/run."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"), **overrides)
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return config, subprocess.Popen(
+        [sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config), "--nproc", "2"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
 def descendants(pid):
     return psutil.Process(pid).children(recursive=True)
 
@@ -103,14 +114,7 @@ def left_running(procs):
 def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says):
     """--nproc 2 (torchrun, gloo): a stop ends as one process's does (no torchrun SignalException traceback,
     from any process), leaves no rank behind, and leaves a checkpoint that --resume continues."""
-    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
-    cfg.update(num_epochs=2, save_steps=3, datasets=[{"path": str(asset("train", "demo_corpus"))}],
-               output_dir=str(tmp_path / "run"))
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
-                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    config, proc = start_two_ranks(tmp_path, num_epochs=2, save_steps=3)
     try:
         metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
         while proc.poll() is None and time.time() < deadline and max(steps_logged(metrics), default=0) < 4:
@@ -146,13 +150,7 @@ def test_a_stop_while_the_ranks_start_is_clean_too(tmp_path):
     """Ctrl-C as soon as both ranks exist (starting, importing torch, or meeting at the rendezvous): a
     KeyboardInterrupt there can be dropped by Python ("Exception ignored in …") or leave a half-imported
     numpy behind ("cannot load module more than once"); either way the stop is one line, no traceback."""
-    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
-    cfg.update(datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
-                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _, proc = start_two_ranks(tmp_path)
     try:
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline and len(descendants(proc.pid)) < 3:
@@ -176,13 +174,7 @@ def test_ranks_die_with_a_killed_torchrun(tmp_path):
     """torchrun SIGKILLed (envdoctor's answer to a second Ctrl-C, or the OOM killer) cannot stop its ranks:
     they go with it (PR_SET_PDEATHSIG) instead of training on alone (measured without it: they finished the
     run and wrote run_summary.json)."""
-    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
-    cfg.update(num_epochs=2, datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
-                             "--nproc", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _, proc = start_two_ranks(tmp_path, num_epochs=2)
     try:
         metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
         while proc.poll() is None and time.time() < deadline and not steps_logged(metrics):

@@ -301,10 +301,6 @@ def leave(code: int) -> None:
     """End this process with `code`. In a process group: flush and os._exit (see finish): every file the
     run writes is closed by then, and the group's threads die with the process instead of being joined."""
     if dist.is_available() and dist.is_initialized():
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        from envdoctor_runner.stopping import exit_now
+        exit_now(code)
     raise SystemExit(code)

@@ -58,6 +58,18 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
+def exit_now(code: int) -> None:
+    """Flush what was printed and end the process at once (os._exit): no interpreter teardown, whose
+    joins and C++ destructors race a stuck main thread or a live process group's threads."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _watch_for_a_stop_not_taken_up() -> None:
     """Python runs a signal's handler only between bytecodes of the main thread: one blocked in C++ — a
     rendezvous or collective waiting for a rank that has already left — never gets there (torchrun would
@@ -88,13 +100,7 @@ def _watch_for_a_stop_not_taken_up() -> None:
             time.sleep(0.1)
         if not _finishing.acquire(blocking=False):
             return
-        code = last_words(signum) if last_words else _before_start(sys.argv, signum)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        exit_now(last_words(signum) if last_words else _before_start(sys.argv, signum))
 
     threading.Thread(target=watch, daemon=True, name="envdoctor-stop").start()
 
