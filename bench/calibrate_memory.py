@@ -171,7 +171,8 @@ def header(device: str, liger: bool) -> dict:
         free, total = torch.cuda.mem_get_info()
         # With only a one-element tensor: the CUDA context (and the allocator's first 2 MiB segment).
         out.update(gpu=torch.cuda.get_device_name(), total_bytes=total, context_bytes=total - free
-                   - torch.cuda.memory_reserved(), pytorch_cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
+                   - torch.cuda.memory_reserved(), pytorch_cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                   pytorch_alloc_conf=os.environ.get("PYTORCH_ALLOC_CONF"))
     return out
 
 
@@ -291,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         bad = [x for x in (shapes if name == "shape" else engines) if x not in known]
         if bad:
             ap.error(f"unknown {name}(s) {bad}; known: {sorted(known)}")
+    if "runner" in engines and args.device.startswith("cuda"):  # its allocator setting, before torch loads
+        if len(engines) > 1:
+            ap.error("the runner sets torch's allocator for its whole process (envdoctor_runner/allocator.py): "
+                     "measure --engines runner in a process of its own")
+        from envdoctor_runner import allocator
+        allocator.configure()
     if args.liger and (why := hf_loop.apply_liger()):
         ap.error(why)
     from envdoctor.training.estimate import Shape  # noqa: F401 - fail early without PYTHONPATH=src

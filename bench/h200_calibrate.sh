@@ -51,7 +51,13 @@ case $part in
              cal --grid 2 --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
   round2-3b) cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 170 70)
              cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b]"; exit 2 ;;
+  # The runner's points of both rounds again (after a change to the runner), one GPU each:
+  #   CUDA_VISIBLE_DEVICES=0 bash bench/h200_calibrate.sh runner-r1 & CUDA_VISIBLE_DEVICES=1 bash bench/h200_calibrate.sh runner-r2
+  runner-r1) cal --shapes $BIG --engines runner --budget-s $(cap 200 90)
+             cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
+  runner-r2) cal --grid 2 --shapes $BIG --engines runner --budget-s $(cap 180 110)
+             cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl

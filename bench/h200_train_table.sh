@@ -16,8 +16,8 @@
 # line says how many steps it ran. TABLE_ARGS: more arguments (the CPU proof: TABLE_ARGS="--device cpu --shape tiny").
 set -u
 export PYTHONUNBUFFERED=1 NO_COLOR=1 OUT=${OUT:-/tmp} TOKENIZERS_PARALLELISM=false
-if compgen -G ".whl/*.whl" >/dev/null; then
-  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+if compgen -G ".whl/*.whl" >/dev/null; then  # once per machine (parts may run side by side on two GPUs)
+  [ -d /tmp/site/bitsandbytes ] || pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}

@@ -156,7 +156,7 @@ def build_peft_model(base, cfg: dict, engine: str, reentrant: bool = False) -> T
         from envdoctor_runner.loss import CausalLMLoss
         from envdoctor_runner.modeling import attach_lora
         model = attach_lora(base, cfg, torch.bfloat16)
-        wrapped = CausalLMLoss(model, cfg["loss_chunk_tokens"])
+        wrapped = CausalLMLoss(model, cfg["loss_chunk_tokens"], torch.bfloat16)  # as the runner: bf16 weights
         return Trainable(engine, model, lambda ids: wrapped(ids, None, ids),
                          [p for p in model.parameters() if p.requires_grad])
     from peft import LoraConfig, get_peft_model

@@ -108,6 +108,11 @@ def run_one(args) -> dict:
         if why:
             rec["skipped"] = why
             return rec
+    if engine == "runner" and args.device.startswith("cuda"):  # as train/qlora.py does, before torch loads
+        sys.path.insert(0, str(HERE.parent / "train"))
+        from envdoctor_runner import allocator
+        allocator.configure()
+    rec["allocator"] = os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "default"
     import torch
 
     import hf_loop

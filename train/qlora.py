@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from envdoctor_runner import stopping  # noqa: E402  (standard library only)
+from envdoctor_runner import allocator, stopping  # noqa: E402  (standard library only)
 
 if __name__ == "__main__":  # before the imports below (torch's takes seconds): a stop during them is clean too
+    allocator.configure()  # before torch is imported: it reads the allocator setting once
     stopping.install()
     stopping.die_with_launcher()
 try:
@@ -82,7 +83,7 @@ def main() -> int:
     import torch
     from envdoctor_runner import distributed
     from envdoctor_runner.loss import CausalLMLoss
-    from envdoctor_runner.modeling import build_model, build_optimizer, build_tokenizer
+    from envdoctor_runner.modeling import build_model, build_optimizer, build_tokenizer, dtypes
     from envdoctor_runner.progress import Progress
     world = distributed.init()  # torchrun / accelerate launch set RANK and WORLD_SIZE; alone: one process
     device = distributed.device(world)
@@ -174,7 +175,8 @@ def main() -> int:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's
-    step_loss = distributed.wrap(CausalLMLoss(model, cfg["loss_chunk_tokens"]), world, device, fsdp)
+    dtype, _ = dtypes(cfg, device, [])  # the same answer build_model had (its notes are said already)
+    step_loss = distributed.wrap(CausalLMLoss(model, cfg["loss_chunk_tokens"], dtype), world, device, fsdp)
     optimizer = build_optimizer(cfg, model, device, notes)  # after wrapping: FSDP replaces the parameters
     epochs = cfg["num_epochs"]
     total = steps_per_epoch * epochs

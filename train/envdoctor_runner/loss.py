@@ -42,14 +42,30 @@ def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torc
 
 
 class CausalLMLoss(torch.nn.Module):
-    """Wraps a peft model so that one forward returns the loss; this is what DDP wraps."""
+    """Wraps a peft model so that one forward returns the loss; this is what DDP wraps.
 
-    def __init__(self, peft_model, chunk: int = 1024):
+    dtype: the run's weight dtype. bf16: the decoder runs under bf16 autocast, so the fp32 LoRA weights
+    multiply in bf16 on tensor cores as the base does (peft otherwise casts each layer's input to fp32 for
+    them: seven fp32 matmuls and fp32 copies of the input per layer, three times per step with
+    checkpointing), and what LoRA saves for backward is bf16. The weights, their gradients and the
+    optimizer stay fp32; the loss is computed in fp32 (chunked_cross_entropy)."""
+
+    def __init__(self, peft_model, chunk: int = 1024, dtype=None):
         super().__init__()
         self.peft_model = peft_model
         self.chunk = chunk
+        self.autocast = dtype if dtype in (torch.bfloat16,) else None
+        if self.autocast is not None:
+            from peft.tuners.lora import LoraLayer
+            for m in peft_model.modules():  # under autocast the input keeps its dtype (peft's own switch)
+                if isinstance(m, LoraLayer):
+                    m.cast_input_dtype_enabled = False
 
     def forward(self, input_ids, attention_mask, labels):
         base = self.peft_model.get_base_model()
-        hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.autocast is None:
+            hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            with torch.autocast(input_ids.device.type, dtype=self.autocast):
+                hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return chunked_cross_entropy(hidden, labels, base.lm_head, self.chunk)

@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from envdoctor_runner.saved_modules import adopt_originals, adopted
+
 
 def build_tokenizer(cfg: dict, docs: list[str]):
     if cfg["tokenizer"] == "train-bpe":  # offline: a small byte-level BPE learned from the corpus itself
@@ -173,7 +175,7 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
                 model.save_pretrained(tmp, max_shard_size="2GB")
                 tokenizer.save_pretrained(tmp)
         model = model.to(device)
-        return attach_lora(model, cfg, dtype)
+        return attach_lora(model, cfg, dtype, fsdp=fsdp)
     if use_4bit and shard is not None and _streamable(cfg["base_model"], config, dtype):
         model, n = build_4bit_streamed(cfg, config, tokenizer, dtype, compute, device, targets, None, shard,
                                        loading, folder=cfg["base_model"])
@@ -191,8 +193,8 @@ def build_model(cfg: dict, tokenizer, device: str, notes: list[str], base_dir=No
     if use_4bit and fsdp:  # Params4bit loses its quant_state under FSDP: plain tensors instead
         from envdoctor_runner.shardable4bit import convert_linear4bit
         convert_linear4bit(model, dtype)
-        return attach_lora(model, cfg, dtype, all_linear=targets, device=device)
-    return attach_lora(model, cfg, dtype)
+        return attach_lora(model, cfg, dtype, all_linear=targets, device=device, fsdp=True)
+    return attach_lora(model, cfg, dtype, fsdp=fsdp)
 
 
 def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: str, targets: list[str],
@@ -280,6 +282,9 @@ def build_4bit_streamed(cfg: dict, config, tokenizer, dtype, compute, device: st
     left = [n for n, t in [*peft_model.named_parameters(), *peft_model.named_buffers()] if t.is_meta]
     if left:  # a model class with parts outside the pieces above: fail here, not in the first forward
         raise RuntimeError(f"left on the meta device after loading: {', '.join(left[:5])}")
+    if shard is None:  # its copies were made fp32 piece by piece: in place now (saved_modules.py)
+        _fp32_or_in_place(peft_model, cfg, device, fsdp=False)
+        _return_freed_memory()
     if dtype != torch.float32:  # a trained fp32 embedding copy must not turn the residual stream into fp32
         peft_model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(dtype))
     if loading is not None:
@@ -505,12 +510,14 @@ class _BaseWriter:
         raise self.failed
 
 
-def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, device: str | None = None):
+def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, device: str | None = None,
+                fsdp: bool = False):
     """Freeze the base, turn on gradient checkpointing, add LoRA (and modules_to_save) per the config.
 
     Not peft's prepare_model_for_kbit_training: it casts every non-quantized weight to fp32, which for
     Llama-3's 128k vocabulary is 2 GiB more per embedding matrix and an fp32 residual stream. The frozen
-    base stays in its dtype; only what trains is fp32."""
+    base stays in its dtype; LoRA trains in fp32; modules_to_save train in place where that changes nothing
+    but memory (saved_modules.py), else as fp32 copies."""
     from peft import get_peft_model
     _freeze_and_checkpoint(model, cfg)
     shardable = all_linear is not None  # the base's 4-bit layers are Shardable4bitLinear
@@ -524,12 +531,20 @@ def attach_lora(model, cfg: dict, dtype, all_linear: list[str] | None = None, de
         model = get_peft_model(model, lora)
     if shardable and device is not None:  # peft puts adapters beside a layer's `weight`; this one has none
         model.to(device)
-    for p in model.parameters():  # LoRA weights are fp32 already; modules_to_save copies are not
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    _fp32_or_in_place(model, cfg, device or str(next(model.parameters()).device), fsdp)
     if dtype != torch.float32:  # a trained fp32 embedding copy must not turn the residual stream into fp32
         model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.to(dtype))
     return model
+
+
+def _fp32_or_in_place(model, cfg: dict, device: str, fsdp: bool) -> None:
+    """What trains: LoRA in fp32 (it is already); modules_to_save in place (not under FSDP), else fp32 copies."""
+    if not fsdp:
+        adopt_originals(model, bf16_ok=eight_bit_optimizer(cfg, device))
+    in_place = {id(p) for p in adopted(model)}
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32 and id(p) not in in_place:
+            p.data = p.data.float()
 
 
 def _freeze_and_checkpoint(model, cfg: dict) -> None:
@@ -553,11 +568,19 @@ def _lora_config(cfg: dict, all_linear: list[str] | None):
                       modules_to_save=cfg["lora_modules_to_save"] or None, task_type="CAUSAL_LM")
 
 
+EIGHT_BIT = ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit")
+
+
+def eight_bit_optimizer(cfg: dict, device: str) -> bool:
+    """Whether build_optimizer makes a bitsandbytes 8-bit AdamW (on a CUDA GPU) for this config."""
+    return cfg["optimizer"] in EIGHT_BIT and device.startswith("cuda")
+
+
 def build_optimizer(cfg: dict, model, device: str, notes: list[str]):
     params = [p for p in model.parameters() if p.requires_grad]
     name, cuda = cfg["optimizer"], device.startswith("cuda")
     lr, decay = cfg["learning_rate"], cfg["weight_decay"]
-    if name in ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit") and cuda:
+    if eight_bit_optimizer(cfg, device):
         import bitsandbytes as bnb
         cls = bnb.optim.PagedAdamW8bit if name.startswith("paged") else bnb.optim.AdamW8bit
         return cls(params, lr=lr, weight_decay=decay)
