@@ -8,7 +8,9 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
                        the HF engines); bf16 in envdoctor's runner, which does not upcast the frozen base
              lora      LoRA weights fp32 + their grads (8 B/param) + optimizer state held by torch (AdamW
                        8 B/param, 8-bit AdamW 2; paged optimizers' state is not torch's: see `paged`)
-             save      modules_to_save copies: fp32 weights + grads (+ torch-held optimizer state)
+             save      modules_to_save copies: fp32 weights + grads (+ torch-held optimizer state); in the
+                       runner trained in place where it can (not tied, not FSDP; bf16 with an 8-bit AdamW, or
+                       fp32): only their gradients (train/envdoctor_runner/saved_modules.py)
              act       activations: with gradient checkpointing each layer's input plus one layer's
                        recompute; without, every layer's saved tensors
              logits    the HF engines: B × S × vocab × LOGIT_BYTES (a full-logits loss); the runner's
@@ -47,11 +49,14 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # everywhere (the allocator's slack varies by ±1 GiB between runs of equal allocations): docs/training.md.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
-        CHUNK_BYTES=9.821,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
-        ACT_RUNNER=1.287,         # × _layer_elements × 2 B per token: one layer recomputed in backward
-        ACT_RUNNER_FULL=1.012,    # the same per layer, all layers kept (no checkpointing)
-        SAVE_BYTES_RUNNER=7.039,  # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
-        RESERVE_FRAC=0, RESERVE_GIB=0, RESERVE_LOGITS=2.259, RESERVE_SAVE=0.6358),
+        CHUNK_BYTES=12.35,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
+        LOSS_HIDDEN=3.924,        # bytes per hidden element per token of the batch in the loss phase
+        LORA_BYTES=4.149,         # per LoRA parameter at the peak (fp32 weight and gradient, bf16 casts)
+        ACT_RUNNER=1.01,          # × _layer_elements × 2 B per token: one layer recomputed in backward
+        ACT_RUNNER_FULL=0.7662,   # the same per layer, all layers kept (no checkpointing)
+        SAVE_BYTES_RUNNER=7.065,  # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        SAVE_BYTES_INPLACE=1.349, # per modules_to_save parameter trained in place (its gradient, transients)
+        RESERVE_FRAC=0, RESERVE_GIB=0.1149, RESERVE_LOGITS=0.6206, RESERVE_SAVE=0.2304, RESERVE_LAYER=1.899),
     "hf-loop": dict(
         ACT_SCALE=1.387,          # × the saved elements per token per layer counted in _layer_elements()
         ATT_GC=14.82,             # bytes per (batch × heads × seq²): one layer's attention, recomputed
@@ -69,6 +74,7 @@ CONSTANTS: dict[str, dict[str, float]] = {
 }
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 # Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
+EIGHT_BIT = ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit")  # the runner's bitsandbytes 8-bit AdamWs
 OPT_BYTES = {"adamw_torch": 8.0, "adamw_torch_fused": 8.0, "adamw_8bit": 2.0, "adamw_bnb_8bit": 2.0,
              "paged_adamw_8bit": 0.0, "paged_adamw_32bit": 0.0}
 PAGED_BYTES = {"paged_adamw_8bit": 2.0, "paged_adamw_32bit": 8.0}
@@ -193,17 +199,25 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     dropout = cfg["lora_dropout"] > 0
     gc_on = cfg["gradient_checkpointing"]
     runner = engine == "runner"
+    sharded = bool(cfg.get("fsdp")) and nproc > 1
+    # The runner trains modules_to_save in place (saved_modules.py) when nothing is tied to them, not under
+    # FSDP, and in bf16 only with an 8-bit AdamW: then no copy exists and their gradients are in the weights' dtype.
+    in_place = runner and not sharded and not shape.tied and (cfg["optimizer"] in EIGHT_BIT or not half)
+    grad_bytes = 2.0 if half else 4.0
     if runner:
         elems = 2 * _layer_elements(shape, dropout)
         chunk = min(cfg["loss_chunk_tokens"], tokens)
-        loss_phase = k["CHUNK_BYTES"] * chunk * shape.vocab
+        # the loss phase: one chunk's logits, and the whole batch's final hidden states (the shifted copy the
+        # chunks read, its gradient) while the chunks run
+        loss_phase = k["CHUNK_BYTES"] * chunk * shape.vocab + k["LOSS_HIDDEN"] * tokens * shape.hidden
         if gc_on:  # the backward peak is one layer's recompute or one chunk's logits, whichever is larger
             layer_phase = k["ACT_RUNNER"] * tokens * elems
             act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
             loss_phase = loss_phase if loss_phase > layer_phase else 0.0
         else:
             act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * elems
-        logits, save_bytes = loss_phase, k["SAVE_BYTES_RUNNER"]
+        logits = loss_phase
+        save_bytes = k["SAVE_BYTES_INPLACE"] if in_place else k["SAVE_BYTES_RUNNER"]
     else:
         per_layer = k["ACT_SCALE"] * _layer_elements(shape, dropout)
         att = b * shape.heads * s * s
@@ -217,9 +231,8 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         else:
             act = shape.layers * (tokens * 2 * per_layer + k["ATT_SAVED"] * att)
     embed_bytes = embed * heads * (2.0 if runner else 4.0)
-    lora_bytes = lora * (8.0 + opt)
+    lora_bytes = lora * (k.get("LORA_BYTES", 8.0) + opt)  # fp32 weights and gradients (runner: fitted)
     save_total = save * (save_bytes + opt)
-    sharded = bool(cfg.get("fsdp")) and nproc > 1
     parts = {}
     if sharded:  # FSDP2: each process keeps 1/N of weights, grads and optimizer state, and gathers one unit
         n = nproc
@@ -238,7 +251,8 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     if cfg["gradient_accumulation_steps"] > 1:  # the fp32 gradients live from the first micro batch to the
         # step, through every later micro batch's peak (measured on the H200, issue #17's table at accumulation
         # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
-        parts["gradients held across micro batches"] = 4.0 * (lora + save) / (nproc if sharded else 1)
+        held = 4.0 * lora + (grad_bytes if in_place else 4.0) * save
+        parts["gradients held across micro batches"] = held / (nproc if sharded else 1)
     parts["activations"] = act
     parts["logits and loss"] = logits
     # The caching allocator's slack grows with the largest blocks freed and split again: the fp32 logits of
@@ -247,7 +261,9 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     loss_tokens = min(cfg["loss_chunk_tokens"], tokens) if runner else tokens
     reserve = (k["RESERVE_FRAC"] * sum(parts.values()) + k["RESERVE_GIB"] * GiB
                + k["RESERVE_LOGITS"] * 4.0 * loss_tokens * shape.vocab  # every rank computes its own batch's
-               + k["RESERVE_SAVE"] * 4.0 * save / (nproc if sharded else 1))
+               + k["RESERVE_SAVE"] * (grad_bytes if in_place else 4.0) * save / (nproc if sharded else 1)
+               + k.get("RESERVE_LAYER", 0.0) * 2.0 * layer_params)  # a layer's weights in bf16: the size of the
+    # blocks a layer's forward and backward allocate and free (dequantized weights, activations' tensors)
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
                     CONTEXT_BYTES, nproc, sharded)
 
