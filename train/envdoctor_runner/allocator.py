@@ -1,9 +1,10 @@
 """The runner's setting for torch's CUDA caching allocator, made before torch is imported.
 
 Expandable segments: the allocator grows one mapped segment per stream instead of caching fixed-size
-blocks, so memory freed by one phase of a step (the layer being recomputed, a loss chunk's logits) is reused
-by the next whatever its size. Measured on an H200 (issue #17, config A): the default allocator reserved
-0.56 GiB over the allocated peak; the reserve is what runs out on a card. A setting the user made
+blocks, so memory freed by one phase of a step (the layer being recomputed, a loss chunk's logits) can be
+reused by the next whatever its size, and the reserve (what runs out on a card) depends less on the order of
+allocations: 0.4-2.8 GiB over the allocated peak across the runner's H200 calibration grid, where the default
+allocator leaves the Hugging Face engines 0.5-20 GiB (docs/training.md "Memory"). A setting the user made
 (PYTORCH_ALLOC_CONF, or the older PYTORCH_CUDA_ALLOC_CONF) is kept as it is.
 """
 
