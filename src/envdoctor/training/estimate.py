@@ -247,7 +247,7 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         parts["modules_to_save weights, grads, optimizer"] = save_total
         paged = (lora + save) * paged_per
         if nproc > 1:
-            parts["DDP gradient buckets"] = (lora + save) * 4.0
+            parts["DDP gradient buckets"] = lora * 4.0 + save * (grad_bytes if in_place else 4.0)
     if cfg["gradient_accumulation_steps"] > 1:  # the fp32 gradients live from the first micro batch to the
         # step, through every later micro batch's peak (measured on the H200, issue #17's table at accumulation
         # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
