@@ -252,7 +252,7 @@ def _holdout_rows():
 
 
 @pytest.mark.xfail(strict=True, reason="issue #18 open: under the default allocator (the Hugging Face engines) the "
-                   "slack (reserved - allocated) varies by ~±1 GiB between equal allocations: 14 of 40 of their "
+                   "slack (reserved - allocated) varies by ~±1 GiB between equal allocations: 13 of their 40 "
                    "hold-out points and 1 of the runner's 23 miss ±10 % / -5 % (docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
     """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh): every hold-out point
