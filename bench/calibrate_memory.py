@@ -94,7 +94,27 @@ GRID2 = {
     ],
     "tiny": [(128, 1, 8, True, False, "fit"), (64, 2, 16, False, True, "holdout")],   # CPU proofs
 }
-GRIDS = {"1": GRID, "2": GRID2}
+# Round 3 (2026-11-30, after the runner's change and its refit on rounds 1-2): hold-out points never used
+# for any choice, at sizes no earlier round had (odd sequence lengths and micro batches): a blind test of the
+# constants as committed before it ran; and fit points for what rounds 1-2 had least of: modules_to_save
+# on the tied 3B / 1B shapes (the runner keeps fp32 copies there).
+GRID3 = {
+    "llama-3.1-8b": [
+        (1000, 3, 24, True, True, "holdout"), (3000, 1, 96, False, True, "holdout"),
+        (384, 6, 64, False, False, "holdout"), (2500, 2, 64, True, True, "holdout"),
+        (6000, 2, 16, False, True, "holdout"),
+    ],
+    "llama-3.2-3b": [
+        (2048, 1, 32, True, True, "fit"), (1536, 3, 64, True, True, "holdout"), (512, 2, 64, True, False, "fit"),
+        (3000, 2, 32, False, True, "holdout"), (768, 2, 16, True, False, "holdout"),
+    ],
+    "llama-3.2-1b": [
+        (4096, 1, 64, True, True, "fit"), (6000, 1, 64, True, True, "holdout"), (1024, 4, 32, True, False, "fit"),
+        (2000, 4, 128, False, True, "holdout"), (700, 2, 8, True, False, "holdout"),
+    ],
+    "tiny": [(100, 3, 8, True, True, "fit"), (70, 2, 16, False, False, "holdout")],   # CPU proofs
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3}
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0

@@ -57,7 +57,16 @@ case $part in
              cal --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
   runner-r2) cal --grid 2 --shapes $BIG --engines runner --budget-s $(cap 180 110)
              cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2]"; exit 2 ;;
+  # Round 3 (GRID3: a blind hold-out at new sizes, fit points for the tied shapes' modules_to_save), one GPU each;
+  # the runner first (its process sets the allocator), then the Hugging Face engines:
+  #   CUDA_VISIBLE_DEVICES=0 bash bench/h200_calibrate.sh round3-8b & CUDA_VISIBLE_DEVICES=1 bash bench/h200_calibrate.sh round3-small
+  round3-8b) cal --grid 3 --shapes $BIG --engines runner --budget-s $(cap 130 200)
+             cal --grid 3 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
+  round3-small) cal --grid 3 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(cap 80 250)
+                cal --grid 3 --shapes $SMALL --engines runner --budget-s $(cap 70 180)
+                cal --grid 3 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 80)
+                cal --grid 3 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl
