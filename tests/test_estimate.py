@@ -252,8 +252,8 @@ def _holdout_rows():
 
 
 @pytest.mark.xfail(strict=True, reason="issue #18 open: under the default allocator (the Hugging Face engines) the "
-                   "slack (reserved - allocated) varies by ~±1 GiB between equal allocations: 13 of their 40 "
-                   "hold-out points and 1 of the runner's 23 miss ±10 % / -5 % (docs/training.md)")
+                   "slack (reserved - allocated) varies by ~±1 GiB between equal allocations: 20 of their 62 "
+                   "hold-out points and 1 of the runner's 34 miss ±10 % / -5 % (docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
     """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh): every hold-out point
     within ±10 % of the measured reserved peak, none more than 5 % under, for every engine."""
@@ -261,6 +261,18 @@ def test_measured_hold_out_points_meet_the_error_budget():
     misses = [(r["shape"], r["engine"], r["seq"], r["micro"], round((F.predicted(r).reserved / r["peak_reserved"] - 1)
                                                                    * 100, 1)) for r in rows]
     assert [m for m in misses if not -5 <= m[-1] <= 10] == []
+
+
+def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_round():
+    """What holds for the runner (its own allocator setting, expandable segments): no hold-out point of any
+    round more than 5 % under its measured reserved peak, and every point of round 3 — sizes no round had,
+    measured after the constants were fixed (bench/calibrate_memory.py GRID3) — within ±10 % / -5 %."""
+    F, rows = _holdout_rows()
+    runner = [r for r in rows if r["engine"] == "runner"]
+    err = {(r["_where"], r["id"]): F.predicted(r).reserved / r["peak_reserved"] - 1 for r in runner}
+    assert [k for k, e in err.items() if e < -0.05] == []
+    blind = {k: e for k, e in err.items() if "round3" in k[0]}
+    assert len(blind) >= 10 and [k for k, e in blind.items() if not -0.05 <= e <= 0.10] == []
 
 
 def test_measured_hold_out_allocated_peaks_are_within_15_percent():
