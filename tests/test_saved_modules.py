@@ -135,3 +135,18 @@ def test_the_decoder_runs_under_bf16_autocast_and_lora_keeps_bf16_inputs():
     assert abs(loss.item() - plain.item()) <= 0.01 * plain.item()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_a_lora_lm_head_trains_beside_the_autocast_decoder():
+    """`lora_target_modules` may name lm_head: it runs in the chunked loss, outside the decoder's autocast,
+    so its LoRA layer must keep peft's input cast (a bf16 hidden state into fp32 LoRA weights)."""
+    cfg = run_cfg(lora_target_linear=False, lora_target_modules=["q_proj", "v_proj", "lm_head"],
+                  lora_modules_to_save=[])
+    model = attach_lora(tiny(dtype=torch.bfloat16), cfg, torch.bfloat16)
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+    plain = CausalLMLoss(model, chunk=16)(ids, torch.ones_like(ids), ids)
+    loss = CausalLMLoss(model, chunk=16, dtype=torch.bfloat16)(ids, torch.ones_like(ids), ids)
+    loss.backward()
+    assert abs(loss.item() - plain.item()) <= 0.01 * plain.item()
+    head_grads = [p.grad for n, p in model.named_parameters() if "lm_head.lora_" in n]
+    assert len(head_grads) == 2 and all(g is not None and g.dtype == torch.float32 for g in head_grads)
