@@ -397,7 +397,11 @@ class BaseSnapshot:
     (ModulesToSaveWrapper.unload_and_optionally_merge_module), not the original: after such a point the
     base's embed_tokens / lm_head are the copies (requires_grad True; in the runner family fp32 where the
     base had bf16: attach_lora casts the copies). Forward hooks added per point (the runner's dtype hook
-    on the input embedding, transformers' make_inputs_require_grads) would pile up on the base."""
+    on the input embedding, transformers' make_inputs_require_grads) would pile up on the base.
+    The runner trains modules_to_save in place where it can (on a GPU with 8-bit AdamW): the trained
+    parameters are then the base's own, so their values stay trained after the point (same objects, shapes
+    and dtypes: memory is unaffected; a later point's loss starts from them), and the gradients of a point
+    that failed between a backward and zero_grad would stay on them: restore() drops those."""
 
     def __init__(self, base):
         self.modules = dict(base.named_modules(remove_duplicate=False))
@@ -422,6 +426,9 @@ class BaseSnapshot:
             if p.requires_grad != grad:
                 p.requires_grad_(grad)
                 repairs.append(f"{name}: requires_grad back to {grad}")
+            if p.grad is not None:  # the runner trains modules_to_save in place: their gradients are the base's
+                p.grad = None       # (a point that failed between a backward and zero_grad left them)
+                repairs.append(f"{name}: its gradient dropped")
         for name, m in self.modules.items():
             fwd, pre = self.hooks[name]
             extra = [k for k in m._forward_hooks if k not in fwd] + [k for k in m._forward_pre_hooks if k not in pre]
@@ -444,6 +451,8 @@ class BaseSnapshot:
                 out.append(f"{name}: another parameter" + (f" ({q.dtype})" if q is not None else " (missing)"))
             elif q.dtype != dtype or q.requires_grad != grad:
                 out.append(f"{name}: {q.dtype} requires_grad={q.requires_grad}, loaded {dtype} {grad}")
+            elif q.grad is not None:
+                out.append(f"{name}: holds a gradient")
         out += [f"{n}: new parameter" for n in now if n not in self.params]
         return out
 

@@ -81,6 +81,30 @@ def test_release_puts_the_reused_base_back_and_frees_every_point(tiny_folder, fa
     assert any("lm_head: the original module put back" in r for r in repaired)
 
 
+def test_a_failed_runner_point_with_modules_to_save_in_place_leaves_no_gradient_on_the_base(tiny_folder,
+                                                                                          monkeypatch):
+    """On a GPU (8-bit AdamW) the runner trains the bf16 base's embed_tokens and lm_head in place: their
+    gradients are the reused BASE's parameters' .grad, not a copy's freed with the point. A point that fails
+    after a backward (out of memory in the optimizer step or a later micro batch: the grid has such points)
+    must not leave them there: 2 GiB for an 8B shape, and every later point of the block refused by its
+    baseline."""
+    from envdoctor_runner import modeling
+    from envdoctor_runner.saved_modules import adopted
+    monkeypatch.setattr(modeling, "eight_bit_optimizer", lambda cfg, device: True)  # in place, as on a GPU
+    base = hf_loop.load_base(tiny_folder, "runner", _cfg(32, 8, True, True), "cpu")
+    snapshot = hf_loop.BaseSnapshot(base)
+    hf_loop._reset("cpu")
+    live = hf_loop.live_tensors()
+    t = hf_loop.build_peft_model(base, _cfg(32, 4, True, True), "runner")
+    assert len(adopted(t.model)) == 2
+    t.loss(torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(0))).backward()
+    base = C._recover(t, base, snapshot, "cpu")  # what measure() does when the step then fails
+    assert base is not None and snapshot.differences(base) == []
+    # a .grad has no Python object until it is read: live_tensors() (gc's objects) does not see it
+    assert [n for n, p in base.named_parameters() if p.grad is not None] == []
+    assert hf_loop.live_tensors() == live
+
+
 def _run(tmp_path, tiny_folder, monkeypatch, *extra):
     monkeypatch.setitem(C.GRID, "tiny", TINY_GRID)
     out = tmp_path / "cal.jsonl"

@@ -335,3 +335,16 @@ def test_a_config_that_fits_only_sharded_says_so(tmp_path):
     r = memory(facts, gpus(tmp_path / "m", *cards))
     assert r.status == Status.OK and r.data["sharded"] and r.data["nproc"] == n
     assert "; only sharded: unsharded it needs 17.7 GiB" in r.message
+
+
+def test_fsdp_on_one_process_keeps_the_modules_to_save_copies_as_the_runner_does():
+    """The runner trains modules_to_save in place only without FSDP (modeling.attach_lora(fsdp=...),
+    build_4bit_streamed with a sharder): `fsdp: true` on one GPU (`envdoctor train --fsdp`, nproc 1) still
+    keeps fp32 copies beside the originals, so it needs the copies' memory, not the in-place figure."""
+    k = E.CONSTANTS["runner"]
+    plain = estimate(LLAMA8B, SEED)
+    one = estimate(LLAMA8B, dict(SEED, fsdp=True), nproc=1)
+    part = "modules_to_save weights, grads, optimizer"
+    assert plain.parts[part] == plain.save_params * (k["SAVE_BYTES_INPLACE"] + E.OPT_BYTES[SEED["optimizer"]])
+    assert one.parts[part] == one.save_params * (k["SAVE_BYTES_RUNNER"] + E.OPT_BYTES[SEED["optimizer"]])
+    assert one.needed > plain.needed

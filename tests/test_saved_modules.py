@@ -135,3 +135,59 @@ def test_the_decoder_runs_under_bf16_autocast_and_lora_keeps_bf16_inputs():
     assert abs(loss.item() - plain.item()) <= 0.01 * plain.item()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_a_lora_lm_head_trains_beside_the_autocast_decoder():
+    """`lora_target_modules` may name lm_head: it runs in the chunked loss, outside the decoder's autocast,
+    so its LoRA layer must keep peft's input cast (a bf16 hidden state into fp32 LoRA weights)."""
+    cfg = run_cfg(lora_target_linear=False, lora_target_modules=["q_proj", "v_proj", "lm_head"],
+                  lora_modules_to_save=[])
+    model = attach_lora(tiny(dtype=torch.bfloat16), cfg, torch.bfloat16)
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+    plain = CausalLMLoss(model, chunk=16)(ids, torch.ones_like(ids), ids)
+    loss = CausalLMLoss(model, chunk=16, dtype=torch.bfloat16)(ids, torch.ones_like(ids), ids)
+    loss.backward()
+    assert abs(loss.item() - plain.item()) <= 0.01 * plain.item()
+    head_grads = [p.grad for n, p in model.named_parameters() if "lm_head.lora_" in n]
+    assert len(head_grads) == 2 and all(g is not None and g.dtype == torch.float32 for g in head_grads)
+
+
+def test_a_run_resumed_from_a_checkpoint_continues_as_if_uninterrupted(tmp_path):
+    """checkpoint.save / restore_weights / restore_training with modules_to_save in place: the adapter file
+    fills the shared parameter, the optimizer state reloads onto it, the losses are the uninterrupted run's."""
+    from envdoctor_runner import checkpoint
+    from envdoctor_runner.modeling import build_optimizer
+    cfg = run_cfg(learning_rate=1e-2, weight_decay=0.01)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, VOCAB, (2, 24), generator=g) for _ in range(6)]
+
+    def fresh():
+        model = attach_lora(tiny(), cfg, torch.float32)
+        opt = build_optimizer(cfg, model, "cpu", [])
+        return model, CausalLMLoss(model, chunk=16), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (s + 1))
+
+    def steps(wrapped, opt, sched, ids_list):
+        out = []
+        for ids in ids_list:
+            loss = wrapped(ids, torch.ones_like(ids), ids)
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            out.append(loss.item())
+        return out
+
+    model, wrapped, opt, sched = fresh()
+    whole = steps(wrapped, opt, sched, batches)
+    model, wrapped, opt, sched = fresh()
+    first = steps(wrapped, opt, sched, batches[:3])
+    saved = checkpoint.save(tmp_path, "step-3", model, opt, sched, {"step": 3})
+    base = tiny()  # the same base (the runner rebuilds it from the seed or reads it again) ...
+    torch.manual_seed(99)  # ... other LoRA weights: what trained must come from the files
+    model = attach_lora(base, cfg, torch.float32)
+    checkpoint.restore_weights(saved, model)
+    assert len(adopted(model)) == 2
+    opt = build_optimizer(cfg, model, "cpu", [])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (s + 1))
+    checkpoint.restore_training(saved, opt, sched)
+    assert first + steps(CausalLMLoss(model, chunk=16), opt, sched, batches[3:]) == pytest.approx(whole, rel=1e-6)

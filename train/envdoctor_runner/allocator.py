@@ -5,7 +5,11 @@ blocks, so memory freed by one phase of a step (the layer being recomputed, a lo
 reused by the next whatever its size, and the reserve (what runs out on a card) depends less on the order of
 allocations: 0.4-2.8 GiB over the allocated peak across the runner's H200 calibration grid, where the default
 allocator leaves the Hugging Face engines 0.5-20 GiB (docs/training.md "Memory"). A setting the user made
-(PYTORCH_ALLOC_CONF, or the older PYTORCH_CUDA_ALLOC_CONF) is kept as it is.
+(PYTORCH_ALLOC_CONF, the older PYTORCH_CUDA_ALLOC_CONF, or ROCm's PYTORCH_HIP_ALLOC_CONF) is kept as it is.
+
+torch takes the first of its variables that is present, an empty one included, and which it reads first
+differs between versions: an empty one (`export PYTORCH_ALLOC_CONF=`) is removed, not left to mask the
+setting made here.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 
 SETTING = "expandable_segments:True"
-KEYS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+KEYS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
 
 
 def configure(environ=None) -> str:
@@ -23,5 +27,7 @@ def configure(environ=None) -> str:
     for key in KEYS:
         if env.get(key, "").strip():
             return env[key].strip()
+    for key in KEYS:  # present but blank: torch would read it (as the default allocator) before ours
+        env.pop(key, None)
     env["PYTORCH_CUDA_ALLOC_CONF"] = SETTING
     return SETTING

@@ -57,7 +57,10 @@ class CausalLMLoss(torch.nn.Module):
         self.autocast = dtype if dtype in (torch.bfloat16,) else None
         if self.autocast is not None:
             from peft.tuners.lora import LoraLayer
-            for m in peft_model.modules():  # under autocast the input keeps its dtype (peft's own switch)
+            # Under autocast the input keeps its dtype (peft's own switch): the decoder's layers only. A
+            # LoRA lm_head (lora_target_modules may name it) runs in the chunked loss, outside autocast:
+            # it keeps peft's cast of the bf16 hidden state to its fp32 weights.
+            for m in peft_model.get_base_model().model.modules():
                 if isinstance(m, LoraLayer):
                     m.cast_input_dtype_enabled = False
 

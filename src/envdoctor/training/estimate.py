@@ -202,7 +202,8 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     sharded = bool(cfg.get("fsdp")) and nproc > 1
     # The runner trains modules_to_save in place (saved_modules.py) when nothing is tied to them, not under
     # FSDP, and in bf16 only with an 8-bit AdamW: then no copy exists and their gradients are in the weights' dtype.
-    in_place = runner and not sharded and not shape.tied and (cfg["optimizer"] in EIGHT_BIT or not half)
+    # FSDP on one process too: the runner keeps the copies whenever fsdp is on (the model is sharded "over one").
+    in_place = runner and not cfg.get("fsdp") and not shape.tied and (cfg["optimizer"] in EIGHT_BIT or not half)
     grad_bytes = 2.0 if half else 4.0
     if runner:
         elems = 2 * _layer_elements(shape, dropout)
