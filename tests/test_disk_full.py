@@ -299,3 +299,21 @@ def test_two_ranks_both_end_when_rank_0_cannot_write_a_checkpoint(tmp_path):
     assert "The last good checkpoint is epoch-1" in errors[0]
     assert "(exitcode: 4)" in text, text[-3000:]  # torchrun's own log: the first rank to end did so with 4
     assert (tmp_path / "left").read_text().split() == [".", "..", "epoch-1", "latest"]
+
+
+@needs_ns
+def test_a_refused_run_leaves_no_folder_it_made_and_keeps_those_that_were_there(tmp_path):
+    config = demo(tmp_path)
+    in_namespace(tmp_path, "mount -t tmpfs -o size=3m tmpfs $OUT\n"
+                 + run("new", f"{ENVDOCTOR} train --python {sys.executable} {config} --output-dir $OUT/new/run")
+                 + "ls -a $OUT > $T/left-new\n"
+                 + "mkdir -p $OUT/kept/empty && echo mine > $OUT/kept/file\n"
+                 + run("kept", f"{ENVDOCTOR} train --python {sys.executable} {config} --output-dir $OUT/kept/empty")
+                 + "find $OUT | sort > $T/left-kept\n")
+    for name in ("new", "kept"):
+        code, text = step(tmp_path, name)
+        assert code == 1 and "free on its filesystem" in text and "qlora.py" not in text, text
+    assert (tmp_path / "left-new").read_text().split() == [".", ".."]  # neither run/ nor new/
+    out = tmp_path / "out"
+    assert (tmp_path / "left-kept").read_text().split() == [str(out), str(out / "kept"), str(out / "kept/empty"),
+                                                            str(out / "kept/file")]
