@@ -20,7 +20,7 @@ from envdoctor.model import failing_statuses
 from envdoctor.system import Stopped, System
 from envdoctor.training.backends import axolotl_argv, axolotl_env, axolotl_missing, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
-from envdoctor.training.diskspace import space_problem
+from envdoctor.training.diskspace import space_problem, steps_per_epoch
 from envdoctor.training.runner_modules import absolute_inputs
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
@@ -236,12 +236,16 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             outdir.mkdir(parents=True)
             out.write(f"--force: the earlier run is now in {aside}\n")
     if not args.dry_run:  # the checkpoints, float base and adapter the run writes: room for them?
-        facts = run.facts.get("train_config")
+        facts, texts = run.facts.get("train_config"), run.facts.get("datasets")
+        chunks = texts.value.max_train_chunks if texts and texts.value else None
         short = space_problem(resolved, facts.value.model if facts and facts.value else None, outdir,
-                              gpu=gpus > 0, resume=args.resume)
+                              gpu=gpus > 0, resume=args.resume,
+                              epoch_steps=steps_per_epoch(chunks, resolved["micro_batch_size"],
+                                                          resolved["gradient_accumulation_steps"]) if chunks else None)
         if short:
-            out.write(f"{'warning' if args.force else 'error'}: {short}\n")
-            if not args.force:
+            line, certain = short
+            out.write(f"{'error' if certain and not args.force else 'warning'}: {line}\n")
+            if certain and not args.force:
                 _remove_made(made)
                 return 1
     if nnodes > 1:
