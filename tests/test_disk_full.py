@@ -299,3 +299,48 @@ def test_two_ranks_both_end_when_rank_0_cannot_write_a_checkpoint(tmp_path):
     assert "The last good checkpoint is epoch-1" in errors[0]
     assert "(exitcode: 4)" in text, text[-3000:]  # torchrun's own log: the first rank to end did so with 4
     assert (tmp_path / "left").read_text().split() == [".", "..", "epoch-1", "latest"]
+
+
+@needs_ns
+def test_a_refused_run_leaves_no_folder_it_made_and_keeps_those_that_were_there(tmp_path):
+    config = demo(tmp_path)
+    in_namespace(tmp_path, "mount -t tmpfs -o size=3m tmpfs $OUT\n"
+                 + run("new", f"{ENVDOCTOR} train --python {sys.executable} {config} --output-dir $OUT/new/run")
+                 + "ls -a $OUT > $T/left-new\n"
+                 + "mkdir -p $OUT/kept/empty && echo mine > $OUT/kept/file\n"
+                 + run("kept", f"{ENVDOCTOR} train --python {sys.executable} {config} --output-dir $OUT/kept/empty")
+                 + "find $OUT | sort > $T/left-kept\n")
+    for name in ("new", "kept"):
+        code, text = step(tmp_path, name)
+        assert code == 1 and "free on its filesystem" in text and "qlora.py" not in text, text
+    assert (tmp_path / "left-new").read_text().split() == [".", ".."]  # neither run/ nor new/
+    out = tmp_path / "out"
+    assert (tmp_path / "left-kept").read_text().split() == [str(out), str(out / "kept"), str(out / "kept/empty"),
+                                                            str(out / "kept/file")]
+
+
+@needs_ns
+def test_preflight_counts_the_mid_epoch_checkpoints_save_steps_writes(tmp_path):
+    """save_steps: every step-N checkpoint is kept (checkpoint.save deletes none), 2.5 MB each here. 12 MB
+    holds the base, two epoch checkpoints and the adapter (8.8 MB) but not the five step checkpoints the run
+    writes: the preflight says so before the start (a warning: it knows only an upper bound on the steps)."""
+    config = demo(tmp_path, num_epochs=2, save_steps=3)
+    in_namespace(tmp_path, "mount -t tmpfs -o size=12m tmpfs $OUT\n"
+                 + run("small", f"{ENVDOCTOR} train --python {sys.executable} {config}")
+                 + "mount -o remount,size=64m $OUT\n"
+                 + run("full", f"{ENVDOCTOR} train --python {sys.executable} {config} --output-dir $OUT/full")
+                 + "ls $OUT/full/checkpoints > $T/written\n")
+    code, text = step(tmp_path, "small")
+    before = text.split("$ ")[0]  # what the preflight said before the runner started
+    warning = [line for line in before.splitlines() if line.startswith("warning: output_dir")]
+    assert len(warning) == 1 and "the disk may fill before the end" in warning[0], text[-3000:]
+    up_to = int(warning[0].split("up to ")[1].split()[0])
+    assert code == 4 and "error: cannot write checkpoint step-" in text, text[-3000:]  # as warned
+
+    code, text = step(tmp_path, "full")
+    assert code == 0, text[-3000:]
+    written = [n for n in (tmp_path / "written").read_text().split() if n.startswith("step-")]
+    per_epoch = int(text.split(" optimizer steps per epoch")[0].rsplit(" ", 1)[1])  # the runner's own count
+    from envdoctor.training.diskspace import mid_epoch_checkpoints
+    assert len(written) == mid_epoch_checkpoints(per_epoch, 3, 0, 2) == 5, (written, per_epoch)
+    assert up_to >= len(written)  # counted from an upper bound on the steps

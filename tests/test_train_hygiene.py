@@ -314,3 +314,49 @@ def test_without_a_validation_split_the_run_merges_and_logs_no_nan(tmp_path):
     merged = envdoctor("merge", str(tmp_path / "run"), cwd=tmp_path)
     assert merged.returncode == 0 and (tmp_path / "run" / "merged" / "envdoctor-merge.json").exists(), \
         merged.stdout[-3000:] + merged.stderr[-2000:]
+
+
+STUCK_BUILDING = """
+import datetime, importlib.util, sys, threading
+from pathlib import Path
+sys.path.insert(0, {train!r})
+from envdoctor_runner import stopping
+stopping.install()
+stopping.STUCK_S = 1.0
+spec = importlib.util.spec_from_file_location("qlora", {qlora!r})
+qlora = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(qlora)
+stopping.last_words = lambda signum: qlora.interrupted(sys.argv, signum)  # as the runner sets it
+import torch
+import torch.distributed as dist
+from envdoctor_runner.modeling import _BaseWriter
+writer = _BaseWriter(Path({base!r}), 2)  # the streamed build's float base, one piece written
+writer.add({{"model.embed_tokens.weight": torch.zeros(8, 4)}})
+store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=600))
+threading.Timer(1.0, lambda: print("waiting", flush=True)).start()
+store.get("never set")  # the next piece's FSDP collective, with a rank that already left
+"""
+
+
+def test_a_stop_while_the_float_base_is_built_leaves_no_staging_folder(tmp_path):
+    """Stopped while build_4bit_streamed writes the float base piece by piece, the main thread held in C++
+    (a collective): the stop thread ends the process with os._exit, where nothing unwinds; the base's
+    staging folder must not stay in the output folder (until the next run)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    script = tmp_path / "building.py"
+    script.write_text(STUCK_BUILDING.format(train=str(asset("train")), qlora=str(asset("train", "qlora.py")),
+                                            base=str(out / "base")))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        assert (out / ".base.tmp").is_dir()  # the piece is being written
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and "stopped by SIGTERM" in output and "Traceback" not in output, output
+    assert list(out.iterdir()) == []

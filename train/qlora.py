@@ -383,6 +383,7 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
 
 def interrupted(argv: list[str], signum: int) -> int:
     """What a stopped run says (rank 0): where it can continue from, and the command that does."""
+    atomic.remove_unfinished()  # every rank: no half-written folder stays (the stop thread's os._exit unwinds nothing)
     if int(os.environ.get("RANK", "0")) == 0:
         try:
             cfg = config.load(argv[argv.index("--config") + 1])

@@ -20,6 +20,7 @@ from pathlib import Path
 # 28)"), torch.save's C++ writer (the OSError of the Python file object is the exception's __context__).
 _OS_ERROR = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
 SPACE = (errnos.ENOSPC, errnos.EDQUOT, errnos.EFBIG)
+_unfinished: set[Path] = set()  # staged() folders being written: remove_unfinished() takes them on a stop
 
 
 class WriteFailed(Exception):
@@ -169,6 +170,7 @@ def staged(final: Path, needed: int | None = None):
     write removes tmp and raises WriteFailed (other errors pass through, tmp removed too)."""
     final = Path(final)
     tmp = staging_name(final)
+    _unfinished.add(tmp)
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # a staging folder a killed run left
         tmp.mkdir(parents=True)
@@ -180,6 +182,16 @@ def staged(final: Path, needed: int | None = None):
         if isinstance(exc, WriteFailed) or write_errno(exc) is None:
             raise
         raise WriteFailed(final, exc, needed) from exc
+    finally:
+        _unfinished.discard(tmp)
+
+
+def remove_unfinished() -> None:
+    """Remove the staging folders this process has open. For a stopped run: its main thread may be held in
+    C++ (a collective) when the stop thread ends the process with os._exit, and a folder written across
+    calls (the streamed float base) is not closed by any `with` that unwinds."""
+    for tmp in list(_unfinished):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: Path, text: str, needed: int | None = None) -> None:

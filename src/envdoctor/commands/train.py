@@ -20,7 +20,7 @@ from envdoctor.model import failing_statuses
 from envdoctor.system import Stopped, System
 from envdoctor.training.backends import axolotl_argv, axolotl_env, axolotl_missing, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
-from envdoctor.training.diskspace import space_problem
+from envdoctor.training.diskspace import space_problem, steps_per_epoch
 from envdoctor.training.runner_modules import absolute_inputs
 
 # What a run needs. The GPU checks skip on a CPU machine (the demo), the rest must pass.
@@ -116,6 +116,16 @@ def output_dir_problem(outdir) -> str | None:
     return None
 
 
+def _remove_made(made: list) -> None:
+    """A refused run leaves no folder it made: `made` (the output folder and the parents it lacked, deepest
+    first) removed while empty; rmdir never takes a folder with anything in it."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def resume_command(args, config: str, output_dir: str) -> str:
     """What continues this run after a stop (the runner prints it): the same config (or --demo), output
     folder, interpreter and the settings a checkpoint depends on (--fsdp); any number of processes."""
@@ -207,8 +217,10 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     resolved = cfg.resolved()
     resolved.update(absolute_inputs(resolved, resolved["config_dir"]))  # one rule: relative to the config
     outdir = Path(resolved["output_dir"])
+    made = [p for p in (outdir, *outdir.parents) if not p.exists()]  # what a refusal below must take back
     problem = output_dir_problem(outdir)
     if problem:
+        _remove_made(made)
         out.write(f"error: {problem}\n")
         return 2
     node_rank = getattr(args, "node_rank", None) or 0
@@ -224,12 +236,17 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
             outdir.mkdir(parents=True)
             out.write(f"--force: the earlier run is now in {aside}\n")
     if not args.dry_run:  # the checkpoints, float base and adapter the run writes: room for them?
-        facts = run.facts.get("train_config")
+        facts, texts = run.facts.get("train_config"), run.facts.get("datasets")
+        chunks = texts.value.max_train_chunks if texts and texts.value else None
         short = space_problem(resolved, facts.value.model if facts and facts.value else None, outdir,
-                              gpu=gpus > 0, resume=args.resume)
+                              gpu=gpus > 0, resume=args.resume,
+                              epoch_steps=steps_per_epoch(chunks, resolved["micro_batch_size"],
+                                                          resolved["gradient_accumulation_steps"]) if chunks else None)
         if short:
-            out.write(f"{'warning' if args.force else 'error'}: {short}\n")
-            if not args.force:
+            line, certain = short
+            out.write(f"{'error' if certain and not args.force else 'warning'}: {line}\n")
+            if certain and not args.force:
+                _remove_made(made)
                 return 1
     if nnodes > 1:
         # Checked again by the runner once every rank is up (rank 0 writes a file, every rank reads it).
@@ -251,6 +268,7 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
         os.replace(staging, config_path)
     except OSError as exc:  # a full disk (--force past the space check): the runner's exit code and one line
         staging.unlink(missing_ok=True)
+        _remove_made(made)
         out.write(f"error: cannot write {config_path}: {exc.strerror or exc}. Free space there, or pass "
                   "--output-dir on another disk\n")
         return 4
