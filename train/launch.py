@@ -13,6 +13,8 @@ fails gives a ChildFailedError traceback and report under the rank's own traceba
   (130, 143), quietly: rank 0 says where to resume.
 - ranks start with SIGINT/SIGTERM blocked, let in once their handler is in place.
 - a failed rank: one line naming it (its own error is above) and its exit code.
+- no OMP_NUM_THREADS: each rank gets this process's cores divided by the ranks per node (torchrun would set
+  1 and print a banner saying so); a user's own value is kept.
 Runs in the target interpreter, without envdoctor.
 """
 
@@ -91,6 +93,27 @@ def _ranks_start_with_stops_held() -> None:
     SubprocessHandler._popen = held
 
 
+def _share_cores(argv: list[str]) -> None:
+    """OMP_NUM_THREADS for the ranks, when the user has not set it: the cores we may run on (affinity,
+    cgroup cpusets) over the ranks on this node, at least 1. torchrun sets 1 otherwise, with a banner."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import contextlib
+    import io
+    try:
+        from torch.distributed.run import determine_local_world_size, get_args_parser
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            nproc = determine_local_world_size(get_args_parser().parse_known_args(argv)[0].nproc_per_node)
+    except (ImportError, AttributeError, ValueError, RuntimeError, SystemExit):  # torchrun says what is wrong
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity (macOS)
+        cores = os.cpu_count() or 1
+    if nproc > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+
+
 # The runner's exit codes after its own one-line error (2: bad input or setup, 4: output could not be
 # written): a launcher line on top would only repeat it.
 SAID = {2, 4}
@@ -107,6 +130,7 @@ def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     _first_stop_only(api)
     _ranks_start_with_stops_held()
+    _share_cores(argv)
     sys.argv = [sys.argv[0], *argv]
     try:
         # As `python -m torch.distributed.run` runs it (its own log lines keep their plain format).
