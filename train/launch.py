@@ -20,6 +20,7 @@ Runs in the target interpreter, without envdoctor.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import runpy
@@ -98,20 +99,18 @@ def _share_cores(argv: list[str]) -> None:
     cgroup cpusets) over the ranks on this node, at least 1. torchrun sets 1 otherwise, with a banner."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    import contextlib
-    import io
-    try:
-        from torch.distributed.run import determine_local_world_size, get_args_parser
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            nproc = determine_local_world_size(get_args_parser().parse_known_args(argv)[0].nproc_per_node)
-    except (ImportError, AttributeError, ValueError, RuntimeError, SystemExit):  # torchrun says what is wrong
+    # Read here, not by torchrun's parser: importing torch.distributed.run before runpy runs it draws a warning.
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--nproc-per-node", "--nproc_per_node", default="1")
+    nproc = parser.parse_known_args(argv)[0].nproc_per_node
+    if not nproc.isdigit():  # "gpu", "auto"…: torchrun counts them
         return
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity (macOS)
         cores = os.cpu_count() or 1
-    if nproc > 1:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    if int(nproc) > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(nproc)))
 
 
 # The runner's exit codes after its own one-line error (2: bad input or setup, 4: output could not be
