@@ -382,14 +382,15 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
 
 
 def interrupted(argv: list[str], signum: int) -> int:
-    """What a stopped run says (rank 0): where it can continue from, and the command that does."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """What a stopped run says (rank 0; each node's first rank when there are several: its own command):
+    where it can continue from, and the command that does."""
+    if stopping.speaks():
         try:
             cfg = config.load(argv[argv.index("--config") + 1])
             last, command = checkpoint.latest(Path(cfg["output_dir"])), resume_command(cfg)
         except (SystemExit, ValueError, IndexError, OSError):
             last, command = None, None
-        print(stopping.message(command, last, signum), flush=True)
+        stopping.tell(stopping.message(command, last, signum))
     return stopping.exit_code(signum)
 
 
