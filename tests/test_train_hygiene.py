@@ -201,6 +201,32 @@ def test_a_stopped_two_node_run_prints_each_node_its_own_resume_command(tmp_path
     assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
 
 
+def test_a_stop_before_any_rank_started_says_so_in_one_line(tmp_path):
+    """Ctrl-C while torchrun (train/launch.py) is still importing torch, before any rank exists: exit 130 and
+    one line saying what stopped it, that nothing was trained and that the same command runs it again (it
+    used to end with no line at all)."""
+    _, proc = start_two_ranks(tmp_path)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not any(
+                "launch.py" in " ".join(p.cmdline()) for p in descendants(proc.pid)):
+            time.sleep(0.01)
+        # launch.py starts with the stops held (envdoctor blocks them before it starts it): from here on the
+        # signal reaches launch.py's own handler, long before torch is imported and a rank started.
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert said == ["interrupted before any rank started: nothing was trained; the same command runs it again"], \
+        output[-3000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_a_stop_while_the_ranks_start_is_clean_too(tmp_path):
     """Ctrl-C as soon as both ranks exist (starting, importing torch, or meeting at the rendezvous): a
     KeyboardInterrupt there can be dropped by Python ("Exception ignored in …") or leave a half-imported

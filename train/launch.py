@@ -10,7 +10,8 @@ fails gives a ChildFailedError traceback and report under the rank's own traceba
   terminal's reach) and waits for them (then SIGKILL, after its shutdown timeout), as before; further
   signals are ignored meanwhile (a terminal's Ctrl-C reaches us and `envdoctor train`, which forwards the
   one it got), so that wait is never cut short and no rank outlives us. Exit 128 + the signal's number
-  (130, 143), quietly: rank 0 says where to resume.
+  (130, 143), quietly: rank 0 says where to resume. A stop before torchrun has started any rank: one
+  line saying so.
 - ranks start with SIGINT/SIGTERM blocked, let in once their handler is in place.
 - a failed rank: one line naming it (its own error is above) and its exit code.
 - no OMP_NUM_THREADS: each rank gets this process's cores divided by the ranks per node (torchrun would set
@@ -64,9 +65,11 @@ def _first_stop_only(api) -> None:
 
 def _stop_early(signum, _frame):
     """Until torchrun installs its handler (importing torch takes seconds): the first signal stops us
-    (no rank is running yet), later ones are ignored."""
+    (no rank is running yet), later ones are ignored; one line says so (no rank is there to say it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"\n{what} before any rank started: nothing was trained; the same command runs it again", flush=True)
     raise SystemExit(128 + signum)
 
 
