@@ -88,6 +88,7 @@ def runs(tmp_path_factory):
 def test_uneven_micro_batches_finish_and_match_one_process(runs, name):
     tmp, out = runs
     assert "--standalone --nproc-per-node 2" in out[name, 2]
+    assert "Setting OMP_NUM_THREADS" not in out[name, 2], out[name, 2][:2000]  # the launcher set it: torchrun is quiet
     one, two = losses(tmp / f"{name}1"), losses(tmp / f"{name}2")
     assert close(one[0], two[0]), (one, two)
     assert close(one[1], two[1]), (one, two)
@@ -103,6 +104,22 @@ def test_two_nodes_through_the_static_rendezvous_match_one_process(runs):
     assert close(one[0], nodes[0]) and close(one[1], nodes[1]), (one, nodes)
     summary = json.loads((tmp / "nodes" / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and not list((tmp / "nodes").glob(".config.resolved*.tmp"))
+
+
+@pytest.mark.parametrize("given", [None, "3"])
+def test_the_launcher_shares_the_cores_among_the_ranks_unless_omp_num_threads_is_given(tmp_path, given):
+    """No OMP_NUM_THREADS: each rank gets the cores this process may use divided by the ranks per node (at
+    least 1), without torchrun's banner; the user's own value is kept."""
+    script = tmp_path / "omp.py"
+    script.write_text("import os, sys\nsys.stdout.write(f\"rank {os.environ['RANK']} omp {os.environ.get('OMP_NUM_THREADS')}\\n\")\n")
+    env = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"} | ({"OMP_NUM_THREADS": given} if given else {})
+    res = subprocess.run([sys.executable, str(asset("train", "launch.py")), "--standalone", "--nproc-per-node", "2",
+                          str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=100, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    want = given or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert sorted(x for x in res.stdout.splitlines() if x.startswith("rank")) == [f"rank 0 omp {want}",
+                                                                                 f"rank 1 omp {want}"], res.stdout
+    assert "OMP_NUM_THREADS" not in res.stderr and "Warning" not in res.stderr, res.stderr
 
 
 def test_a_two_process_mid_epoch_checkpoint_resumes_on_one_process(runs):

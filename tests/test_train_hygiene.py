@@ -146,6 +146,87 @@ def test_two_process_run_stops_like_one_process(tmp_path, sig, whom, code, says)
     assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopped_two_node_run_prints_each_node_its_own_resume_command(tmp_path):
+    """--nnodes 2 (two `envdoctor train` on this machine, one rank each), Ctrl-C on both: each node prints
+    the command that continues it, with the node flags and its own --node-rank (without them, pasted on a
+    node, it started a one-node run), and says that every node runs its own; the commands, as printed and
+    run at once, continue the run."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, save_steps=3, load_in_4bit=False, adapter="lora", micro_batch_size=1,
+               gradient_accumulation_steps=4, datasets=[{"path": str(asset("train", "demo_corpus"))}],
+               output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "envdoctor", "train", "--python", sys.executable, str(config),
+                               "--nnodes", "2", "--node-rank", str(r), "--rdzv-endpoint", endpoint], cwd=tmp_path,
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for r in (0, 1)]
+    try:
+        metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 600
+        while all(p.poll() is None for p in nodes) and time.time() < deadline and max(steps_logged(metrics), default=0) < 4:
+            time.sleep(0.02)
+        assert all(p.poll() is None for p in nodes), "the run ended before it could be interrupted"
+        for p in nodes:
+            os.killpg(p.pid, signal.SIGINT)
+        outputs = [p.communicate(timeout=300)[0] for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+    resumes = []
+    for r, (p, output) in enumerate(zip(nodes, outputs)):
+        assert p.returncode == 130 and "Traceback" not in output, output[-3000:]
+        assert output.count("continue with: ") == 1, output[-3000:]
+        resume = output.split("continue with: ")[1].splitlines()[0]
+        assert resume == (f"envdoctor train {config} --resume --nnodes 2 --node-rank {r} --rdzv-endpoint {endpoint} "
+                          f"--python {sys.executable}"), resume
+        assert output.count("every node runs its own") == 1, output[-3000:]
+        resumes.append(resume)
+    interrupted_at = max(steps_logged(metrics))
+    again = [subprocess.Popen([sys.executable, "-m", "envdoctor", *shlex.split(resume)[1:]], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for resume in resumes]
+    for p in again:
+        output = p.communicate(timeout=600)[0]
+        assert p.returncode == 0, output[-3000:]
+    steps = steps_logged(metrics)
+    assert steps == list(range(1, max(steps) + 1)) and max(steps) > interrupted_at  # each step once
+
+
+def test_a_stop_before_any_rank_started_says_so_in_one_line(tmp_path):
+    """Ctrl-C while torchrun (train/launch.py) is still importing torch, before any rank exists: exit 130 and
+    one line saying what stopped it, that nothing was trained and that the same command runs it again (it
+    used to end with no line at all)."""
+    _, proc = start_two_ranks(tmp_path)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not any(
+                "launch.py" in " ".join(p.cmdline()) for p in descendants(proc.pid)):
+            time.sleep(0.01)
+        # launch.py starts with the stops held (envdoctor blocks them before it starts it): from here on the
+        # signal reaches launch.py's own handler, long before torch is imported and a rank started.
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert said == ["interrupted before any rank started: nothing was trained; the same command runs it again"], \
+        output[-3000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_a_stop_while_the_ranks_start_is_clean_too(tmp_path):
     """Ctrl-C as soon as both ranks exist (starting, importing torch, or meeting at the rendezvous): a
     KeyboardInterrupt there can be dropped by Python ("Exception ignored in …") or leave a half-imported

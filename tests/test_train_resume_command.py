@@ -16,6 +16,10 @@ def test_the_resume_command_repeats_what_the_run_depends_on():
                           "/pkg/train/configs/demo.yaml", "/tmp/my run") == \
         "envdoctor train --demo --resume --output-dir '/tmp/my run' --nproc 2 --python /v/bin/python"
     assert resume_command(args(fsdp=True), "a b.yaml", "/out") == "envdoctor train 'a b.yaml' --resume --fsdp"
+    # Several nodes: this node's own command (without the node flags, pasted on a node it ran alone).
+    assert resume_command(args(nnodes=2, node_rank=1, rdzv_endpoint="node0:29500"), "cfg.yaml", "/out") == \
+        "envdoctor train cfg.yaml --resume --nnodes 2 --node-rank 1 --rdzv-endpoint node0:29500"
+    assert resume_command(args(nnodes=1), "cfg.yaml", "/out") == "envdoctor train cfg.yaml --resume"
 
 
 

@@ -10,14 +10,18 @@ fails gives a ChildFailedError traceback and report under the rank's own traceba
   terminal's reach) and waits for them (then SIGKILL, after its shutdown timeout), as before; further
   signals are ignored meanwhile (a terminal's Ctrl-C reaches us and `envdoctor train`, which forwards the
   one it got), so that wait is never cut short and no rank outlives us. Exit 128 + the signal's number
-  (130, 143), quietly: rank 0 says where to resume.
+  (130, 143), quietly: rank 0 says where to resume. A stop before torchrun has started any rank: one
+  line saying so.
 - ranks start with SIGINT/SIGTERM blocked, let in once their handler is in place.
 - a failed rank: one line naming it (its own error is above) and its exit code.
+- no OMP_NUM_THREADS: each rank gets this process's cores divided by the ranks per node (torchrun would set
+  1 and print a banner saying so); a user's own value is kept.
 Runs in the target interpreter, without envdoctor.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import runpy
@@ -61,9 +65,11 @@ def _first_stop_only(api) -> None:
 
 def _stop_early(signum, _frame):
     """Until torchrun installs its handler (importing torch takes seconds): the first signal stops us
-    (no rank is running yet), later ones are ignored."""
+    (no rank is running yet), later ones are ignored; one line says so (no rank is there to say it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"\n{what} before any rank started: nothing was trained; the same command runs it again", flush=True)
     raise SystemExit(128 + signum)
 
 
@@ -91,6 +97,25 @@ def _ranks_start_with_stops_held() -> None:
     SubprocessHandler._popen = held
 
 
+def _share_cores(argv: list[str]) -> None:
+    """OMP_NUM_THREADS for the ranks, when the user has not set it: the cores we may run on (affinity,
+    cgroup cpusets) over the ranks on this node, at least 1. torchrun sets 1 otherwise, with a banner."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    # Read here, not by torchrun's parser: importing torch.distributed.run before runpy runs it draws a warning.
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--nproc-per-node", "--nproc_per_node", default="1")
+    nproc = parser.parse_known_args(argv)[0].nproc_per_node
+    if not nproc.isdigit():  # "gpu", "auto"…: torchrun counts them
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity (macOS)
+        cores = os.cpu_count() or 1
+    if int(nproc) > 1:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(nproc)))
+
+
 # The runner's exit codes after its own one-line error (2: bad input or setup, 4: output could not be
 # written): a launcher line on top would only repeat it.
 SAID = {2, 4}
@@ -107,6 +132,7 @@ def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     _first_stop_only(api)
     _ranks_start_with_stops_held()
+    _share_cores(argv)
     sys.argv = [sys.argv[0], *argv]
     try:
         # As `python -m torch.distributed.run` runs it (its own log lines keep their plain format).

@@ -382,15 +382,16 @@ def evaluate(loss_of, chunks, micro, pad, device, world) -> float:
 
 
 def interrupted(argv: list[str], signum: int) -> int:
-    """What a stopped run says (rank 0): where it can continue from, and the command that does."""
+    """What a stopped run says (rank 0; each node's first rank when there are several: its own command):
+    where it can continue from, and the command that does."""
     atomic.remove_unfinished()  # every rank: no half-written folder stays (the stop thread's os._exit unwinds nothing)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if stopping.speaks():
         try:
             cfg = config.load(argv[argv.index("--config") + 1])
             last, command = checkpoint.latest(Path(cfg["output_dir"])), resume_command(cfg)
         except (SystemExit, ValueError, IndexError, OSError):
             last, command = None, None
-        print(stopping.message(command, last, signum), flush=True)
+        stopping.tell(stopping.message(command, last, signum))
     return stopping.exit_code(signum)
 
 

@@ -182,8 +182,22 @@ def before_start(argv: list[str]) -> int:
     return _before_start(argv, received() or signal.SIGINT)
 
 
+def speaks() -> bool:
+    """Whether this process says how a stopped run continues: rank 0, and on a run of several nodes each
+    node's first rank too (torchrun's LOCAL_RANK), since every node continues with its own command."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+
+
+def tell(text: str) -> None:
+    """The last words, in the run log and on the terminal: a rank other than 0 prints only to its own log
+    (runlog) while that is open, so another node's first rank writes to the terminal itself too."""
+    print(text, flush=True)
+    if int(os.environ.get("RANK", "0")) != 0 and sys.stdout is not sys.__stdout__ and sys.__stdout__ is not None:
+        print(text, file=sys.__stdout__, flush=True)
+
+
 def _before_start(argv: list[str], signum: int) -> int:
-    if int(os.environ.get("RANK", "0")) == 0:
+    if speaks():
         then = f"continue with: {_resume_command(None)}" if "--resume" in argv else "start again with the same command"
         print(f"\n{_what(signum)} before the run started; {then}", flush=True)
     return exit_code(signum)

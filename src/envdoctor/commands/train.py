@@ -128,11 +128,16 @@ def _remove_made(made: list) -> None:
 
 def resume_command(args, config: str, output_dir: str) -> str:
     """What continues this run after a stop (the runner prints it): the same config (or --demo), output
-    folder, interpreter and the settings a checkpoint depends on (--fsdp); any number of processes."""
+    folder, interpreter and the settings a checkpoint depends on (--fsdp); any number of processes. Several
+    nodes: this node's command (its own --node-rank; without the node flags it would start a one-node run)."""
     argv = ["envdoctor", "train", *(["--demo"] if args.demo else [config]), "--resume"]
     argv += ["--output-dir", output_dir] if args.output_dir else []
     argv += ["--fsdp"] if args.fsdp else []
     argv += ["--nproc", str(args.nproc)] if args.nproc else []
+    nnodes = getattr(args, "nnodes", None) or 1
+    if nnodes > 1:
+        argv += ["--nnodes", str(nnodes), "--node-rank", str(getattr(args, "node_rank", None) or 0),
+                 "--rdzv-endpoint", str(args.rdzv_endpoint)]
     argv += ["--python", args.python] if getattr(args, "python", None) else []
     return shlex.join(argv)
 
@@ -287,7 +292,10 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     except Stopped as stop:
         if stop.child_code is None:  # killed: it could not say where to resume
             raise
-        return stop.child_code  # the runner (rank 0) has said where it stopped and how to resume
+        if nnodes > 1:  # each node's first rank printed this node's command
+            out.write(f"node {node_rank} of {nnodes}: every node runs its own line (its own --node-rank), "
+                      "all of them at once\n")
+        return stop.child_code  # the runner has said where it stopped and how to resume
 
 
 def main(args) -> int:
