@@ -32,6 +32,8 @@ with tokens_per_s, peak_allocated, peak_reserved (bytes), paged_bytes, other_use
 from __future__ import annotations
 
 import gc
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -99,11 +101,26 @@ def save_random_model(shape: str, folder: Path, device: str) -> Path:
             model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape]))
     finally:
         torch.set_default_dtype(default)
-    model.save_pretrained(folder, max_shard_size="4GB")
+    # Saved beside and renamed into place: two processes building the same shape at once (two GPUs of one
+    # box, 2026-11-30) must never see each other's half-written folder (config.json is written first).
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging, max_shard_size="4GB")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     del model
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process put its copy there first: the same seed, the same weights
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "config.json").exists():
+            raise
     return folder
 
 

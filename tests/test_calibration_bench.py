@@ -213,3 +213,25 @@ def test_the_unusable_h200_lines_are_refused_whole():
     ignored = []
     assert F.load_rows([str(f) for f in files], ignored=ignored) == []
     assert len(ignored) == 71 and all("measured without the guards" in w for w in ignored)
+
+
+def test_a_random_model_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Two processes building the same shape at once (two GPUs of one box) must never load each other's
+    half-written folder: save_pretrained writes config.json first, which is what a reader checks. On
+    2026-11-30 one of two calibration blocks failed so. A save that dies midway leaves no folder under the
+    model's name; one that ends puts the whole folder there and nothing beside it."""
+    from transformers import LlamaForCausalLM
+    real = LlamaForCausalLM.save_pretrained
+
+    def dies_midway(self, folder, **kw):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "config.json").write_text("{}")
+        raise OSError("killed while writing the shards")
+    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", dies_midway)
+    with pytest.raises(OSError):
+        hf_loop.save_random_model("tiny", tmp_path / "tiny", "cpu")
+    assert list(tmp_path.iterdir()) == []  # neither the model's name nor the attempt's staging folder
+    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", real)
+    folder = hf_loop.save_random_model("tiny", tmp_path / "tiny", "cpu")
+    assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
