@@ -509,3 +509,82 @@ def test_a_stop_between_the_two_renames_of_publish_keeps_the_earlier_merge(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [".merged.partial", "merged"]
     publish(stage, dest)
     assert (dest / "model.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+# -- a base with tied embeddings (Llama-3.2-1B/3B): modules_to_save copies untie them ------------------------
+
+def _tied_run(tmp_path, modules_to_save, tied=True):
+    """A run folder (run_summary.json, adapter, heldout.json) of a tiny Llama whose embeddings are tied, with a
+    real peft adapter: LoRA on q/v and the named modules_to_save copies, all moved off their initial values."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=tied)
+    run = tmp_path / "run"
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(run / "base")
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            modules_to_save=modules_to_save))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:  # as training would: B off zero, copies changed
+                p.add_(torch.randn_like(p) * 0.1)
+    peft.save_pretrained(run / "adapter")
+    g = torch.Generator().manual_seed(1)
+    (run / "heldout.json").write_text(json.dumps({"chunks": [torch.randint(0, 96, (24,), generator=g).tolist()
+                                                             for _ in range(3)]}))
+    (run / "run_summary.json").write_text(json.dumps({"base_model_path": str(run / "base")}))
+    return run
+
+
+@pytest.mark.parametrize("modules", [["embed_tokens", "lm_head"], ["lm_head"], ["embed_tokens"]])
+def test_a_tied_base_with_trained_embedding_or_head_copies_merges_untied(tmp_path, modules):
+    """peft 0.21 trains a separate copy of each module named on a tied base (the one not named keeps the frozen
+    tied original): the merged model carries its own lm_head.weight, says tie_word_embeddings: false, and
+    gives base + adapter's logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    run = _tied_run(tmp_path, modules)
+    res = envdoctor("merge", str(run), "--python", sys.executable, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    merged = run / "merged"
+    assert json.loads((merged / "config.json").read_text())["tie_word_embeddings"] is False
+    assert json.loads((merged / "verify_report.json").read_text())["passed"]
+    weights = json.loads((merged / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "lm_head.weight" in weights and "model.embed_tokens.weight" in weights
+    ids = torch.tensor([json.loads((run / "heldout.json").read_text())["chunks"][0]])
+    with torch.no_grad():
+        ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base"), run / "adapter").eval()
+        want, base_logits = ref(input_ids=ids).logits, None
+        with ref.disable_adapter():
+            base_logits = ref(input_ids=ids).logits
+        model = AutoModelForCausalLM.from_pretrained(merged).eval()
+        got = model(input_ids=ids).logits
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert (want - base_logits).abs().max() > 0.05  # the copies changed the model: the comparison means something
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_an_untied_base_stays_untied_and_stray_tensors_are_still_refused(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+    run = _tied_run(tmp_path, ["embed_tokens", "lm_head"], tied=False)
+    res = envdoctor("merge", str(run), "--python", sys.executable, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert json.loads((run / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
+    assert json.loads((run / "merged" / "merge_report.json").read_text())["replaced"] == \
+        ["lm_head.weight", "model.embed_tokens.weight"]
+    # a tied base: an adapter tensor other than the head copy that matches nothing is refused as before
+    tied = _tied_run(tmp_path / "t", ["embed_tokens", "lm_head"])
+    path = tied / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    tensors["base_model.model.model.vision_tower.weight"] = torch.ones(2, 2)
+    save_file(tensors, str(path))
+    res = subprocess.run([sys.executable, str(asset("train", "merge.py")), "--base", str(tied / "base"), "--adapter",
+                          str(tied / "adapter"), "--out", str(tmp_path / "out"), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "1 adapter tensors match no base weight" in res.stderr, res.stderr[-2000:]
+    assert "vision_tower" in res.stderr and not (tmp_path / "out").exists()
