@@ -83,9 +83,12 @@ def main() -> int:
     specs = {n: (sts.DTYPES[heads[f][0][n]["dtype"]], heads[f][0][n]["shape"]) for n, f in files.items()}
     if args.dtype != "auto":
         specs = {n: (getattr(torch, args.dtype) if d.is_floating_point else d, shape) for n, (d, shape) in specs.items()}
+    source = {}  # output tensor → the base tensor it is read from, where the names differ
     try:
+        tied = json.loads((base / "config.json").read_text()).get("tie_word_embeddings") is True
         acfg, tensors = lora_merge.load_adapter(adapter, device)
-        lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files))
+        lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files), tied=tied)
+        embed = lora_merge.untied_head(replaced, {n: s for n, (_, s) in specs.items()}) if tied else None
     except (lora_merge.AdapterError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -93,6 +96,11 @@ def main() -> int:
         print(f"error: {len(unmatched)} adapter tensors match no base weight (another base model?): "
               f"{unmatched[:3]}", file=sys.stderr)
         return 2
+    head = lora_merge.HEAD
+    if embed and head not in files:  # the untied head: the adapter's copy, or the embedding as the base has it
+        files[head], specs[head] = files[embed], specs[embed]
+        if head not in replaced:
+            source[head] = embed
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     out_bytes = sum(torch.Size(shape).numel() * torch.empty((), dtype=d).element_size() for d, shape in specs.values())
@@ -104,7 +112,8 @@ def main() -> int:
         return WRITE_FAILED
     tmp.mkdir(parents=True)
     try:
-        return _write(args, base, adapter, out, tmp, files, heads, specs, acfg, lora, replaced, device, started)
+        return _write(args, base, adapter, out, tmp, files, heads, specs, acfg, lora, replaced, device, started,
+                      source, untied=embed is not None)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # no partial model left, and its space given back
         if atomic.write_errno(exc) is None:
@@ -116,7 +125,7 @@ def main() -> int:
 
 
 def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, specs, acfg, lora, replaced,
-           device: str, started: float) -> int:
+           device: str, started: float, source: dict, untied: bool) -> int:
     """The merged model into `tmp`, then renamed to `out` (atomic.publish) once complete and synced."""
     dequantize = nf4_round_trip(device) if args.from_nf4 else None
     linear_names = {n for n in files if n.endswith(".weight") and "layers." in n and len(specs[n][1]) == 2}
@@ -126,7 +135,7 @@ def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, 
 
     def nbytes(n: str) -> int:
         numel = torch.Size(specs[n][1]).numel()
-        src = sts.DTYPES[heads[files[n]][0][n]["dtype"]] if n not in replaced else replaced[n].dtype
+        src = sts.DTYPES[heads[files[n]][0][source.get(n, n)]["dtype"]] if n not in replaced else replaced[n].dtype
         return numel * max(torch.empty((), dtype=src).element_size(), torch.empty((), dtype=specs[n][0]).element_size())
 
     for i, group in enumerate(groups, 1):
@@ -141,7 +150,7 @@ def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, 
         n = task.name
         if n in replaced:
             return replaced[n]
-        return sts.read_at(fds[files[n]], files[n], n, *heads[files[n]])
+        return sts.read_at(fds[files[n]], files[n], source.get(n, n), *heads[files[n]])
 
     def merge(task: merge_pipeline.Task, t: torch.Tensor) -> torch.Tensor:
         n = task.name
@@ -173,6 +182,8 @@ def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, 
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     config = json.loads((base / "config.json").read_text())
     dtypes = {str(d).removeprefix("torch.") for d, _ in specs.values() if d.is_floating_point}
+    if untied:  # lm_head.weight written apart: transformers and vLLM must not tie it to the embedding again
+        config["tie_word_embeddings"] = False
     config["dtype"] = config["torch_dtype"] = "bfloat16" if "bfloat16" in dtypes else sorted(dtypes)[0]
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if (base / "generation_config.json").exists():
@@ -189,7 +200,8 @@ def _write(args, base: Path, adapter: Path, out: Path, tmp: Path, files, heads, 
         shutil.copy2(base / "chat_template.jinja", tmp / "chat_template.jinja")
     summary = {"base": str(base.resolve()), "adapter": str(adapter.resolve()), "from_nf4": args.from_nf4,
                "dtype": config["dtype"],
-               "device": device, "lora_merged": len(lora), "replaced": sorted(replaced), "shards": len(groups),
+               "device": device, "lora_merged": len(lora), "replaced": sorted(replaced),
+               "untied_lm_head": untied, "shards": len(groups),
                "bytes": total, "seconds": round(time.time() - started, 2), "pipeline": timings.to_dict()}
     (tmp / "merge_report.json").write_text(json.dumps(summary, indent=2))
     atomic.fsync_tree(tmp)  # the shards are synced already; the small files and the folder too

@@ -1,5 +1,6 @@
 """Merging a LoRA adapter into base weights, tensor by tensor: W + scale · B·A for every adapted linear,
-the trained copy for every modules_to_save weight, everything else copied as it is."""
+the trained copy for every modules_to_save weight, everything else copied as it is. A base with tied
+embeddings whose adapter trained a copy of embed_tokens or lm_head gets an lm_head of its own (untied_head)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from envdoctor_runner import safetensors_stream as sts
 
 PREFIX = "base_model.model."
+HEAD = "lm_head.weight"
 
 
 class AdapterError(ValueError):
@@ -41,8 +43,10 @@ def load_adapter(adapter_dir: Path, device: str = "cpu") -> tuple[dict, dict[str
     return adapter_cfg, tensors
 
 
-def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[str]) -> tuple[dict, dict, list[str]]:
-    """(lora: base name → (A, B), replaced: base name → tensor, unmatched adapter keys)."""
+def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[str],
+         tied: bool = False) -> tuple[dict, dict, list[str]]:
+    """(lora: base name → (A, B), replaced: base name → tensor, unmatched adapter keys). `tied`: the base's
+    config says tie_word_embeddings, so its files hold no lm_head.weight, and a trained copy of it is no stray."""
     lora, replaced, unmatched = {}, {}, []
     for key, value in tensors.items():
         name = key[len(PREFIX):] if key.startswith(PREFIX) else key
@@ -53,7 +57,7 @@ def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[st
                 unmatched.append(key)
                 continue
             lora.setdefault(base, {})[part] = value
-        elif name in base_names:
+        elif name in base_names or (tied and name == HEAD):
             replaced[name] = value  # a modules_to_save copy, saved under the base's own name
         else:
             unmatched.append(key)
@@ -61,6 +65,26 @@ def plan(adapter_cfg: dict, tensors: dict[str, torch.Tensor], base_names: set[st
     if incomplete:
         raise AdapterError(f"lora_A without lora_B (or the reverse) for {incomplete[:3]}")
     return lora, replaced, unmatched
+
+
+def untied_head(replaced: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> str | None:
+    """On a base with tied embeddings: the embedding's name when the merged model needs an lm_head.weight of
+    its own, else None. peft 0.21 trains a separate copy of each of embed_tokens and lm_head named in
+    modules_to_save, and the one not named keeps the frozen tied original: base + adapter then has two
+    matrices, and a merged model that ties them again computes something else (its head would be the trained
+    embedding, or the lm_head copy would be lost). The head is the adapter's copy, or else the embedding as
+    the base has it."""
+    embeds = [n for n in shapes if n.endswith("embed_tokens.weight")]
+    if HEAD not in replaced and not any(n in replaced for n in embeds):
+        return None
+    if len(embeds) != 1:
+        raise AdapterError(f"the base ties lm_head to its input embedding (tie_word_embeddings: true) and the adapter "
+                           f"trained a copy of one of them, but the base holds {len(embeds)} tensors named "
+                           f"*embed_tokens.weight ({embeds[:3]}), not one: cannot tell which one to untie")
+    if HEAD in replaced and list(replaced[HEAD].shape) != list(shapes[embeds[0]]):
+        raise AdapterError(f"the adapter's lm_head copy is {list(replaced[HEAD].shape)}, the base's tied "
+                           f"{embeds[0]} {list(shapes[embeds[0]])}: another base model?")
+    return embeds[0]
 
 
 def scale(adapter_cfg: dict, rank: int) -> float:
