@@ -552,6 +552,7 @@ def test_a_tied_base_with_trained_embedding_or_head_copies_merges_untied(tmp_pat
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     merged = run / "merged"
     assert json.loads((merged / "config.json").read_text())["tie_word_embeddings"] is False
+    assert "lm_head untied from the embedding: tie_word_embeddings: false" in res.stdout
     assert json.loads((merged / "verify_report.json").read_text())["passed"]
     weights = json.loads((merged / "model.safetensors.index.json").read_text())["weight_map"]
     assert "lm_head.weight" in weights and "model.embed_tokens.weight" in weights
@@ -577,6 +578,8 @@ def test_an_untied_base_stays_untied_and_stray_tensors_are_still_refused(tmp_pat
     assert json.loads((run / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
     assert json.loads((run / "merged" / "merge_report.json").read_text())["replaced"] == \
         ["lm_head.weight", "model.embed_tokens.weight"]
+    assert "lm_head untied" not in res.stdout and json.loads((run / "merged" / "merge_report.json").read_text())[
+        "untied_lm_head"] is False
     # a tied base: an adapter tensor other than the head copy that matches nothing is refused as before
     tied = _tied_run(tmp_path / "t", ["embed_tokens", "lm_head"])
     path = tied / "adapter" / "adapter_model.safetensors"

@@ -195,7 +195,9 @@ def run_merge(args, system: System, ctx: Context, out=sys.stdout) -> int:
         return WRITE_FAILED
     publish(stage, dest)
     out.write(f"merged: {dest} ({merge['shards']} shard(s), {merge['bytes'] / 1e9:.2f} GB, {merge['lora_merged']} "
-              f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}; {merge['seconds']:.1f} s) — "
+              f"LoRA layers, modules_to_save: {', '.join(merge['replaced']) or 'none'}"
+              f"{'; lm_head untied from the embedding: tie_word_embeddings: false' if merge.get('untied_lm_head') else ''}"
+              f"; {merge['seconds']:.1f} s) — "
               f"serve it with: vllm serve {shlex.quote(str(dest))}\n")
     pipe = merge.get("pipeline")
     if isinstance(pipe, dict):  # where the merge's time went (busy seconds per stage; the stages overlap)
