@@ -591,3 +591,22 @@ def test_an_untied_base_stays_untied_and_stray_tensors_are_still_refused(tmp_pat
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "1 adapter tensors match no base weight" in res.stderr, res.stderr[-2000:]
     assert "vision_tower" in res.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_merge_py_names_a_base_config_it_cannot_read(tmp_path, text):
+    import torch
+    from safetensors.torch import save_file
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    save_file({"model.norm.weight": torch.ones(8)}, str(base / "model.safetensors"))
+    (base / "config.json").write_text(text)
+    save_file({"base_model.model.model.norm.weight": torch.ones(8)}, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    res = subprocess.run([sys.executable, str(asset("train", "merge.py")), "--base", str(base), "--adapter",
+                          str(adapter), "--out", str(tmp_path / "out"), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"error: {base / 'config.json'}: cannot read the base's config" in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -86,6 +86,10 @@ def main() -> int:
     source = {}  # output tensor → the base tensor it is read from, where the names differ
     try:
         tied = json.loads((base / "config.json").read_text()).get("tie_word_embeddings") is True
+    except (OSError, ValueError, AttributeError) as exc:  # missing, not JSON, not an object
+        print(f"error: {base / 'config.json'}: cannot read the base's config ({exc})", file=sys.stderr)
+        return 2
+    try:
         acfg, tensors = lora_merge.load_adapter(adapter, device)
         lora, replaced, unmatched = lora_merge.plan(acfg, tensors, set(files), tied=tied)
         embed = lora_merge.untied_head(replaced, {n: s for n, (_, s) in specs.items()}) if tied else None
