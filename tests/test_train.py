@@ -212,3 +212,25 @@ def test_fsdp_two_processes_match_one_ddp_free_process(tmp_path):
     from safetensors.torch import load_file
     one, two = (load_file(str(runs[n] / "adapter" / "adapter_model.safetensors")) for n in (1, 2))
     assert one.keys() == two.keys() and all(one[k].shape == two[k].shape for k in one)
+
+
+def test_a_metrics_log_that_cannot_be_trimmed_on_resume_is_a_warning_not_a_traceback(tmp_path):
+    """Resuming trims metrics.jsonl to the checkpoint's step (rank 0 only, before the first collective): a log
+    it cannot read or rewrite was a traceback on rank 0 (and, with several processes, the others left in a
+    collective). Like any metrics write, it is now a warning and the run goes on."""
+    cfg = yaml.safe_load(asset("train", "configs", "demo.yaml").read_text())
+    cfg.update(num_epochs=2, datasets=[{"path": str(asset("train", "demo_corpus"))}], output_dir=str(tmp_path / "run"))
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert train(str(config), cwd=tmp_path).returncode == 0
+    run = tmp_path / "run"
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "epoch-2")  # as if stopped after epoch 1
+    (run / "checkpoints" / "latest").write_text("epoch-1")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()  # unreadable as a file: what a damaged log looks like to open()
+    res = train(str(config), "--resume", cwd=tmp_path)
+    assert res.returncode == 0 and "Traceback" not in res.stdout + res.stderr, res.stdout[-3000:] + res.stderr[-2000:]
+    assert f"warning: could not trim {run / 'metrics.jsonl'} to step 8 (Is a directory)" in res.stdout
+    assert json.loads((run / "run_summary.json").read_text())["steps"] == 16
+    assert not (run / ".metrics.jsonl.tmp").exists()

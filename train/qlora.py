@@ -171,7 +171,13 @@ def main() -> int:
             distributed.finish(world)
             return 2
     if world.main:  # a resumed run, or a fresh one after an interrupted attempt: each step logged once
-        checkpoint.trim_metrics(out, state["step"])
+        try:
+            checkpoint.trim_metrics(out, state["step"])
+        except (OSError, UnicodeError) as exc:  # like any metrics write: a warning, the run goes on (and no
+            # rank is left alone in the next collective); the log may then repeat the steps after the checkpoint
+            say(f"warning: could not trim {out / 'metrics.jsonl'} to step {state['step']} "
+                f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}): its rows after that "
+                "step may appear twice", flush=True)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # the peak we report is training's, not model construction's

@@ -97,8 +97,12 @@ def trim_metrics(out: Path, step: int) -> int:
     keep = [line for line in lines if _step_of(line) <= step]
     if len(keep) != len(lines):
         tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # no half-written copy left beside the log
+            raise
     return len(lines) - len(keep)
 
 
