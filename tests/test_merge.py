@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -406,19 +407,27 @@ def _catch(fn):
         return exc
 
 
-def test_merge_py_names_a_truncated_base_shard_and_leaves_no_output(tmp_path):
+def _small_inputs(tmp_path, base_tensors: dict) -> tuple[Path, Path]:
+    """(base, adapter) folders for train/merge.py run alone: the base's tensors with a Llama config.json, and
+    an r=4 LoRA adapter on layer 0's up_proj (64 × 32, so base_tensors holds that weight)."""
     import torch
     from safetensors.torch import save_file
     base, adapter = tmp_path / "base", tmp_path / "adapter"
     base.mkdir()
     adapter.mkdir()
-    save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(64, 32), "model.norm.weight": torch.ones(32)},
-              str(base / "model.safetensors"))
+    save_file(base_tensors, str(base / "model.safetensors"))
     (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "dtype": "float32"}))
     save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(4, 32),
                "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.ones(64, 4)},
               str(adapter / "adapter_model.safetensors"))
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    return base, adapter
+
+
+def test_merge_py_names_a_truncated_base_shard_and_leaves_no_output(tmp_path):
+    import torch
+    base, adapter = _small_inputs(tmp_path, {"model.layers.0.mlp.up_proj.weight": torch.ones(64, 32),
+                                             "model.norm.weight": torch.ones(32)})
     data = (base / "model.safetensors").read_bytes()
     (base / "model.safetensors").write_bytes(data[:-200])  # the last tensor's bytes cut short
     res = subprocess.run([sys.executable, str(asset("train", "merge.py")), "--base", str(base), "--adapter",
@@ -452,17 +461,10 @@ def test_merge_py_stopped_midway_ends_quietly_and_leaves_no_partial_output(tmp_p
     128 + the signal, one line, no traceback, no `.partial` folder of model size left behind, and an
     earlier merge at --out untouched."""
     import torch
-    from safetensors.torch import save_file
-    base, adapter, out = tmp_path / "base", tmp_path / "adapter", tmp_path / "out"
-    for d in (base, adapter, out):
-        d.mkdir()
-    save_file({f"model.layers.{i}.mlp.up_proj.weight": torch.ones(64, 32) for i in range(8)},
-              str(base / "model.safetensors"))
-    (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "dtype": "float32"}))
-    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(4, 32),
-               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.ones(64, 4)},
-              str(adapter / "adapter_model.safetensors"))
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    base, adapter = _small_inputs(tmp_path, {f"model.layers.{i}.mlp.up_proj.weight": torch.ones(64, 32)
+                                             for i in range(8)})
+    out = tmp_path / "out"
+    out.mkdir()
     (out / "model.safetensors").write_text("an earlier merge")
     site = tmp_path / "site"
     site.mkdir()
@@ -596,14 +598,8 @@ def test_an_untied_base_stays_untied_and_stray_tensors_are_still_refused(tmp_pat
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
 def test_merge_py_names_a_base_config_it_cannot_read(tmp_path, text):
     import torch
-    from safetensors.torch import save_file
-    base, adapter = tmp_path / "base", tmp_path / "adapter"
-    base.mkdir()
-    adapter.mkdir()
-    save_file({"model.norm.weight": torch.ones(8)}, str(base / "model.safetensors"))
+    base, adapter = _small_inputs(tmp_path, {"model.layers.0.mlp.up_proj.weight": torch.ones(64, 32)})
     (base / "config.json").write_text(text)
-    save_file({"base_model.model.model.norm.weight": torch.ones(8)}, str(adapter / "adapter_model.safetensors"))
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
     res = subprocess.run([sys.executable, str(asset("train", "merge.py")), "--base", str(base), "--adapter",
                           str(adapter), "--out", str(tmp_path / "out"), "--device", "cpu"],
                          capture_output=True, text=True, timeout=300)

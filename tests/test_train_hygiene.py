@@ -95,6 +95,21 @@ def descendants(pid):
     return psutil.Process(pid).children(recursive=True)
 
 
+def stop_when(proc, ready, stop, timeout=600):
+    """Wait until ready() holds (or the run ended, or `timeout` s passed), then stop(); the output once the run
+    has ended. A session that outlives the test is SIGKILLed whatever happened."""
+    try:
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline and not ready():
+            time.sleep(0.01)
+        stop()
+        return proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
 def left_running(procs):
     """Of these processes, the ones still running (a zombie is dead: only its entry is left)."""
     alive = []
@@ -206,19 +221,10 @@ def test_a_stop_before_any_rank_started_says_so_in_one_line(tmp_path):
     one line saying what stopped it, that nothing was trained and that the same command runs it again (it
     used to end with no line at all)."""
     _, proc = start_two_ranks(tmp_path)
-    try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline and not any(
-                "launch.py" in " ".join(p.cmdline()) for p in descendants(proc.pid)):
-            time.sleep(0.01)
-        # launch.py starts with the stops held (envdoctor blocks them before it starts it): from here on the
-        # signal reaches launch.py's own handler, long before torch is imported and a rank started.
-        os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    # launch.py starts with the stops held (envdoctor blocks them before it starts it): from its start on the
+    # signal reaches launch.py's own handler, long before torch is imported and a rank started.
+    output = stop_when(proc, lambda: any("launch.py" in " ".join(p.cmdline()) for p in descendants(proc.pid)),
+                       lambda: os.killpg(proc.pid, signal.SIGINT), timeout=300)
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     said = [line for line in output.splitlines() if line.startswith("interrupted")]
@@ -232,17 +238,12 @@ def test_a_stop_while_the_ranks_start_is_clean_too(tmp_path):
     KeyboardInterrupt there can be dropped by Python ("Exception ignored in …") or leave a half-imported
     numpy behind ("cannot load module more than once"); either way the stop is one line, no traceback."""
     _, proc = start_two_ranks(tmp_path)
-    try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline and len(descendants(proc.pid)) < 3:
-            time.sleep(0.01)
-        started = descendants(proc.pid)
+    started = []
+
+    def stop():
+        started.extend(descendants(proc.pid))
         os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    output = stop_when(proc, lambda: len(descendants(proc.pid)) >= 3, stop, timeout=300)
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
     # One line, or none when the signal came before the ranks' Python ran a line of the runner (the default
