@@ -114,7 +114,26 @@ GRID3 = {
     ],
     "tiny": [(100, 3, 8, True, True, "fit"), (70, 2, 16, False, False, "holdout")],   # CPU proofs
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3}
+# Round 4 (2026-12-01, after the Hugging Face engines' reserve under expandable segments was fitted on
+# rounds 1-3 measured again with axolotl's allocator setting): a blind test of the runner and of both
+# Hugging Face engines under that setting, at sizes no round had, all hold-out, never fitted on.
+GRID4 = {
+    "llama-3.1-8b": [
+        (1500, 2, 48, True, True, "holdout"), (5000, 1, 32, False, True, "holdout"),
+        (640, 3, 16, True, False, "holdout"), (320, 5, 112, False, True, "holdout"),
+        (7000, 1, 8, True, True, "holdout"), (1200, 1, 80, False, False, "holdout"),
+    ],
+    "llama-3.2-3b": [
+        (2600, 3, 40, True, True, "holdout"), (450, 7, 24, False, False, "holdout"),
+        (7500, 1, 128, False, True, "holdout"), (900, 2, 96, True, False, "holdout"),
+    ],
+    "llama-3.2-1b": [
+        (3500, 2, 56, True, True, "holdout"), (1800, 5, 12, False, False, "holdout"),
+        (260, 8, 100, True, True, "holdout"), (8000, 1, 72, False, True, "holdout"),
+    ],
+    "tiny": [(90, 3, 12, True, True, "holdout"), (60, 2, 20, False, False, "holdout")],   # CPU proofs
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4}
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0

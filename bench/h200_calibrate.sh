@@ -27,6 +27,12 @@ if ! $PY -c "import bitsandbytes" 2>/dev/null; then  # the device has no bitsand
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+case ${ALLOC:-} in  # ALLOC=axolotl: the setting `axolotl train` gives torch's allocator when the user set none
+  axolotl) export PYTORCH_ALLOC_CONF=expandable_segments:True,roundup_power2_divisions:16
+           export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_ALLOC_CONF ;;
+  "") ;;
+  *) echo "ALLOC=$ALLOC: expected axolotl or nothing"; exit 2 ;;
+esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv \
   | tee $OUT/nvidia-smi.csv
 start=$SECONDS
@@ -66,7 +72,25 @@ case $part in
                 cal --grid 3 --shapes $SMALL --engines runner --budget-s $(cap 70 180)
                 cal --grid 3 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 80)
                 cal --grid 3 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small]"; exit 2 ;;
+  # The Hugging Face engines again with axolotl's allocator setting (`axolotl train` sets it when the user has
+  # not: expandable_segments:True,roundup_power2_divisions:16), grids 1-3 in two calls of one GPU each:
+  #   ALLOC=axolotl bash bench/h200_calibrate.sh axo-1 ; ALLOC=axolotl bash bench/h200_calibrate.sh axo-2
+  axo-1) cal --grid 1 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 300 190)
+         cal --grid 3 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 110 70)
+         cal --grid 3 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
+  axo-2) cal --grid 2 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 250)
+         cal --grid 2 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 160 100)
+         cal --grid 3 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
+  # Round 4 (GRID4, a blind hold-out): the runner under its own setting, the HF engines under axolotl's:
+  #   ALLOC=axolotl bash bench/h200_calibrate.sh round4
+  round4) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }  # the runner sets its own
+          own --grid 4 --shapes $BIG --engines runner --budget-s $(cap 90 380)
+          cal --grid 4 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 170 210)
+          own --grid 4 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(cap 50 160)
+          cal --grid 4 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 70 90)
+          own --grid 4 --shapes $SMALL --engines runner --budget-s $(cap 35 55)
+          cal --grid 4 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl

@@ -35,6 +35,7 @@ bench/calibrate_memory.py (bench/hf_loop.py's engines on an H200); the formula a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 GiB = 1024 ** 3
@@ -72,6 +73,16 @@ CONSTANTS: dict[str, dict[str, float]] = {
         SAVE_BYTES=4.327,         # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
         RESERVE_FRAC=0.1437, RESERVE_GIB=0.0457, RESERVE_LOGITS=0.1697, RESERVE_SAVE=0.2111),
 }
+# The Hugging Face engines' reserve under expandable segments (`axolotl train` sets
+# expandable_segments:True,roundup_power2_divisions:16 when the user has set no allocator variable), fitted by
+# bench/fit_memory.py on the H200 lines of 2026-12-01 (h200-calibration-2026-12-01-axolotl-alloc-*.jsonl: the same
+# grids, the same code paths, that allocator setting). CONSTANTS' RESERVE_* are those of torch's default
+# caching allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
+RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
+    "hf-loop": dict(RESERVE_FRAC=0, RESERVE_GIB=0.7993, RESERVE_LOGITS=0.08552, RESERVE_SAVE=0.5073),
+    "hf-trainer": dict(RESERVE_FRAC=0, RESERVE_GIB=1.5, RESERVE_LOGITS=0.1294, RESERVE_SAVE=0),
+}
+ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default caching allocator
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 # Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
 EIGHT_BIT = ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit")  # the runner's bitsandbytes 8-bit AdamWs
@@ -122,6 +133,7 @@ class Estimate:
     context: float = CONTEXT_BYTES
     nproc: int = 1
     sharded: bool = False
+    allocator: str = "expandable"      # torch's allocator setting the reserve is estimated for
 
     @property
     def trainable(self) -> int:
@@ -149,7 +161,7 @@ class Estimate:
 
     def to_data(self) -> dict:
         """The numbers for the JSON report (bytes, per GPU)."""
-        return {"engine": self.engine, "nproc": self.nproc, "sharded": self.sharded,
+        return {"engine": self.engine, "allocator": self.allocator, "nproc": self.nproc, "sharded": self.sharded,
                 "peak_allocated_bytes": round(self.peak), "peak_reserved_bytes": round(self.reserved),
                 "paged_optimizer_bytes": round(self.paged), "context_bytes": round(self.context),
                 "card_bytes": round(self.card), "margin": MARGIN, "needed_bytes": round(self.needed),
@@ -165,16 +177,44 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
-def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
-             engine: str = "runner", nproc: int = 1) -> Estimate:
-    """`cfg` is a resolved config (training.config: every key present, defaults filled). `nproc`: processes
-    (one GPU each); with cfg["fsdp"] the weights, gradients and optimizer state are sharded over them."""
-    if engine == "peft":  # the Hugging Face path: a docs loop or Trainer, whichever needs more
-        both = [estimate(shape, cfg, micro_batch, seq, e, nproc) for e in HF_PATH]
-        return max(both, key=lambda e: e.card)
+def allocator_in_force(env: Mapping[str, str], engine: str = "runner") -> tuple[str, str | None]:
+    """(the allocator a run started from `env` trains under, the variable that decides it or None). torch
+    reads PYTORCH_ALLOC_CONF, else the older PYTORCH_CUDA_ALLOC_CONF; expandable segments are on only for
+    `expandable_segments:True` (torch accepts True or False). Unset, both engines turn them on: the runner
+    (train/envdoctor_runner/allocator.py, which also drops a blank variable) and `axolotl train` (its
+    set_pytorch_cuda_alloc_conf, which keeps any variable that is set, a blank one too)."""
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        value = env.get(name)
+        if value is None or (not value.strip() and engine == "runner"):
+            continue
+        options = dict(part.split(":", 1) for part in value.replace(" ", "").split(",") if ":" in part)
+        return ("expandable" if options.get("expandable_segments") == "True" else "caching"), f"{name}={value!r}"
+    return "expandable", None
+
+
+def constants(engine: str, allocator: str = "expandable") -> dict[str, float]:
+    """The constants `estimate` uses for `engine` under `allocator`: the runner's are measured under its own
+    expandable segments (under the caching allocator it has no data: the same constants); the Hugging Face
+    engines' allocated constants are shared, their reserve constants are the allocator's."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator {allocator!r}: expected one of {', '.join(ALLOCATORS)}")
     if engine not in CONSTANTS:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)} or peft")
-    k = CONSTANTS[engine]
+    if allocator == "expandable" and engine in RESERVE_EXPANDABLE:
+        return {**CONSTANTS[engine], **RESERVE_EXPANDABLE[engine]}
+    return CONSTANTS[engine]
+
+
+def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
+             engine: str = "runner", nproc: int = 1, allocator: str = "expandable") -> Estimate:
+    """`cfg` is a resolved config (training.config: every key present, defaults filled). `nproc`: processes
+    (one GPU each); with cfg["fsdp"] the weights, gradients and optimizer state are sharded over them.
+    `allocator`: torch's allocator setting in force (allocator_in_force): "expandable" (expandable segments,
+    what the runner and `axolotl train` set when the user has not) or "caching" (torch's default)."""
+    if engine == "peft":  # the Hugging Face path: a docs loop or Trainer, whichever needs more
+        both = [estimate(shape, cfg, micro_batch, seq, e, nproc, allocator) for e in HF_PATH]
+        return max(both, key=lambda e: e.card)
+    k = constants(engine, allocator)
     b = micro_batch or cfg["micro_batch_size"]
     s = seq or cfg["sequence_len"]
     r = cfg["lora_r"]
@@ -266,18 +306,20 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
                + k.get("RESERVE_LAYER", 0.0) * 2.0 * layer_params)  # a layer's weights in bf16: the size of the
     # blocks a layer's forward and backward allocate and free (dequantized weights, activations' tensors)
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
-                    CONTEXT_BYTES, nproc, sharded)
+                    CONTEXT_BYTES, nproc, sharded, allocator)
 
 
-def gpus_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", most: int = 8) -> int | None:
+def gpus_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", most: int = 8,
+                allocator: str = "expandable") -> int | None:
     """The fewest GPUs (each with `free` bytes) that a run sharded with FSDP over them fits on, or None."""
     for n in range(2, most + 1):
-        if estimate(shape, dict(cfg, fsdp=True), engine=engine, nproc=n).needed <= free:
+        if estimate(shape, dict(cfg, fsdp=True), engine=engine, nproc=n, allocator=allocator).needed <= free:
             return n
     return None
 
 
-def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", nproc: int = 1) -> list[str]:
+def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", nproc: int = 1,
+                allocator: str = "expandable") -> list[str]:
     """Concrete changes that bring what the run needs (card + margin) under `free`: each single change that
     is enough on its own, else the cheapest combination (drop modules_to_save, checkpointing, halve the micro
     batch keeping the effective batch, then halve the sequence length)."""
@@ -296,7 +338,7 @@ def ways_to_fit(shape: Shape, cfg: dict, free: float, engine: str = "runner", np
         steps.append((f"sequence_len: {s}", {"sequence_len": s}))
 
     def need(c: dict) -> float:
-        return estimate(shape, c, engine=engine, nproc=nproc).needed
+        return estimate(shape, c, engine=engine, nproc=nproc, allocator=allocator).needed
 
     single = [f"{label} → {need(dict(cfg, **change)) / GiB:.1f} GiB" for label, change in steps
               if need(dict(cfg, **change)) <= free]
