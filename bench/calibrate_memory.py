@@ -133,7 +133,14 @@ GRID4 = {
     ],
     "tiny": [(90, 3, 12, True, True, "holdout"), (60, 2, 20, False, False, "holdout")],   # CPU proofs
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4}
+# Capped runs (2026-12-01, --cap-at-estimate): the hold-out points whose reserved peak the estimate was most
+# under, run again with torch's allocator capped at the estimated reserved peak: does the run fit in it?
+GRID_CAP = {
+    "llama-3.1-8b": [(5000, 1, 32, False, True, "holdout"), (1000, 3, 24, True, True, "holdout")],
+    "llama-3.2-1b": [(1800, 5, 12, False, False, "holdout"), (256, 2, 8, True, False, "holdout")],
+    "tiny": [(60, 2, 20, False, False, "holdout")],   # CPU proof
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "cap": GRID_CAP}
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0
@@ -183,13 +190,25 @@ def point_config(p: dict) -> dict:
                                lora_modules_to_save=list(MTS) if p["modules_to_save"] else [])
 
 
+def process_allocator(engine: str) -> str:
+    """The allocator setting this process's points run under: the variables' if set, else the runner's own
+    expandable segments, and torch's default caching allocator for the Hugging Face engines (this bench is
+    not axolotl, which would set one: ALLOC=axolotl in h200_calibrate.sh does)."""
+    from envdoctor.training import estimate as E
+    keys = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+    if engine != "runner" and not any(k in os.environ for k in keys):
+        return "caching"
+    return E.allocator_in_force(os.environ, "runner" if engine == "runner" else "peft")[0]
+
+
 def predict(shape: str, cfg: dict, engine: str) -> dict:
     """The estimator's numbers for this point (envdoctor on PYTHONPATH), or why not."""
     try:
         from envdoctor.training import estimate as E
-        e = E.estimate(E.Shape.from_config(hf_loop.SHAPES[shape]), cfg, engine=engine)
+        allocator = process_allocator(engine)
+        e = E.estimate(E.Shape.from_config(hf_loop.SHAPES[shape]), cfg, engine=engine, allocator=allocator)
         return dict(estimated_allocated=e.peak, estimated_reserved=getattr(e, "reserved", None),
-                    parts={k: round(v) for k, v in e.parts.items()})
+                    estimated_allocator=allocator, parts={k: round(v) for k, v in e.parts.items()})
     except Exception as exc:  # noqa: BLE001 - a prediction is a bonus: the measurement is what counts
         return dict(estimate_error=f"{type(exc).__name__}: {exc}")
 
@@ -246,6 +265,8 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
     shape_cfg = hf_loop.SHAPES[p["shape"]]
     t0 = time.monotonic()
     row = dict(kind="point", id=point_id(p), **p, liger=args.liger, reentrant=args.reentrant and p["family"] == "hf")
+    if args.cap_at_estimate:  # not a calibration point: fit_memory.py neither fits nor judges it
+        row["role"] = "capped"
     hf_loop._reset(args.device)
     row.update(allocated_before=baseline(args.device), base_allocated=base_allocated,
                baseline_source="torch.cuda.memory_allocated" if args.device.startswith("cuda") else "live tensors")
@@ -266,7 +287,15 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
         t = hf_loop.build_peft_model(base, cfg, p["engine"], args.reentrant)
         row["checkpointing_at_build"] = hf_loop.checkpointing_on(t.model)
         run = hf_loop.run_trainer if p["engine"] == "hf-trainer" else hf_loop.run_steps
-        row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))
+        if args.cap_at_estimate:  # torch's allocator may hold no more than the estimate's reserved peak
+            est = predict(p["shape"], cfg, p["engine"]).get("estimated_reserved")
+            row["cap_bytes"] = capped(est * args.cap_scale if est else None, args.device)
+            row["cap_scale"] = args.cap_scale
+        try:
+            row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))
+        finally:
+            if args.cap_at_estimate:
+                capped(None, args.device)
         row["checkpointing_on"] = hf_loop.checkpointing_on(t.model)
         base = hf_loop.release(t, p["engine"], snapshot)
         row.update(repairs=t.repairs, bnb_overrides_cleared=t.overrides_cleared)
@@ -283,6 +312,18 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
     row.update(predict(p["shape"], cfg, p["engine"]))
     row["seconds"] = round(time.monotonic() - t0, 2)
     return row, base
+
+
+def capped(cap: float | None, device: str) -> int | None:
+    """Cap torch's allocator on `device` at `cap` bytes (None: lift the cap). Over the cap the allocator frees
+    its cached blocks (under expandable segments it unmaps the free pages too) and retries before it raises
+    OutOfMemoryError: what a card with that much memory for torch would do."""
+    import torch
+    if not device.startswith("cuda"):
+        return None if cap is None else int(cap)
+    total = torch.cuda.mem_get_info()[1]
+    torch.cuda.set_per_process_memory_fraction(1.0 if cap is None else min(1.0, cap / total))
+    return None if cap is None else int(cap)
 
 
 def block_verdict(first: dict, repeat: dict) -> dict:
@@ -320,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="random models are saved here once per shape, and reused")
     ap.add_argument("--liger", action="store_true", help="Liger kernels in transformers' Llama (hf engines)")
     ap.add_argument("--reentrant", action="store_true", help="reentrant checkpointing in the hf engines")
+    ap.add_argument("--cap-at-estimate", action="store_true",
+                    help="run each point with torch's allocator capped at the estimated reserved peak: does it "
+                         "fit in what the estimate says (rows get role 'capped' and cap_bytes; an OOM is the error)")
+    ap.add_argument("--cap-scale", type=float, default=1.0,
+                    help="with --cap-at-estimate: the cap is this × the estimate (a control below 1 must run out)")
     ap.add_argument("--fresh-process", action="store_true",
                     help="each point in its own process that loads the saved random model (no carry-over at all; "
                          "costs one base load per point: ≈15 s for an 8B shape on an H200)")
