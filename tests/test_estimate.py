@@ -44,18 +44,50 @@ def test_parameter_arithmetic_matches_domain_facts():
 
 
 # The seed's config on Llama-3.1-8B, in MiB: (allocated, reserved, card = reserved + paged + context, needed =
-# card + 5 %). A change to the estimator changes these on purpose (a refit: bench/fit_memory.py --write).
-PINNED = {"runner": (12_731, 14_411, 17_247, 18_110), "hf-loop": (25_438, 30_025, 32_861, 34_504),
-          "hf-trainer": (26_803, 31_887, 34_723, 36_459), "peft": (26_803, 31_887, 34_723, 36_459)}
+# card + 5 %), under expandable segments (what the runner and `axolotl train` set when no allocator variable is)
+# and under torch's default caching allocator. A change to the estimator changes these on purpose (a refit:
+# bench/fit_memory.py --write). The runner has constants for its own setting only: the same under both.
+PINNED = {"runner": (12_731, 14_411, 17_247, 18_110), "hf-loop": (25_438, 28_461, 31_297, 32_862),
+          "hf-trainer": (26_803, 28_598, 31_434, 33_006), "peft": (26_803, 28_598, 31_434, 33_006)}
+PINNED_CACHING = {"runner": PINNED["runner"], "hf-loop": (25_438, 30_025, 32_861, 34_504),
+                  "hf-trainer": (26_803, 31_887, 34_723, 36_459), "peft": (26_803, 31_887, 34_723, 36_459)}
 
 
+@pytest.mark.parametrize("allocator, pinned", [("expandable", PINNED), ("caching", PINNED_CACHING)])
 @pytest.mark.parametrize("engine", sorted(PINNED))
-def test_the_seed_estimate_is_pinned(engine):
-    e = estimate(LLAMA8B, SEED, engine=engine)
+def test_the_seed_estimate_is_pinned(engine, allocator, pinned):
+    e = estimate(LLAMA8B, SEED, engine=engine, allocator=allocator)
     got = tuple(round(x / MiB) for x in (e.peak, e.reserved, e.card, e.needed))
-    assert got == PINNED[engine], got
+    assert got == pinned[engine], got
     assert e.reserved > e.peak and e.card == e.reserved + e.paged + E.CONTEXT_BYTES
     assert e.engine in E.ENGINES  # "peft" resolves to the larger of the two Hugging Face engines
+    assert e.allocator == allocator and e.to_data()["allocator"] == allocator
+    if allocator == "expandable":
+        assert estimate(LLAMA8B, SEED, engine=engine).reserved == e.reserved  # the default
+
+
+@pytest.mark.parametrize("env, engine, want", [
+    ({}, "runner", ("expandable", None)),
+    ({}, "peft", ("expandable", None)),  # `axolotl train` sets expandable_segments:True when none is set
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:16"}, "peft",
+     ("expandable", "PYTORCH_ALLOC_CONF='expandable_segments:True,roundup_power2_divisions:16'")),
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:False", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
+     "peft", ("caching", "PYTORCH_ALLOC_CONF='expandable_segments:False'")),  # torch reads the new name first
+    ({"PYTORCH_ALLOC_CONF": " "}, "runner", ("expandable", None)),  # the runner drops a blank variable
+    ({"PYTORCH_ALLOC_CONF": " "}, "peft", ("caching", "PYTORCH_ALLOC_CONF=' '")),  # axolotl keeps it: torch's default
+    ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments: True"}, "runner",
+     ("expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments: True'")),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:true"}, "runner",  # torch takes True or False only
+     ("caching", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:true'")),
+])
+def test_the_allocator_in_force(env, engine, want):
+    assert E.allocator_in_force(env, engine) == want
+
+
+def test_an_unknown_allocator_is_refused():
+    with pytest.raises(ValueError, match="allocator 'cuda'"):
+        estimate(LLAMA8B, SEED, allocator="cuda")
 
 
 def test_the_hf_path_is_the_larger_of_the_docs_loop_and_trainer(monkeypatch):
@@ -107,10 +139,25 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     assert r.status == Status.OK and r.message.startswith("fits: needs 17.7 GiB per GPU") and "31.0 GiB free" in r.message
     assert r.data["fits"] is True and r.data["gpus"] == [0] and r.data["engine"] == "runner"
     assert any(d.startswith("modules_to_save costs") for d in r.details)
+    assert "allocator: expandable segments (the runner sets them when no PYTORCH_ALLOC_CONF is set)" in r.details
+    # axolotl: `axolotl train` sets expandable segments too when no allocator variable is set
     hf = memory(dataclasses.replace(facts, engine="peft"), gpus(tmp_path / "m2", RTX5090))
-    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 35.6 GiB")
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 22.9 GiB" in hf.remedy.text
+    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 32.2 GiB")
+    assert hf.data["allocator"] == "expandable" and hf.data["allocator_set_by"] is None
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.6 GiB" in hf.remedy.text
     assert "fsdp" not in hf.remedy.text  # sharding is the runner's; axolotl sets FSDP in its own config
+    # a variable of the user's that axolotl keeps: torch's default caching allocator, a larger reserve
+    own = config_facts(tmp_path / "own", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
+    caching = memory(own, gpus(tmp_path / "m3", RTX5090))
+    assert caching.message.startswith("does not fit: needs 35.6 GiB") and caching.data["allocator"] == "caching"
+    assert caching.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 22.9 GiB" in caching.remedy.text
+    assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_CUDA_ALLOC_CONF=") for d in
+               caching.details)
+    # the runner keeps the user's setting too: the estimate says its constants assume expandable segments
+    r_own = memory(config_facts(tmp_path / "own2", env={"PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"}),
+                   gpus(tmp_path / "m4", RTX5090))
+    assert r_own.data["allocator"] == "caching" and any("turns off the expandable segments" in d for d in r_own.details)
 
 
 def test_a_16gb_card_gets_concrete_changes_and_the_gpus_to_shard_over(tmp_path):
@@ -236,8 +283,10 @@ def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypa
     E.CONSTANTS.update(start)
     assert F.main([str(data), "--accept-unguarded"]) == 0  # made by the estimator: no GPU, no guards
     out = capsys.readouterr().out
-    assert "### holdout points" in out and "| llama-3.1-8b | runner | 2048 × 2 | 64 | yes | yes |" in out
-    assert out.count(": PASS (±10 %") == 3, out[-600:]
+    assert "### holdout points" in out and "| llama-3.1-8b | runner | expandable | 2048 × 2 | 64 | yes | yes |" in out
+    # each engine (the Hugging Face ones under torch's default: the header names no allocator setting) and the
+    # Hugging Face path (the larger of the two)
+    assert out.count(": PASS (±10 %") == 4 and "- Hugging Face path (caching;" in out, out[-600:]
     assert abs(E.CONSTANTS["hf-loop"]["SAVE_BYTES"] - 8.5) < 0.5
 
 
@@ -251,16 +300,43 @@ def _holdout_rows():
     return F, rows
 
 
-@pytest.mark.xfail(strict=True, reason="issue #18 open: under the default allocator (the Hugging Face engines) the "
-                   "slack (reserved - allocated) varies by ~±1 GiB between equal allocations: 20 of their 62 "
-                   "hold-out points and 1 of the runner's 34 miss ±10 % / -5 % (docs/training.md)")
+@pytest.mark.xfail(strict=True, reason="issue #18 open: of the hold-out points of rounds 1-4, the runner misses "
+                   "±10 % / -5 % on 2 of 48 (+10.4, +11.8 %: over), the Hugging Face path under axolotl's allocator "
+                   "setting on 4 of 45 (-7.0, -6.9, +11.6, +13.2 %) (docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
-    """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh): every hold-out point
-    within ±10 % of the measured reserved peak, none more than 5 % under, for every engine."""
+    """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh), for the two engines
+    `check --config` estimates, each under the allocator setting it runs with when the user sets none: the
+    runner, and the Hugging Face path (the larger of the docs loop's and Trainer's estimates, against the larger
+    of their measured peaks) under expandable segments. Every hold-out point within ±10 % of the measured
+    reserved peak, none more than 5 % under."""
     F, rows = _holdout_rows()
-    misses = [(r["shape"], r["engine"], r["seq"], r["micro"], round((F.predicted(r).reserved / r["peak_reserved"] - 1)
-                                                                   * 100, 1)) for r in rows]
-    assert [m for m in misses if not -5 <= m[-1] <= 10] == []
+    errs = [(r["id"], F.predicted(r).reserved / r["peak_reserved"] - 1) for r in rows if r["engine"] == "runner"]
+    errs += [(r["id"], est / measured - 1) for r, est, measured in F.hf_path(rows, "expandable")]
+    assert len(errs) >= 90 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
+
+
+def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
+    """bench/results/h200-capped-*.jsonl (`bash bench/h200_calibrate.sh capped`, `capped-rest`): the hold-out
+    points the estimate was most under, run again with torch's allocator capped at the estimated reserved peak.
+    Every one completes but one — its allocated peak itself is under-estimated (the docs loop without
+    checkpointing on the 1B shape: 79.4 GiB measured, 75.2 estimated) — though the uncapped run had reserved
+    more than 5 % above the estimate on several: the allocator's slack above allocated is cache it gives back
+    when it must (expandable segments unmap free pages; the caching allocator frees whole cached segments).
+    The control, capped at 0.8 × the estimate, runs out on every point: the cap binds."""
+    F, holdout = _holdout_rows()
+    rows = [json.loads(line) for f in sorted(RESULTS.glob("h200-capped-*.jsonl"))
+            for line in f.read_text().splitlines() if '"kind": "point"' in line]
+    at_estimate = [r for r in rows if r.get("cap_scale", 1.0) == 1.0 and not r["id"].endswith("/repeat")]
+    control = [r for r in rows if r.get("cap_scale") == 0.8]
+    out = {r["id"] for r in at_estimate if (r.get("error") or "").startswith("OutOfMemoryError")}
+    assert len(at_estimate) >= 10 and out == {"llama-3.2-1b/hf-loop/1800x5/r12/no-mts/no-ckpt"}
+    assert control and all((r.get("error") or "").startswith("OutOfMemoryError") for r in control)
+    uncapped = {(r["id"], r["allocator"]): r for r in holdout}
+    over = [r["id"] for r in at_estimate if not r.get("error") and (r["id"], r["estimated_allocator"]) in uncapped
+            and uncapped[(r["id"], r["estimated_allocator"])]["peak_reserved"] > 1.05 * r["cap_bytes"]]
+    assert len(over) >= 3, over  # fitted in the cap although their uncapped reserved peak was > 5 % above it
+    loop = uncapped[("llama-3.2-1b/hf-loop/1800x5/r12/no-mts/no-ckpt", "expandable")]
+    assert loop["peak_allocated"] > F.predicted(loop).peak
 
 
 def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_round():
@@ -302,7 +378,10 @@ def test_the_seeds_accumulation_is_estimated_within_the_budget():
                                       lora_alpha=2 * s["lora_r"], gradient_accumulation_steps=s["accum"],
                                       gradient_checkpointing=s["checkpointing"],
                                       lora_modules_to_save=["embed_tokens", "lm_head"] if row["config"] == "B" else [])
-            err = estimate(shape, cfg, engine=engine).reserved / row["peak_reserved"] - 1
+            setting = row.get("allocator", "default")  # the variable its process ran with, or "default"
+            allocator = ("expandable" if engine == "runner" else "caching" if setting == "default"
+                         else E.allocator_in_force({"PYTORCH_ALLOC_CONF": setting}, "peft")[0])
+            err = estimate(shape, cfg, engine=engine, allocator=allocator).reserved / row["peak_reserved"] - 1
             seen.append((row["config"], engine, round(err * 100, 1)))
     assert len(seen) == 4 and all(-5 <= e <= 10 for *_, e in seen), seen
 

@@ -12,6 +12,8 @@ from envdoctor.facts.host import hf_cache_dir
 from envdoctor.system import System
 from envdoctor.training.config import TrainConfig, load, load_data
 
+ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")  # what torch's CUDA allocator reads, in order
+
 
 @dataclass
 class TrainConfigFacts:
@@ -22,11 +24,12 @@ class TrainConfigFacts:
     engine: str = "runner"             # whose memory: envdoctor's runner, or "peft" (axolotl, a plain loop)
     nproc: int | None = None           # --nproc, when given
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the environment the run starts from
+    alloc_env: dict[str, str] = field(default_factory=dict)  # torch's allocator variables set there
 
     def to_dict(self) -> dict:
         return {"path": str(self.config.path), "errors": self.config.errors, "warnings": self.config.warnings,
                 "model_from": self.model_from, "model": self.model, "engine": self.engine, "nproc": self.nproc,
-                "visible_devices": self.visible_devices}
+                "visible_devices": self.visible_devices, "alloc_env": self.alloc_env}
 
 
 def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
@@ -34,7 +37,8 @@ def probe_train_config(system: System, ctx: Context) -> TrainConfigFacts:
     if ctx.train_overrides and not cfg.errors:  # what `envdoctor train --fsdp/--output-dir` will run
         cfg = load_data(ctx.train_config, {**cfg.data, **dict(ctx.train_overrides)})
     facts = TrainConfigFacts(cfg, engine=ctx.train_engine, nproc=ctx.train_nproc,
-                             visible_devices=system.env.get("CUDA_VISIBLE_DEVICES"))
+                             visible_devices=system.env.get("CUDA_VISIBLE_DEVICES"),
+                             alloc_env={k: system.env[k] for k in ALLOC_VARS if k in system.env})
     data = cfg.data
     if isinstance(data.get("model_config"), dict):
         facts.model, facts.model_from = data["model_config"], "model_config in the config"
