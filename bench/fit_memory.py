@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Fit the estimator's constants (envdoctor.training.estimate.CONSTANTS) to bench/calibrate_memory.py's
 JSON lines, and print the fit and hold-out tables in Markdown: measured and estimated peak allocated and
-reserved, error %, per engine.
+reserved, error %, per engine and allocator setting (each run's header says which: the runner's own
+expandable segments; the Hugging Face engines under torch's caching allocator when no variable was set, else
+the variable's setting, e.g. axolotl's), and the verdict for the Hugging Face path (the larger of the docs
+loop's and Trainer's estimates against the larger of their measured peaks: what `--backend axolotl` reports).
 
     PYTHONPATH=src python bench/fit_memory.py bench/results/h200-calibration-*.jsonl [--engine runner]
         [--write]      (also rewrite the fitted NAME=value pairs in src/envdoctor/training/estimate.py)
         [--no-fit]     (the tables with the constants as they are)
         [--accept-unguarded]  (also points without calibrate_memory.py's guards: lines made without a GPU)
+        [--allocator expandable|caching]  (only the points measured under that setting)
 
 Points the guards flag are left out, each with its reason printed: a point whose baseline was above the
 built base's, whose checkpointing was not what it asked for, or whose base was not put back; every point

@@ -17,9 +17,11 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
                        chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
              ddp       with several processes and no FSDP: DDP's gradient buckets, a fp32 copy of the grads
              accum     with gradient accumulation: every trainable gradient (fp32) held between micro batches
-  reserved   torch.cuda.max_memory_reserved(): allocated plus the caching allocator's slack, modelled as
+  reserved   torch.cuda.max_memory_reserved(): allocated plus the allocator's slack, modelled as
              RESERVE_FRAC × allocated + RESERVE_GIB + RESERVE_LOGITS × one loss's fp32 logits + RESERVE_SAVE
-             × the modules_to_save copies in fp32 (default allocator settings)
+             × the modules_to_save copies in fp32 (+ RESERVE_LAYER × one layer's bf16 weights, the runner),
+             for the allocator setting in force (allocator_in_force): expandable segments — what the runner
+             and `axolotl train` set when the user set no variable — or torch's default caching allocator
   card       reserved + the paged optimizer's state (bitsandbytes' paged AdamW keeps it in CUDA managed
              memory, resident on the card while training, outside torch's counters) + the CUDA context
 A run fits when card × (1 + MARGIN) is at most the free memory of every GPU it uses.
@@ -46,8 +48,8 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # Fitted constants per engine: bench/fit_memory.py --write on the H200 lines of 2026-11-30
 # (bench/results/h200-calibration-2026-11-30*.jsonl: the docs loop, Trainer and the runner on random-weight
 # Llama-3.1-8B, 3.2-3B and 3.2-1B shapes quantized by from_pretrained; 13-16 fit points per engine). Allocated
-# peaks of the hold-out points are within ±14 %; reserved peaks are not within issue #18's ±10 % / -5 %
-# everywhere (the allocator's slack varies by ±1 GiB between runs of equal allocations): docs/training.md.
+# peaks of the hold-out points are within ±15 %; reserved peaks are not within issue #18's ±10 % / -5 %
+# everywhere (the allocator's slack is not a smooth function of the config): docs/training.md.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
         CHUNK_BYTES=12.35,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
