@@ -112,7 +112,10 @@ case $part in
           axo --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 120 100)
           axo --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --cap-scale 0.8 \
               --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest]"; exit 2 ;;
+  # The runner under a user's variable that turns expandable segments off (it keeps the user's setting): grid 1, 8B
+  runner-caching) ( export PYTORCH_ALLOC_CONF=expandable_segments:False; unset PYTORCH_CUDA_ALLOC_CONF
+                    cal --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl
