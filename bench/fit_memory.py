@@ -58,7 +58,7 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
     ignored = [] if ignored is None else ignored
     rows = []
     for path in paths:
-        run, allocator = 0, "caching"
+        run, allocator, runner_allocator = 0, "caching", "expandable"
         candidates: list[tuple[int, dict]] = []
         verdicts: dict[tuple, dict] = {}
         for n, line in enumerate(Path(path).read_text().splitlines(), 1):
@@ -74,14 +74,15 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                 env = {"PYTORCH_ALLOC_CONF": row.get("pytorch_alloc_conf"),
                        "PYTORCH_CUDA_ALLOC_CONF": row.get("pytorch_cuda_alloc_conf")}
                 set_ = {k: v for k, v in env.items() if v is not None}
-                # none set: the bench's process ran under torch's default (it is not axolotl, which sets one)
+                # none set: the bench's Hugging Face engines ran under torch's default (the bench is not axolotl,
+                # which sets one); the runner sets expandable segments for itself unless one is set
                 allocator = E.allocator_in_force(set_, "peft")[0] if set_ else "caching"
+                runner_allocator = E.allocator_in_force(set_, "runner")[0]
             elif kind == "block":
                 verdicts[(run, row.get("shape"), row.get("engine"))] = row
             elif kind == "point" and not row.get("error") and row.get("peak_allocated"):
                 row["_where"], row["_run"] = f"{path}:{n}", run
-                # the runner sets expandable segments for itself (its process's header may predate that)
-                row["allocator"] = "expandable" if row.get("engine") == "runner" else allocator
+                row["allocator"] = runner_allocator if row.get("engine") == "runner" else allocator
                 candidates.append((n, row))
         for n, row in candidates:
             name = row.get("id") or (row.get("shape"), row.get("engine"), row.get("seq"), row.get("micro"))
@@ -115,7 +116,7 @@ def predicted(row: dict) -> E.Estimate:
 
 def table_of(engine: str, allocator: str, name: str) -> dict[str, float]:
     """The dict of estimate.py that holds constant `name` for this engine under this allocator."""
-    extra = E.RESERVE_EXPANDABLE.get(engine, {}) if allocator == "expandable" else {}
+    extra = E.reserve_overrides(engine, allocator) or {}
     return extra if name in extra else E.CONSTANTS[engine]
 
 
@@ -185,16 +186,18 @@ def least_squares(engine: str, names: list[str], rows: list[dict], key: str, rou
 
 
 def fit(engine: str, rows: list[dict], allocator: str = "caching") -> None:
-    """Fit `engine`'s constants on the "fit" rows measured under `allocator`. Under expandable segments the
-    Hugging Face engines' allocated constants are those fitted under the caching allocator (the allocator
-    changes the slack, not the tensors): only their RESERVE_EXPANDABLE constants are fitted."""
+    """Fit `engine`'s constants on the "fit" rows measured under `allocator`. Where the engine has reserve
+    constants for that allocator beside CONSTANTS (estimate.reserve_overrides: the Hugging Face engines under
+    expandable segments, the runner under the caching allocator), its allocated constants are those fitted
+    under its first allocator (the allocator changes the slack, not the tensors): only those are fitted."""
     fit_rows = [r for r in rows if r["role"] == "fit"]
     label = f"{engine} ({allocator})"
     if not fit_rows:
         print(f"{label}: no fit rows; constants left as they are\n")
         return
-    reserve_only = allocator == "expandable" and engine in E.RESERVE_EXPANDABLE
-    reserve = list(E.RESERVE_EXPANDABLE[engine]) if reserve_only else [
+    overrides = E.reserve_overrides(engine, allocator)
+    reserve_only = overrides is not None
+    reserve = list(overrides) if reserve_only else [
         n for n in E.CONSTANTS[engine] if n.startswith("RESERVE_")]
     held = HELD | HELD_BY_ENGINE.get(engine, set())
     names = [] if reserve_only else [n for n in E.CONSTANTS[engine] if n not in held and n not in reserve]
@@ -297,9 +300,10 @@ def write(pairs: list[tuple[str, str]]) -> None:
     """Rewrite NAME=value in each (engine, allocator)'s dict(...) block of estimate.py."""
     text = ESTIMATE_PY.read_text()
     for engine, allocator in pairs:
-        reserve_only = allocator == "expandable" and engine in E.RESERVE_EXPANDABLE
-        source = E.RESERVE_EXPANDABLE[engine] if reserve_only else E.CONSTANTS[engine]
-        section = text.index("RESERVE_EXPANDABLE: dict" if reserve_only else "CONSTANTS: dict")
+        overrides = E.reserve_overrides(engine, allocator)
+        source = overrides if overrides is not None else E.CONSTANTS[engine]
+        section = text.index({"expandable": "RESERVE_EXPANDABLE: dict", "caching": "RESERVE_CACHING: dict"}[allocator]
+                             if overrides is not None else "CONSTANTS: dict")
         start = text.index(f'"{engine}": dict(', section)
         end = text.index("),", start)
         block = text[start:end]

@@ -84,6 +84,12 @@ RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
     "hf-loop": dict(RESERVE_FRAC=0, RESERVE_GIB=0.7993, RESERVE_LOGITS=0.08552, RESERVE_SAVE=0.5073),
     "hf-trainer": dict(RESERVE_FRAC=0, RESERVE_GIB=1.5, RESERVE_LOGITS=0.1294, RESERVE_SAVE=0),
 }
+# The runner's reserve under torch's caching allocator (a variable of the user's that turns expandable segments
+# off: the runner keeps it), fitted on the 8B fit points of grid 1 measured so on 2026-12-01
+# (h200-calibration-2026-12-01-runner-caching.jsonl). CONSTANTS' runner RESERVE_* are those of its own setting.
+RESERVE_CACHING: dict[str, dict[str, float]] = {
+    "runner": dict(RESERVE_FRAC=0.05, RESERVE_GIB=0, RESERVE_LOGITS=1.268, RESERVE_SAVE=0.7395, RESERVE_LAYER=0.0001714),
+}
 ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default caching allocator
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 # Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
@@ -194,17 +200,22 @@ def allocator_in_force(env: Mapping[str, str], engine: str = "runner") -> tuple[
     return "expandable", None
 
 
+def reserve_overrides(engine: str, allocator: str) -> dict[str, float] | None:
+    """The RESERVE_* constants `engine` has for `allocator` beside its CONSTANTS (whose RESERVE_* are those of
+    the allocator it was first calibrated under: the runner's own expandable segments, the Hugging Face
+    engines' torch default), or None."""
+    return {"expandable": RESERVE_EXPANDABLE, "caching": RESERVE_CACHING}[allocator].get(engine)
+
+
 def constants(engine: str, allocator: str = "expandable") -> dict[str, float]:
-    """The constants `estimate` uses for `engine` under `allocator`: the runner's are measured under its own
-    expandable segments (under the caching allocator it has no data: the same constants); the Hugging Face
-    engines' allocated constants are shared, their reserve constants are the allocator's."""
+    """The constants `estimate` uses for `engine` under `allocator`: the allocated constants are the engine's
+    whatever the allocator (it changes the slack, not the tensors), the reserve constants the allocator's."""
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator {allocator!r}: expected one of {', '.join(ALLOCATORS)}")
     if engine not in CONSTANTS:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)} or peft")
-    if allocator == "expandable" and engine in RESERVE_EXPANDABLE:
-        return {**CONSTANTS[engine], **RESERVE_EXPANDABLE[engine]}
-    return CONSTANTS[engine]
+    extra = reserve_overrides(engine, allocator)
+    return {**CONSTANTS[engine], **extra} if extra else CONSTANTS[engine]
 
 
 def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
