@@ -27,7 +27,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
 
 @check("config.memory", "Fits in GPU memory", "Config",
        "trainable parameters, adapter size, modules_to_save cost and peak GPU memory (allocated, reserved, on the "
-       "card) per GPU of the run, from config.json alone", needs=("train_config", "gpu"), option="config")
+       "card) per GPU of the run, under the allocator setting it will have, from config.json alone",
+       needs=("train_config", "gpu"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
     # Imported here: a check without --config never loads the estimator.
     from envdoctor.training.estimate import (MARGIN, GiB, Shape, allocator_in_force, estimate, gpus_to_fit,
