@@ -195,10 +195,9 @@ def process_allocator(engine: str) -> str:
     expandable segments, and torch's default caching allocator for the Hugging Face engines (this bench is
     not axolotl, which would set one: ALLOC=axolotl in h200_calibrate.sh does)."""
     from envdoctor.training import estimate as E
-    keys = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
-    if engine != "runner" and not any(k in os.environ for k in keys):
-        return "caching"
-    return E.allocator_in_force(os.environ, "runner" if engine == "runner" else "peft")[0]
+    if engine == "runner":
+        return E.allocator_in_force(os.environ, "runner")[0]
+    return E.torch_allocator(os.environ)[0]  # as torch reads them: nothing here sets them as axolotl would
 
 
 def predict(shape: str, cfg: dict, engine: str) -> dict:

@@ -73,9 +73,8 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                 run += 1
                 env = {"PYTORCH_ALLOC_CONF": row.get("pytorch_alloc_conf"),
                        "PYTORCH_CUDA_ALLOC_CONF": row.get("pytorch_cuda_alloc_conf")}
-                set_ = {k: v for k, v in env.items() if v is not None}
-                # none set: the bench's process ran under torch's default (it is not axolotl, which sets one)
-                allocator = E.allocator_in_force(set_, "peft")[0] if set_ else "caching"
+                # as torch read them (none set: its default): the bench is not axolotl, which would set one
+                allocator = E.torch_allocator(env)[0]
             elif kind == "block":
                 verdicts[(run, row.get("shape"), row.get("engine"))] = row
             elif kind == "point" and not row.get("error") and row.get("peak_allocated"):
