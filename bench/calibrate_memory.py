@@ -195,10 +195,9 @@ def process_allocator(engine: str) -> str:
     expandable segments, and torch's default caching allocator for the Hugging Face engines (this bench is
     not axolotl, which would set one: ALLOC=axolotl in h200_calibrate.sh does)."""
     from envdoctor.training import estimate as E
-    keys = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
-    if engine != "runner" and not any(k in os.environ for k in keys):
-        return "caching"
-    return E.allocator_in_force(os.environ, "runner" if engine == "runner" else "peft")[0]
+    if engine == "runner":
+        return E.allocator_in_force(os.environ, "runner")[0]
+    return E.torch_allocator(os.environ)[0]  # as torch reads them: nothing here sets them as axolotl would
 
 
 def predict(shape: str, cfg: dict, engine: str) -> dict:
@@ -288,8 +287,11 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
         row["checkpointing_at_build"] = hf_loop.checkpointing_on(t.model)
         run = hf_loop.run_trainer if p["engine"] == "hf-trainer" else hf_loop.run_steps
         if args.cap_at_estimate:  # torch's allocator may hold no more than the estimate's reserved peak
-            est = predict(p["shape"], cfg, p["engine"]).get("estimated_reserved")
-            row["cap_bytes"] = capped(est * args.cap_scale if est else None, args.device)
+            said = predict(p["shape"], cfg, p["engine"])
+            est = said.get("estimated_reserved")
+            if not est:  # uncapped, it would be recorded as a capped run that fitted
+                raise RuntimeError(f"no estimate to cap at: {said.get('estimate_error')}")
+            row["cap_bytes"] = capped(est * args.cap_scale, args.device)
             row["cap_scale"] = args.cap_scale
         try:
             row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))

@@ -73,11 +73,10 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                 run += 1
                 env = {"PYTORCH_ALLOC_CONF": row.get("pytorch_alloc_conf"),
                        "PYTORCH_CUDA_ALLOC_CONF": row.get("pytorch_cuda_alloc_conf")}
-                set_ = {k: v for k, v in env.items() if v is not None}
-                # none set: the bench's Hugging Face engines ran under torch's default (the bench is not axolotl,
-                # which sets one); the runner sets expandable segments for itself unless one is set
-                allocator = E.allocator_in_force(set_, "peft")[0] if set_ else "caching"
-                runner_allocator = E.allocator_in_force(set_, "runner")[0]
+                # as torch read them (none set: its default): the bench is not axolotl, which would set one; the
+                # runner sets expandable segments for itself when none is set (its header may predate that)
+                allocator = E.torch_allocator(env)[0]
+                runner_allocator = allocator if any(v is not None for v in env.values()) else "expandable"
             elif kind == "block":
                 verdicts[(run, row.get("shape"), row.get("engine"))] = row
             elif kind == "point" and not row.get("error") and row.get("peak_allocated"):

@@ -27,7 +27,10 @@ if ! $PY -c "import bitsandbytes" 2>/dev/null; then  # the device has no bitsand
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
-case ${ALLOC:-} in  # ALLOC=axolotl: the setting `axolotl train` gives torch's allocator when the user set none
+# ALLOC=axolotl: the setting `axolotl train` gives torch's allocator when the user set none — its value for
+# torch < 2.9; axolotl 0.19 with torch >= 2.9 sets PYTORCH_ALLOC_CONF=expandable_segments:True alone (no
+# roundup_power2_divisions:16, which rounds block sizes up): what was measured on 2026-12-01 is kept as it is
+case ${ALLOC:-} in
   axolotl) export PYTORCH_ALLOC_CONF=expandable_segments:True,roundup_power2_divisions:16
            export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_ALLOC_CONF ;;
   "") ;;

@@ -40,3 +40,17 @@ def test_an_empty_variable_does_not_mask_the_setting():
         setting = allocator.configure(env)
         for order in (TORCH_READS, TORCH_READS[1:] + TORCH_READS[:1]):
             assert seen_by_torch(env, order) == setting == allocator.SETTING, (key, order, env)
+
+
+def test_an_empty_variable_does_not_mask_the_users_setting_either():
+    """`export PYTORCH_ALLOC_CONF=` beside the user's PYTORCH_CUDA_ALLOC_CONF: torch ≥ 2.9 reads
+    PYTORCH_ALLOC_CONF first, and would take the empty value (the default allocator) over the user's setting
+    (which envdoctor's memory estimate, estimate.allocator_in_force, says is in force)."""
+    for blank in TORCH_READS:
+        for key in TORCH_READS:
+            if key == blank:
+                continue
+            env = {blank: " ", key: "expandable_segments:True"}
+            assert allocator.configure(env) == "expandable_segments:True"
+            for order in (TORCH_READS, TORCH_READS[1:] + TORCH_READS[:1]):
+                assert seen_by_torch(env, order) == "expandable_segments:True", (blank, key, order, env)

@@ -235,3 +235,13 @@ def test_a_random_model_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     folder = hf_loop.save_random_model("tiny", tmp_path / "tiny", "cpu")
     assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_a_capped_point_without_an_estimate_is_an_error_not_an_uncapped_run(tmp_path, tiny_folder, monkeypatch):
+    """--cap-at-estimate: a point the estimator cannot estimate must not run uncapped and be recorded as a
+    capped run that fitted (its cap_bytes null): it is that point's error."""
+    monkeypatch.setattr(C, "predict", lambda *a: dict(estimate_error="KeyError: 'vocab_size'"))
+    lines = _run(tmp_path, tiny_folder, monkeypatch, "--engines", "hf-loop", "--cap-at-estimate")
+    points = [x for x in lines if x["kind"] == "point"]
+    assert points and all(p["role"] == "capped" for p in points)
+    assert all((p.get("error") or "").startswith("RuntimeError: no estimate to cap at") for p in points), points

@@ -18,9 +18,10 @@ from gpufake import H200, RTX5090, gpu_box, nvml, smi_csv
 from schema_lite import errors
 
 from envdoctor.assets import asset
-from envdoctor.checks.train_config import memory, valid
+from envdoctor.checks.train_config import memory, torch_minor, valid
 from envdoctor.context import Context
 from envdoctor.facts.gpu import GpuFacts, probe_gpu
+from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.facts.train_config import probe_train_config
 from envdoctor.model import Status
 from envdoctor.system import System
@@ -69,7 +70,27 @@ def test_the_seed_estimate_is_pinned(engine, allocator, pinned):
 @pytest.mark.parametrize("env, engine, want", [
     ({}, "runner", ("expandable", None)),
     ({}, "peft", ("expandable", None)),  # `axolotl train` sets expandable_segments:True when none is set
-    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
+    # axolotl 0.19 (torch >= 2.9) sets PYTORCH_ALLOC_CONF when it is unset, and torch reads that one first: the
+    # user's PYTORCH_CUDA_ALLOC_CONF is not read (the runner keeps it: the only variable, torch reads it)
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "runner",
+     ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("caching", "PYTORCH_ALLOC_CONF='max_split_size_mb:512'")),
+    # ROCm's variable: torch >= 2.9 reads it on CUDA builds too (third), and the runner keeps it
+    ({"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:512"}, "runner",
+     ("caching", "PYTORCH_HIP_ALLOC_CONF='max_split_size_mb:512'")),
+    ({"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
+    # the runner drops a blank variable torch would read first (envdoctor_runner/allocator.py): the user's next
+    ({"PYTORCH_ALLOC_CONF": "", "PYTORCH_CUDA_ALLOC_CONF": "garbage_collection_threshold:0.6"}, "runner",
+     ("caching", "PYTORCH_CUDA_ALLOC_CONF='garbage_collection_threshold:0.6'")),
+    # torch drops every whitespace character, and the last expandable_segments wins
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512,\n\texpandable_segments:\tTrue\n"}, "runner",
+     ("expandable", "PYTORCH_ALLOC_CONF='max_split_size_mb:512,\\n\\texpandable_segments:\\tTrue\\n'")),
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:[256:1,>:4],expandable_segments:False"},
+     "runner", ("caching", "PYTORCH_ALLOC_CONF='expandable_segments:True,roundup_power2_divisions:[256:1,>:4],"
+                "expandable_segments:False'")),
+    ({"PYTORCH_ALLOC_CONF": "roundup_power2_divisions:[256:1,>:4],expandable_segments:True"}, "peft",
+     ("expandable", "PYTORCH_ALLOC_CONF='roundup_power2_divisions:[256:1,>:4],expandable_segments:True'")),
     ({"PYTORCH_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:16"}, "peft",
      ("expandable", "PYTORCH_ALLOC_CONF='expandable_segments:True,roundup_power2_divisions:16'")),
     ({"PYTORCH_ALLOC_CONF": "expandable_segments:False", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
@@ -83,6 +104,32 @@ def test_the_seed_estimate_is_pinned(engine, allocator, pinned):
 ])
 def test_the_allocator_in_force(env, engine, want):
     assert E.allocator_in_force(env, engine) == want
+
+
+@pytest.mark.parametrize("env, engine, want", [
+    # torch < 2.9 reads PYTORCH_CUDA_ALLOC_CONF alone, and axolotl (0.13.1 and 0.19.0 alike) then sets that one
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "peft",
+     ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
+    ({}, "peft", ("expandable", None)),
+    # the runner keeps a variable of the user's and sets none, though this torch does not read it
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, "runner", ("caching", None)),
+    ({"PYTORCH_ALLOC_CONF": ""}, "runner", ("expandable", None)),
+])
+def test_the_allocator_in_force_with_a_torch_older_than_2_9(env, engine, want):
+    assert E.allocator_in_force(env, engine, (2, 8)) == want
+    assert E.torch_reads((2, 8)) == ("PYTORCH_CUDA_ALLOC_CONF",) and E.torch_reads((2, 9)) == E.ALLOC_VARS
+
+
+def test_torch_reads_the_first_variable_present_as_it_is():
+    """What a process that sets nothing itself gets (a plain loop, bench/calibrate_memory.py): the first of
+    PYTORCH_ALLOC_CONF, PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF present, a blank one too."""
+    assert E.torch_allocator({}) == ("caching", None)
+    assert E.torch_allocator({"PYTORCH_ALLOC_CONF": None, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
+        "expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True'")  # None: unset (a header's null)
+    assert E.torch_allocator({"PYTORCH_ALLOC_CONF": "", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
+        "caching", "PYTORCH_ALLOC_CONF=''")
+    assert E.torch_allocator({"PYTORCH_HIP_ALLOC_CONF": "expandable_segments:True"})[0] == "expandable"
 
 
 def test_an_unknown_allocator_is_refused():
@@ -139,7 +186,7 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     assert r.status == Status.OK and r.message.startswith("fits: needs 17.7 GiB per GPU") and "31.0 GiB free" in r.message
     assert r.data["fits"] is True and r.data["gpus"] == [0] and r.data["engine"] == "runner"
     assert any(d.startswith("modules_to_save costs") for d in r.details)
-    assert "allocator: expandable segments (the runner sets them when no PYTORCH_ALLOC_CONF is set)" in r.details
+    assert "allocator: expandable segments (the runner sets them when no allocator variable is set)" in r.details
     # axolotl: `axolotl train` sets expandable segments too when no allocator variable is set
     hf = memory(dataclasses.replace(facts, engine="peft"), gpus(tmp_path / "m2", RTX5090))
     assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 32.2 GiB")
@@ -147,13 +194,27 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     assert "lora_modules_to_save: [] (only needed for new tokens) → 21.6 GiB" in hf.remedy.text
     assert "fsdp" not in hf.remedy.text  # sharding is the runner's; axolotl sets FSDP in its own config
     # a variable of the user's that axolotl keeps: torch's default caching allocator, a larger reserve
-    own = config_facts(tmp_path / "own", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
+    own = config_facts(tmp_path / "own", env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
     caching = memory(own, gpus(tmp_path / "m3", RTX5090))
     assert caching.message.startswith("does not fit: needs 35.6 GiB") and caching.data["allocator"] == "caching"
-    assert caching.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
+    assert caching.data["allocator_set_by"] == "PYTORCH_ALLOC_CONF='max_split_size_mb:512'"
     assert "lora_modules_to_save: [] (only needed for new tokens) → 22.9 GiB" in caching.remedy.text
-    assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_CUDA_ALLOC_CONF=") for d in
+    assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_ALLOC_CONF=") for d in
                caching.details)
+    # only the older variable: axolotl sets PYTORCH_ALLOC_CONF, which torch reads first: expandable segments
+    older = memory(config_facts(tmp_path / "older", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
+                                engine="peft"), gpus(tmp_path / "m5", RTX5090))
+    assert older.message.startswith("does not fit: needs 32.2 GiB") and older.data["allocator"] == "expandable"
+    assert older.data["allocator_set_by"] is None
+    assert "allocator: expandable segments (`axolotl train` sets PYTORCH_ALLOC_CONF to them when it is unset); not " \
+           "read: PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512' (`axolotl train` sets PYTORCH_ALLOC_CONF, and torch " \
+           "≥ 2.9 reads only the first" in " ".join(older.details)
+    # ... which a torch older than 2.9 (the target's, from its version.py) does not read: the user's variable
+    old_torch = memory(config_facts(tmp_path / "older2", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
+                                    engine="peft"), gpus(tmp_path / "m6", RTX5090), TorchFacts(True, "2.8.0+cu128"))
+    assert old_torch.message.startswith("does not fit: needs 35.6 GiB") and old_torch.data["allocator"] == "caching"
+    assert old_torch.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
+    assert torch_minor(TorchFacts(True, "2.11.0+cu130")) == (2, 11) and torch_minor(TorchFacts(False)) is None
     # the runner keeps the user's setting too: its reserve under the caching allocator, larger
     r_own = memory(config_facts(tmp_path / "own2", env={"PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"}),
                    gpus(tmp_path / "m4", RTX5090))
@@ -217,10 +278,13 @@ def test_model_shape_from_the_hf_cache(tmp_path):
     assert memory(facts, GpuFacts(None)).status == Status.SKIP
 
 
-def _check_json(tmp_path, *args):
+def _check_json(tmp_path, *args, alloc_env=None):
     config = tmp_path / "seed.yaml"
     config.write_text(yaml.safe_dump(dict(SEED, datasets=[{"path": "."}])))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    # the allocator variables of the shell that runs the tests (a GPU box often sets one) are not the test's
+    outer = {k: v for k, v in os.environ.items() if k not in E.ALLOC_VARS}
+    env = {**outer, **(alloc_env or {}), "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path),
+           "HF_HUB_CACHE": str(tmp_path / "hub")}
     got = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--json", "--python", sys.executable, "--config",
                           str(config), "--only", "config.memory", *args], capture_output=True, text=True, env=env,
                          timeout=120)
@@ -238,6 +302,14 @@ def test_check_config_backend_switch_and_the_json_data(tmp_path):
         want = estimate(LLAMA8B, SEED, engine="runner" if engine == "runner" else "peft")
         assert r["data"]["peak_reserved_bytes"] == round(want.reserved)
     assert hf["results"][0]["data"]["peak_allocated_bytes"] > runner["results"][0]["data"]["peak_allocated_bytes"]
+    assert runner["results"][0]["data"]["allocator_set_by"] is None and runner["facts"]["train_config"]["alloc_env"] == {}
+    # a variable of the user's: named in the data (a string where null was), and the report still validates
+    own = _check_json(tmp_path, "--backend", "axolotl", alloc_env={"PYTORCH_ALLOC_CONF": "expandable_segments:False"})
+    assert errors(own, schema) == []
+    data = own["results"][0]["data"]
+    assert (data["allocator"], data["allocator_set_by"]) == ("caching", "PYTORCH_ALLOC_CONF='expandable_segments:False'")
+    assert own["facts"]["train_config"]["alloc_env"] == {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}
+    assert data["peak_reserved_bytes"] == round(estimate(LLAMA8B, SEED, engine="peft", allocator="caching").reserved)
 
 
 def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
@@ -383,7 +455,7 @@ def test_the_seeds_accumulation_is_estimated_within_the_budget():
                                       lora_modules_to_save=["embed_tokens", "lm_head"] if row["config"] == "B" else [])
             setting = row.get("allocator", "default")  # the variable its process ran with, or "default"
             allocator = ("expandable" if engine == "runner" else "caching" if setting == "default"
-                         else E.allocator_in_force({"PYTORCH_ALLOC_CONF": setting}, "peft")[0])
+                         else E.torch_allocator({"PYTORCH_ALLOC_CONF": setting})[0])
             err = estimate(shape, cfg, engine=engine, allocator=allocator).reserved / row["peak_reserved"] - 1
             seen.append((row["config"], engine, round(err * 100, 1)))
     assert len(seen) == 4 and all(-5 <= e <= 10 for *_, e in seen), seen

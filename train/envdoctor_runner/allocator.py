@@ -9,7 +9,8 @@ allocator leaves the Hugging Face engines 0.5-20 GiB (docs/training.md "Memory")
 
 torch takes the first of its variables that is present, an empty one included, and which it reads first
 differs between versions: an empty one (`export PYTORCH_ALLOC_CONF=`) is removed, not left to mask the
-setting made here.
+setting made here, nor the user's own in a variable read after it (envdoctor's memory estimate,
+envdoctor.training.estimate.allocator_in_force, counts on this).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ def configure(environ=None) -> str:
     """Set the runner's allocator setting unless the user chose one; returns the setting in force ('' = the
     default allocator). Must run before torch initialises CUDA (it reads the variable once)."""
     env = os.environ if environ is None else environ
+    for key in KEYS:  # present but blank: torch would read it (as the default allocator) before ours or the user's
+        if key in env and not env[key].strip():
+            del env[key]
     for key in KEYS:
-        if env.get(key, "").strip():
+        if key in env:
             return env[key].strip()
-    for key in KEYS:  # present but blank: torch would read it (as the default allocator) before ours
-        env.pop(key, None)
     env["PYTORCH_CUDA_ALLOC_CONF"] = SETTING
     return SETTING

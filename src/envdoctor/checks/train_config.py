@@ -28,8 +28,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
 @check("config.memory", "Fits in GPU memory", "Config",
        "trainable parameters, adapter size, modules_to_save cost and peak GPU memory (allocated, reserved, on the "
        "card) per GPU of the run, under the allocator setting it will have, from config.json alone",
-       needs=("train_config", "gpu"), option="config")
-def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
+       needs=("train_config", "gpu", "torch"), option="config")
+def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | None = None) -> Result:
     # Imported here: a check without --config never loads the estimator.
     from envdoctor.training.estimate import (MARGIN, GiB, Shape, allocator_in_force, estimate, gpus_to_fit,
                                              ways_to_fit)
@@ -41,7 +41,10 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
     runner = train_config.engine == "runner"
     used, note = run_gpus(gpu, train_config.visible_devices, train_config.nproc, runner)
     nproc = max(len(used), 1) if runner and train_config.nproc is None else (train_config.nproc or 1)
-    allocator, set_by = allocator_in_force(train_config.alloc_env, train_config.engine)
+    # which allocator variable torch reads depends on its version (PYTORCH_ALLOC_CONF from 2.9 on); no torch in
+    # the target yet: the one it would install now, a current one
+    torch_version = torch_minor(torch)
+    allocator, set_by = allocator_in_force(train_config.alloc_env, train_config.engine, torch_version)
     try:
         shape = Shape.from_config(model)
         e = estimate(shape, cfg, engine=train_config.engine, nproc=nproc if runner else 1, allocator=allocator)
@@ -59,7 +62,7 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
                 f"(peak reserved {e.reserved / GiB:.2f} GiB)",
                 f"paged optimizer state {e.paged / GiB:.2f} GiB (on the card, outside torch's allocator); CUDA context "
                 f"{e.context / GiB:.2f} GiB; margin {MARGIN:.0%}",
-                allocator_line(allocator, set_by, runner)]
+                allocator_line(allocator, set_by, runner, train_config.alloc_env, torch_version)]
     if e.save_params:
         no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]), engine=train_config.engine, nproc=e.nproc,
                            allocator=allocator)
@@ -103,19 +106,52 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts) -> Result:
     return result
 
 
-def allocator_line(allocator: str, set_by: str | None, runner: bool) -> str:
-    """The detail line that says which allocator setting the reserve is estimated for, and how far to trust it."""
-    who = "the runner" if runner else "`axolotl train`"
+def torch_minor(torch: TorchFacts | None) -> tuple[int, int] | None:
+    """(major, minor) of the target's torch, or None (not installed, unreadable)."""
+    try:
+        major, minor = (int(x) for x in (torch.minor or "").split("."))  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        return None
+    return major, minor
+
+
+def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[str, str] | None = None,
+                   torch_version: tuple[int, int] | None = None) -> str:
+    """The detail line that says which allocator setting the reserve is estimated for, and how far to trust it.
+    `env`: the allocator variables of the environment the run starts from (those torch will not read are named);
+    `torch_version`: the target's (None: a current torch)."""
+    from envdoctor.training.estimate import torch_reads
+    env = env or {}
+    reads = torch_reads(torch_version)
     if allocator == "expandable":
-        return (f"allocator: expandable segments ({set_by})" if set_by else
-                f"allocator: expandable segments ({who} sets them when no PYTORCH_ALLOC_CONF is set)")
-    if runner:
-        return (f"allocator: torch's default caching allocator ({set_by}, which the runner keeps): estimated from "
-                "the runner's 8B measurements under it (hold-out error -7.3 … +8.9 %); without the variable the "
-                "runner sets expandable segments, 0-2.4 GiB less reserved on that grid")
-    return (f"allocator: torch's default caching allocator ({set_by}, which axolotl keeps): its reserved peak "
-            "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's hold-out error -13.5 … "
-            "+12.4 %, against -7.0 … +13.2 % with expandable_segments:True in it: docs/training.md)")
+        line = "allocator: expandable segments " + (
+            f"({set_by})" if set_by else "(the runner sets them when no allocator variable is set)" if runner
+            else f"(`axolotl train` sets {'PYTORCH_ALLOC_CONF' if len(reads) > 1 else 'PYTORCH_CUDA_ALLOC_CONF'} "
+                 "to them when it is unset)")
+    elif runner:
+        measured = ("estimated from the runner's 8B measurements under it (hold-out error -7.3 … +8.9 %); the "
+                    "runner's own expandable segments reserved 0-2.4 GiB less on that grid")
+        line = (f"allocator: torch's default caching allocator ({set_by}, which the runner keeps): {measured}"
+                if set_by else
+                "allocator: torch's default caching allocator (the runner keeps a variable of yours, which this "
+                f"torch does not read, and sets none): {measured} (set PYTORCH_CUDA_ALLOC_CONF="
+                "expandable_segments:True for them)")
+    else:
+        line = (f"allocator: torch's default caching allocator ({set_by}, which axolotl keeps): its reserved peak "
+                "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's hold-out error -13.5 … "
+                "+12.4 %, against -7.0 … +13.2 % with expandable_segments:True in it: docs/training.md)")
+    # torch reads only the first variable present (≥ 2.9; older: PYTORCH_CUDA_ALLOC_CONF alone); the runner drops
+    # blank ones first
+    unread = [f"{k}={v!r}" for k, v in env.items()
+              if not (set_by or "").startswith(f"{k}=") and (v.strip() or not runner)]
+    if unread:
+        axolotl_sets = not runner and len(reads) > 1 and "PYTORCH_ALLOC_CONF" not in env
+        which = (f"torch {torch_version[0]}.{torch_version[1]} reads only PYTORCH_CUDA_ALLOC_CONF" if len(reads) == 1
+                 else "torch ≥ 2.9 reads only the first of PYTORCH_ALLOC_CONF, PYTORCH_CUDA_ALLOC_CONF, "
+                      "PYTORCH_HIP_ALLOC_CONF that is set")
+        line += (f"; not read: {', '.join(unread)} ("
+                 + ("`axolotl train` sets PYTORCH_ALLOC_CONF, and " if axolotl_sets else "") + which + ")")
+    return line
 
 
 def run_gpus(gpu: GpuFacts, visible: str | None, nproc: int | None, runner: bool) -> tuple[list[Gpu], str | None]:

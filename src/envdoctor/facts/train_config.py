@@ -11,8 +11,7 @@ from envdoctor.context import Context
 from envdoctor.facts.host import hf_cache_dir
 from envdoctor.system import System
 from envdoctor.training.config import TrainConfig, load, load_data
-
-ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")  # what torch's CUDA allocator reads, in order
+from envdoctor.training.estimate import ALLOC_VARS  # torch's allocator variables, in the order it reads them
 
 
 @dataclass

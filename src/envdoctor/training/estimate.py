@@ -37,6 +37,7 @@ bench/calibrate_memory.py (bench/hf_loop.py's engines on an H200); the formula a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -75,11 +76,12 @@ CONSTANTS: dict[str, dict[str, float]] = {
         SAVE_BYTES=4.327,         # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
         RESERVE_FRAC=0.1437, RESERVE_GIB=0.0457, RESERVE_LOGITS=0.1697, RESERVE_SAVE=0.2111),
 }
-# The Hugging Face engines' reserve under expandable segments (`axolotl train` sets
-# expandable_segments:True,roundup_power2_divisions:16 when the user has set no allocator variable), fitted by
-# bench/fit_memory.py on the H200 lines of 2026-12-01 (h200-calibration-2026-12-01-axolotl-alloc-*.jsonl: the same
-# grids, the same code paths, that allocator setting). CONSTANTS' RESERVE_* are those of torch's default
-# caching allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
+# The Hugging Face engines' reserve under expandable segments (what `axolotl train` gives torch when the user
+# has not: allocator_in_force), fitted by bench/fit_memory.py on the H200 lines of 2026-12-01
+# (h200-calibration-2026-12-01-axolotl-alloc-*.jsonl: the same grids, the same code paths, measured with
+# expandable_segments:True,roundup_power2_divisions:16 — axolotl's value for torch < 2.9; with torch ≥ 2.9
+# axolotl 0.19 sets expandable_segments:True alone). CONSTANTS' RESERVE_* are those of torch's default caching
+# allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
 RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
     "hf-loop": dict(RESERVE_FRAC=0, RESERVE_GIB=0.7993, RESERVE_LOGITS=0.08552, RESERVE_SAVE=0.5073),
     "hf-trainer": dict(RESERVE_FRAC=0, RESERVE_GIB=1.5, RESERVE_LOGITS=0.1294, RESERVE_SAVE=0),
@@ -185,19 +187,75 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
-def allocator_in_force(env: Mapping[str, str], engine: str = "runner") -> tuple[str, str | None]:
-    """(the allocator a run started from `env` trains under, the variable that decides it or None). torch
-    reads PYTORCH_ALLOC_CONF, else the older PYTORCH_CUDA_ALLOC_CONF; expandable segments are on only for
-    `expandable_segments:True` (torch accepts True or False). Unset, both engines turn them on: the runner
-    (train/envdoctor_runner/allocator.py, which also drops a blank variable) and `axolotl train` (its
-    set_pytorch_cuda_alloc_conf, which keeps any variable that is set, a blank one too)."""
-    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
-        value = env.get(name)
-        if value is None or (not value.strip() and engine == "runner"):
-            continue
-        options = dict(part.split(":", 1) for part in value.replace(" ", "").split(",") if ":" in part)
-        return ("expandable" if options.get("expandable_segments") == "True" else "caching"), f"{name}={value!r}"
-    return "expandable", None
+# torch's allocator variables, in the order torch ≥ 2.9 reads them: the first one PRESENT decides, a blank one
+# too (c10/core/AllocatorConfig.cpp, AcceleratorAllocatorConfig::instance(); c10::utils::get_env is getenv !=
+# nullptr), and ROCm's PYTORCH_HIP_ALLOC_CONF is read on CUDA builds as well. torch < 2.9 on CUDA reads
+# PYTORCH_CUDA_ALLOC_CONF alone (c10/cuda/CUDAAllocatorConfig.h; ROCm builds then PYTORCH_HIP_ALLOC_CONF).
+ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+NEW_READER = (2, 9)   # the first torch that reads PYTORCH_ALLOC_CONF
+RUNNER_SETTING = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # train/envdoctor_runner/allocator.py
+# axolotl's set_pytorch_cuda_alloc_conf (`axolotl train`, before anything imports torch; the same rule in 0.13.1
+# and 0.19.0): with torch ≥ 2.9 PYTORCH_ALLOC_CONF when it is unset (os.getenv is None: a blank one counts as
+# set), else — and with torch 2.2-2.8 — PYTORCH_CUDA_ALLOC_CONF when that is unset
+AXOLOTL_SETTINGS = (("PYTORCH_ALLOC_CONF", "expandable_segments:True"),
+                    ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True,roundup_power2_divisions:16"))
+
+
+def torch_reads(torch_version: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The allocator variables a torch of `torch_version` (major, minor; None: a current one) reads, first to last."""
+    return ALLOC_VARS if torch_version is None or tuple(torch_version) >= NEW_READER else ("PYTORCH_CUDA_ALLOC_CONF",)
+
+
+def _torch_reads(env: Mapping[str, str | None], reads: tuple[str, ...] = ALLOC_VARS) -> tuple[str, str | None]:
+    """(the allocator torch sets up from `env` as it is, the variable it reads or None)."""
+    name = next((k for k in reads if env.get(k) is not None), None)
+    if name is None:
+        return "caching", None
+    # torch's ConfigTokenizer: whitespace dropped, ',' ':' '[' ']' are tokens of their own; a key's value is the
+    # token after its ':', the last expandable_segments wins, and only True and False are taken (anything
+    # else makes torch raise when CUDA starts: no estimate is right for that run)
+    tokens = [t for t in re.split(r"([,:\[\]])", "".join(env[name].split())) if t]
+    on = False
+    for i, token in enumerate(tokens[:-2]):
+        if token == "expandable_segments" and tokens[i + 1] == ":":
+            on = tokens[i + 2] == "True"
+    return ("expandable" if on else "caching"), name
+
+
+def torch_allocator(env: Mapping[str, str | None], torch_version: tuple[int, int] | None = None
+                    ) -> tuple[str, str | None]:
+    """(the allocator a process started with `env` gets from torch when nothing changes the variables first — a
+    plain training loop, bench/calibrate_memory.py —, the variable that decides it as NAME='value' or None).
+    Unset: torch's default caching allocator."""
+    allocator, name = _torch_reads(env, torch_reads(torch_version))
+    return allocator, (f"{name}={env[name]!r}" if name else None)
+
+
+def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
+                       torch_version: tuple[int, int] | None = None) -> tuple[str, str | None]:
+    """(the allocator a run started from `env` trains under, the user's variable that decides it as
+    NAME='value', or None when the engine's own setting does — or, with a torch older than 2.9, when no
+    variable it reads is set and the engine set none). Each engine changes the variables before torch reads
+    them: the runner drops blank ones and, when none is left, sets PYTORCH_CUDA_ALLOC_CONF to expandable
+    segments (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
+    PYTORCH_ALLOC_CONF when it is unset and torch is ≥ 2.9 — which torch then reads before a
+    PYTORCH_CUDA_ALLOC_CONF of the user's — else PYTORCH_CUDA_ALLOC_CONF when that is unset (AXOLOTL_SETTINGS).
+    Then torch reads the first of its variables present (torch_reads: `torch_version`, None for a current
+    torch); expandable segments are on only for `expandable_segments:True`."""
+    reads = torch_reads(torch_version)
+    user = {k: env[k] for k in ALLOC_VARS if env.get(k) is not None}
+    run = dict(user)
+    if engine == "runner":
+        run = {k: v for k, v in user.items() if v.strip()}
+        if not run:
+            run = dict([RUNNER_SETTING])
+    else:
+        for name, value in AXOLOTL_SETTINGS:
+            if name not in run and (name in reads or name == "PYTORCH_CUDA_ALLOC_CONF"):
+                run[name] = value
+                break
+    allocator, name = _torch_reads(run, reads)
+    return allocator, (f"{name}={user[name]!r}" if name in user and user[name] == run[name] else None)
 
 
 def reserve_overrides(engine: str, allocator: str) -> dict[str, float] | None:
