@@ -31,8 +31,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
        needs=("train_config", "gpu", "torch"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | None = None) -> Result:
     # Imported here: a check without --config never loads the estimator.
-    from envdoctor.training.estimate import (MARGIN, GiB, Shape, allocator_in_force, estimate, gpus_to_fit,
-                                             ways_to_fit)
+    from envdoctor.training.estimate import (HOLDOUT_ERROR, MARGIN, GiB, Shape, allocator_in_force, estimate,
+                                             gpus_to_fit, ways_to_fit)
     cfg, model = train_config.config.resolved(), train_config.model
     if model is None:
         return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
@@ -68,9 +68,14 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
                            allocator=allocator)
         details.append(f"modules_to_save costs {(e.needed - no_save.needed) / GiB:.1f} GiB and "
                        f"{e.save_params:,} trainable parameters: only needed when you add tokens")
+    low, high = HOLDOUT_ERROR[(train_config.engine, allocator)]
+    # what the card holds if this run's reserved peak is as far above its estimate as the worst hold-out run's
+    worst = e.reserved / (1 + min(low, 0.0)) + e.paged + e.context
+    details.append(f"this estimate's error on held-out H200 runs: {low * 100:+.1f} … {high * 100:+.1f} % of the "
+                   f"reserved peak; at the low end the run holds {worst / GiB:.1f} GiB (docs/training.md)")
     if note:
         details.append(note)
-    data = dict(e.to_data(), allocator_set_by=set_by)
+    data = dict(e.to_data(), allocator_set_by=set_by, holdout_error=[low, high], worst_case_card_bytes=round(worst))
     summary = (f"needs {e.needed / GiB:.1f} GiB per GPU ({e.peak / GiB:.1f} allocated, {e.reserved / GiB:.1f} "
                f"reserved, + {(e.paged + e.context) / GiB:.1f} paged optimizer state and CUDA context, + {MARGIN:.0%})")
     free_of = [g.mem_free for g in used]
@@ -89,7 +94,15 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
             whole = estimate(shape, dict(cfg, fsdp=False), engine=train_config.engine, allocator=allocator).needed
             only = (f"; only sharded: unsharded it needs {whole / GiB:.1f} GiB" if whole > free else
                     f"; it fits one GPU unsharded too ({whole / GiB:.1f} GiB)")
-        result = ok(f"fits: {summary} of {free / GiB:.1f} GiB free on {where}{only}", details)
+        if worst > free:  # the margin does not cover the estimate's known error: say so, and how much is missing
+            result = warn(f"fits only tightly: {summary} of {free / GiB:.1f} GiB free on {where}{only}; but on "
+                          f"held-out runs this engine reserved up to {-low / (1 + low):.1%} more than estimated, "
+                          f"{worst / GiB:.1f} GiB here", details,
+                          Remedy(text="Leave more room: " + "; or ".join(
+                              ways_to_fit(shape, cfg, free * (1 + min(low, 0.0)), train_config.engine, e.nproc,
+                                          allocator)[:2] or ["a GPU with more memory"]) + "."))
+        else:
+            result = ok(f"fits: {summary} of {free / GiB:.1f} GiB free on {where}{only}", details)
         result.data = data
         return result
     ways = ways_to_fit(shape, cfg, free, train_config.engine, e.nproc, allocator)

@@ -93,6 +93,14 @@ RESERVE_CACHING: dict[str, dict[str, float]] = {
     "runner": dict(RESERVE_FRAC=0.05, RESERVE_GIB=0, RESERVE_LOGITS=1.268, RESERVE_SAVE=0.7395, RESERVE_LAYER=0.0001714),
 }
 ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default caching allocator
+# The reserved-peak error of these constants on the H200 hold-out points, (lowest, highest) of estimate /
+# measured − 1, per engine as `check --config` estimates it ("peft": the larger of the two Hugging Face engines
+# against the larger measured) and allocator: the band a user's run can fall in. tests/test_estimate.py
+# recomputes it from bench/results (bench/fit_memory.py's verdict), so a refit or new data must update it.
+HOLDOUT_ERROR: dict[tuple[str, str], tuple[float, float]] = {
+    ("runner", "expandable"): (-0.034, 0.118), ("runner", "caching"): (-0.073, 0.089),
+    ("peft", "expandable"): (-0.070, 0.132), ("peft", "caching"): (-0.135, 0.124),
+}
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 # Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
 EIGHT_BIT = ("paged_adamw_8bit", "adamw_8bit", "adamw_bnb_8bit")  # the runner's bitsandbytes 8-bit AdamWs
