@@ -371,6 +371,33 @@ def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
     assert not (tmp_path / "out" / "config.resolved.json").exists()
 
 
+def test_train_preflight_says_when_a_run_fits_only_tightly(tmp_path):
+    """The runner under a variable of the user's that turns expandable segments off (it keeps it): its estimate's
+    low end (-7.3 % on held-out runs) is past the 5 % margin; on a card between the two the preflight prints
+    why it is tight, and the warning is not among its reasons to refuse (this machine has others: a CPU torch,
+    no base model)."""
+    from envdoctor.commands.train import run_train
+    from envdoctor.system import System as Real
+
+    data = dict(SEED, datasets=[{"path": "."}], output_dir=str(tmp_path / "out"))
+    config = tmp_path / "seed.yaml"
+    config.write_text(yaml.safe_dump(data))
+    e = estimate(LLAMA8B, SEED, allocator="caching")
+    low = E.HOLDOUT_ERROR[("runner", "caching")][0]
+    card = dict(RTX5090, mem_free=int((e.needed + e.reserved / (1 + low) + e.paged + e.context) / 2))
+    real = Real()
+    system, _ = gpu_box(tmp_path / "m", nvml("570.124.06", 12080, card), env={
+        "HOME": "/home/u", "PATH": "/usr/bin", "PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"},
+        commands={sys.executable: lambda argv, timeout: real.run(argv, timeout)})
+    args = SimpleNamespace(demo=False, config=str(config), force=False, resume=False, dry_run=True, output_dir=None,
+                           backend="runner", nproc=None, fsdp=False)
+    out = io.StringIO()
+    code = run_train(args, system, Context(sys.executable, "test"), out)
+    text = out.getvalue()
+    assert "config.memory warn" in text and "[!] config.memory: fits only tightly: needs 18.8 GiB" in text, text
+    assert "Leave more room: lora_modules_to_save: []" in text and "[✗] config.memory" not in text
+
+
 def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypatch, capsys):
     """bench/fit_memory.py on lines made by the estimator itself with other constants: it refits them (the
     hold-out verdict passes for every engine) and prints the Markdown tables."""

@@ -16,7 +16,7 @@ from envdoctor import engine, registry
 from envdoctor.assets import asset
 from envdoctor.context import Context
 from envdoctor.errors import UsageError
-from envdoctor.model import failing_statuses
+from envdoctor.model import Status, failing_statuses
 from envdoctor.system import Stopped, System
 from envdoctor.training.backends import axolotl_argv, axolotl_env, axolotl_missing, cpu_tolerated_extensions
 from envdoctor.training.config import load, load_data
@@ -197,6 +197,9 @@ def run_train(args, system: System, ctx: Context, out=sys.stdout) -> int:
     if tolerated:  # pip's axolotl beside a CPU torch: CUDA builds that its CPU path never loads
         failing = [r for r in failing if r.check_id != "binaries.extensions"]
     out.write(f"preflight ({ctx.python}): " + ", ".join(f"{r.check_id} {r.status.value}" for r in run.results) + "\n")
+    for r in run.results:  # a run that fits only inside the estimate's known error starts, but says so first
+        if r.check_id == "config.memory" and r.status == Status.WARN:
+            out.write(f"  [!] {r.check_id}: {r.message}\n" + (f"      {r.remedy.text}\n" if r.remedy else ""))
     if missing:
         out.write(f"the target environment lacks {', '.join(missing)}: "
                   f"{ctx.python} -m pip install {' '.join(missing)}  (or envdoctor install --recipe cpu)\n")
