@@ -349,23 +349,30 @@ def test_check_config_backend_switch_and_the_json_data(tmp_path):
     assert data["peak_reserved_bytes"] == round(estimate(LLAMA8B, SEED, engine="peft", allocator="caching").reserved)
 
 
-def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
-    """envdoctor train runs config.memory in its preflight: a 16 GB GPU and the seed's config → refused."""
+def train_dry_run(tmp_path, card: dict, env: dict | None = None) -> tuple[int, str]:
+    """`envdoctor train --dry-run` of the seed's config (the runner) on a machine with one GPU `card` and the
+    environment `env`: (exit code, what it printed). The target interpreter is this one, really run."""
     from envdoctor.commands.train import run_train
     from envdoctor.system import System as Real
 
     data = dict(SEED, datasets=[{"path": "."}], output_dir=str(tmp_path / "out"))
     config = tmp_path / "seed.yaml"
     config.write_text(yaml.safe_dump(data))
-    small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
     real = Real()
-    system, _ = gpu_box(tmp_path / "m", nvml("570.124.06", 12080, small),
+    system, _ = gpu_box(tmp_path / "m", nvml("570.124.06", 12080, card),
+                        env={"HOME": "/home/u", "PATH": "/usr/bin", **(env or {})},
                         commands={sys.executable: lambda argv, timeout: real.run(argv, timeout)})
     args = SimpleNamespace(demo=False, config=str(config), force=False, resume=False, dry_run=True, output_dir=None,
                            backend="runner", nproc=None, fsdp=False)
     out = io.StringIO()
     code = run_train(args, system, Context(sys.executable, "test"), out)
-    text = out.getvalue()
+    return code, out.getvalue()
+
+
+def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
+    """envdoctor train runs config.memory in its preflight: a 16 GB GPU and the seed's config → refused."""
+    small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
+    code, text = train_dry_run(tmp_path, small)
     assert code == 1 and "refusing to start a run that cannot work" in text
     assert "[✗] config.memory: does not fit: needs 17.7 GiB per GPU" in text
     assert not (tmp_path / "out" / "config.resolved.json").exists()
@@ -376,24 +383,10 @@ def test_train_preflight_says_when_a_run_fits_only_tightly(tmp_path):
     low end (-7.3 % on held-out runs) is past the 5 % margin; on a card between the two the preflight prints
     why it is tight, and the warning is not among its reasons to refuse (this machine has others: a CPU torch,
     no base model)."""
-    from envdoctor.commands.train import run_train
-    from envdoctor.system import System as Real
-
-    data = dict(SEED, datasets=[{"path": "."}], output_dir=str(tmp_path / "out"))
-    config = tmp_path / "seed.yaml"
-    config.write_text(yaml.safe_dump(data))
     e = estimate(LLAMA8B, SEED, allocator="caching")
     low = E.HOLDOUT_ERROR[("runner", "caching")][0]
     card = dict(RTX5090, mem_free=int((e.needed + e.reserved / (1 + low) + e.paged + e.context) / 2))
-    real = Real()
-    system, _ = gpu_box(tmp_path / "m", nvml("570.124.06", 12080, card), env={
-        "HOME": "/home/u", "PATH": "/usr/bin", "PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"},
-        commands={sys.executable: lambda argv, timeout: real.run(argv, timeout)})
-    args = SimpleNamespace(demo=False, config=str(config), force=False, resume=False, dry_run=True, output_dir=None,
-                           backend="runner", nproc=None, fsdp=False)
-    out = io.StringIO()
-    code = run_train(args, system, Context(sys.executable, "test"), out)
-    text = out.getvalue()
+    _, text = train_dry_run(tmp_path, card, {"PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"})
     assert "config.memory warn" in text and "[!] config.memory: fits only tightly: needs 18.8 GiB" in text, text
     assert "Leave more room: lora_modules_to_save: []" in text and "[✗] config.memory" not in text
 

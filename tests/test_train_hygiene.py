@@ -110,6 +110,23 @@ def stop_when(proc, ready, stop, timeout=600):
             proc.communicate()
 
 
+def sigterm_once_waiting(script, before=lambda: None) -> tuple[int, str]:
+    """Run `script` (with its folder as working directory) until it prints "waiting", call before(), send it
+    SIGTERM: (its exit code, the rest of its output). A process that outlives this is killed."""
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=script.parent)
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        before()
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, output
+
+
 def left_running(procs):
     """Of these processes, the ones still running (a zombie is dead: only its entry is left)."""
     alive = []
@@ -299,17 +316,8 @@ def test_a_stop_reaches_a_main_thread_blocked_in_cpp(tmp_path):
     runner's stop thread sees the signal anyway and ends the process after STUCK_S with the runner's words."""
     script = tmp_path / "stuck.py"
     script.write_text(STUCK.format(train=str(asset("train"))))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=tmp_path)
-    try:
-        assert proc.stdout.readline().strip() == "waiting"
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143 and output.strip() == "last words 15", output
+    code, output = sigterm_once_waiting(script)
+    assert code == 143 and output.strip() == "last words 15", output
 
 
 OTHER_SIGNAL = """
@@ -429,16 +437,8 @@ def test_a_stop_while_the_float_base_is_built_leaves_no_staging_folder(tmp_path)
     script = tmp_path / "building.py"
     script.write_text(STUCK_BUILDING.format(train=str(asset("train")), qlora=str(asset("train", "qlora.py")),
                                             base=str(out / "base")))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=tmp_path)
-    try:
-        assert proc.stdout.readline().strip() == "waiting"
-        assert (out / ".base.tmp").is_dir()  # the piece is being written
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143 and "stopped by SIGTERM" in output and "Traceback" not in output, output
+    seen = []
+    code, output = sigterm_once_waiting(script, lambda: seen.append((out / ".base.tmp").is_dir()))
+    assert seen == [True]  # the piece was being written when the stop came
+    assert code == 143 and "stopped by SIGTERM" in output and "Traceback" not in output, output
     assert list(out.iterdir()) == []
