@@ -39,6 +39,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import alloc_trace  # noqa: E402  (bench/alloc_trace.py, beside this file)
 import hf_loop  # noqa: E402  (bench/hf_loop.py, beside this file)
 
 MTS = ["embed_tokens", "lm_head"]
@@ -140,7 +141,18 @@ GRID_CAP = {
     "llama-3.2-1b": [(1800, 5, 12, False, False, "holdout"), (256, 2, 8, True, False, "holdout")],
     "tiny": [(60, 2, 20, False, False, "holdout")],   # CPU proof
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "cap": GRID_CAP}
+# Traced points (2026-12-01, --trace): hold-out points whose slack (reserved − allocated) the smooth reserve
+# model cannot follow — the largest and the smallest slack of a kind — to see which blocks leave the holes.
+GRID_TRACE = {
+    "llama-3.1-8b": [(5000, 1, 32, False, True, "holdout"), (6144, 1, 16, False, True, "holdout"),
+                     (512, 1, 64, True, False, "holdout"), (7000, 1, 8, True, True, "holdout")],
+    "llama-3.2-3b": [(2048, 1, 32, True, True, "holdout"), (2048, 2, 64, True, True, "holdout"),
+                     (512, 2, 64, True, False, "holdout")],
+    "llama-3.2-1b": [(256, 2, 8, True, False, "holdout"), (700, 2, 8, True, False, "holdout"),
+                     (8192, 2, 128, True, True, "holdout")],
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "cap": GRID_CAP, "trace": GRID_TRACE}
+TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
 BUILD_S_PER_GB = 5.0
@@ -293,11 +305,21 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
                 raise RuntimeError(f"no estimate to cap at: {said.get('estimate_error')}")
             row["cap_bytes"] = capped(est * args.cap_scale, args.device)
             row["cap_scale"] = args.cap_scale
+        if args.trace:  # not a calibration point either: recording costs time, not memory, but say so
+            row["role"] = "traced"
+            before = torch.cuda.memory._snapshot()
+            torch.cuda.memory._record_memory_history(max_entries=TRACE_ENTRIES, stacks="python")
         try:
             row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))
         finally:
             if args.cap_at_estimate:
                 capped(None, args.device)
+            if args.trace:
+                after = torch.cuda.memory._snapshot()
+                torch.cuda.memory._record_memory_history(enabled=None)
+                row["trace"] = alloc_trace.summarize(before, after)
+                row["trace"]["torch_end"] = dict(reserved=torch.cuda.memory_reserved(),
+                                                 allocated=torch.cuda.memory_allocated())
         row["checkpointing_on"] = hf_loop.checkpointing_on(t.model)
         base = hf_loop.release(t, p["engine"], snapshot)
         row.update(repairs=t.repairs, bnb_overrides_cleared=t.overrides_cleared)
@@ -368,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                          "fit in what the estimate says (rows get role 'capped' and cap_bytes; an OOM is the error)")
     ap.add_argument("--cap-scale", type=float, default=1.0,
                     help="with --cap-at-estimate: the cap is this × the estimate (a control below 1 must run out)")
+    ap.add_argument("--trace", action="store_true",
+                    help="record the allocator's events of each point and describe its reserved peak (alloc_trace.py)")
     ap.add_argument("--fresh-process", action="store_true",
                     help="each point in its own process that loads the saved random model (no carry-over at all; "
                          "costs one base load per point: ≈15 s for an 8B shape on an H200)")
@@ -379,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = [x for x in (shapes if name == "shape" else engines) if x not in known]
         if bad:
             ap.error(f"unknown {name}(s) {bad}; known: {sorted(known)}")
+    if args.trace and not args.device.startswith("cuda"):
+        ap.error("--trace records CUDA allocator events: it needs --device cuda")
     if "runner" in engines and args.device.startswith("cuda"):  # its allocator setting, before torch loads
         if len(engines) > 1:
             ap.error("the runner sets torch's allocator for its whole process (envdoctor_runner/allocator.py): "

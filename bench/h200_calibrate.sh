@@ -118,7 +118,16 @@ case $part in
   # The runner under a user's variable that turns expandable segments off (it keeps the user's setting): grid 1, 8B
   runner-caching) ( export PYTORCH_ALLOC_CONF=expandable_segments:False; unset PYTORCH_CUDA_ALLOC_CONF
                     cal --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching]"; exit 2 ;;
+  # Traced (GRID_TRACE, --trace): where the slack comes from — the runner under its own setting, the Hugging Face
+  # engines under axolotl's (torch >= 2.9: expandable_segments:True alone); each row gets a "trace" summary
+  #   bash bench/h200_calibrate.sh trace
+  trace) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
+         axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
+         axo --grid trace --trace --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 330)
+         own --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 130 190)
+         axo --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines hf-loop,hf-trainer --budget-s $(cap 130 50)
+         own --grid trace --trace --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|trace]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl
