@@ -141,6 +141,26 @@ GRID_CAP = {
     "llama-3.2-1b": [(1800, 5, 12, False, False, "holdout"), (256, 2, 8, True, False, "holdout")],
     "tiny": [(60, 2, 20, False, False, "holdout")],   # CPU proof
 }
+# Round 5 (2026-12-01, after the Hugging Face engines' allocated peak became the largest of a step's phases and
+# was refitted on the fit points of rounds 1-3): a blind test of every engine at sizes no round had, all hold-out,
+# the Hugging Face engines under axolotl's setting for torch >= 2.9 (expandable_segments:True alone).
+GRID5 = {
+    "llama-3.1-8b": [
+        (1800, 3, 40, True, True, "holdout"), (3600, 1, 112, False, True, "holdout"),
+        (448, 2, 24, True, False, "holdout"), (5500, 2, 8, False, True, "holdout"),
+        (640, 4, 72, False, False, "holdout"), (2304, 2, 128, True, True, "holdout"),
+        (7600, 1, 56, True, True, "holdout"),
+    ],
+    "llama-3.2-3b": [
+        (1300, 3, 48, True, True, "holdout"), (5200, 1, 20, False, True, "holdout"),
+        (600, 3, 112, True, False, "holdout"), (350, 6, 32, False, False, "holdout"),
+    ],
+    "llama-3.2-1b": [
+        (2900, 2, 88, True, True, "holdout"), (1100, 6, 16, False, True, "holdout"),
+        (480, 3, 64, True, False, "holdout"), (7200, 1, 10, False, True, "holdout"),
+    ],
+    "tiny": [(80, 3, 24, True, True, "holdout"), (50, 2, 10, False, False, "holdout")],   # CPU proofs
+}
 # Traced points (2026-12-01, --trace): hold-out points whose slack (reserved − allocated) the smooth reserve
 # model cannot follow — the largest and the smallest slack of a kind — to see which blocks leave the holes.
 GRID_TRACE = {
@@ -151,7 +171,7 @@ GRID_TRACE = {
     "llama-3.2-1b": [(256, 2, 8, True, False, "holdout"), (700, 2, 8, True, False, "holdout"),
                      (8192, 2, 128, True, True, "holdout")],
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "cap": GRID_CAP, "trace": GRID_TRACE}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.

@@ -184,12 +184,61 @@ def least_squares(engine: str, names: list[str], rows: list[dict], key: str, rou
             tables[n][n] = max(0.0, tables[n][n] + float(d))
 
 
-def fit(engine: str, rows: list[dict], allocator: str = "caching") -> None:
+def polish(slots: list[tuple[dict, str]], objective, rounds: int = 3, iters: int = 2000) -> float:
+    """Nelder-Mead on the constants table[name] of `slots` (kept ≥ 0) from where they are, minimising
+    objective(): coordinate descent stops at the corners the max() of the phases and of the errors makes."""
+    import numpy as np
+
+    def at(x) -> float:
+        if (x < 0).any():
+            return float("inf")
+        for (k, n), v in zip(slots, x):
+            k[n] = float(v)
+        return objective()
+    x0 = np.array([k[n] for k, n in slots], float)
+    best = (x0, at(x0))
+    for _ in range(rounds):
+        pts = [best[0]] + [best[0] + np.eye(len(x0))[i] * max(abs(best[0][i]) * 0.2, 0.05) for i in range(len(x0))]
+        vals = [at(p) for p in pts]
+        for _ in range(iters):
+            order = np.argsort(vals)
+            pts, vals = [pts[i] for i in order], [vals[i] for i in order]
+            if vals[-1] - vals[0] < 1e-7:
+                break
+            c = sum(pts[:-1]) / len(x0)
+            xr = c + (c - pts[-1])
+            fr = at(xr)
+            if fr < vals[0]:
+                xe = c + 2 * (c - pts[-1])
+                fe = at(xe)
+                pts[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
+            elif fr < vals[-2]:
+                pts[-1], vals[-1] = xr, fr
+            else:
+                xc = c + 0.5 * (pts[-1] - c)
+                fc = at(xc)
+                if fc < vals[-1]:
+                    pts[-1], vals[-1] = xc, fc
+                else:
+                    pts = [pts[0] + 0.5 * (p - pts[0]) for p in pts]
+                    vals = [at(p) for p in pts]
+        i = int(np.argmin(vals))
+        if vals[i] >= best[1] - 1e-6:
+            break
+        best = (pts[i], vals[i])
+    at(best[0])
+    return best[1]
+
+
+def fit(engine: str, rows: list[dict], allocator: str = "caching", allocated_rows: list[dict] | None = None) -> None:
     """Fit `engine`'s constants on the "fit" rows measured under `allocator`. Where the engine has reserve
     constants for that allocator beside CONSTANTS (estimate.reserve_overrides: the Hugging Face engines under
     expandable segments, the runner under the caching allocator), its allocated constants are those fitted
-    under its first allocator (the allocator changes the slack, not the tensors): only those are fitted."""
+    under its first allocator (the allocator changes the slack, not the tensors): only those are fitted.
+    `allocated_rows` (default `rows`): the rows the allocated constants are fitted on — every allocator's fit
+    rows of the engine, for the Hugging Face engines."""
     fit_rows = [r for r in rows if r["role"] == "fit"]
+    alloc_rows = [r for r in (allocated_rows or rows) if r["role"] == "fit"]
     label = f"{engine} ({allocator})"
     if not fit_rows:
         print(f"{label}: no fit rows; constants left as they are\n")
@@ -202,12 +251,15 @@ def fit(engine: str, rows: list[dict], allocator: str = "caching") -> None:
     names = [] if reserve_only else [n for n in E.CONSTANTS[engine] if n not in held and n not in reserve]
     w = 0.0
     if names:
-        least_squares(engine, names, fit_rows, "peak_allocated", allocator=allocator)
-        w = descend(engine, names, fit_rows, "peak_allocated", allocator=allocator)
+        least_squares(engine, names, alloc_rows, "peak_allocated", allocator=allocator)
+        descend(engine, names, alloc_rows, "peak_allocated", allocator=allocator)
+        w = polish([(table_of(engine, allocator, n), n) for n in names], lambda: worst(alloc_rows, "peak_allocated"))
     least_squares(engine, reserve, fit_rows, "peak_reserved", allocator=allocator)
-    wr = descend(engine, reserve, fit_rows, "peak_reserved", allocator=allocator)
+    descend(engine, reserve, fit_rows, "peak_reserved", allocator=allocator)
+    wr = polish([(table_of(engine, allocator, n), n) for n in reserve], lambda: worst(fit_rows, "peak_reserved"))
     k = E.constants(engine, allocator)
-    print(f"{label}: fitted on {len(fit_rows)} points, worst penalised error allocated {w * 100:.1f} %"
+    print(f"{label}: fitted on {len(fit_rows)} points ({len(alloc_rows)} for allocated), worst penalised error "
+          f"allocated {w * 100:.1f} %"
           f"{' (not refitted)' if not names else ''}, reserved {wr * 100:.1f} %")
     print("    " + ", ".join(f"{n}={v:.4g}" for n, v in k.items()) + "\n")
 
@@ -220,8 +272,11 @@ def fit_hf_path(rows: list[dict]) -> None:
     if not pairs:
         return
     slots = [(E.RESERVE_EXPANDABLE[e], n) for e in E.HF_PATH for n in E.RESERVE_EXPANDABLE[e]]
-    best = descend_on(slots, lambda: max(penalty(max(predicted(r).reserved for r in both), measured)
-                                         for both, measured in _path_rows(rows, "fit")))
+    def objective() -> float:
+        return max(penalty(max(predicted(r).reserved for r in both), measured)
+                   for both, measured in _path_rows(rows, "fit"))
+    descend_on(slots, objective)
+    best = polish(slots, objective)
     print(f"Hugging Face path (expandable): both engines' reserve fitted together on {len(pairs)} fit points, "
           f"worst penalised error {best * 100:.1f} %")
     for e in E.HF_PATH:
@@ -339,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = groups(rows)
     if not args.no_fit:
         for engine, allocator in pairs:
-            fit(engine, [r for r in rows if (r["engine"], r["allocator"]) == (engine, allocator)], allocator)
+            fit(engine, [r for r in rows if (r["engine"], r["allocator"]) == (engine, allocator)], allocator,
+                [r for r in rows if r["engine"] == engine] if engine in E.HF_PATH else None)
         if all((e, "expandable") in pairs for e in E.HF_PATH):
             fit_hf_path(rows)
     for role in ("fit", "holdout"):

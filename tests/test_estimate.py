@@ -48,10 +48,10 @@ def test_parameter_arithmetic_matches_domain_facts():
 # card + 5 %), under expandable segments (what the runner and `axolotl train` set when no allocator variable is)
 # and under torch's default caching allocator. A change to the estimator changes these on purpose (a refit:
 # bench/fit_memory.py --write).
-PINNED = {"runner": (12_731, 14_411, 17_247, 18_110), "hf-loop": (25_438, 28_461, 31_297, 32_862),
-          "hf-trainer": (26_803, 28_598, 31_434, 33_006), "peft": (26_803, 28_598, 31_434, 33_006)}
-PINNED_CACHING = {"runner": (12_731, 15_485, 18_321, 19_237), "hf-loop": (25_438, 30_025, 32_861, 34_504),
-                  "hf-trainer": (26_803, 31_887, 34_723, 36_459), "peft": (26_803, 31_887, 34_723, 36_459)}
+PINNED = {"runner": (12_731, 14_411, 17_247, 18_110), "hf-loop": (25_629, 28_177, 31_013, 32_564),
+          "hf-trainer": (25_765, 28_138, 30_974, 32_523), "peft": (25_629, 28_177, 31_013, 32_564)}
+PINNED_CACHING = {"runner": (12_731, 15_485, 18_321, 19_237), "hf-loop": (25_629, 30_225, 33_061, 34_714),
+                  "hf-trainer": (25_765, 30_701, 33_537, 35_213), "peft": (25_765, 30_701, 33_537, 35_213)}
 
 
 @pytest.mark.parametrize("allocator, pinned", [("expandable", PINNED), ("caching", PINNED_CACHING)])
@@ -137,12 +137,16 @@ def test_an_unknown_allocator_is_refused():
         estimate(LLAMA8B, SEED, allocator="cuda")
 
 
-def test_the_hf_path_is_the_larger_of_the_docs_loop_and_trainer(monkeypatch):
-    loop, trainer = (estimate(LLAMA8B, SEED, engine=x) for x in E.HF_PATH)
-    assert trainer.card > loop.card and estimate(LLAMA8B, SEED, engine="peft").engine == "hf-trainer"
-    monkeypatch.setitem(E.CONSTANTS, "hf-trainer", dict(E.CONSTANTS["hf-trainer"], LOGIT_BYTES=1.0))
-    loop, trainer = (estimate(LLAMA8B, SEED, engine=x) for x in E.HF_PATH)
-    assert loop.card > trainer.card and estimate(LLAMA8B, SEED, engine="peft").engine == "hf-loop"
+@pytest.mark.parametrize("allocator", E.ALLOCATORS)
+def test_the_hf_path_is_the_larger_of_the_docs_loop_and_trainer(monkeypatch, allocator):
+    both = {x: estimate(LLAMA8B, SEED, engine=x, allocator=allocator) for x in E.HF_PATH}
+    larger, smaller = sorted(E.HF_PATH, key=lambda x: -both[x].card)
+    assert estimate(LLAMA8B, SEED, engine="peft", allocator=allocator).engine == larger
+    # the smaller one's loss made three times as costly: now it is the larger, and the path follows
+    monkeypatch.setitem(E.CONSTANTS, smaller, dict(E.CONSTANTS[smaller], LOGIT_BYTES=3 * E.CONSTANTS[smaller]["LOGIT_BYTES"]))
+    both = {x: estimate(LLAMA8B, SEED, engine=x, allocator=allocator) for x in E.HF_PATH}
+    assert both[smaller].card > both[larger].card
+    assert estimate(LLAMA8B, SEED, engine="peft", allocator=allocator).engine == smaller
 
 
 def test_the_runner_needs_less_than_the_hf_path():
@@ -189,22 +193,22 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     assert "allocator: expandable segments (the runner sets them when no allocator variable is set)" in r.details
     # axolotl: `axolotl train` sets expandable segments too when no allocator variable is set
     hf = memory(dataclasses.replace(facts, engine="peft"), gpus(tmp_path / "m2", RTX5090))
-    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 32.2 GiB")
+    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 31.8 GiB")
     assert hf.data["allocator"] == "expandable" and hf.data["allocator_set_by"] is None
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.6 GiB" in hf.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.2 GiB" in hf.remedy.text
     assert "fsdp" not in hf.remedy.text  # sharding is the runner's; axolotl sets FSDP in its own config
     # a variable of the user's that axolotl keeps: torch's default caching allocator, a larger reserve
     own = config_facts(tmp_path / "own", env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
     caching = memory(own, gpus(tmp_path / "m3", RTX5090))
-    assert caching.message.startswith("does not fit: needs 35.6 GiB") and caching.data["allocator"] == "caching"
+    assert caching.message.startswith("does not fit: needs 34.4 GiB") and caching.data["allocator"] == "caching"
     assert caching.data["allocator_set_by"] == "PYTORCH_ALLOC_CONF='max_split_size_mb:512'"
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 22.9 GiB" in caching.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 22.1 GiB" in caching.remedy.text
     assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_ALLOC_CONF=") for d in
                caching.details)
     # only the older variable: axolotl sets PYTORCH_ALLOC_CONF, which torch reads first: expandable segments
     older = memory(config_facts(tmp_path / "older", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
                                 engine="peft"), gpus(tmp_path / "m5", RTX5090))
-    assert older.message.startswith("does not fit: needs 32.2 GiB") and older.data["allocator"] == "expandable"
+    assert older.message.startswith("does not fit: needs 31.8 GiB") and older.data["allocator"] == "expandable"
     assert older.data["allocator_set_by"] is None
     assert "allocator: expandable segments (`axolotl train` sets PYTORCH_ALLOC_CONF to them when it is unset); not " \
            "read: PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512' (`axolotl train` sets PYTORCH_ALLOC_CONF, and torch " \
@@ -212,7 +216,7 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     # ... which a torch older than 2.9 (the target's, from its version.py) does not read: the user's variable
     old_torch = memory(config_facts(tmp_path / "older2", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
                                     engine="peft"), gpus(tmp_path / "m6", RTX5090), TorchFacts(True, "2.8.0+cu128"))
-    assert old_torch.message.startswith("does not fit: needs 35.6 GiB") and old_torch.data["allocator"] == "caching"
+    assert old_torch.message.startswith("does not fit: needs 34.4 GiB") and old_torch.data["allocator"] == "caching"
     assert old_torch.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
     assert torch_minor(TorchFacts(True, "2.11.0+cu130")) == (2, 11) and torch_minor(TorchFacts(False)) is None
     # the runner keeps the user's setting too: its reserve under the caching allocator, larger
@@ -233,13 +237,13 @@ def test_a_fit_inside_the_estimates_known_error_is_a_warning(tmp_path):
     worst = e.reserved / (1 + low) + e.paged + e.context
     assert e.needed < worst  # the margin does not cover -7 %: there is a band to warn in
     tight = memory(hf_facts, gpus(tmp_path / "m1", dict(RTX5090, mem_free=int((e.needed + worst) / 2))))
-    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 32.2 GiB")
-    assert "reserved up to 7.5% more than estimated, 32.8 GiB here" in tight.message
+    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 31.8 GiB")
+    assert "reserved up to 7.5% more than estimated, 32.4 GiB here" in tight.message
     assert tight.data["fits"] is True and tight.data["worst_case_card_bytes"] == round(worst)
     assert tight.data["holdout_error"] == list(E.HOLDOUT_ERROR[("peft", "expandable")])
     assert tight.remedy.text.startswith("Leave more room: lora_modules_to_save: []")
     roomy = memory(hf_facts, gpus(tmp_path / "m2", dict(RTX5090, mem_total=40 * GiB, mem_free=int(worst) + GiB)))
-    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 32.2 GiB")
+    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 31.8 GiB")
     r = estimate(LLAMA8B, SEED)
     just = memory(config_facts(tmp_path / "r"), gpus(tmp_path / "m3", dict(RTX5090, mem_free=int(r.needed) + 1)))
     assert just.status == Status.OK and just.data["worst_case_card_bytes"] < r.needed
@@ -400,7 +404,7 @@ def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypa
     monkeypatch.setattr(E, "CONSTANTS", copy.deepcopy(E.CONSTANTS))
     truth = copy.deepcopy(E.CONSTANTS)
     truth["runner"].update(SAVE_BYTES_RUNNER=11.0, ACT_RUNNER=1.4, RESERVE_FRAC=0.12, RESERVE_GIB=0.6)
-    truth["hf-loop"].update(ACT_SCALE=2.0, LOGIT_BYTES=4.2, SAVE_BYTES=8.5, RESERVE_FRAC=0.1, RESERVE_GIB=1.0)
+    truth["hf-loop"].update(ACT_SCALE=2.0, LOGIT_BYTES=8.5, SAVE_GRAD=6.0, RESERVE_FRAC=0.1, RESERVE_GIB=1.0)
     truth["hf-trainer"].update(ACT_SCALE=1.6, LOGIT_BYTES=5.0, RESERVE_FRAC=0.15, RESERVE_GIB=0.3)
     start = copy.deepcopy(E.CONSTANTS)
     E.CONSTANTS.update(copy.deepcopy(truth))
@@ -418,7 +422,7 @@ def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypa
     # each engine (the Hugging Face ones under torch's default: the header names no allocator setting) and the
     # Hugging Face path (the larger of the two)
     assert out.count(": PASS (±10 %") == 4 and "- Hugging Face path (caching;" in out, out[-600:]
-    assert abs(E.CONSTANTS["hf-loop"]["SAVE_BYTES"] - 8.5) < 0.5
+    assert abs(E.CONSTANTS["hf-loop"]["LOGIT_BYTES"] - 8.5) < 0.5
 
 
 def _holdout_rows():
@@ -450,8 +454,9 @@ def test_measured_hold_out_points_meet_the_error_budget():
 def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
     """bench/results/h200-capped-*.jsonl (`bash bench/h200_calibrate.sh capped`, `capped-rest`): the hold-out
     points the estimate was most under, run again with torch's allocator capped at the estimated reserved peak.
-    Every one completes but one — its allocated peak itself is under-estimated (the docs loop without
-    checkpointing on the 1B shape: 79.4 GiB measured, 75.2 estimated) — though the uncapped run had reserved
+    Every one completes but one — capped below its allocated peak itself, which the estimate of that day
+    under-estimated (the docs loop without checkpointing on the 1B shape: 79.4 GiB measured, 75.2 estimated; the
+    phase model that followed estimates it within 1 %, not under) — though the uncapped run had reserved
     more than 5 % above the estimate on several: the allocator's slack above allocated is cache it gives back
     when it must (expandable segments unmap free pages; the caching allocator frees whole cached segments).
     The control, capped at 0.8 × the estimate, runs out on every point: the cap binds."""
@@ -468,7 +473,9 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
             and uncapped[(r["id"], r["estimated_allocator"])]["peak_reserved"] > 1.05 * r["cap_bytes"]]
     assert len(over) >= 3, over  # fitted in the cap although their uncapped reserved peak was > 5 % above it
     loop = uncapped[("llama-3.2-1b/hf-loop/1800x5/r12/no-mts/no-ckpt", "expandable")]
-    assert loop["peak_allocated"] > F.predicted(loop).peak
+    ran_out = next(r for r in at_estimate if r["id"] == loop["id"] and r["estimated_allocator"] == "expandable")
+    assert loop["peak_allocated"] > ran_out["cap_bytes"]  # the cap was below what the run must allocate
+    assert 0 <= F.predicted(loop).peak / loop["peak_allocated"] - 1 < 0.01
 
 
 def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_round():

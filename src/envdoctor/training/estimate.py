@@ -62,18 +62,24 @@ CONSTANTS: dict[str, dict[str, float]] = {
         SAVE_BYTES_INPLACE=1.349, # per modules_to_save parameter trained in place (its gradient, transients)
         RESERVE_FRAC=0, RESERVE_GIB=0.1149, RESERVE_LOGITS=0.6206, RESERVE_SAVE=0.2304, RESERVE_LAYER=1.899),
     "hf-loop": dict(
-        ACT_SCALE=1.387,          # × the saved elements per token per layer counted in _layer_elements()
-        ATT_GC=14.82,             # bytes per (batch × heads × seq²): one layer's attention, recomputed
-        ATT_SAVED=3.665,          # bytes per (batch × heads × seq²) per layer without checkpointing
-        LOGIT_BYTES=11.39,        # bytes per logit element at the peak (loss and its gradient)
-        SAVE_BYTES=4.305,         # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        ACT_SCALE=1.399,          # × the saved elements per token per layer (_layer_elements), no checkpointing
+        ACT_GC=0.396,             # the same for the one layer recomputed in backward (checkpointing)
+        ATT_GC=16.77,             # bytes per (batch × heads × seq²): one layer's attention, recomputed
+        ATT_SAVED=4.09,           # bytes per (batch × heads × seq²) per layer without checkpointing
+        LOGIT_BYTES=12.13,        # bytes per logit element at the loss (logits, loss, their gradient)
+        HEAD_GRAD=1.52,           # per lm_head copy parameter (modules_to_save) from the loss's backward on
+        SAVE_GRAD=4.72,           # per modules_to_save parameter at the end of backward (fp32 gradients)
+        FIXED_GIB=0.004,          # GiB held whatever the config (workspaces, kernels' buffers)
         RESERVE_FRAC=0.05188, RESERVE_GIB=0.01516, RESERVE_LOGITS=1.019, RESERVE_SAVE=0.3018),
     "hf-trainer": dict(
-        ACT_SCALE=1.108,          # × the saved elements per token per layer counted in _layer_elements()
+        ACT_SCALE=1.083,          # × the saved elements per token per layer (_layer_elements), no checkpointing
+        ACT_GC=3.2,               # the same for the one layer recomputed in backward (checkpointing)
         ATT_GC=0,                 # held: bf16 autocast → SDPA's flash kernel, no seq² tensor
         ATT_SAVED=0,              # held, likewise
-        LOGIT_BYTES=14.07,        # bytes per logit element at the peak (loss and its gradient)
-        SAVE_BYTES=4.327,         # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        LOGIT_BYTES=11.94,        # bytes per logit element at the loss (logits, loss, their gradient)
+        HEAD_GRAD=0.0,            # per lm_head copy parameter (modules_to_save) from the loss's backward on
+        SAVE_GRAD=0.674,          # per modules_to_save parameter at the end of backward
+        FIXED_GIB=0.974,          # GiB held whatever the config (autocast's bf16 weight copies, workspaces)
         RESERVE_FRAC=0.1437, RESERVE_GIB=0.0457, RESERVE_LOGITS=0.1697, RESERVE_SAVE=0.2111),
 }
 # The Hugging Face engines' reserve under expandable segments (what `axolotl train` gives torch when the user
@@ -83,8 +89,8 @@ CONSTANTS: dict[str, dict[str, float]] = {
 # axolotl 0.19 sets expandable_segments:True alone). CONSTANTS' RESERVE_* are those of torch's default caching
 # allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
 RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
-    "hf-loop": dict(RESERVE_FRAC=0, RESERVE_GIB=0.7993, RESERVE_LOGITS=0.08552, RESERVE_SAVE=0.5073),
-    "hf-trainer": dict(RESERVE_FRAC=0, RESERVE_GIB=1.5, RESERVE_LOGITS=0.1294, RESERVE_SAVE=0),
+    "hf-loop": dict(RESERVE_FRAC=0, RESERVE_GIB=1.051, RESERVE_LOGITS=0.0001953, RESERVE_SAVE=0.3673),
+    "hf-trainer": dict(RESERVE_FRAC=0.04072, RESERVE_GIB=0.4421, RESERVE_LOGITS=0.4347, RESERVE_SAVE=1.599e-07),
 }
 # The runner's reserve under torch's caching allocator (a variable of the user's that turns expandable segments
 # off: the runner keeps it), fitted on the 8B fit points of grid 1 measured so on 2026-12-01
@@ -99,7 +105,7 @@ ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default 
 # recomputes it from bench/results (bench/fit_memory.py's verdict), so a refit or new data must update it.
 HOLDOUT_ERROR: dict[tuple[str, str], tuple[float, float]] = {
     ("runner", "expandable"): (-0.034, 0.118), ("runner", "caching"): (-0.073, 0.089),
-    ("peft", "expandable"): (-0.070, 0.132), ("peft", "caching"): (-0.135, 0.124),
+    ("peft", "expandable"): (-0.070, 0.154), ("peft", "caching"): (-0.097, 0.124),
 }
 QUANT_CONST = {True: 0.0159, False: 0.0625}
 # Optimizer state per trainable parameter: held by torch's allocator, or paged (on the card, not torch's).
@@ -284,6 +290,39 @@ def constants(engine: str, allocator: str = "expandable") -> dict[str, float]:
     return {**CONSTANTS[engine], **extra} if extra else CONSTANTS[engine]
 
 
+def hf_phases(shape: Shape, k: Mapping[str, float], lora: int, save: int, head: bool, b: int, s: int,
+              gc_on: bool, dropout: bool, shards: int = 1) -> dict[str, dict[str, float]]:
+    """What one step of a Hugging Face engine holds beside its weights, phase by phase (bytes by part): the
+    peak is the largest. Gradients exist only from the phase that makes them: the lm_head copy's (a
+    modules_to_save) from the loss's backward, the LoRA ones from the layers' backward, the embedding copy's
+    at the very end — counting them all at the loss phase over-estimated every run whose peak is there.
+      loss        (checkpointing) every layer's fp32 input (prepare_model_for_kbit_training makes the residual
+                  stream fp32), the logits of the whole batch and the loss's gradient (LOGIT_BYTES a logit)
+      layers      (checkpointing) the layer inputs, one layer recomputed (ACT_GC × the elements it saves,
+                  ATT_GC a batch × heads × seq² element of its attention), the LoRA gradients (fp32)
+      forward     (no checkpointing) every layer's saved tensors (ACT_SCALE, ATT_SAVED) and the logits
+      embeddings  the end of backward: the LoRA gradients and every modules_to_save gradient (SAVE_GRAD a
+                  parameter: fp32, and the embedding backward's own buffer)"""
+    tokens = b * s
+    elems = _layer_elements(shape, dropout)
+    att = b * shape.heads * s * s
+    head_grad = k["HEAD_GRAD"] * shape.vocab * shape.hidden / shards if head else 0.0
+    lora_grad = 4.0 * lora / shards
+    logits = k["LOGIT_BYTES"] * tokens * shape.vocab
+    phases = {"embeddings": {"LoRA gradients": lora_grad, "modules_to_save gradients": k["SAVE_GRAD"] * save / shards}}
+    if gc_on:
+        inputs = tokens * 4.0 * shape.layers * shape.hidden
+        phases["loss"] = {"checkpointed layer inputs": inputs, "logits and loss": logits,
+                          "modules_to_save gradients": head_grad}
+        phases["layers"] = {"checkpointed layer inputs": inputs, "LoRA gradients": lora_grad,
+                            "modules_to_save gradients": head_grad,
+                            "activations": tokens * 2 * k["ACT_GC"] * elems + k["ATT_GC"] * att}
+    else:
+        phases["forward"] = {"activations": shape.layers * (tokens * 2 * k["ACT_SCALE"] * elems + k["ATT_SAVED"] * att),
+                             "logits and loss": logits, "modules_to_save gradients": head_grad}
+    return phases
+
+
 def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int | None = None,
              engine: str = "runner", nproc: int = 1, allocator: str = "expandable") -> Estimate:
     """`cfg` is a resolved config (training.config: every key present, defaults filled). `nproc`: processes
@@ -338,20 +377,11 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
             act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * elems
         logits = loss_phase
         save_bytes = k["SAVE_BYTES_INPLACE"] if in_place else k["SAVE_BYTES_RUNNER"]
-    else:
-        per_layer = k["ACT_SCALE"] * _layer_elements(shape, dropout)
-        att = b * shape.heads * s * s
-        logits, save_bytes = tokens * shape.vocab * k["LOGIT_BYTES"], k["SAVE_BYTES"]
-        if gc_on:  # layer inputs are fp32: prepare_model_for_kbit_training makes the residual stream fp32.
-            # The loss's logits are freed before the first layer is recomputed: the peak is one phase or the
-            # other (measured: the docs loop at 8192 tokens peaks in a layer's attention, Trainer in the loss)
-            layer_phase = tokens * 2 * per_layer + k["ATT_GC"] * att
-            act = tokens * 4 * shape.layers * shape.hidden + (layer_phase if layer_phase >= logits else 0.0)
-            logits = logits if logits > layer_phase else 0.0
-        else:
-            act = shape.layers * (tokens * 2 * per_layer + k["ATT_SAVED"] * att)
+    else:  # the Hugging Face engines: the peak is the largest of the phases of one step (hf_phases)
+        logits, act, save_bytes = 0.0, 0.0, 4.0
     embed_bytes = embed * heads * (2.0 if runner else 4.0)
-    lora_bytes = lora * (k.get("LORA_BYTES", 8.0) + opt)  # fp32 weights and gradients (runner: fitted)
+    # fp32 weights (+ gradients: the runner's fitted LORA_BYTES; the Hugging Face engines' gradients are a phase's)
+    lora_bytes = lora * (k.get("LORA_BYTES", 4.0) + opt)
     save_total = save * (save_bytes + opt)
     parts = {}
     if sharded:  # FSDP2: each process keeps 1/N of weights, grads and optimizer state, and gathers one unit
@@ -373,8 +403,14 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
         held = 4.0 * lora + (grad_bytes if in_place else 4.0) * save
         parts["gradients held across micro batches"] = held / (nproc if sharded else 1)
-    parts["activations"] = act
-    parts["logits and loss"] = logits
+    if runner:
+        parts["activations"] = act
+        parts["logits and loss"] = logits
+    else:
+        parts["fixed (workspaces, kernels' buffers)"] = k["FIXED_GIB"] * GiB
+        phase = hf_phases(shape, k, lora, save, "lm_head" in saves, b, s, gc_on, dropout,
+                          nproc if sharded else 1)
+        parts.update(max(phase.values(), key=lambda p: sum(p.values())))
     # The caching allocator's slack grows with the largest blocks freed and split again: the fp32 logits of
     # one loss (the whole batch for the HF engines, one chunk for the runner) and the modules_to_save copies'
     # gradients, allocated and freed every step (measured: 0.5-20 GiB over the 2026-11-30 H200 grid).
