@@ -478,16 +478,31 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
     assert 0 <= F.predicted(loop).peak / loop["peak_allocated"] - 1 < 0.01
 
 
-def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_round():
+@pytest.mark.parametrize("blind_round, points", [("round3", 10), ("round5", 15)])
+def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_rounds(blind_round, points):
     """What holds for the runner (its own allocator setting, expandable segments): no hold-out point of any
-    round more than 5 % under its measured reserved peak, and every point of round 3 — sizes no round had,
-    measured after the constants were fixed (bench/calibrate_memory.py GRID3) — within ±10 % / -5 %."""
+    round more than 5 % under its measured reserved peak, and every point of rounds 3 and 5 — sizes no round
+    had, measured after the constants were fixed (bench/calibrate_memory.py GRID3, GRID5) — within ±10 % / -5 %."""
     F, rows = _holdout_rows()
     runner = [r for r in rows if (r["engine"], r["allocator"]) == ("runner", "expandable")]
     err = {(r["_where"], r["id"]): F.predicted(r).reserved / r["peak_reserved"] - 1 for r in runner}
     assert [k for k, e in err.items() if e < -0.05] == []
-    blind = {k: e for k, e in err.items() if "round3" in k[0]}
-    assert len(blind) >= 10 and [k for k, e in blind.items() if not -0.05 <= e <= 0.10] == []
+    blind = {k: e for k, e in err.items() if blind_round in k[0]}
+    assert len(blind) >= points and [k for k, e in blind.items() if not -0.05 <= e <= 0.10] == []
+
+
+def test_the_hf_path_is_never_under_on_the_blind_round_after_the_phase_model():
+    """Round 5 (GRID5: sizes no round had, measured after the Hugging Face engines' phase model was committed,
+    under axolotl's setting for torch >= 2.9): the Hugging Face path's estimate is nowhere under the larger
+    measured reserved peak, its allocated estimates within -3 … +8 %; the one point outside the budget is an
+    over-estimate (the docs loop, 1B, 480 × 3, modules_to_save, no checkpointing: +16.5 %)."""
+    F, rows = _holdout_rows()
+    blind = [r for r in rows if "round5" in r["_where"] and r["engine"] in E.HF_PATH]
+    path = [(r, est / measured - 1) for r, est, measured in F.hf_path(blind, "expandable")]
+    assert len(path) >= 15 and min(e for _, e in path) >= 0
+    assert [(r["shape"], r["seq"], r["micro"]) for r, e in path if e > 0.10] == [("llama-3.2-1b", 480, 3)]
+    allocated = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind]
+    assert len(allocated) >= 30 and -0.03 <= min(allocated) and max(allocated) <= 0.08
 
 
 def test_measured_hold_out_allocated_peaks_are_within_15_percent():
