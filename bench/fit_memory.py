@@ -350,6 +350,20 @@ def verdict(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _closing(text: str, i: int) -> int:
+    """The index of the ')' that closes the '(' just before `i`, comments skipped (a comment's '),' once ended
+    the block early, and every constant after it kept its old value)."""
+    depth = 1
+    while depth:
+        c = text[i]
+        if c == "#":
+            i = text.index("\n", i)
+            continue
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        i += 1
+    return i - 1
+
+
 def write(pairs: list[tuple[str, str]]) -> None:
     """Rewrite NAME=value in each (engine, allocator)'s dict(...) block of estimate.py."""
     text = ESTIMATE_PY.read_text()
@@ -359,7 +373,7 @@ def write(pairs: list[tuple[str, str]]) -> None:
         section = text.index({"expandable": "RESERVE_EXPANDABLE: dict", "caching": "RESERVE_CACHING: dict"}[allocator]
                              if overrides is not None else "CONSTANTS: dict")
         start = text.index(f'"{engine}": dict(', section)
-        end = text.index("),", start)
+        end = _closing(text, start + len(f'"{engine}": dict('))
         block = text[start:end]
         for name, value in source.items():
             block = re.sub(rf"\b{name}=[-0-9.e+]+", f"{name}={value:.4g}", block)

@@ -581,3 +581,22 @@ def test_fsdp_on_one_process_keeps_the_modules_to_save_copies_as_the_runner_does
     assert plain.parts[part] == plain.save_params * (k["SAVE_BYTES_INPLACE"] + E.OPT_BYTES[SEED["optimizer"]])
     assert one.parts[part] == one.save_params * (k["SAVE_BYTES_RUNNER"] + E.OPT_BYTES[SEED["optimizer"]])
     assert one.needed > plain.needed
+
+
+def test_fit_memory_write_rewrites_every_constant_of_a_block(tmp_path, monkeypatch):
+    """bench/fit_memory.py --write rewrites each NAME=value of an engine's dict(...) in estimate.py, whatever its
+    comments hold: a '),' in a comment used to end the block early and leave the constants after it as they were."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import fit_memory as F
+    copy_py = tmp_path / "estimate.py"
+    copy_py.write_text(F.ESTIMATE_PY.read_text())
+    monkeypatch.setattr(F, "ESTIMATE_PY", copy_py)
+    monkeypatch.setattr(E, "CONSTANTS", copy.deepcopy(E.CONSTANTS))
+    names = list(E.CONSTANTS["hf-loop"])
+    for i, n in enumerate(names):
+        E.CONSTANTS["hf-loop"][n] = 100.0 + i
+    F.write([("hf-loop", "caching")])
+    block = copy_py.read_text().split('"hf-loop": dict(', 1)[1].split('"hf-trainer": dict(', 1)[0]
+    assert [n for i, n in enumerate(names) if f"{n}={100 + i}," not in block and f"{n}={100 + i})" not in block] == []
+    original = Path(E.__file__).read_text()
+    assert copy_py.read_text().split('"hf-trainer": dict(', 1)[1] == original.split('"hf-trainer": dict(', 1)[1]

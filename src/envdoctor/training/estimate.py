@@ -51,6 +51,9 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # Llama-3.1-8B, 3.2-3B and 3.2-1B shapes quantized by from_pretrained; 13-16 fit points per engine). Allocated
 # peaks of the hold-out points are within ±15 %; reserved peaks are not within issue #18's ±10 % / -5 %
 # everywhere (the allocator's slack is not a smooth function of the config): docs/training.md.
+# The Hugging Face engines' allocated constants (ACT_SCALE … FIXED_GIB: the phase model, hf_phases) were refitted
+# on 2026-12-01 on the fit points of rounds 1-3 under both allocators (bench/results/README.md says exactly how);
+# round 5 tested them blind.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
         CHUNK_BYTES=12.35,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
