@@ -226,10 +226,10 @@ def process_allocator(engine: str) -> str:
     """The allocator setting this process's points run under: the variables' if set, else the runner's own
     expandable segments, and torch's default caching allocator for the Hugging Face engines (this bench is
     not axolotl, which would set one: ALLOC=axolotl in h200_calibrate.sh does)."""
-    from envdoctor.training import estimate as E
+    from envdoctor.training import allocator as A
     if engine == "runner":
-        return E.allocator_in_force(os.environ, "runner")[0]
-    return E.torch_allocator(os.environ)[0]  # as torch reads them: nothing here sets them as axolotl would
+        return A.allocator_in_force(os.environ, "runner")[0]
+    return A.torch_allocator(os.environ)[0]  # as torch reads them: nothing here sets them as axolotl would
 
 
 def predict(shape: str, cfg: dict, engine: str) -> dict:

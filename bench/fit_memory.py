@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate_memory import point_config  # noqa: E402  (bench/, beside this file; imports no torch)
 from hf_loop import SHAPES  # noqa: E402
 
+from envdoctor.training import allocator as A  # noqa: E402
 from envdoctor.training import estimate as E  # noqa: E402
 
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
@@ -75,7 +76,7 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                        "PYTORCH_CUDA_ALLOC_CONF": row.get("pytorch_cuda_alloc_conf")}
                 # as torch read them (none set: its default): the bench is not axolotl, which would set one; the
                 # runner sets expandable segments for itself when none is set (its header may predate that)
-                allocator = E.torch_allocator(env)[0]
+                allocator = A.torch_allocator(env)[0]
                 runner_allocator = allocator if any(v is not None for v in env.values()) else "expandable"
             elif kind == "block":
                 verdicts[(run, row.get("shape"), row.get("engine"))] = row

@@ -45,7 +45,7 @@ def test_an_empty_variable_does_not_mask_the_setting():
 def test_an_empty_variable_does_not_mask_the_users_setting_either():
     """`export PYTORCH_ALLOC_CONF=` beside the user's PYTORCH_CUDA_ALLOC_CONF: torch ≥ 2.9 reads
     PYTORCH_ALLOC_CONF first, and would take the empty value (the default allocator) over the user's setting
-    (which envdoctor's memory estimate, estimate.allocator_in_force, says is in force)."""
+    (which envdoctor's memory estimate, allocator.allocator_in_force, says is in force)."""
     for blank in TORCH_READS:
         for key in TORCH_READS:
             if key == blank:

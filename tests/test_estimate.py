@@ -25,6 +25,7 @@ from envdoctor.facts.torch_build import TorchFacts
 from envdoctor.facts.train_config import probe_train_config
 from envdoctor.model import Status
 from envdoctor.system import System
+from envdoctor.training import allocator as A
 from envdoctor.training import estimate as E
 from envdoctor.training.config import load
 from envdoctor.training.estimate import Shape, estimate, gpus_to_fit
@@ -103,7 +104,7 @@ def test_the_seed_estimate_is_pinned(engine, allocator, pinned):
      ("caching", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:true'")),
 ])
 def test_the_allocator_in_force(env, engine, want):
-    assert E.allocator_in_force(env, engine) == want
+    assert A.allocator_in_force(env, engine) == want
 
 
 @pytest.mark.parametrize("env, engine, want", [
@@ -117,19 +118,19 @@ def test_the_allocator_in_force(env, engine, want):
     ({"PYTORCH_ALLOC_CONF": ""}, "runner", ("expandable", None)),
 ])
 def test_the_allocator_in_force_with_a_torch_older_than_2_9(env, engine, want):
-    assert E.allocator_in_force(env, engine, (2, 8)) == want
-    assert E.torch_reads((2, 8)) == ("PYTORCH_CUDA_ALLOC_CONF",) and E.torch_reads((2, 9)) == E.ALLOC_VARS
+    assert A.allocator_in_force(env, engine, (2, 8)) == want
+    assert A.torch_reads((2, 8)) == ("PYTORCH_CUDA_ALLOC_CONF",) and A.torch_reads((2, 9)) == A.ALLOC_VARS
 
 
 def test_torch_reads_the_first_variable_present_as_it_is():
     """What a process that sets nothing itself gets (a plain loop, bench/calibrate_memory.py): the first of
     PYTORCH_ALLOC_CONF, PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF present, a blank one too."""
-    assert E.torch_allocator({}) == ("caching", None)
-    assert E.torch_allocator({"PYTORCH_ALLOC_CONF": None, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
+    assert A.torch_allocator({}) == ("caching", None)
+    assert A.torch_allocator({"PYTORCH_ALLOC_CONF": None, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
         "expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True'")  # None: unset (a header's null)
-    assert E.torch_allocator({"PYTORCH_ALLOC_CONF": "", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
+    assert A.torch_allocator({"PYTORCH_ALLOC_CONF": "", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
         "caching", "PYTORCH_ALLOC_CONF=''")
-    assert E.torch_allocator({"PYTORCH_HIP_ALLOC_CONF": "expandable_segments:True"})[0] == "expandable"
+    assert A.torch_allocator({"PYTORCH_HIP_ALLOC_CONF": "expandable_segments:True"})[0] == "expandable"
 
 
 def test_an_unknown_allocator_is_refused():
@@ -323,7 +324,7 @@ def _check_json(tmp_path, *args, alloc_env=None):
     config = tmp_path / "seed.yaml"
     config.write_text(yaml.safe_dump(dict(SEED, datasets=[{"path": "."}])))
     # the allocator variables of the shell that runs the tests (a GPU box often sets one) are not the test's
-    outer = {k: v for k, v in os.environ.items() if k not in E.ALLOC_VARS}
+    outer = {k: v for k, v in os.environ.items() if k not in A.ALLOC_VARS}
     env = {**outer, **(alloc_env or {}), "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path),
            "HF_HUB_CACHE": str(tmp_path / "hub")}
     got = subprocess.run([sys.executable, "-m", "envdoctor", "check", "--json", "--python", sys.executable, "--config",
@@ -534,7 +535,7 @@ def test_the_seeds_accumulation_is_estimated_within_the_budget():
                                       lora_modules_to_save=["embed_tokens", "lm_head"] if row["config"] == "B" else [])
             setting = row.get("allocator", "default")  # the variable its process ran with, or "default"
             allocator = ("expandable" if engine == "runner" else "caching" if setting == "default"
-                         else E.torch_allocator({"PYTORCH_ALLOC_CONF": setting})[0])
+                         else A.torch_allocator({"PYTORCH_ALLOC_CONF": setting})[0])
             err = estimate(shape, cfg, engine=engine, allocator=allocator).reserved / row["peak_reserved"] - 1
             seen.append((row["config"], engine, round(err * 100, 1)))
     assert len(seen) == 4 and all(-5 <= e <= 10 for *_, e in seen), seen
@@ -600,3 +601,62 @@ def test_fit_memory_write_rewrites_every_constant_of_a_block(tmp_path, monkeypat
     assert [n for i, n in enumerate(names) if f"{n}={100 + i}," not in block and f"{n}={100 + i})" not in block] == []
     original = Path(E.__file__).read_text()
     assert copy_py.read_text().split('"hf-trainer": dict(', 1)[1] == original.split('"hf-trainer": dict(', 1)[1]
+
+
+@pytest.mark.parametrize("value, given, mended", [
+    ("expandable_segments:true", "expandable_segments:true", "expandable_segments:True"),
+    ("max_split_size_mb:512, expandable_segments:FALSE", "expandable_segments:FALSE",
+     "max_split_size_mb:512,expandable_segments:False"),
+    ("expandable_segments:1,garbage_collection_threshold:0.6", "expandable_segments:1",
+     "expandable_segments:True,garbage_collection_threshold:0.6"),
+    ("expandable_segments:", "expandable_segments:(nothing)", "expandable_segments:True"),
+    ("release_lock_on_cudamalloc:yes", "release_lock_on_cudamalloc:yes", "release_lock_on_cudamalloc:True"),
+])
+def test_a_value_torch_refuses_is_named_with_the_mended_one(value, given, mended):
+    why, fixed = A.refused(value)
+    option = given.partition(":")[0]
+    assert why.startswith(f"{given}: torch takes only True or False there")
+    assert f"Expected a single True/False argument for {option}" in why
+    assert fixed == mended and A.refused(fixed) is None
+
+
+@pytest.mark.parametrize("value", ["expandable_segments:True", "expandable_segments:False", "max_split_size_mb:512",
+                                   "backend:cudaMallocAsync", "", "garbage_collection_threshold:0.6,expandable_segments:True"])
+def test_values_torch_takes_are_not_refused(value):
+    assert A.refused(value) is None
+
+
+def test_a_refused_value_counts_only_where_torch_reads_it():
+    bad = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:true"}
+    # the runner keeps the user's variable; torch reads it
+    assert A.refused_in_force(bad, "runner")[0] == "PYTORCH_CUDA_ALLOC_CONF"
+    # `axolotl train` with torch >= 2.9 sets PYTORCH_ALLOC_CONF, which torch reads first: the bad one is never read
+    assert A.refused_in_force(bad, "peft") is None
+    # ... with torch 2.8 it reads PYTORCH_CUDA_ALLOC_CONF alone, the user's (axolotl leaves a set one alone)
+    assert A.refused_in_force(bad, "peft", (2, 8))[0] == "PYTORCH_CUDA_ALLOC_CONF"
+    assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:True", **bad}, "runner") is None
+
+
+def test_the_check_fails_a_run_torch_would_refuse_with_the_mended_export(tmp_path):
+    facts = config_facts(tmp_path, env={"PYTORCH_ALLOC_CONF": "expandable_segments:true"})
+    r = memory(facts, gpus(tmp_path / "m", RTX5090))
+    assert r.status == Status.FAIL
+    assert r.message.startswith("the run cannot start: torch refuses PYTORCH_ALLOC_CONF='expandable_segments:true'")
+    assert r.remedy.command == "export PYTORCH_ALLOC_CONF='expandable_segments:True'"
+    assert r.details[0].startswith("the estimate, for when it is mended: needs ") and r.data["fits"] is None
+    assert r.data["peak_reserved_bytes"] > r.data["peak_allocated_bytes"] > 0
+    # mended, the same card: the usual verdict
+    mended = memory(config_facts(tmp_path / "ok", env={"PYTORCH_ALLOC_CONF": "expandable_segments:True"}),
+                    gpus(tmp_path / "m2", RTX5090))
+    assert mended.status == Status.OK and mended.data["fits"] is True
+
+
+def test_the_async_backend_is_named_as_unmeasured_and_the_stated_bands_are_the_measured_ones(tmp_path):
+    facts = config_facts(tmp_path, env={"PYTORCH_ALLOC_CONF": "backend:cudaMallocAsync"}, engine="peft")
+    r = memory(facts, gpus(tmp_path / "m", RTX5090))
+    assert any(d.startswith("backend:cudaMallocAsync in PYTORCH_ALLOC_CONF: CUDA's own pool allocator") for d in r.details)
+    low, high = E.HOLDOUT_ERROR[("peft", "caching")]
+    line = next(d for d in r.details if d.startswith("allocator: torch's default caching allocator"))
+    assert f"{low * 100:+.1f} … {high * 100:+.1f} %" in line  # from HOLDOUT_ERROR, not a figure typed once
+    plain = memory(config_facts(tmp_path / "p", engine="peft"), gpus(tmp_path / "m2", RTX5090))
+    assert not any("cudaMallocAsync" in d for d in plain.details)

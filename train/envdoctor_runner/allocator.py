@@ -10,7 +10,7 @@ allocator leaves the Hugging Face engines 0.5-20 GiB (docs/training.md "Memory")
 torch takes the first of its variables that is present, an empty one included, and which it reads first
 differs between versions: an empty one (`export PYTORCH_ALLOC_CONF=`) is removed, not left to mask the
 setting made here, nor the user's own in a variable read after it (envdoctor's memory estimate,
-envdoctor.training.estimate.allocator_in_force, counts on this).
+envdoctor.training.allocator.allocator_in_force, counts on this).
 """
 
 from __future__ import annotations

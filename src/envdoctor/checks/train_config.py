@@ -31,8 +31,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
        needs=("train_config", "gpu", "torch"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | None = None) -> Result:
     # Imported here: a check without --config never loads the estimator.
-    from envdoctor.training.estimate import (HOLDOUT_ERROR, MARGIN, GiB, Shape, allocator_in_force, estimate,
-                                             gpus_to_fit, ways_to_fit)
+    from envdoctor.training.allocator import allocator_in_force, async_backend, refused_in_force
+    from envdoctor.training.estimate import HOLDOUT_ERROR, MARGIN, GiB, Shape, estimate, gpus_to_fit, ways_to_fit
     cfg, model = train_config.config.resolved(), train_config.model
     if model is None:
         return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
@@ -63,6 +63,10 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
                 f"paged optimizer state {e.paged / GiB:.2f} GiB (on the card, outside torch's allocator); CUDA context "
                 f"{e.context / GiB:.2f} GiB; margin {MARGIN:.0%}",
                 allocator_line(allocator, set_by, runner, train_config.alloc_env, torch_version)]
+    decides = (set_by or "").partition("=")[0]
+    if decides and async_backend(train_config.alloc_env.get(decides, "")):
+        details.append(f"backend:cudaMallocAsync in {decides}: CUDA's own pool allocator, whose slack envdoctor has "
+                       "not measured — the reserved figure is the caching allocator's, take it as a guide only")
     if e.save_params:
         no_save = estimate(shape, dict(cfg, lora_modules_to_save=[]), engine=train_config.engine, nproc=e.nproc,
                            allocator=allocator)
@@ -79,6 +83,16 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
     summary = (f"needs {e.needed / GiB:.1f} GiB per GPU ({e.peak / GiB:.1f} allocated, {e.reserved / GiB:.1f} "
                f"reserved, + {(e.paged + e.context) / GiB:.1f} paged optimizer state and CUDA context, + {MARGIN:.0%})")
     free_of = [g.mem_free for g in used]
+    refused = refused_in_force(train_config.alloc_env, train_config.engine, torch_version)
+    if refused:  # the run dies at its first CUDA allocation: no memory figure matters before that is mended
+        name, why, mended = refused
+        data.update(gpus=[g.index for g in used], free_bytes=None, fits=None)
+        result = fail(f"the run cannot start: torch refuses {name}={train_config.alloc_env.get(name, '')!r} — {why}",
+                      [f"the estimate, for when it is mended: {summary}"] + details,
+                      Remedy(f"export {name}='{mended}'",
+                             f"Mend {name} where you set it (shell profile, job script, .env), then check again."))
+        result.data = data
+        return result
     if not used or None in free_of:
         data.update(gpus=[g.index for g in used], free_bytes=None, fits=None)
         why = note or ("no GPU here" if not gpu.present else "the GPU does not report its free memory")
@@ -133,7 +147,12 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
     """The detail line that says which allocator setting the reserve is estimated for, and how far to trust it.
     `env`: the allocator variables of the environment the run starts from (those torch will not read are named);
     `torch_version`: the target's (None: a current torch)."""
-    from envdoctor.training.estimate import torch_reads
+    from envdoctor.training.allocator import torch_reads
+    from envdoctor.training.estimate import HOLDOUT_ERROR
+
+    def band(engine: str, allocator: str) -> str:
+        low, high = HOLDOUT_ERROR[(engine, allocator)]
+        return f"{low * 100:+.1f} … {high * 100:+.1f} %"
     env = env or {}
     reads = torch_reads(torch_version)
     if allocator == "expandable":
@@ -142,8 +161,8 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
             else f"(`axolotl train` sets {'PYTORCH_ALLOC_CONF' if len(reads) > 1 else 'PYTORCH_CUDA_ALLOC_CONF'} "
                  "to them when it is unset)")
     elif runner:
-        measured = ("estimated from the runner's 8B measurements under it (hold-out error -7.3 … +8.9 %); the "
-                    "runner's own expandable segments reserved 0-2.4 GiB less on that grid")
+        measured = (f"estimated from the runner's 8B measurements under it (hold-out error {band('runner', 'caching')}); "
+                    "the runner's own expandable segments reserved 0-2.4 GiB less on that grid")
         line = (f"allocator: torch's default caching allocator ({set_by}, which the runner keeps): {measured}"
                 if set_by else
                 "allocator: torch's default caching allocator (the runner keeps a variable of yours, which this "
@@ -151,8 +170,9 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
                 "expandable_segments:True for them)")
     else:
         line = (f"allocator: torch's default caching allocator ({set_by}, which axolotl keeps): its reserved peak "
-                "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's hold-out error -13.5 … "
-                "+12.4 %, against -7.0 … +13.2 % with expandable_segments:True in it: docs/training.md)")
+                "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's hold-out error "
+                f"{band('peft', 'caching')}, against {band('peft', 'expandable')} with expandable_segments:True in "
+                "it: docs/training.md)")
     # torch reads only the first variable present (≥ 2.9; older: PYTORCH_CUDA_ALLOC_CONF alone); the runner drops
     # blank ones first
     unread = [f"{k}={v!r}" for k, v in env.items()

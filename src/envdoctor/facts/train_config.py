@@ -11,7 +11,7 @@ from envdoctor.context import Context
 from envdoctor.facts.host import hf_cache_dir
 from envdoctor.system import System
 from envdoctor.training.config import TrainConfig, load, load_data
-from envdoctor.training.estimate import ALLOC_VARS  # torch's allocator variables, in the order it reads them
+from envdoctor.training.allocator import ALLOC_VARS  # torch's allocator variables, in the order it reads them
 
 
 @dataclass

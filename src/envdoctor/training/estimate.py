@@ -20,7 +20,7 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
   reserved   torch.cuda.max_memory_reserved(): allocated plus the allocator's slack, modelled as
              RESERVE_FRAC × allocated + RESERVE_GIB + RESERVE_LOGITS × one loss's fp32 logits + RESERVE_SAVE
              × the modules_to_save copies in fp32 (+ RESERVE_LAYER × one layer's bf16 weights, the runner),
-             for the allocator setting in force (allocator_in_force): expandable segments — what the runner
+             for the allocator setting in force (allocator.allocator_in_force): expandable segments — what the runner
              and `axolotl train` set when the user set no variable — or torch's default caching allocator
   card       reserved + the paged optimizer's state (bitsandbytes' paged AdamW keeps it in CUDA managed
              memory, resident on the card while training, outside torch's counters) + the CUDA context
@@ -37,7 +37,6 @@ bench/calibrate_memory.py (bench/hf_loop.py's engines on an H200); the formula a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -204,77 +203,6 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
-# torch's allocator variables, in the order torch ≥ 2.9 reads them: the first one PRESENT decides, a blank one
-# too (c10/core/AllocatorConfig.cpp, AcceleratorAllocatorConfig::instance(); c10::utils::get_env is getenv !=
-# nullptr), and ROCm's PYTORCH_HIP_ALLOC_CONF is read on CUDA builds as well. torch < 2.9 on CUDA reads
-# PYTORCH_CUDA_ALLOC_CONF alone (c10/cuda/CUDAAllocatorConfig.h; ROCm builds then PYTORCH_HIP_ALLOC_CONF).
-ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
-NEW_READER = (2, 9)   # the first torch that reads PYTORCH_ALLOC_CONF
-RUNNER_SETTING = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # train/envdoctor_runner/allocator.py
-# axolotl's set_pytorch_cuda_alloc_conf (`axolotl train`, before anything imports torch; the same rule in 0.13.1
-# and 0.19.0): with torch ≥ 2.9 PYTORCH_ALLOC_CONF when it is unset (os.getenv is None: a blank one counts as
-# set), else — and with torch 2.2-2.8 — PYTORCH_CUDA_ALLOC_CONF when that is unset
-AXOLOTL_SETTINGS = (("PYTORCH_ALLOC_CONF", "expandable_segments:True"),
-                    ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True,roundup_power2_divisions:16"))
-
-
-def torch_reads(torch_version: tuple[int, int] | None = None) -> tuple[str, ...]:
-    """The allocator variables a torch of `torch_version` (major, minor; None: a current one) reads, first to last."""
-    return ALLOC_VARS if torch_version is None or tuple(torch_version) >= NEW_READER else ("PYTORCH_CUDA_ALLOC_CONF",)
-
-
-def _torch_reads(env: Mapping[str, str | None], reads: tuple[str, ...] = ALLOC_VARS) -> tuple[str, str | None]:
-    """(the allocator torch sets up from `env` as it is, the variable it reads or None)."""
-    name = next((k for k in reads if env.get(k) is not None), None)
-    if name is None:
-        return "caching", None
-    # torch's ConfigTokenizer: whitespace dropped, ',' ':' '[' ']' are tokens of their own; a key's value is the
-    # token after its ':', the last expandable_segments wins, and only True and False are taken (anything
-    # else makes torch raise when CUDA starts: no estimate is right for that run)
-    tokens = [t for t in re.split(r"([,:\[\]])", "".join(env[name].split())) if t]
-    on = False
-    for i, token in enumerate(tokens[:-2]):
-        if token == "expandable_segments" and tokens[i + 1] == ":":
-            on = tokens[i + 2] == "True"
-    return ("expandable" if on else "caching"), name
-
-
-def torch_allocator(env: Mapping[str, str | None], torch_version: tuple[int, int] | None = None
-                    ) -> tuple[str, str | None]:
-    """(the allocator a process started with `env` gets from torch when nothing changes the variables first — a
-    plain training loop, bench/calibrate_memory.py —, the variable that decides it as NAME='value' or None).
-    Unset: torch's default caching allocator."""
-    allocator, name = _torch_reads(env, torch_reads(torch_version))
-    return allocator, (f"{name}={env[name]!r}" if name else None)
-
-
-def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
-                       torch_version: tuple[int, int] | None = None) -> tuple[str, str | None]:
-    """(the allocator a run started from `env` trains under, the user's variable that decides it as
-    NAME='value', or None when the engine's own setting does — or, with a torch older than 2.9, when no
-    variable it reads is set and the engine set none). Each engine changes the variables before torch reads
-    them: the runner drops blank ones and, when none is left, sets PYTORCH_CUDA_ALLOC_CONF to expandable
-    segments (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
-    PYTORCH_ALLOC_CONF when it is unset and torch is ≥ 2.9 — which torch then reads before a
-    PYTORCH_CUDA_ALLOC_CONF of the user's — else PYTORCH_CUDA_ALLOC_CONF when that is unset (AXOLOTL_SETTINGS).
-    Then torch reads the first of its variables present (torch_reads: `torch_version`, None for a current
-    torch); expandable segments are on only for `expandable_segments:True`."""
-    reads = torch_reads(torch_version)
-    user = {k: env[k] for k in ALLOC_VARS if env.get(k) is not None}
-    run = dict(user)
-    if engine == "runner":
-        run = {k: v for k, v in user.items() if v.strip()}
-        if not run:
-            run = dict([RUNNER_SETTING])
-    else:
-        for name, value in AXOLOTL_SETTINGS:
-            if name not in run and (name in reads or name == "PYTORCH_CUDA_ALLOC_CONF"):
-                run[name] = value
-                break
-    allocator, name = _torch_reads(run, reads)
-    return allocator, (f"{name}={user[name]!r}" if name in user and user[name] == run[name] else None)
-
-
 def reserve_overrides(engine: str, allocator: str) -> dict[str, float] | None:
     """The RESERVE_* constants `engine` has for `allocator` beside its CONSTANTS (whose RESERVE_* are those of
     the allocator it was first calibrated under: the runner's own expandable segments, the Hugging Face
@@ -330,7 +258,7 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
              engine: str = "runner", nproc: int = 1, allocator: str = "expandable") -> Estimate:
     """`cfg` is a resolved config (training.config: every key present, defaults filled). `nproc`: processes
     (one GPU each); with cfg["fsdp"] the weights, gradients and optimizer state are sharded over them.
-    `allocator`: torch's allocator setting in force (allocator_in_force): "expandable" (expandable segments,
+    `allocator`: torch's allocator setting in force (allocator.allocator_in_force): "expandable" (expandable segments,
     what the runner and `axolotl train` set when the user has not) or "caching" (torch's default)."""
     if engine == "peft":  # the Hugging Face path: a docs loop or Trainer, whichever needs more
         both = [estimate(shape, cfg, micro_batch, seq, e, nproc, allocator) for e in HF_PATH]

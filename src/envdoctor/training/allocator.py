@@ -1,0 +1,127 @@
+"""Which of torch's CUDA allocator settings a training run gets: the variables torch reads (which, in which
+order, by torch version), what envdoctor's runner and `axolotl train` set before torch reads them, and the
+values torch refuses. Pure string logic on an environment mapping: the doctor never imports torch."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+# torch's allocator variables, in the order torch ≥ 2.9 reads them: the first one PRESENT decides, a blank one
+# too (c10/core/AllocatorConfig.cpp, AcceleratorAllocatorConfig::instance(); c10::utils::get_env is getenv !=
+# nullptr), and ROCm's PYTORCH_HIP_ALLOC_CONF is read on CUDA builds as well. torch < 2.9 on CUDA reads
+# PYTORCH_CUDA_ALLOC_CONF alone (c10/cuda/CUDAAllocatorConfig.h; ROCm builds then PYTORCH_HIP_ALLOC_CONF).
+ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+NEW_READER = (2, 9)   # the first torch that reads PYTORCH_ALLOC_CONF
+RUNNER_SETTING = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # train/envdoctor_runner/allocator.py
+# axolotl's set_pytorch_cuda_alloc_conf (`axolotl train`, before anything imports torch; the same rule in 0.13.1
+# and 0.19.0): with torch ≥ 2.9 PYTORCH_ALLOC_CONF when it is unset (os.getenv is None: a blank one counts as
+# set), else — and with torch 2.2-2.8 — PYTORCH_CUDA_ALLOC_CONF when that is unset
+AXOLOTL_SETTINGS = (("PYTORCH_ALLOC_CONF", "expandable_segments:True"),
+                    ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True,roundup_power2_divisions:16"))
+
+
+def torch_reads(torch_version: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """The allocator variables a torch of `torch_version` (major, minor; None: a current one) reads, first to last."""
+    return ALLOC_VARS if torch_version is None or tuple(torch_version) >= NEW_READER else ("PYTORCH_CUDA_ALLOC_CONF",)
+
+
+# The options torch's parser takes True or False for, and nothing else (c10 AllocatorConfig / CUDAAllocatorConfig:
+# TORCH_CHECK "Expected a single True/False argument for <option>" — raised at the first CUDA allocation).
+BOOLEAN_OPTIONS = ("expandable_segments", "release_lock_on_cudamalloc", "pinned_use_cuda_host_register",
+                   "pinned_use_background_threads")
+
+
+def _tokens(value: str) -> list[str]:
+    """torch's ConfigTokenizer: whitespace dropped, ',' ':' '[' ']' are tokens of their own."""
+    return [t for t in re.split(r"([,:\[\]])", "".join(value.split())) if t]
+
+
+def refused(value: str) -> tuple[str, str] | None:
+    """(why torch refuses this allocator setting when CUDA starts, the value with that mended) or None. Only the
+    boolean options are judged: `expandable_segments:true` kills every CUDA program at its first allocation."""
+    tokens = _tokens(value)
+    for i, token in enumerate(tokens):
+        if token in BOOLEAN_OPTIONS and tokens[i + 1:i + 2] == [":"]:
+            given = tokens[i + 2] if i + 2 < len(tokens) and tokens[i + 2] not in ",:[]" else ""
+            if given not in ("True", "False"):
+                mended = {"true": "True", "false": "False"}.get(given.lower(), "True")
+                fixed = "".join(tokens[:i + 2] + [mended] + tokens[i + 3 if given else i + 2:])
+                return (f"{token}:{given or '(nothing)'}: torch takes only True or False there (\"Expected a single "
+                        f"True/False argument for {token}\", raised at the first CUDA allocation)", fixed)
+    return None
+
+
+def async_backend(value: str) -> bool:
+    """`backend:cudaMallocAsync`: CUDA's stream-ordered pool allocator instead of torch's own (its reserve was
+    never measured by envdoctor)."""
+    tokens = _tokens(value)
+    return any(tokens[i:i + 3] == ["backend", ":", "cudaMallocAsync"] for i in range(len(tokens)))
+
+
+def _run_env(env: Mapping[str, str | None], engine: str, reads: tuple[str, ...]
+             ) -> tuple[dict[str, str], dict[str, str]]:
+    """(the user's allocator variables, those the run's torch sees once the engine has set its own)."""
+    user = {k: env[k] for k in ALLOC_VARS if env.get(k) is not None}
+    run = dict(user)
+    if engine == "runner":
+        run = {k: v for k, v in user.items() if v.strip()}
+        if not run:
+            run = dict([RUNNER_SETTING])
+    else:
+        for name, value in AXOLOTL_SETTINGS:
+            if name not in run and (name in reads or name == "PYTORCH_CUDA_ALLOC_CONF"):
+                run[name] = value
+                break
+    return user, run
+
+
+def refused_in_force(env: Mapping[str, str], engine: str = "runner", torch_version: tuple[int, int] | None = None
+                     ) -> tuple[str, str, str] | None:
+    """(the variable torch will read in the run, why torch refuses its value, the mended value) or None."""
+    reads = torch_reads(torch_version)
+    _, run = _run_env(env, engine, reads)
+    name = next((k for k in reads if run.get(k) is not None), None)
+    why = refused(run[name]) if name else None
+    return (name, *why) if name and why else None
+
+
+def _torch_reads(env: Mapping[str, str | None], reads: tuple[str, ...] = ALLOC_VARS) -> tuple[str, str | None]:
+    """(the allocator torch sets up from `env` as it is, the variable it reads or None)."""
+    name = next((k for k in reads if env.get(k) is not None), None)
+    if name is None:
+        return "caching", None
+    # the last expandable_segments wins; only True and False are taken (anything else makes torch raise when
+    # CUDA starts: refused() says so)
+    tokens = _tokens(env[name])
+    on = False
+    for i, token in enumerate(tokens[:-2]):
+        if token == "expandable_segments" and tokens[i + 1] == ":":
+            on = tokens[i + 2] == "True"
+    return ("expandable" if on else "caching"), name
+
+
+def torch_allocator(env: Mapping[str, str | None], torch_version: tuple[int, int] | None = None
+                    ) -> tuple[str, str | None]:
+    """(the allocator a process started with `env` gets from torch when nothing changes the variables first — a
+    plain training loop, bench/calibrate_memory.py —, the variable that decides it as NAME='value' or None).
+    Unset: torch's default caching allocator."""
+    allocator, name = _torch_reads(env, torch_reads(torch_version))
+    return allocator, (f"{name}={env[name]!r}" if name else None)
+
+
+def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
+                       torch_version: tuple[int, int] | None = None) -> tuple[str, str | None]:
+    """(the allocator a run started from `env` trains under, the user's variable that decides it as
+    NAME='value', or None when the engine's own setting does — or, with a torch older than 2.9, when no
+    variable it reads is set and the engine set none). Each engine changes the variables before torch reads
+    them: the runner drops blank ones and, when none is left, sets PYTORCH_CUDA_ALLOC_CONF to expandable
+    segments (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
+    PYTORCH_ALLOC_CONF when it is unset and torch is ≥ 2.9 — which torch then reads before a
+    PYTORCH_CUDA_ALLOC_CONF of the user's — else PYTORCH_CUDA_ALLOC_CONF when that is unset (AXOLOTL_SETTINGS).
+    Then torch reads the first of its variables present (torch_reads: `torch_version`, None for a current
+    torch); expandable segments are on only for `expandable_segments:True`."""
+    reads = torch_reads(torch_version)
+    user, run = _run_env(env, engine, reads)
+    allocator, name = _torch_reads(run, reads)
+    return allocator, (f"{name}={user[name]!r}" if name in user and user[name] == run[name] else None)
