@@ -7,9 +7,11 @@ Reserved is replayed from the segments `before` holds plus every segment_alloc /
 segments map pages into a segment as it grows) and segment_free / segment_unmap event; allocated from the
 active blocks `before` holds plus alloc / free_completed events. At the event that set the reserved peak the
 summary lists the allocation that made the allocator map more (its size and where it was made), the largest
-free holes inside mapped memory once it has its block (the slack: reserved − allocated) and where each hole's first block was
-freed; at the allocated peak, the largest live blocks and where they were made. Pure Python: runs on the
-device right after a point (bench/calibrate_memory.py --trace) or here on a saved snapshot.
+free holes inside mapped memory once it has its block (the slack: reserved − allocated) and where each hole's
+first block was freed. At the allocated peak — under expandable segments the reserved figure is mostly set
+there, later mappings add little — the slack, the largest live blocks and where they were made, and the holes.
+Pure Python: runs on the device right after a point (bench/calibrate_memory.py --trace) or here on a saved
+snapshot.
 """
 
 from __future__ import annotations
@@ -142,7 +144,11 @@ def summarize(before: dict, after: dict, device: int = 0, top: int = 6) -> dict:
         pass
     _, reserved, allocated, mapped, live, freed = state
     biggest = sorted(live.items(), key=lambda kv: -kv[1][0])[:top]
+    holes = sorted(_holes(mapped, live), key=lambda h: -h[1])
     out["allocated_peak"] = dict(
         event=best_a[0], reserved_gib=round(reserved / GiB, 3), allocated_gib=round(allocated / GiB, 3),
-        largest=[dict(size_gib=round(size / GiB, 4), where=_where(frames, 3)) for _, (size, frames) in biggest])
+        slack_gib=round((reserved - allocated) / GiB, 3),
+        largest=[dict(size_gib=round(size / GiB, 4), where=_where(frames, 3)) for _, (size, frames) in biggest],
+        holes=[dict(size_gib=round(size / GiB, 4), freed_at=_where(freed.get(start), 3)) for start, size in holes[:top]],
+        blocks_over_100mib=sorted((round(size / GiB, 3) for size, _ in live.values() if size > 100 << 20), reverse=True))
     return out

@@ -328,7 +328,10 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
         if args.trace:  # not a calibration point either: recording costs time, not memory, but say so
             row["role"] = "traced"
             before = torch.cuda.memory._snapshot()
-            torch.cuda.memory._record_memory_history(max_entries=TRACE_ENTRIES, stacks="python")
+            # the runner's checkpointed chunked loss fails under Python stack capture (SystemError: cross_entropy_loss
+            # returned NULL, 2026-12-01): its events are recorded without stacks
+            torch.cuda.memory._record_memory_history(max_entries=TRACE_ENTRIES, stacks="python",
+                                                     context=None if p["engine"] == "runner" else "all")
         try:
             row.update(run(t, cfg, args.steps, args.device, shape_cfg["vocab_size"]))
         finally:

@@ -46,6 +46,9 @@ def test_the_reserved_peak_its_trigger_and_the_hole_a_freed_block_left():
     assert peak["slack_gib"] == round(50 * MiB / A.GiB, 3)
     assert peak["holes"][0]["freed_at"][0].startswith("bench/loss_done.py")
     assert s["allocated_peak"]["allocated_gib"] == round(110 * MiB / A.GiB, 3)
+    assert s["allocated_peak"]["slack_gib"] == round(50 * MiB / A.GiB, 3)
+    assert [h["size_gib"] for h in s["allocated_peak"]["holes"]] == sizes
+    assert s["allocated_peak"]["blocks_over_100mib"] == []
     assert s["allocated_peak"]["largest"][0]["size_gib"] == round(60 * MiB / A.GiB, 4)
     assert s["replayed_end"] == {"reserved": 100 * MiB, "allocated": 60 * MiB}
 
