@@ -89,6 +89,7 @@ def replay(before: dict, events: list[dict], stop: int | None = None):
     reserved = sum(b - a for a, b in mapped)
     allocated = sum(size for size, _ in live.values())
     freed: dict[int, list] = {}
+    pending: set[int] = set()
     for i, ev in enumerate(events):
         if stop is not None and i > stop:
             break
@@ -102,11 +103,18 @@ def replay(before: dict, events: list[dict], stop: int | None = None):
         elif action == "alloc":
             live[addr] = (size, ev.get("frames") or [])
             allocated += size
-        elif action == "free_requested":
-            freed[addr] = ev.get("frames") or []
+        elif action == "free_requested":  # torch's allocated counter drops here; the block's range is reused
+            freed[addr] = ev.get("frames") or []  # only once its streams are done (free_completed)
+            if addr in live and addr not in pending:
+                allocated -= live[addr][0]
+                pending.add(addr)
         elif action == "free_completed":
             if addr in live:
-                allocated -= live.pop(addr)[0]
+                size = live.pop(addr)[0]
+                if addr in pending:
+                    pending.discard(addr)
+                else:
+                    allocated -= size
         yield i, reserved, allocated, mapped, live, freed
 
 
@@ -121,6 +129,8 @@ def summarize(before: dict, after: dict, device: int = 0, top: int = 6) -> dict:
         if allocated > best_a[2]:
             best_a = (i, reserved, allocated)
     out: dict = {"events": len(events)}
+    if best_r[0] >= 0 and best_r[1] <= sum(seg["total_size"] for seg in before.get("segments", [])):
+        out["reserved_peak_before_recording"] = True  # no event raised it: there is no trigger to name
     if best_r[0] < 0:
         return out
     for last in replay(before, events):

@@ -341,6 +341,8 @@ def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, o
                 after = torch.cuda.memory._snapshot()
                 torch.cuda.memory._record_memory_history(enabled=None)
                 row["trace"] = alloc_trace.summarize(before, after)
+                # a full ring buffer has dropped its oldest events: the replay from `before` is then wrong
+                row["trace"]["truncated"] = row["trace"]["events"] >= TRACE_ENTRIES
                 row["trace"]["torch_end"] = dict(reserved=torch.cuda.memory_reserved(),
                                                  allocated=torch.cuda.memory_allocated())
         row["checkpointing_on"] = hf_loop.checkpointing_on(t.model)

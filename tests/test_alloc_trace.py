@@ -55,3 +55,24 @@ def test_the_reserved_peak_its_trigger_and_the_hole_a_freed_block_left():
 
 def test_an_empty_trace_says_so():
     assert A.summarize({"segments": []}, {"device_traces": [[]]}) == {"events": 0}
+
+
+def test_a_free_counts_when_requested_and_frees_its_range_when_completed():
+    """torch lowers its allocated counter at free_requested; the block's range is reused only after
+    free_completed (its streams done): a hole appears then, not before."""
+    before = {"segments": [{"address": BASE, "total_size": 80 * MiB, "blocks": [{"size": 80 * MiB, "state": "inactive"}]}]}
+    ev = [
+        {"action": "alloc", "addr": BASE, "size": 40 * MiB},
+        {"action": "alloc", "addr": BASE + 40 * MiB, "size": 40 * MiB},
+        {"action": "free_requested", "addr": BASE, "size": 40 * MiB},
+        {"action": "segment_map", "addr": BASE + 80 * MiB, "size": 20 * MiB},   # the freed range not yet reusable
+        {"action": "alloc", "addr": BASE + 80 * MiB, "size": 20 * MiB},
+        {"action": "free_completed", "addr": BASE, "size": 40 * MiB},
+    ]
+    states = [(r, a) for _, r, a, *_ in A.replay(before, ev)]
+    assert states[2] == (80 * MiB, 40 * MiB)           # requested: counted free at once
+    assert states[-1] == (100 * MiB, 60 * MiB)         # completed: not counted twice
+    s = A.summarize(before, {"device_traces": [ev]})
+    # by torch's counters 40 MiB are slack at the mapping, but no hole: the freed range was still pending
+    assert s["reserved_peak"]["slack_gib"] == round(40 * MiB / A.GiB, 3) and s["reserved_peak"]["holes"] == []
+    assert "reserved_peak_before_recording" not in s

@@ -596,11 +596,13 @@ def test_fit_memory_write_rewrites_every_constant_of_a_block(tmp_path, monkeypat
     names = list(E.CONSTANTS["hf-loop"])
     for i, n in enumerate(names):
         E.CONSTANTS["hf-loop"][n] = 100.0 + i
+    # a comment with '),' inside the block (one once ended it early) and a nested call
+    text = copy_py.read_text().replace('"hf-loop": dict(\n', '"hf-loop": dict(\n        # (a note), like this\n', 1)
+    copy_py.write_text(text)
     F.write([("hf-loop", "caching")])
     block = copy_py.read_text().split('"hf-loop": dict(', 1)[1].split('"hf-trainer": dict(', 1)[0]
     assert [n for i, n in enumerate(names) if f"{n}={100 + i}," not in block and f"{n}={100 + i})" not in block] == []
-    original = Path(E.__file__).read_text()
-    assert copy_py.read_text().split('"hf-trainer": dict(', 1)[1] == original.split('"hf-trainer": dict(', 1)[1]
+    assert copy_py.read_text().split('"hf-trainer": dict(', 1)[1] == text.split('"hf-trainer": dict(', 1)[1]
 
 
 @pytest.mark.parametrize("value, given, mended", [
@@ -611,6 +613,9 @@ def test_fit_memory_write_rewrites_every_constant_of_a_block(tmp_path, monkeypat
      "expandable_segments:True,garbage_collection_threshold:0.6"),
     ("expandable_segments:", "expandable_segments:(nothing)", "expandable_segments:True"),
     ("release_lock_on_cudamalloc:yes", "release_lock_on_cudamalloc:yes", "release_lock_on_cudamalloc:True"),
+    ("expandable_segments:0", "expandable_segments:0", "expandable_segments:False"),     # what was meant: off
+    ("expandable_segments:Off,max_split_size_mb:64", "expandable_segments:Off", "expandable_segments:False,max_split_size_mb:64"),
+    ("expandable_segments:[True]", "expandable_segments:[True]", "expandable_segments:True"),
 ])
 def test_a_value_torch_refuses_is_named_with_the_mended_one(value, given, mended):
     why, fixed = A.refused(value)
@@ -618,6 +623,12 @@ def test_a_value_torch_refuses_is_named_with_the_mended_one(value, given, mended
     assert why.startswith(f"{given}: torch takes only True or False there")
     assert f"Expected a single True/False argument for {option}" in why
     assert fixed == mended and A.refused(fixed) is None
+
+
+def test_every_refused_option_is_mended_at_once():
+    why, fixed = A.refused("expandable_segments:true,release_lock_on_cudamalloc:1")
+    assert fixed == "expandable_segments:True,release_lock_on_cudamalloc:True" and A.refused(fixed) is None
+    assert why.startswith("expandable_segments:true, release_lock_on_cudamalloc:1: ")
 
 
 @pytest.mark.parametrize("value", ["expandable_segments:True", "expandable_segments:False", "max_split_size_mb:512",
@@ -643,12 +654,26 @@ def test_the_check_fails_a_run_torch_would_refuse_with_the_mended_export(tmp_pat
     assert r.status == Status.FAIL
     assert r.message.startswith("the run cannot start: torch refuses PYTORCH_ALLOC_CONF='expandable_segments:true'")
     assert r.remedy.command == "export PYTORCH_ALLOC_CONF='expandable_segments:True'"
-    assert r.details[0].startswith("the estimate, for when it is mended: needs ") and r.data["fits"] is None
-    assert r.data["peak_reserved_bytes"] > r.data["peak_allocated_bytes"] > 0
-    # mended, the same card: the usual verdict
+    assert r.details[0].startswith("the estimate, once it is mended: needs ") and r.data["fits"] is None
+    # the estimate is the mended run's: expandable segments, set by the user's (mended) variable
     mended = memory(config_facts(tmp_path / "ok", env={"PYTORCH_ALLOC_CONF": "expandable_segments:True"}),
                     gpus(tmp_path / "m2", RTX5090))
     assert mended.status == Status.OK and mended.data["fits"] is True
+    same = ("allocator", "peak_allocated_bytes", "peak_reserved_bytes", "needed_bytes", "holdout_error")
+    assert {k: r.data[k] for k in same} == {k: mended.data[k] for k in same} and r.data["allocator"] == "expandable"
+    # meant off: mended to False, and estimated under the caching allocator
+    off = memory(config_facts(tmp_path / "off", env={"PYTORCH_ALLOC_CONF": "expandable_segments:off"}),
+                 gpus(tmp_path / "m3", RTX5090))
+    assert off.remedy.command == "export PYTORCH_ALLOC_CONF='expandable_segments:False'"
+    assert off.data["allocator"] == "caching"
+
+
+def test_a_refused_value_is_reported_even_when_nothing_can_be_estimated(tmp_path):
+    facts = config_facts(tmp_path, env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:yes"})
+    no_shape = dataclasses.replace(facts, model=None)
+    r = memory(no_shape, gpus(tmp_path / "m", RTX5090))
+    assert r.status == Status.FAIL and r.message.startswith("the run cannot start: torch refuses PYTORCH_CUDA_ALLOC_CONF")
+    assert memory(dataclasses.replace(no_shape, alloc_env={}), gpus(tmp_path / "m2", RTX5090)).status == Status.WARN
 
 
 def test_the_async_backend_is_named_as_unmeasured_and_the_stated_bands_are_the_measured_ones(tmp_path):
@@ -660,3 +685,30 @@ def test_the_async_backend_is_named_as_unmeasured_and_the_stated_bands_are_the_m
     assert f"{low * 100:+.1f} … {high * 100:+.1f} %" in line  # from HOLDOUT_ERROR, not a figure typed once
     plain = memory(config_facts(tmp_path / "p", engine="peft"), gpus(tmp_path / "m2", RTX5090))
     assert not any("cudaMallocAsync" in d for d in plain.details)
+
+
+def test_hf_phases_hold_each_gradient_once():
+    """The Hugging Face engines' phases (estimate.hf_phases): without accumulation the LoRA gradients appear from
+    the layers' backward on and every modules_to_save gradient at the end; with accumulation they are held from
+    the first micro batch (a part of their own), so a later micro batch's phases add only the new gradients
+    summed into them — the lm_head copy's at the loss, the embedding copy's at the end — never the held ones twice."""
+    k = E.constants("hf-loop")
+    lora, save, embed = 10_000_000, 2 * LLAMA8B.vocab * LLAMA8B.hidden, LLAMA8B.vocab * LLAMA8B.hidden
+    one = E.hf_phases(LLAMA8B, k, lora, save, True, 1, 1024, True, False)
+    held = E.hf_phases(LLAMA8B, k, lora, save, True, 1, 1024, True, False, held=True)
+    assert one["layers"]["LoRA gradients"] == 4.0 * lora and held["layers"]["LoRA gradients"] == 0
+    assert one["embeddings"]["modules_to_save gradients"] == k["SAVE_GRAD"] * save
+    assert held["embeddings"]["modules_to_save gradients"] == k["SAVE_GRAD"] * embed  # the embedding copy's new one
+    assert one["loss"]["modules_to_save gradients"] == held["loss"]["modules_to_save gradients"] == k["HEAD_GRAD"] * embed
+    assert held["layers"]["modules_to_save gradients"] == 0
+    # sharded over 4: every gradient a quarter; activations and logits whole
+    quarter = E.hf_phases(LLAMA8B, k, lora, save, True, 1, 1024, True, False, shards=4)
+    assert quarter["embeddings"]["modules_to_save gradients"] == one["embeddings"]["modules_to_save gradients"] / 4
+    assert quarter["loss"]["logits and loss"] == one["loss"]["logits and loss"]
+    # the estimate with accumulation: the held gradients once, as their own part, plus the winning phase's new ones
+    cfg = dict(SEED, micro_batch_size=1, gradient_accumulation_steps=8, sequence_len=512)
+    e = estimate(LLAMA8B, cfg, engine="hf-loop")
+    assert e.parts["gradients held across micro batches"] == 4.0 * (e.lora_params + e.save_params)
+    assert e.parts.get("LoRA gradients", 0) == 0 and sum(e.parts.values()) == e.peak
+    # no checkpointing: the forward phase instead of loss / layers
+    assert set(E.hf_phases(LLAMA8B, k, lora, 0, False, 2, 512, False, False)) == {"forward", "embeddings"}

@@ -34,21 +34,29 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
     from envdoctor.training.allocator import allocator_in_force, async_backend, refused_in_force
     from envdoctor.training.estimate import HOLDOUT_ERROR, MARGIN, GiB, Shape, estimate, gpus_to_fit, ways_to_fit
     cfg, model = train_config.config.resolved(), train_config.model
+    # which allocator variable torch reads depends on its version (PYTORCH_ALLOC_CONF from 2.9 on); no torch in
+    # the target yet: the one it would install now, a current one
+    torch_version = torch_minor(torch)
+    alloc_env = dict(train_config.alloc_env)
+    refused = refused_in_force(alloc_env, train_config.engine, torch_version)
+    if refused:  # the run dies at its first CUDA allocation; what follows is estimated for the mended value
+        alloc_env[refused[0]] = refused[2]
     if model is None:
+        if refused:
+            return _refused(refused, train_config.alloc_env, [])
         return warn(f"cannot estimate: no config.json for {cfg.get('base_model')!r}",
                     [f"looked in {p}" for p in train_config.looked] + ["and envdoctor's table of known shapes"],
                     Remedy(text="Download the model (or its config.json) first, or add model_config."))
     runner = train_config.engine == "runner"
     used, note = run_gpus(gpu, train_config.visible_devices, train_config.nproc, runner)
     nproc = max(len(used), 1) if runner and train_config.nproc is None else (train_config.nproc or 1)
-    # which allocator variable torch reads depends on its version (PYTORCH_ALLOC_CONF from 2.9 on); no torch in
-    # the target yet: the one it would install now, a current one
-    torch_version = torch_minor(torch)
-    allocator, set_by = allocator_in_force(train_config.alloc_env, train_config.engine, torch_version)
+    allocator, set_by = allocator_in_force(alloc_env, train_config.engine, torch_version)
     try:
         shape = Shape.from_config(model)
         e = estimate(shape, cfg, engine=train_config.engine, nproc=nproc if runner else 1, allocator=allocator)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        if refused:
+            return _refused(refused, train_config.alloc_env, [])
         return skip(f"cannot estimate from this config ({type(exc).__name__}: {exc}); see config.valid")
     who = (f"envdoctor's runner, {nproc} process(es)" + (", FSDP-sharded" if e.sharded else "") if runner else
            f"axolotl / the Hugging Face path (the larger of a PEFT-docs loop and Trainer: {e.engine})")
@@ -62,9 +70,9 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
                 f"(peak reserved {e.reserved / GiB:.2f} GiB)",
                 f"paged optimizer state {e.paged / GiB:.2f} GiB (on the card, outside torch's allocator); CUDA context "
                 f"{e.context / GiB:.2f} GiB; margin {MARGIN:.0%}",
-                allocator_line(allocator, set_by, runner, train_config.alloc_env, torch_version)]
+                allocator_line(allocator, set_by, runner, alloc_env, torch_version)]
     decides = (set_by or "").partition("=")[0]
-    if decides and async_backend(train_config.alloc_env.get(decides, "")):
+    if decides and async_backend(alloc_env.get(decides, "")):
         details.append(f"backend:cudaMallocAsync in {decides}: CUDA's own pool allocator, whose slack envdoctor has "
                        "not measured — the reserved figure is the caching allocator's, take it as a guide only")
     if e.save_params:
@@ -83,14 +91,9 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
     summary = (f"needs {e.needed / GiB:.1f} GiB per GPU ({e.peak / GiB:.1f} allocated, {e.reserved / GiB:.1f} "
                f"reserved, + {(e.paged + e.context) / GiB:.1f} paged optimizer state and CUDA context, + {MARGIN:.0%})")
     free_of = [g.mem_free for g in used]
-    refused = refused_in_force(train_config.alloc_env, train_config.engine, torch_version)
-    if refused:  # the run dies at its first CUDA allocation: no memory figure matters before that is mended
-        name, why, mended = refused
+    if refused:  # no memory figure matters before that is mended
         data.update(gpus=[g.index for g in used], free_bytes=None, fits=None)
-        result = fail(f"the run cannot start: torch refuses {name}={train_config.alloc_env.get(name, '')!r} — {why}",
-                      [f"the estimate, for when it is mended: {summary}"] + details,
-                      Remedy(f"export {name}='{mended}'",
-                             f"Mend {name} where you set it (shell profile, job script, .env), then check again."))
+        result = _refused(refused, train_config.alloc_env, [f"the estimate, once it is mended: {summary}"] + details)
         result.data = data
         return result
     if not used or None in free_of:
@@ -131,6 +134,14 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
                   Remedy(text="To fit: " + ("; or ".join(ways) if ways else "a GPU with more memory") + "."))
     result.data = data
     return result
+
+
+def _refused(refused: tuple[str, str, str], env: dict[str, str], details: list[str]) -> Result:
+    """The run cannot start: torch refuses the value of the allocator variable it reads (allocator.refused)."""
+    name, why, mended = refused
+    return fail(f"the run cannot start: torch refuses {name}={env.get(name, '')!r} — {why}", details,
+                Remedy(f"export {name}='{mended}'",
+                       f"Mend {name} where you set it (shell profile, job script, .env), then check again."))
 
 
 def torch_minor(torch: TorchFacts | None) -> tuple[int, int] | None:

@@ -38,18 +38,36 @@ def _tokens(value: str) -> list[str]:
 
 
 def refused(value: str) -> tuple[str, str] | None:
-    """(why torch refuses this allocator setting when CUDA starts, the value with that mended) or None. Only the
-    boolean options are judged: `expandable_segments:true` kills every CUDA program at its first allocation."""
+    """(why torch refuses this allocator setting when CUDA starts, the value with every refused option mended) or
+    None. Only the boolean options are judged: `expandable_segments:true` kills every CUDA program at its first
+    allocation. A mended value keeps what was meant: 0, no, off, false (any case, and what starts so) → False,
+    anything else True."""
     tokens = _tokens(value)
-    for i, token in enumerate(tokens):
-        if token in BOOLEAN_OPTIONS and tokens[i + 1:i + 2] == [":"]:
-            given = tokens[i + 2] if i + 2 < len(tokens) and tokens[i + 2] not in ",:[]" else ""
-            if given not in ("True", "False"):
-                mended = {"true": "True", "false": "False"}.get(given.lower(), "True")
-                fixed = "".join(tokens[:i + 2] + [mended] + tokens[i + 3 if given else i + 2:])
-                return (f"{token}:{given or '(nothing)'}: torch takes only True or False there (\"Expected a single "
-                        f"True/False argument for {token}\", raised at the first CUDA allocation)", fixed)
-    return None
+    out, whys, i = [], [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token not in BOOLEAN_OPTIONS or tokens[i + 1:i + 2] != [":"]:
+            out.append(token)
+            i += 1
+            continue
+        j = i + 2                                   # the value: one token, or a [ … ] list
+        if tokens[j:j + 1] == ["["]:
+            end = tokens.index("]", j) + 1 if "]" in tokens[j:] else len(tokens)
+        else:
+            end = j + 1 if j < len(tokens) and tokens[j] not in ",:[]" else j
+        given = "".join(tokens[j:end])
+        if given in ("True", "False"):
+            out += tokens[i:end]
+        else:
+            meant = given.strip("[]").lower()
+            out += [token, ":", "False" if meant.startswith(("0", "n", "off", "f")) else "True"]
+            whys.append(f"{token}:{given or '(nothing)'}")
+        i = end
+    if not whys:
+        return None
+    options = sorted({w.partition(":")[0] for w in whys})
+    return (f"{', '.join(whys)}: torch takes only True or False there (\"Expected a single True/False argument for "
+            f"{' / '.join(options)}\", raised at the first CUDA allocation)", "".join(out))
 
 
 def async_backend(value: str) -> bool:

@@ -6,15 +6,17 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
                        quant ~0.016 B/param, else 0.0625)
              embed     embed_tokens and lm_head: fp32 after peft's prepare_model_for_kbit_training (4 B/param,
                        the HF engines); bf16 in envdoctor's runner, which does not upcast the frozen base
-             lora      LoRA weights fp32 + their grads (8 B/param) + optimizer state held by torch (AdamW
-                       8 B/param, 8-bit AdamW 2; paged optimizers' state is not torch's: see `paged`)
-             save      modules_to_save copies: fp32 weights + grads (+ torch-held optimizer state); in the
-                       runner trained in place where it can (not tied, not FSDP; bf16 with an 8-bit AdamW, or
-                       fp32): only their gradients (train/envdoctor_runner/saved_modules.py)
-             act       activations: with gradient checkpointing each layer's input plus one layer's
-                       recompute; without, every layer's saved tensors
-             logits    the HF engines: B × S × vocab × LOGIT_BYTES (a full-logits loss); the runner's
-                       chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
+             lora      LoRA weights fp32 (+ their grads, the runner: LORA_BYTES) + optimizer state held by
+                       torch (AdamW 8 B/param, 8-bit AdamW 2; paged optimizers' state is not torch's: `paged`)
+             save      modules_to_save copies: fp32 weights (+ grads, the runner) (+ torch-held optimizer
+                       state); in the runner trained in place where it can (not tied, not FSDP; bf16 with an
+                       8-bit AdamW, or fp32): only their gradients (train/envdoctor_runner/saved_modules.py)
+             act       the runner: with gradient checkpointing each layer's input plus one layer's recompute;
+                       without, every layer's saved tensors
+             logits    the runner's chunked cross-entropy holds one chunk: loss_chunk_tokens × vocab × CHUNK_BYTES
+             phase     the HF engines: the largest phase of a step (hf_phases: the loss with the whole batch's
+                       logits, a layer recomputed, the forward without checkpointing, the end of backward), each
+                       with the gradients made by then
              ddp       with several processes and no FSDP: DDP's gradient buckets, a fp32 copy of the grads
              accum     with gradient accumulation: every trainable gradient (fp32) held between micro batches
   reserved   torch.cuda.max_memory_reserved(): allocated plus the allocator's slack, modelled as
@@ -80,7 +82,7 @@ CONSTANTS: dict[str, dict[str, float]] = {
         ATT_SAVED=0,              # held, likewise
         LOGIT_BYTES=11.94,        # bytes per logit element at the loss (logits, loss, their gradient)
         HEAD_GRAD=0.0,            # per lm_head copy parameter (modules_to_save) from the loss's backward on
-        SAVE_GRAD=0.674,          # per modules_to_save parameter at the end of backward
+        SAVE_GRAD=4.0,            # held at the fp32 gradients' 4 B: no Trainer point peaks there to fit it on
         FIXED_GIB=0.974,          # GiB held whatever the config (autocast's bf16 weight copies, workspaces)
         RESERVE_FRAC=0.1437, RESERVE_GIB=0.0457, RESERVE_LOGITS=0.1697, RESERVE_SAVE=0.2111),
 }
@@ -222,7 +224,7 @@ def constants(engine: str, allocator: str = "expandable") -> dict[str, float]:
 
 
 def hf_phases(shape: Shape, k: Mapping[str, float], lora: int, save: int, head: bool, b: int, s: int,
-              gc_on: bool, dropout: bool, shards: int = 1) -> dict[str, dict[str, float]]:
+              gc_on: bool, dropout: bool, shards: int = 1, held: bool = False) -> dict[str, dict[str, float]]:
     """What one step of a Hugging Face engine holds beside its weights, phase by phase (bytes by part): the
     peak is the largest. Gradients exist only from the phase that makes them: the lm_head copy's (a
     modules_to_save) from the loss's backward, the LoRA ones from the layers' backward, the embedding copy's
@@ -233,24 +235,30 @@ def hf_phases(shape: Shape, k: Mapping[str, float], lora: int, save: int, head: 
                   ATT_GC a batch × heads × seq² element of its attention), the LoRA gradients (fp32)
       forward     (no checkpointing) every layer's saved tensors (ACT_SCALE, ATT_SAVED) and the logits
       embeddings  the end of backward: the LoRA gradients and every modules_to_save gradient (SAVE_GRAD a
-                  parameter: fp32, and the embedding backward's own buffer)"""
+                  parameter: fp32, and the embedding backward's own buffer)
+    `held`: with gradient accumulation every gradient is held from the first micro batch on (the estimate's
+    "gradients held across micro batches"): a later micro batch's phases add only the new gradients that are
+    summed into them — the lm_head copy's at the loss, the embedding copy's at the end."""
     tokens = b * s
     elems = _layer_elements(shape, dropout)
     att = b * shape.heads * s * s
-    head_grad = k["HEAD_GRAD"] * shape.vocab * shape.hidden / shards if head else 0.0
-    lora_grad = 4.0 * lora / shards
+    head_params = shape.vocab * shape.hidden if head else 0
+    head_new = k["HEAD_GRAD"] * head_params / shards            # at the loss: made, then kept (or summed in)
+    head_grad = 0.0 if held else head_new
+    lora_grad = 0.0 if held else 4.0 * lora / shards
     logits = k["LOGIT_BYTES"] * tokens * shape.vocab
-    phases = {"embeddings": {"LoRA gradients": lora_grad, "modules_to_save gradients": k["SAVE_GRAD"] * save / shards}}
+    saved_grads = k["SAVE_GRAD"] * ((save - head_params) if held else save) / shards
+    phases = {"embeddings": {"LoRA gradients": lora_grad, "modules_to_save gradients": saved_grads}}
     if gc_on:
         inputs = tokens * 4.0 * shape.layers * shape.hidden
         phases["loss"] = {"checkpointed layer inputs": inputs, "logits and loss": logits,
-                          "modules_to_save gradients": head_grad}
+                          "modules_to_save gradients": head_new}
         phases["layers"] = {"checkpointed layer inputs": inputs, "LoRA gradients": lora_grad,
                             "modules_to_save gradients": head_grad,
                             "activations": tokens * 2 * k["ACT_GC"] * elems + k["ATT_GC"] * att}
     else:
         phases["forward"] = {"activations": shape.layers * (tokens * 2 * k["ACT_SCALE"] * elems + k["ATT_SAVED"] * att),
-                             "logits and loss": logits, "modules_to_save gradients": head_grad}
+                             "logits and loss": logits, "modules_to_save gradients": head_new}
     return phases
 
 
@@ -324,8 +332,10 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     else:
         parts["base (4-bit linears)" if four_bit else f"base ({'bf16' if half else 'fp32'} linears)"] = base
         parts["embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)"] = embed_bytes
-        parts["LoRA weights, grads, optimizer"] = lora_bytes
-        parts["modules_to_save weights, grads, optimizer"] = save_total
+        # the Hugging Face engines' gradients are parts of the phase at the peak (hf_phases), not of these
+        grads = "grads, " if runner else ""
+        parts[f"LoRA weights, {grads}optimizer"] = lora_bytes
+        parts[f"modules_to_save weights, {grads}optimizer"] = save_total
         paged = (lora + save) * paged_per
         if nproc > 1:
             parts["DDP gradient buckets"] = lora * 4.0 + save * (grad_bytes if in_place else 4.0)
@@ -340,7 +350,7 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     else:
         parts["fixed (workspaces, kernels' buffers)"] = k["FIXED_GIB"] * GiB
         phase = hf_phases(shape, k, lora, save, "lm_head" in saves, b, s, gc_on, dropout,
-                          nproc if sharded else 1)
+                          nproc if sharded else 1, held=cfg["gradient_accumulation_steps"] > 1)
         parts.update(max(phase.values(), key=lambda p: sum(p.values())))
     # The caching allocator's slack grows with the largest blocks freed and split again: the fp32 logits of
     # one loss (the whole batch for the HF engines, one chunk for the runner) and the modules_to_save copies'
