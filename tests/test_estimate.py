@@ -383,6 +383,19 @@ def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
     assert not (tmp_path / "out" / "config.resolved.json").exists()
 
 
+def test_train_preflight_refuses_an_allocator_value_torch_refuses(tmp_path):
+    """A run whose torch would die at its first CUDA allocation is not started: the preflight names the variable
+    and why (`envdoctor check` has the mended export); mended, config.memory is no reason to refuse on a 5090 (this
+    machine has others: a CPU torch, no base model)."""
+    code, text = train_dry_run(tmp_path, RTX5090, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:true"})
+    assert code == 1 and "refusing to start a run that cannot work" in text
+    assert ("[✗] config.memory: the run cannot start: torch refuses PYTORCH_CUDA_ALLOC_CONF='expandable_segments:true'"
+            in text), text
+    (tmp_path / "ok").mkdir()
+    _, text = train_dry_run(tmp_path / "ok", RTX5090, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})
+    assert "config.memory ok" in text and "[✗] config.memory" not in text, text
+
+
 def test_train_preflight_says_when_a_run_fits_only_tightly(tmp_path):
     """The runner under a variable of the user's that turns expandable segments off (it keeps it): its estimate's
     low end (-7.3 % on held-out runs) is past the 5 % margin; on a card between the two the preflight prints
