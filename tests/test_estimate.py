@@ -113,8 +113,13 @@ def test_the_allocator_in_force(env, engine, want):
      ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
     ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
     ({}, "peft", ("expandable", None)),
-    # the runner keeps a variable of the user's and sets none, though this torch does not read it
-    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, "runner", ("caching", None)),
+    # the runner copies a setting of the user's in another variable into the one this torch reads
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, "runner",
+     ("expandable", "PYTORCH_ALLOC_CONF='expandable_segments:True'")),
+    ({"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:512"}, "runner",
+     ("caching", "PYTORCH_HIP_ALLOC_CONF='max_split_size_mb:512'")),
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, "runner",
+     ("expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True'")),
     ({"PYTORCH_ALLOC_CONF": ""}, "runner", ("expandable", None)),
 ])
 def test_the_allocator_in_force_with_a_torch_older_than_2_9(env, engine, want):
@@ -725,3 +730,18 @@ def test_hf_phases_hold_each_gradient_once():
     assert e.parts.get("LoRA gradients", 0) == 0 and sum(e.parts.values()) == e.peak
     # no checkpointing: the forward phase instead of loss / layers
     assert set(E.hf_phases(LLAMA8B, k, lora, 0, False, 2, 512, False, False)) == {"forward", "embeddings"}
+
+
+def test_with_an_older_torch_the_runner_copies_the_users_setting_and_the_check_says_so(tmp_path):
+    """torch 2.8 reads PYTORCH_CUDA_ALLOC_CONF alone; the runner copies a setting made in PYTORCH_ALLOC_CONF there
+    (train/envdoctor_runner/allocator.py): the estimate is for that setting, and the detail line says how."""
+    facts = config_facts(tmp_path, env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"})
+    r = memory(facts, gpus(tmp_path / "m", RTX5090), TorchFacts(True, "2.8.0+cu128"))
+    assert r.data["allocator"] == "caching" and r.data["allocator_set_by"] == "PYTORCH_ALLOC_CONF='max_split_size_mb:512'"
+    line = next(d for d in r.details if d.startswith("allocator: "))
+    assert line.startswith("allocator: torch's default caching allocator (PYTORCH_ALLOC_CONF='max_split_size_mb:512', "
+                           "which the runner copies into PYTORCH_CUDA_ALLOC_CONF, the variable torch 2.8 reads)")
+    assert "not read" not in line
+    # a current torch reads it where it is: kept, not copied
+    now = memory(facts, gpus(tmp_path / "m2", RTX5090), TorchFacts(True, "2.11.0+cu130"))
+    assert "(PYTORCH_ALLOC_CONF='max_split_size_mb:512', which the runner keeps)" in " ".join(now.details)

@@ -166,6 +166,10 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
         return f"{low * 100:+.1f} … {high * 100:+.1f} %"
     env = env or {}
     reads = torch_reads(torch_version)
+    copied = runner and set_by and len(reads) == 1 and not set_by.startswith(f"{reads[0]}=")
+    if copied:  # torch < 2.9 reads PYTORCH_CUDA_ALLOC_CONF alone: the runner copies the user's setting there
+        set_by += (f", which the runner copies into {reads[0]}, the variable torch {torch_version[0]}."
+                   f"{torch_version[1]} reads")
     if allocator == "expandable":
         line = "allocator: expandable segments " + (
             f"({set_by})" if set_by else "(the runner sets them when no allocator variable is set)" if runner
@@ -174,11 +178,10 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
     elif runner:
         measured = (f"estimated from the runner's 8B measurements under it (hold-out error {band('runner', 'caching')}); "
                     "the runner's own expandable segments reserved 0-2.4 GiB less on that grid")
-        line = (f"allocator: torch's default caching allocator ({set_by}, which the runner keeps): {measured}"
-                if set_by else
-                "allocator: torch's default caching allocator (the runner keeps a variable of yours, which this "
-                f"torch does not read, and sets none): {measured} (set PYTORCH_CUDA_ALLOC_CONF="
-                "expandable_segments:True for them)")
+        # (a variable of the user's decides whenever the runner gets the caching allocator: it sets expandable
+        # segments when none is set, and copies one an older torch would not read into the one it does)
+        line = (f"allocator: torch's default caching allocator ({set_by}"
+                f"{'' if copied else ', which the runner keeps'}): {measured}")
     else:
         line = (f"allocator: torch's default caching allocator ({set_by}, which axolotl keeps): its reserved peak "
                 "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's hold-out error "

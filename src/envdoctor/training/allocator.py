@@ -86,6 +86,8 @@ def _run_env(env: Mapping[str, str | None], engine: str, reads: tuple[str, ...]
         run = {k: v for k, v in user.items() if v.strip()}
         if not run:
             run = dict([RUNNER_SETTING])
+        elif reads == ("PYTORCH_CUDA_ALLOC_CONF",):  # torch < 2.9: the runner copies the user's setting there
+            run.setdefault("PYTORCH_CUDA_ALLOC_CONF", next(iter(run.values())))
     else:
         for name, value in AXOLOTL_SETTINGS:
             if name not in run and (name in reads or name == "PYTORCH_CUDA_ALLOC_CONF"):
@@ -134,7 +136,8 @@ def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
     NAME='value', or None when the engine's own setting does — or, with a torch older than 2.9, when no
     variable it reads is set and the engine set none). Each engine changes the variables before torch reads
     them: the runner drops blank ones and, when none is left, sets PYTORCH_CUDA_ALLOC_CONF to expandable
-    segments (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
+    segments, and with a torch older than 2.9 copies the user's setting into PYTORCH_CUDA_ALLOC_CONF when it
+    is in another variable (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
     PYTORCH_ALLOC_CONF when it is unset and torch is ≥ 2.9 — which torch then reads before a
     PYTORCH_CUDA_ALLOC_CONF of the user's — else PYTORCH_CUDA_ALLOC_CONF when that is unset (AXOLOTL_SETTINGS).
     Then torch reads the first of its variables present (torch_reads: `torch_version`, None for a current
@@ -142,4 +145,9 @@ def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
     reads = torch_reads(torch_version)
     user, run = _run_env(env, engine, reads)
     allocator, name = _torch_reads(run, reads)
-    return allocator, (f"{name}={user[name]!r}" if name in user and user[name] == run[name] else None)
+    if name in user and user[name] == run[name]:
+        return allocator, f"{name}={user[name]!r}"
+    # the runner copied the user's setting into the variable an older torch reads: that setting decides
+    copied = next((k for k in ALLOC_VARS if engine == "runner" and name and k in user and k not in reads
+                   and user[k] == run[name]), None)
+    return allocator, (f"{copied}={user[copied]!r}" if copied else None)
