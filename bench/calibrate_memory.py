@@ -161,6 +161,15 @@ GRID5 = {
     ],
     "tiny": [(80, 3, 24, True, True, "holdout"), (50, 2, 10, False, False, "holdout")],   # CPU proofs
 }
+# Gradient accumulation (2026-12-01, after the Hugging Face phases stopped counting the held gradients twice:
+# no calibration point had accumulated): hold-out points with accumulation 4-8 (the 7th element), short
+# sequences where the end of backward — the modules_to_save gradients — is the phase at the peak, and the seed.
+GRID_ACCUM = {
+    "llama-3.1-8b": [(512, 1, 64, True, True, "holdout", 8), (2048, 2, 64, True, True, "holdout", 4),
+                     (768, 1, 32, True, True, "holdout", 8), (1024, 1, 64, False, True, "holdout", 4)],
+    "llama-3.2-1b": [(256, 2, 16, True, True, "holdout", 8), (512, 1, 64, True, False, "holdout", 4)],
+    "tiny": [(64, 1, 8, True, True, "holdout", 3)],   # CPU proof
+}
 # Traced points (2026-12-01, --trace): hold-out points whose slack (reserved − allocated) the smooth reserve
 # model cannot follow — the largest and the smallest slack of a kind — to see which blocks leave the holes.
 GRID_TRACE = {
@@ -171,7 +180,7 @@ GRID_TRACE = {
     "llama-3.2-1b": [(256, 2, 8, True, False, "holdout"), (700, 2, 8, True, False, "holdout"),
                      (8192, 2, 128, True, True, "holdout")],
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "cap": GRID_CAP, "trace": GRID_TRACE}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
@@ -203,23 +212,25 @@ def points(shapes: list[str], engines: list[str], roles: list[str], max_points: 
     out = []
     grid = GRID if grid is None else grid
     for shape in shapes:
-        fits = [g for g in grid.get(shape, []) if g[-1] == "fit" and "fit" in roles]
-        held = [g for g in grid.get(shape, []) if g[-1] == "holdout" and "holdout" in roles]
+        fits = [g for g in grid.get(shape, []) if g[5] == "fit" and "fit" in roles]
+        held = [g for g in grid.get(shape, []) if g[5] == "holdout" and "holdout" in roles]
         order = [g for pair in zip(fits, held) for g in pair] + fits[len(held):] + held[len(fits):]
         order = order[:max_points] if max_points else order
         for family in ("hf", "runner"):
             members = [e for e in engines if (e == "runner") == (family == "runner")]
-            for seq, micro, r, mts, gc_on, role in order:
+            for seq, micro, r, mts, gc_on, role, *accum in order:
                 for engine in members:
                     out.append(dict(shape=shape, family=family, engine=engine, seq=seq, micro=micro, r=r,
-                                    modules_to_save=mts, gradient_checkpointing=gc_on, role=role))
+                                    modules_to_save=mts, gradient_checkpointing=gc_on, role=role,
+                                    **({"accum": accum[0]} if accum and accum[0] > 1 else {})))
     return out
 
 
 def point_config(p: dict) -> dict:
     return hf_loop.base_config(sequence_len=p["seq"], micro_batch_size=p["micro"], lora_r=p["r"],
                                lora_alpha=2 * p["r"], gradient_checkpointing=p["gradient_checkpointing"],
-                               lora_modules_to_save=list(MTS) if p["modules_to_save"] else [])
+                               lora_modules_to_save=list(MTS) if p["modules_to_save"] else [],
+                               gradient_accumulation_steps=p.get("accum", 1))
 
 
 def process_allocator(engine: str) -> str:
@@ -283,7 +294,8 @@ def baseline(device: str) -> int:
 
 def point_id(p: dict) -> str:
     return "{shape}/{engine}/{seq}x{micro}/r{r}/{m}/{c}".format(
-        m="mts" if p["modules_to_save"] else "no-mts", c="ckpt" if p["gradient_checkpointing"] else "no-ckpt", **p)
+        m="mts" if p["modules_to_save"] else "no-mts", c="ckpt" if p["gradient_checkpointing"] else "no-ckpt", **p) + (
+        f"/accum{p['accum']}" if p.get("accum", 1) > 1 else "")
 
 
 def measure(base, snapshot, p: dict, args, base_allocated: int) -> tuple[dict, object]:
@@ -457,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         first_child = args.fresh_process and not rates["seen_point"]  # then the rate includes the load
         load = rates["build"] * _bf16_gb(hf_loop.SHAPES[p["shape"]]) if first_child else 0.0
         seen = history.get(p["engine"]) or [x for h in history.values() for x in h]
-        return point_seconds(seen, p["seq"] * p["micro"] / 1000) + load
+        return point_seconds(seen, p["seq"] * p["micro"] * p.get("accum", 1) / 1000) + load
 
     def emit(row: dict) -> None:
         out.write(json.dumps(row) + "\n")
@@ -507,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             done += 1
             if not row.get("refused"):  # --fresh-process: the child's load is part of every point
                 history.setdefault(p["engine"], []).append(
-                    (p["seq"] * p["micro"] / 1000, row.get("seconds_with_load", row["seconds"])))
+                    (p["seq"] * p["micro"] * p.get("accum", 1) / 1000, row.get("seconds_with_load", row["seconds"])))
                 rates["seen_point"] = True
             firsts.setdefault(p["engine"], row)
             if row.get("refused"):
@@ -517,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
         for engine, first in firsts.items():  # the first point of each engine again, at the end of its block
             p = {k: first[k] for k in ("shape", "family", "engine", "seq", "micro", "r", "modules_to_save",
-                                       "gradient_checkpointing")}
+                                       "gradient_checkpointing", "accum") if k in first}
             if dirty or left() < need(p):  # a repeat on a base known to be dirty would only be refused too
                 verdict = dict(kind="block", shape=shape, engine=engine, first=first["id"], contaminated=True,
                                reasons=[f"no repeat: {'a point was refused' if dirty else 'no time left'}"])

@@ -298,7 +298,8 @@ def table(rows: list[dict], role: str) -> list[str]:
             continue
         e = predicted(r)
         ma, mr = r["peak_allocated"] / E.GiB, r["peak_reserved"] / E.GiB
-        out.append(f"| {r['shape']} | {r['engine']} | {r['allocator']} | {r['seq']} × {r['micro']} | {r['r']} | "
+        accum = f" × accum {r['accum']}" if r.get("accum", 1) > 1 else ""
+        out.append(f"| {r['shape']} | {r['engine']} | {r['allocator']} | {r['seq']} × {r['micro']}{accum} | {r['r']} | "
                    f"{'yes' if r['modules_to_save'] else 'no'} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
                    f"{ma:.2f} GiB | {e.peak / E.GiB:.2f} GiB | {(e.peak / E.GiB / ma - 1) * 100:+.1f} % | "
                    f"{mr:.2f} GiB | {e.reserved / E.GiB:.2f} GiB | {(e.reserved / E.GiB / mr - 1) * 100:+.1f} % |")
