@@ -319,7 +319,9 @@ def _path_rows(rows: list[dict], role: str, allocator: str = "expandable") -> li
     by_point: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         if r["role"] == role and r["engine"] in E.HF_PATH and r["allocator"] == allocator:
-            key = (r["shape"], r["seq"], r["micro"], r["r"], r["modules_to_save"], r["gradient_checkpointing"])
+            # the two engines of one point: one file, one run of it, the same config (accumulation too)
+            key = (r["_where"].rsplit(":", 1)[0], r["_run"], r["shape"], r["seq"], r["micro"], r["r"],
+                   r["modules_to_save"], r["gradient_checkpointing"], r.get("accum", 1))
             by_point.setdefault(key, {})[r["engine"]] = r
     return [(list(both.values()), max(r["peak_reserved"] for r in both.values()))
             for both in by_point.values() if len(both) == len(E.HF_PATH)]

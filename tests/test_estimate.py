@@ -253,7 +253,7 @@ def test_a_fit_inside_the_estimates_known_error_is_a_warning(tmp_path):
     r = estimate(LLAMA8B, SEED)
     just = memory(config_facts(tmp_path / "r"), gpus(tmp_path / "m3", dict(RTX5090, mem_free=int(r.needed) + 1)))
     assert just.status == Status.OK and just.data["worst_case_card_bytes"] < r.needed
-    assert any(d.startswith("this estimate's error on held-out H200 runs: -3.4 … +11.8 %") for d in just.details)
+    assert any(d.startswith("this estimate's error on held-out H200 runs: -3.4 … +21.9 %") for d in just.details)
 
 
 def test_the_stated_hold_out_error_is_the_measured_one():
@@ -454,9 +454,10 @@ def _holdout_rows():
     return F, rows
 
 
-@pytest.mark.xfail(strict=True, reason="issue #18 open: of the hold-out points of rounds 1-5, the runner misses "
-                   "±10 % / -5 % on 2 of 63 (+10.4, +11.8 %: over), the Hugging Face path under axolotl's allocator "
-                   "setting on 4 of 60 (-7.0, +11.2, +15.4, +16.5 %) (docs/training.md)")
+@pytest.mark.xfail(strict=True, reason="issue #18 open: of the hold-out points of rounds 1-5 and the accumulation "
+                   "points, the runner misses ±10 % / -5 % on 4 of 69 (+10.4, +11.8, +18.0, +21.9 %: over), the "
+                   "Hugging Face path under axolotl's allocator setting on 4 of 65 (-7.0, +11.2, +15.4, +16.5 %) "
+                   "(docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
     """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh), for the two engines
     `check --config` estimates, each under the allocator setting it runs with when the user sets none: the
@@ -745,3 +746,28 @@ def test_with_an_older_torch_the_runner_copies_the_users_setting_and_the_check_s
     # a current torch reads it where it is: kept, not copied
     now = memory(facts, gpus(tmp_path / "m2", RTX5090), TorchFacts(True, "2.11.0+cu130"))
     assert "(PYTORCH_ALLOC_CONF='max_split_size_mb:512', which the runner keeps)" in " ".join(now.details)
+
+
+def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rule_did_not():
+    """bench/results/h200-calibration-2026-12-01-accum.jsonl (`bash bench/h200_calibrate.sh accum`, measured after
+    the Hugging Face phases stopped counting the held gradients a second time): accumulation 4-8 on the 8B and 1B
+    shapes. The Hugging Face engines' allocated estimates are within -3 … +5 %; counting the held gradients again
+    (the rule before) over-estimated the short-sequence points by 9-19 %. The runner, whose accumulation rule
+    is still the held gradients on top of its fitted in-step shares, over-estimates those by 8-13 % (reserved
+    up to +22 %): on the safe side, but outside the budget."""
+    monkey = pytest.MonkeyPatch()
+    F, rows = _holdout_rows()
+    accum = [r for r in rows if r.get("accum", 1) > 1]
+    hf = [r for r in accum if r["engine"] in E.HF_PATH]
+    assert len(hf) >= 10 and len({r["shape"] for r in hf}) == 2
+    now = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in hf]
+    assert -0.035 <= min(now) and max(now) <= 0.05, now
+    original = E.hf_phases
+    monkey.setattr(E, "hf_phases", lambda *a, held=False, **k: original(*a, **k))
+    try:
+        before = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in hf]
+    finally:
+        monkey.undo()
+    assert sorted(before)[-6] > 0.09 and max(before) > 0.15
+    runner = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in accum if r["engine"] == "runner"]
+    assert len(runner) >= 4 and min(runner) > -0.03 and max(runner) > 0.08

@@ -108,7 +108,7 @@ ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default 
 # against the larger measured) and allocator: the band a user's run can fall in. tests/test_estimate.py
 # recomputes it from bench/results (bench/fit_memory.py's verdict), so a refit or new data must update it.
 HOLDOUT_ERROR: dict[tuple[str, str], tuple[float, float]] = {
-    ("runner", "expandable"): (-0.034, 0.118), ("runner", "caching"): (-0.073, 0.089),
+    ("runner", "expandable"): (-0.034, 0.219), ("runner", "caching"): (-0.073, 0.089),
     ("peft", "expandable"): (-0.070, 0.165), ("peft", "caching"): (-0.097, 0.124),
 }
 QUANT_CONST = {True: 0.0159, False: 0.0625}
