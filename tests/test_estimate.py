@@ -665,6 +665,8 @@ def test_a_refused_value_counts_only_where_torch_reads_it():
     # ... with torch 2.8 it reads PYTORCH_CUDA_ALLOC_CONF alone, the user's (axolotl leaves a set one alone)
     assert A.refused_in_force(bad, "peft", (2, 8))[0] == "PYTORCH_CUDA_ALLOC_CONF"
     assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:True", **bad}, "runner") is None
+    # torch 2.8 and the runner, which copies the user's PYTORCH_ALLOC_CONF where that torch reads: the user's named
+    assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:true"}, "runner", (2, 8))[0] == "PYTORCH_ALLOC_CONF"
 
 
 def test_the_check_fails_a_run_torch_would_refuse_with_the_mended_export(tmp_path):

@@ -100,9 +100,11 @@ def refused_in_force(env: Mapping[str, str], engine: str = "runner", torch_versi
                      ) -> tuple[str, str, str] | None:
     """(the variable torch will read in the run, why torch refuses its value, the mended value) or None."""
     reads = torch_reads(torch_version)
-    _, run = _run_env(env, engine, reads)
+    user, run = _run_env(env, engine, reads)
     name = next((k for k in reads if run.get(k) is not None), None)
     why = refused(run[name]) if name else None
+    if name and why and name not in user:  # the runner copied it there (torch < 2.9): name the user's variable
+        name = next((k for k in ALLOC_VARS if user.get(k) == run[name]), name)
     return (name, *why) if name and why else None
 
 
