@@ -27,7 +27,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
 
 @check("config.memory", "Fits in GPU memory", "Config",
        "trainable parameters, adapter size, modules_to_save cost and peak GPU memory (allocated, reserved, on the "
-       "card) per GPU of the run, under the allocator setting it will have, from config.json alone",
+       "card) per GPU of the run, under the allocator setting it will have, from config.json alone; fails a run "
+       "whose allocator variable holds a value torch refuses (`expandable_segments:true`), with the mended export",
        needs=("train_config", "gpu", "torch"), option="config")
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | None = None) -> Result:
     # Imported here: a check without --config never loads the estimator.
