@@ -87,3 +87,45 @@ def test_the_installed_torch_is_read_from_its_metadata_without_importing_it():
     except Exception:  # noqa: BLE001 - no torch in this environment: None
         want = None
     assert got == want and imported is False
+
+
+def test_the_installed_torch_reading_never_crashes(monkeypatch):
+    """No torch, a version string without numbers, metadata without a version: None (taken as a current torch),
+    never an exception before training starts."""
+    import importlib.metadata as md
+
+    def missing(name):
+        raise md.PackageNotFoundError(name)
+    for fake, want in ((missing, None), (lambda name: "nightly", None), (lambda name: None, None),
+                       (lambda name: "2.9.0a0+git1234", (2, 9)), (lambda name: "1.13.1", (1, 13)),
+                       (lambda name: "2.10.0", (2, 10))):
+        monkeypatch.setattr(md, "version", fake)
+        assert allocator.installed_torch() == want
+    monkeypatch.setattr(md, "version", lambda name: "2.8.0+cu128")
+    env = {"PYTORCH_ALLOC_CONF": "max_split_size_mb:64"}
+    assert allocator.configure(env) == "max_split_size_mb:64" and env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"
+
+
+def test_the_runner_and_the_estimate_agree_on_what_torch_reads():
+    """train/envdoctor_runner/allocator.configure (what the runner does) and envdoctor.training.allocator (what
+    the check says it does) are two copies of one rule: on every combination of set, blank and absent variables
+    and torch versions, the value torch will read after configure() is the one allocator_in_force judges, and
+    its set_by names a variable of the user's holding that value."""
+    import itertools
+
+    from envdoctor.training import allocator as A
+    values = (None, "", "max_split_size_mb:64", "expandable_segments:True")
+    for combo in itertools.product(values, repeat=3):
+        user = {k: v for k, v in zip(TORCH_READS, combo) if v is not None}
+        for version in (OLD, CURRENT):
+            env = dict(user)
+            allocator.configure(env, version)
+            reads = A.torch_reads(version)
+            seen = next((env[k] for k in reads if k in env), None)
+            got, set_by = A.allocator_in_force(user, "runner", version)
+            assert got == ("expandable" if seen and "expandable_segments:True" in seen else "caching"), (user, version)
+            if set_by:
+                name, _, value = set_by.partition("=")
+                assert user.get(name) == value.strip("'") == seen, (user, version, set_by)
+            else:
+                assert seen == allocator.SETTING, (user, version)

@@ -667,6 +667,9 @@ def test_a_refused_value_counts_only_where_torch_reads_it():
     assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:True", **bad}, "runner") is None
     # torch 2.8 and the runner, which copies the user's PYTORCH_ALLOC_CONF where that torch reads: the user's named
     assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:true"}, "runner", (2, 8))[0] == "PYTORCH_ALLOC_CONF"
+    # ... also beside a blank PYTORCH_CUDA_ALLOC_CONF (which the runner drops first)
+    assert A.refused_in_force({"PYTORCH_CUDA_ALLOC_CONF": "", "PYTORCH_ALLOC_CONF": "expandable_segments:true"},
+                              "runner", (2, 8))[0] == "PYTORCH_ALLOC_CONF"
 
 
 def test_the_check_fails_a_run_torch_would_refuse_with_the_mended_export(tmp_path):
@@ -750,14 +753,13 @@ def test_with_an_older_torch_the_runner_copies_the_users_setting_and_the_check_s
     assert "(PYTORCH_ALLOC_CONF='max_split_size_mb:512', which the runner keeps)" in " ".join(now.details)
 
 
-def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rule_did_not():
+def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rule_did_not(monkeypatch):
     """bench/results/h200-calibration-2026-12-01-accum.jsonl (`bash bench/h200_calibrate.sh accum`, measured after
     the Hugging Face phases stopped counting the held gradients a second time): accumulation 4-8 on the 8B and 1B
     shapes. The Hugging Face engines' allocated estimates are within -3 … +5 %; counting the held gradients again
     (the rule before) over-estimated the short-sequence points by 9-19 %. The runner, whose accumulation rule
     is still the held gradients on top of its fitted in-step shares, over-estimates those by 8-13 % (reserved
     up to +22 %): on the safe side, but outside the budget."""
-    monkey = pytest.MonkeyPatch()
     F, rows = _holdout_rows()
     accum = [r for r in rows if r.get("accum", 1) > 1]
     hf = [r for r in accum if r["engine"] in E.HF_PATH]
@@ -765,11 +767,9 @@ def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rul
     now = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in hf]
     assert -0.035 <= min(now) and max(now) <= 0.05, now
     original = E.hf_phases
-    monkey.setattr(E, "hf_phases", lambda *a, held=False, **k: original(*a, **k))
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(E, "hf_phases", lambda *a, held=False, **k: original(*a, **k))
         before = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in hf]
-    finally:
-        monkey.undo()
     assert sorted(before)[-6] > 0.09 and max(before) > 0.15
     runner = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in accum if r["engine"] == "runner"]
     assert len(runner) >= 4 and min(runner) > -0.03 and max(runner) > 0.08

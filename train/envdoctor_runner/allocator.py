@@ -5,7 +5,8 @@ blocks, so memory freed by one phase of a step (the layer being recomputed, a lo
 reused by the next whatever its size, and the reserve (what runs out on a card) depends less on the order of
 allocations: 0.4-2.8 GiB over the allocated peak across the runner's H200 calibration grid, where the default
 allocator leaves the Hugging Face engines 0.5-20 GiB (docs/training.md "Memory"). A setting the user made
-(PYTORCH_ALLOC_CONF, the older PYTORCH_CUDA_ALLOC_CONF, or ROCm's PYTORCH_HIP_ALLOC_CONF) is kept as it is.
+(PYTORCH_ALLOC_CONF, the older PYTORCH_CUDA_ALLOC_CONF, or ROCm's PYTORCH_HIP_ALLOC_CONF) is kept (and, for a
+torch older than 2.9, copied where that torch reads it: below).
 
 torch ≥ 2.9 takes the first of its variables that is present, an empty one included; older torch reads
 PYTORCH_CUDA_ALLOC_CONF alone. An empty one (`export PYTORCH_ALLOC_CONF=`) is removed, not left to mask the
@@ -28,9 +29,9 @@ NEW_READER = (2, 9)  # the first torch that reads PYTORCH_ALLOC_CONF (and the ot
 def installed_torch() -> tuple[int, int] | None:
     """(major, minor) of the torch this interpreter would import, from its metadata (torch is not imported)."""
     try:
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib.metadata import version
         found = re.match(r"(\d+)\.(\d+)", version("torch"))
-    except (ImportError, PackageNotFoundError, ValueError):
+    except Exception:  # noqa: BLE001 - no torch, or metadata without a version: best effort, never a crash here
         return None
     return (int(found[1]), int(found[2])) if found else None
 

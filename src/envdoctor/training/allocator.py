@@ -103,7 +103,7 @@ def refused_in_force(env: Mapping[str, str], engine: str = "runner", torch_versi
     user, run = _run_env(env, engine, reads)
     name = next((k for k in reads if run.get(k) is not None), None)
     why = refused(run[name]) if name else None
-    if name and why and name not in user:  # the runner copied it there (torch < 2.9): name the user's variable
+    if name and why and user.get(name) != run[name]:  # the runner copied it there (torch < 2.9): name the user's
         name = next((k for k in ALLOC_VARS if user.get(k) == run[name]), name)
     return (name, *why) if name and why else None
 
@@ -135,8 +135,7 @@ def torch_allocator(env: Mapping[str, str | None], torch_version: tuple[int, int
 def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
                        torch_version: tuple[int, int] | None = None) -> tuple[str, str | None]:
     """(the allocator a run started from `env` trains under, the user's variable that decides it as
-    NAME='value', or None when the engine's own setting does — or, with a torch older than 2.9, when no
-    variable it reads is set and the engine set none). Each engine changes the variables before torch reads
+    NAME='value', or None when the engine's own setting decides). Each engine changes the variables before torch reads
     them: the runner drops blank ones and, when none is left, sets PYTORCH_CUDA_ALLOC_CONF to expandable
     segments, and with a torch older than 2.9 copies the user's setting into PYTORCH_CUDA_ALLOC_CONF when it
     is in another variable (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
