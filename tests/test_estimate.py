@@ -71,33 +71,39 @@ def test_the_seed_estimate_is_pinned(engine, allocator, pinned):
 @pytest.mark.parametrize("env, engine, want", [
     ({}, "runner", ("expandable", None)),
     ({}, "peft", ("expandable", None)),  # `axolotl train` sets expandable_segments:True when none is set
-    # axolotl 0.19 (torch >= 2.9) sets PYTORCH_ALLOC_CONF when it is unset, and torch reads that one first: the
-    # user's PYTORCH_CUDA_ALLOC_CONF is not read (the runner keeps it: the only variable, torch reads it)
-    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
+    # axolotl 0.19 (torch >= 2.9) sets PYTORCH_ALLOC_CONF when it is unset, but torch reads a PYTORCH_CUDA_ALLOC_CONF
+    # of the user's first (measured, torch 2.11): the user's setting decides, under axolotl as under the runner
+    ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "peft",
+     ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
     ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, "runner",
      ("caching", "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'")),
-    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("caching", "PYTORCH_ALLOC_CONF='max_split_size_mb:512'")),
-    # ROCm's variable: torch >= 2.9 reads it on CUDA builds too (third), and the runner keeps it
+    # ... and with PYTORCH_ALLOC_CONF set, axolotl sets PYTORCH_CUDA_ALLOC_CONF, which torch reads first: the user's
+    # PYTORCH_ALLOC_CONF does not count under `axolotl train` on torch >= 2.9
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
+    # ROCm's variable: torch >= 2.9 reads it on CUDA builds too (second, before PYTORCH_ALLOC_CONF), and the runner
+    # keeps it; axolotl's PYTORCH_ALLOC_CONF comes after it
     ({"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:512"}, "runner",
      ("caching", "PYTORCH_HIP_ALLOC_CONF='max_split_size_mb:512'")),
-    ({"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:512"}, "peft", ("expandable", None)),
+    ({"PYTORCH_HIP_ALLOC_CONF": "max_split_size_mb:512"}, "peft",
+     ("caching", "PYTORCH_HIP_ALLOC_CONF='max_split_size_mb:512'")),
     # the runner drops a blank variable torch would read first (envdoctor_runner/allocator.py): the user's next
-    ({"PYTORCH_ALLOC_CONF": "", "PYTORCH_CUDA_ALLOC_CONF": "garbage_collection_threshold:0.6"}, "runner",
-     ("caching", "PYTORCH_CUDA_ALLOC_CONF='garbage_collection_threshold:0.6'")),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "", "PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"}, "runner",
+     ("caching", "PYTORCH_ALLOC_CONF='garbage_collection_threshold:0.6'")),
     # torch drops every whitespace character, and the last expandable_segments wins
     ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512,\n\texpandable_segments:\tTrue\n"}, "runner",
      ("expandable", "PYTORCH_ALLOC_CONF='max_split_size_mb:512,\\n\\texpandable_segments:\\tTrue\\n'")),
     ({"PYTORCH_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:[256:1,>:4],expandable_segments:False"},
      "runner", ("caching", "PYTORCH_ALLOC_CONF='expandable_segments:True,roundup_power2_divisions:[256:1,>:4],"
                 "expandable_segments:False'")),
-    ({"PYTORCH_ALLOC_CONF": "roundup_power2_divisions:[256:1,>:4],expandable_segments:True"}, "peft",
-     ("expandable", "PYTORCH_ALLOC_CONF='roundup_power2_divisions:[256:1,>:4],expandable_segments:True'")),
-    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:16"}, "peft",
-     ("expandable", "PYTORCH_ALLOC_CONF='expandable_segments:True,roundup_power2_divisions:16'")),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "roundup_power2_divisions:[256:1,>:4],expandable_segments:True"}, "peft",
+     ("expandable", "PYTORCH_CUDA_ALLOC_CONF='roundup_power2_divisions:[256:1,>:4],expandable_segments:True'")),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:16"}, "peft",
+     ("expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True,roundup_power2_divisions:16'")),
     ({"PYTORCH_ALLOC_CONF": "expandable_segments:False", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
-     "peft", ("caching", "PYTORCH_ALLOC_CONF='expandable_segments:False'")),  # torch reads the new name first
+     "peft", ("expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True'")),  # torch reads the CUDA one first
     ({"PYTORCH_ALLOC_CONF": " "}, "runner", ("expandable", None)),  # the runner drops a blank variable
-    ({"PYTORCH_ALLOC_CONF": " "}, "peft", ("caching", "PYTORCH_ALLOC_CONF=' '")),  # axolotl keeps it: torch's default
+    ({"PYTORCH_ALLOC_CONF": " "}, "peft", ("expandable", None)),  # set (blank) for axolotl, which sets the CUDA one
+    ({"PYTORCH_CUDA_ALLOC_CONF": " "}, "peft", ("caching", "PYTORCH_CUDA_ALLOC_CONF=' '")),  # it masks axolotl's
     ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments: True"}, "runner",
      ("expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments: True'")),
     ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:true"}, "runner",  # torch takes True or False only
@@ -127,15 +133,28 @@ def test_the_allocator_in_force_with_a_torch_older_than_2_9(env, engine, want):
     assert A.torch_reads((2, 8)) == ("PYTORCH_CUDA_ALLOC_CONF",) and A.torch_reads((2, 9)) == A.ALLOC_VARS
 
 
-def test_torch_reads_the_first_variable_present_as_it_is():
+# What torch 2.11.0+cu130 did on the H200 (2026-12-01: a process that sets nothing itself allocates, and its
+# memory snapshot says whether the segments are expandable; bench/results/README.md, "Which variable torch reads"),
+# as (PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, PYTORCH_ALLOC_CONF) → allocator; None: unset.
+T, F_, MS, GC = "expandable_segments:True", "expandable_segments:False", "max_split_size_mb:64", "garbage_collection_threshold:0.6"
+MEASURED_ON_TORCH_2_11 = [
+    ((None, None, T), "expandable"), ((T, None, None), "expandable"), ((None, T, None), "expandable"),
+    ((F_, None, T), "caching"), ((T, None, F_), "expandable"), ((T, None, ""), "expandable"),
+    ((T, None, MS), "expandable"), ((T, F_, None), "expandable"), ((MS, None, T), "caching"),
+    ((GC, None, T), "caching"), (("", None, T), "caching"), ((" ", None, T), "caching"),
+    ((None, F_, T), "caching"), ((None, T, F_), "expandable"), ((None, MS, T), "caching"),
+    ((None, T, ""), "expandable"), (("", T, None), "caching"), ((None, None, None), "caching"),
+]
+
+
+@pytest.mark.parametrize("values, measured", MEASURED_ON_TORCH_2_11)
+def test_torch_reads_the_first_variable_present_as_measured(values, measured):
     """What a process that sets nothing itself gets (a plain loop, bench/calibrate_memory.py): the first of
-    PYTORCH_ALLOC_CONF, PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF present, a blank one too."""
-    assert A.torch_allocator({}) == ("caching", None)
-    assert A.torch_allocator({"PYTORCH_ALLOC_CONF": None, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
-        "expandable", "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True'")  # None: unset (a header's null)
-    assert A.torch_allocator({"PYTORCH_ALLOC_CONF": "", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == (
-        "caching", "PYTORCH_ALLOC_CONF=''")
-    assert A.torch_allocator({"PYTORCH_HIP_ALLOC_CONF": "expandable_segments:True"})[0] == "expandable"
+    PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, PYTORCH_ALLOC_CONF present, a blank one too — as torch 2.11
+    did on the H200 for each of these."""
+    env = dict(zip(("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ALLOC_CONF"), values))
+    assert A.torch_allocator(env)[0] == measured
+    assert A.ALLOC_VARS == ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
 
 def test_an_unknown_allocator_is_refused():
@@ -203,23 +222,24 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     assert hf.data["allocator"] == "expandable" and hf.data["allocator_set_by"] is None
     assert "lora_modules_to_save: [] (only needed for new tokens) → 21.2 GiB" in hf.remedy.text
     assert "fsdp" not in hf.remedy.text  # sharding is the runner's; axolotl sets FSDP in its own config
-    # a variable of the user's that axolotl keeps: torch's default caching allocator, a larger reserve
-    own = config_facts(tmp_path / "own", env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
+    # a PYTORCH_CUDA_ALLOC_CONF of the user's: torch reads it before axolotl's PYTORCH_ALLOC_CONF (measured, torch
+    # 2.11): torch's default caching allocator, a larger reserve
+    own = config_facts(tmp_path / "own", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
     caching = memory(own, gpus(tmp_path / "m3", RTX5090))
     assert caching.message.startswith("does not fit: needs 34.4 GiB") and caching.data["allocator"] == "caching"
-    assert caching.data["allocator_set_by"] == "PYTORCH_ALLOC_CONF='max_split_size_mb:512'"
+    assert caching.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
     assert "lora_modules_to_save: [] (only needed for new tokens) → 22.1 GiB" in caching.remedy.text
-    assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_ALLOC_CONF=") for d in
+    assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_CUDA_ALLOC_CONF=") for d in
                caching.details)
-    # only the older variable: axolotl sets PYTORCH_ALLOC_CONF, which torch reads first: expandable segments
-    older = memory(config_facts(tmp_path / "older", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
+    # only PYTORCH_ALLOC_CONF: axolotl then sets PYTORCH_CUDA_ALLOC_CONF, which torch reads first: its expandable
+    # segments, and the user's setting is named as not read
+    newer = memory(config_facts(tmp_path / "newer", env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"},
                                 engine="peft"), gpus(tmp_path / "m5", RTX5090))
-    assert older.message.startswith("does not fit: needs 31.8 GiB") and older.data["allocator"] == "expandable"
-    assert older.data["allocator_set_by"] is None
-    assert "allocator: expandable segments (`axolotl train` sets PYTORCH_ALLOC_CONF to them when it is unset); not " \
-           "read: PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512' (`axolotl train` sets PYTORCH_ALLOC_CONF, and torch " \
-           "≥ 2.9 reads only the first" in " ".join(older.details)
-    # ... which a torch older than 2.9 (the target's, from its version.py) does not read: the user's variable
+    assert newer.message.startswith("does not fit: needs 31.8 GiB") and newer.data["allocator"] == "expandable"
+    assert newer.data["allocator_set_by"] is None
+    assert "not read: PYTORCH_ALLOC_CONF='max_split_size_mb:512' (torch ≥ 2.9 reads only the first of " \
+           "PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, PYTORCH_ALLOC_CONF that is set)" in " ".join(newer.details)
+    # a torch older than 2.9 (the target's, from its version.py) reads PYTORCH_CUDA_ALLOC_CONF alone: the user's
     old_torch = memory(config_facts(tmp_path / "older2", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
                                     engine="peft"), gpus(tmp_path / "m6", RTX5090), TorchFacts(True, "2.8.0+cu128"))
     assert old_torch.message.startswith("does not fit: needs 34.4 GiB") and old_torch.data["allocator"] == "caching"
@@ -351,11 +371,12 @@ def test_check_config_backend_switch_and_the_json_data(tmp_path):
     assert hf["results"][0]["data"]["peak_allocated_bytes"] > runner["results"][0]["data"]["peak_allocated_bytes"]
     assert runner["results"][0]["data"]["allocator_set_by"] is None and runner["facts"]["train_config"]["alloc_env"] == {}
     # a variable of the user's: named in the data (a string where null was), and the report still validates
-    own = _check_json(tmp_path, "--backend", "axolotl", alloc_env={"PYTORCH_ALLOC_CONF": "expandable_segments:False"})
+    own = _check_json(tmp_path, "--backend", "axolotl", alloc_env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"})
     assert errors(own, schema) == []
     data = own["results"][0]["data"]
-    assert (data["allocator"], data["allocator_set_by"]) == ("caching", "PYTORCH_ALLOC_CONF='expandable_segments:False'")
-    assert own["facts"]["train_config"]["alloc_env"] == {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}
+    assert (data["allocator"], data["allocator_set_by"]) == ("caching",
+                                                             "PYTORCH_CUDA_ALLOC_CONF='expandable_segments:False'")
+    assert own["facts"]["train_config"]["alloc_env"] == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
     assert data["peak_reserved_bytes"] == round(estimate(LLAMA8B, SEED, engine="peft", allocator="caching").reserved)
 
 
@@ -639,8 +660,8 @@ def test_fit_memory_write_rewrites_every_constant_of_a_block(tmp_path, monkeypat
 def test_a_value_torch_refuses_is_named_with_the_mended_one(value, given, mended):
     why, fixed = A.refused(value)
     option = given.partition(":")[0]
-    assert why.startswith(f"{given}: torch takes only True or False there")
-    assert f"Expected a single True/False argument for {option}" in why
+    assert why.startswith(f"{given}: torch takes only True or False there and raises at the first CUDA allocation")
+    assert "Expected 'True' or 'False'" in why and f"Expected a single True/False argument for {option}" in why
     assert fixed == mended and A.refused(fixed) is None
 
 
@@ -658,13 +679,15 @@ def test_values_torch_takes_are_not_refused(value):
 
 def test_a_refused_value_counts_only_where_torch_reads_it():
     bad = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:true"}
-    # the runner keeps the user's variable; torch reads it
-    assert A.refused_in_force(bad, "runner")[0] == "PYTORCH_CUDA_ALLOC_CONF"
-    # `axolotl train` with torch >= 2.9 sets PYTORCH_ALLOC_CONF, which torch reads first: the bad one is never read
-    assert A.refused_in_force(bad, "peft") is None
-    # ... with torch 2.8 it reads PYTORCH_CUDA_ALLOC_CONF alone, the user's (axolotl leaves a set one alone)
+    # the runner keeps the user's variable, `axolotl train` too (its PYTORCH_ALLOC_CONF comes after): torch reads it
+    # first (measured on torch 2.11: it raised with PYTORCH_ALLOC_CONF=expandable_segments:True beside it)
+    assert A.refused_in_force(bad, "runner")[0] == A.refused_in_force(bad, "peft")[0] == "PYTORCH_CUDA_ALLOC_CONF"
     assert A.refused_in_force(bad, "peft", (2, 8))[0] == "PYTORCH_CUDA_ALLOC_CONF"
-    assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:True", **bad}, "runner") is None
+    # a bad PYTORCH_ALLOC_CONF behind a good PYTORCH_CUDA_ALLOC_CONF is never parsed (measured: nothing raised)
+    assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:true",
+                               "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, "runner") is None
+    # ... nor under axolotl, which sets PYTORCH_CUDA_ALLOC_CONF when the user set PYTORCH_ALLOC_CONF (torch >= 2.9)
+    assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:true"}, "peft") is None
     # torch 2.8 and the runner, which copies the user's PYTORCH_ALLOC_CONF where that torch reads: the user's named
     assert A.refused_in_force({"PYTORCH_ALLOC_CONF": "expandable_segments:true"}, "runner", (2, 8))[0] == "PYTORCH_ALLOC_CONF"
     # ... also beside a blank PYTORCH_CUDA_ALLOC_CONF (which the runner drops first)
@@ -701,9 +724,10 @@ def test_a_refused_value_is_reported_even_when_nothing_can_be_estimated(tmp_path
 
 
 def test_the_async_backend_is_named_as_unmeasured_and_the_stated_bands_are_the_measured_ones(tmp_path):
-    facts = config_facts(tmp_path, env={"PYTORCH_ALLOC_CONF": "backend:cudaMallocAsync"}, engine="peft")
+    facts = config_facts(tmp_path, env={"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}, engine="peft")
     r = memory(facts, gpus(tmp_path / "m", RTX5090))
-    assert any(d.startswith("backend:cudaMallocAsync in PYTORCH_ALLOC_CONF: CUDA's own pool allocator") for d in r.details)
+    assert any(d.startswith("backend:cudaMallocAsync in PYTORCH_CUDA_ALLOC_CONF: CUDA's own pool allocator")
+               for d in r.details)
     low, high = E.HOLDOUT_ERROR[("peft", "caching")]
     line = next(d for d in r.details if d.startswith("allocator: torch's default caching allocator"))
     assert f"{low * 100:+.1f} … {high * 100:+.1f} %" in line  # from HOLDOUT_ERROR, not a figure typed once

@@ -8,8 +8,8 @@ allocator leaves the Hugging Face engines 0.5-20 GiB (docs/training.md "Memory")
 (PYTORCH_ALLOC_CONF, the older PYTORCH_CUDA_ALLOC_CONF, or ROCm's PYTORCH_HIP_ALLOC_CONF) is kept (and, for a
 torch older than 2.9, copied where that torch reads it: below).
 
-torch ≥ 2.9 takes the first of its variables that is present, an empty one included; older torch reads
-PYTORCH_CUDA_ALLOC_CONF alone. An empty one (`export PYTORCH_ALLOC_CONF=`) is removed, not left to mask the
+torch ≥ 2.9 takes the first of its variables that is present, an empty one included, in the order of KEYS
+(measured on torch 2.11); older torch reads PYTORCH_CUDA_ALLOC_CONF alone. An empty one (`export PYTORCH_ALLOC_CONF=`) is removed, not left to mask the
 setting made here, nor the user's own in a variable read after it; with a torch older than 2.9 a setting the
 user made in another variable is copied into PYTORCH_CUDA_ALLOC_CONF, the one that torch reads (else it
 would silently get torch's default). envdoctor's memory estimate, envdoctor.training.allocator.allocator_in_force,
@@ -22,7 +22,7 @@ import os
 import re
 
 SETTING = "expandable_segments:True"
-KEYS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+KEYS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch >= 2.9's order
 NEW_READER = (2, 9)  # the first torch that reads PYTORCH_ALLOC_CONF (and the others) besides PYTORCH_CUDA_ALLOC_CONF
 
 

@@ -193,12 +193,9 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
     unread = [f"{k}={v!r}" for k, v in env.items()
               if not (set_by or "").startswith(f"{k}=") and (v.strip() or not runner)]
     if unread:
-        axolotl_sets = not runner and len(reads) > 1 and "PYTORCH_ALLOC_CONF" not in env
         which = (f"torch {torch_version[0]}.{torch_version[1]} reads only PYTORCH_CUDA_ALLOC_CONF" if len(reads) == 1
-                 else "torch ≥ 2.9 reads only the first of PYTORCH_ALLOC_CONF, PYTORCH_CUDA_ALLOC_CONF, "
-                      "PYTORCH_HIP_ALLOC_CONF that is set")
-        line += (f"; not read: {', '.join(unread)} ("
-                 + ("`axolotl train` sets PYTORCH_ALLOC_CONF, and " if axolotl_sets else "") + which + ")")
+                 else "torch ≥ 2.9 reads only the first of " + ", ".join(reads) + " that is set")
+        line += f"; not read: {', '.join(unread)} ({which})"
     return line
 
 

@@ -7,16 +7,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# torch's allocator variables, in the order torch ≥ 2.9 reads them: the first one PRESENT decides, a blank one
-# too (c10/core/AllocatorConfig.cpp, AcceleratorAllocatorConfig::instance(); c10::utils::get_env is getenv !=
-# nullptr), and ROCm's PYTORCH_HIP_ALLOC_CONF is read on CUDA builds as well. torch < 2.9 on CUDA reads
-# PYTORCH_CUDA_ALLOC_CONF alone (c10/cuda/CUDAAllocatorConfig.h; ROCm builds then PYTORCH_HIP_ALLOC_CONF).
-ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
-NEW_READER = (2, 9)   # the first torch that reads PYTORCH_ALLOC_CONF
+# torch's allocator variables, in the order torch ≥ 2.9 reads them: the first one PRESENT decides — a blank one
+# too — and the others are not even parsed (a value torch would refuse there raises nothing). Measured on torch
+# 2.11.0+cu130 (H200, 2026-12-01, 20 combinations: bench/results/README.md): PYTORCH_CUDA_ALLOC_CONF before ROCm's
+# PYTORCH_HIP_ALLOC_CONF (read on CUDA builds too) before PYTORCH_ALLOC_CONF; torch 2.9 and 2.10 are taken to
+# read alike (not measured). torch < 2.9 on CUDA reads PYTORCH_CUDA_ALLOC_CONF alone (c10/cuda/CUDAAllocatorConfig.h).
+ALLOC_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+NEW_READER = (2, 9)   # the first torch that reads PYTORCH_ALLOC_CONF (and PYTORCH_HIP_ALLOC_CONF on CUDA)
 RUNNER_SETTING = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # train/envdoctor_runner/allocator.py
 # axolotl's set_pytorch_cuda_alloc_conf (`axolotl train`, before anything imports torch; the same rule in 0.13.1
 # and 0.19.0): with torch ≥ 2.9 PYTORCH_ALLOC_CONF when it is unset (os.getenv is None: a blank one counts as
-# set), else — and with torch 2.2-2.8 — PYTORCH_CUDA_ALLOC_CONF when that is unset
+# set), else — and with torch 2.2-2.8 — PYTORCH_CUDA_ALLOC_CONF when that is unset. torch reads a
+# PYTORCH_CUDA_ALLOC_CONF of the user's first: axolotl's setting then does not count
 AXOLOTL_SETTINGS = (("PYTORCH_ALLOC_CONF", "expandable_segments:True"),
                     ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True,roundup_power2_divisions:16"))
 
@@ -26,8 +28,9 @@ def torch_reads(torch_version: tuple[int, int] | None = None) -> tuple[str, ...]
     return ALLOC_VARS if torch_version is None or tuple(torch_version) >= NEW_READER else ("PYTORCH_CUDA_ALLOC_CONF",)
 
 
-# The options torch's parser takes True or False for, and nothing else (c10 AllocatorConfig / CUDAAllocatorConfig:
-# TORCH_CHECK "Expected a single True/False argument for <option>" — raised at the first CUDA allocation).
+# The options torch's parser takes True or False for, and nothing else: it raises at the first CUDA allocation
+# (measured, torch 2.11: ValueError "Expected 'True' or 'False' at index 2 in ConfigTokenizer but got 'true'";
+# older c10 CUDAAllocatorConfig: "Expected a single True/False argument for <option>").
 BOOLEAN_OPTIONS = ("expandable_segments", "release_lock_on_cudamalloc", "pinned_use_cuda_host_register",
                    "pinned_use_background_threads")
 
@@ -66,8 +69,9 @@ def refused(value: str) -> tuple[str, str] | None:
     if not whys:
         return None
     options = sorted({w.partition(":")[0] for w in whys})
-    return (f"{', '.join(whys)}: torch takes only True or False there (\"Expected a single True/False argument for "
-            f"{' / '.join(options)}\", raised at the first CUDA allocation)", "".join(out))
+    return (f"{', '.join(whys)}: torch takes only True or False there and raises at the first CUDA allocation "
+            f"(torch 2.11: \"Expected 'True' or 'False' … in ConfigTokenizer\"; older: \"Expected a single "
+            f"True/False argument for {' / '.join(options)}\")", "".join(out))
 
 
 def async_backend(value: str) -> bool:
@@ -139,8 +143,9 @@ def allocator_in_force(env: Mapping[str, str], engine: str = "runner",
     them: the runner drops blank ones and, when none is left, sets PYTORCH_CUDA_ALLOC_CONF to expandable
     segments, and with a torch older than 2.9 copies the user's setting into PYTORCH_CUDA_ALLOC_CONF when it
     is in another variable (train/envdoctor_runner/allocator.py); `axolotl train` ("peft", "hf-loop", "hf-trainer") sets
-    PYTORCH_ALLOC_CONF when it is unset and torch is ≥ 2.9 — which torch then reads before a
-    PYTORCH_CUDA_ALLOC_CONF of the user's — else PYTORCH_CUDA_ALLOC_CONF when that is unset (AXOLOTL_SETTINGS).
+    PYTORCH_ALLOC_CONF when it is unset and torch is ≥ 2.9 — which torch reads only when the user set neither
+    PYTORCH_CUDA_ALLOC_CONF nor PYTORCH_HIP_ALLOC_CONF — else PYTORCH_CUDA_ALLOC_CONF when that is unset
+    (AXOLOTL_SETTINGS).
     Then torch reads the first of its variables present (torch_reads: `torch_version`, None for a current
     torch); expandable segments are on only for `expandable_segments:True`."""
     reads = torch_reads(torch_version)
