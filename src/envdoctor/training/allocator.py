@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 # torch's allocator variables, in the order torch ≥ 2.9 reads them: the first one PRESENT decides — a blank one
 # too — and the others are not even parsed (a value torch would refuse there raises nothing). Measured on torch
-# 2.11.0+cu130 (H200, 2026-12-01, 20 combinations: bench/results/README.md): PYTORCH_CUDA_ALLOC_CONF before ROCm's
+# 2.11.0+cu130 (H200, 2026-12-01, 21 combinations: bench/results/README.md): PYTORCH_CUDA_ALLOC_CONF before ROCm's
 # PYTORCH_HIP_ALLOC_CONF (read on CUDA builds too) before PYTORCH_ALLOC_CONF; torch 2.9 and 2.10 are taken to
 # read alike (not measured). torch < 2.9 on CUDA reads PYTORCH_CUDA_ALLOC_CONF alone (c10/cuda/CUDAAllocatorConfig.h).
 ALLOC_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
