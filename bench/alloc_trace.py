@@ -122,20 +122,19 @@ def summarize(before: dict, after: dict, device: int = 0, top: int = 6) -> dict:
     """The reserved and allocated peaks of the recorded span and what made them (module docstring)."""
     traces = after.get("device_traces") or []
     events = traces[device] if device < len(traces) else []
-    best_r = best_a = (-1, 0, 0)
+    best_r = best_a = end = (-1, 0, 0)
     for i, reserved, allocated, *_ in replay(before, events):
         if reserved > best_r[1]:
             best_r = (i, reserved, allocated)
         if allocated > best_a[2]:
             best_a = (i, reserved, allocated)
+        end = (i, reserved, allocated)
     out: dict = {"events": len(events)}
     if best_r[0] >= 0 and best_r[1] <= sum(seg["total_size"] for seg in before.get("segments", [])):
         out["reserved_peak_before_recording"] = True  # no event raised it: there is no trigger to name
     if best_r[0] < 0:
         return out
-    for last in replay(before, events):
-        pass
-    out["replayed_end"] = dict(reserved=last[1], allocated=last[2])  # to compare with torch's own counters
+    out["replayed_end"] = dict(reserved=end[1], allocated=end[2])  # to compare with torch's own counters
     # the state once the allocation that made the allocator map more has its block
     at, trigger = next(((j, ev) for j, ev in enumerate(events[best_r[0] + 1:], best_r[0] + 1)
                         if ev.get("action") == "alloc"), (best_r[0], {}))

@@ -316,8 +316,8 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
             act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * elems
         logits = loss_phase
         save_bytes = k["SAVE_BYTES_INPLACE"] if in_place else k["SAVE_BYTES_RUNNER"]
-    else:  # the Hugging Face engines: the peak is the largest of the phases of one step (hf_phases)
-        logits, act, save_bytes = 0.0, 0.0, 4.0
+    else:  # the Hugging Face engines: fp32 copies; activations, logits and gradients are hf_phases' parts
+        save_bytes = 4.0
     embed_bytes = embed * heads * (2.0 if runner else 4.0)
     # fp32 weights (+ gradients: the runner's fitted LORA_BYTES; the Hugging Face engines' gradients are a phase's)
     lora_bytes = lora * (k.get("LORA_BYTES", 4.0) + opt)
