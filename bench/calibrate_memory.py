@@ -180,7 +180,30 @@ GRID_TRACE = {
     "llama-3.2-1b": [(256, 2, 8, True, False, "holdout"), (700, 2, 8, True, False, "holdout"),
                      (8192, 2, 128, True, True, "holdout")],
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
+# Round 6 (2026-12-01, third session of the day): a blind hold-out drawn at random, not picked
+# (random.Random(20261201): seq log-uniform 256-8192 rounded to 8, micro batch 1-8, checkpointing 70 %,
+# modules_to_save 50 %, r from 8-128, accumulation 1/1/2/4/8; tokens at most 16384 with checkpointing, and
+# without it what the card holds: 2600 (8B), 4000 (3B), 6000 (1B)), measured before the runner's accumulation
+# rule and any refit that followed were committed.
+GRID6 = {
+    "llama-3.1-8b": [
+        (416, 4, 12, True, True, "holdout", 1), (2232, 2, 96, True, True, "holdout", 8),
+        (1760, 6, 32, False, True, "holdout", 4), (6232, 2, 8, False, True, "holdout", 2),
+        (752, 3, 128, True, False, "holdout", 2), (472, 8, 64, False, True, "holdout", 2),
+        (400, 5, 24, False, False, "holdout", 2), (384, 2, 128, False, True, "holdout", 2),
+    ],
+    "llama-3.2-3b": [
+        (1608, 6, 128, False, True, "holdout", 1), (1192, 5, 80, True, True, "holdout", 1),
+        (616, 3, 8, True, True, "holdout", 1), (1128, 2, 12, False, True, "holdout", 2),
+    ],
+    "llama-3.2-1b": [
+        (1400, 1, 96, False, True, "holdout", 8), (1176, 8, 24, True, True, "holdout", 1),
+        (872, 2, 8, False, True, "holdout", 2), (272, 5, 16, True, False, "holdout", 2),
+        (368, 6, 32, True, True, "holdout", 4),
+    ],
+    "tiny": [(72, 2, 12, True, True, "holdout", 2)],   # CPU proof
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
