@@ -203,7 +203,18 @@ GRID6 = {
     ],
     "tiny": [(72, 2, 12, True, True, "holdout", 2)],   # CPU proof
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
+# Round 6b (drawn the same way, random.Random(202612012)): the runner alone, modules_to_save on, one loss chunk
+# (seq × micro ≤ 1024, seq 256-1024) and accumulation 2-8 — where the runner's accumulation rule of that session
+# takes the lm_head gradient as already in its peak (8B: trained in place) and where it does not (3B: tied, copies).
+GRID6B = {
+    "llama-3.1-8b": [(600, 1, 128, True, True, "holdout", 2), (376, 2, 8, True, False, "holdout", 4),
+                     (472, 1, 16, True, False, "holdout", 4), (272, 3, 8, True, True, "holdout", 8),
+                     (344, 1, 128, True, False, "holdout", 2), (312, 1, 128, True, False, "holdout", 8)],
+    "llama-3.2-3b": [(512, 1, 16, True, True, "holdout", 4), (528, 1, 8, True, False, "holdout", 4),
+                     (968, 1, 8, True, True, "holdout", 8)],
+    "tiny": [(40, 2, 8, True, True, "holdout", 2)],   # CPU proof
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.

@@ -41,6 +41,10 @@ from hf_loop import SHAPES  # noqa: E402
 from envdoctor.training import allocator as A  # noqa: E402
 from envdoctor.training import estimate as E  # noqa: E402
 
+# Hold-out points that became fit points, by (file, engine), and why: the runner's accumulation points of
+# 2026-12-01 chose its accumulation rule (estimate.py: lm_head's gradient already in a one-chunk peak); round 6b
+# (h200-calibration-2026-12-01-round6b.jsonl) was measured after that rule was committed, to test it blind.
+FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
 # Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
 # SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs
@@ -83,6 +87,8 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
             elif kind == "point" and not row.get("error") and row.get("peak_allocated"):
                 row["_where"], row["_run"] = f"{path}:{n}", run
                 row["allocator"] = runner_allocator if row.get("engine") == "runner" else allocator
+                if (Path(path).name, row.get("engine")) in FIT_BY_CHOICE and row.get("role") == "holdout":
+                    row["role"] = "fit"
                 candidates.append((n, row))
         for n, row in candidates:
             name = row.get("id") or (row.get("shape"), row.get("engine"), row.get("seq"), row.get("micro"))

@@ -142,6 +142,11 @@ case $part in
                 own --grid 6 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 170 330)
                 axo --grid 6 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 160 160)
                 axo --grid 6 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
+  # Round 6b (GRID6B): the runner alone on one-chunk batches with accumulation, 8B then 3B:
+  #   bash bench/h200_calibrate.sh round6b
+  round6b) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
+           own --grid 6b --shapes $BIG --engines runner --budget-s $(cap 200 120)
+           own --grid 6b --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Gradient accumulation (GRID_ACCUM): the runner under its own setting, the HF engines under axolotl's for torch >= 2.9
   #   bash bench/h200_calibrate.sh accum
   accum) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
@@ -159,7 +164,7 @@ case $part in
          own --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 130 190)
          axo --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines hf-loop,hf-trainer --budget-s $(cap 130 50)
          own --grid trace --trace --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|round5-8b|round5-small|round6-8b|round6-small|accum|trace]"; exit 2 ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|round5-8b|round5-small|round6-8b|round6-small|round6b|accum|trace]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl

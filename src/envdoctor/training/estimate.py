@@ -342,7 +342,15 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     if cfg["gradient_accumulation_steps"] > 1:  # the fp32 gradients live from the first micro batch to the
         # step, through every later micro batch's peak (measured on the H200, issue #17's table at accumulation
         # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
-        held = 4.0 * lora + (grad_bytes if in_place else 4.0) * save
+        save_grad = grad_bytes if in_place else 4.0
+        held = 4.0 * lora + save_grad * save
+        if in_place and "lm_head" in saves and tokens <= cfg["loss_chunk_tokens"]:
+            # The runner's fitted peak (SAVE_BYTES_INPLACE) already holds lm_head's gradient when the batch is
+            # one loss chunk: that peak comes after the chunk's backward made it. With more chunks it is in the
+            # first chunk's backward, before the gradient exists, and every held gradient adds to it. Chosen on
+            # the 8B accumulation points of 2026-12-01 (allocated +9.0 and +12.7 % over before, -1.0 and +2.3
+            # after); the copies' (a tied shape, FSDP) keep every held gradient: there it went under (-4.6 %).
+            held -= save_grad * embed
         parts["gradients held across micro batches"] = held / (nproc if sharded else 1)
     if runner:
         parts["activations"] = act
