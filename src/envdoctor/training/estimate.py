@@ -93,8 +93,10 @@ CONSTANTS: dict[str, dict[str, float]] = {
 # axolotl 0.19 sets expandable_segments:True alone). CONSTANTS' RESERVE_* are those of torch's default caching
 # allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
 RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
-    "hf-loop": dict(RESERVE_FRAC=0, RESERVE_GIB=1.051, RESERVE_LOGITS=0.0001953, RESERVE_SAVE=0.3673),
-    "hf-trainer": dict(RESERVE_FRAC=0.04072, RESERVE_GIB=0.4421, RESERVE_LOGITS=0.4347, RESERVE_SAVE=1.599e-07),
+    "hf-loop": dict(RESERVE_FRAC=0.05107, RESERVE_GIB=0.382, RESERVE_LOGITS=0.07714, RESERVE_SAVE=0.1041,
+                   RESERVE_FRAC_NOGC=0.03159, RESERVE_GIB_NOGC=1.758e-07, RESERVE_LOGITS_NOGC=1.209e-08, RESERVE_SAVE_NOGC=0.4),
+    "hf-trainer": dict(RESERVE_FRAC=0.07557, RESERVE_GIB=0.03347, RESERVE_LOGITS=0.4798, RESERVE_SAVE=0.08145,
+                   RESERVE_FRAC_NOGC=0.08627, RESERVE_GIB_NOGC=5.794e-07, RESERVE_LOGITS_NOGC=2.936e-06, RESERVE_SAVE_NOGC=0.06677),
 }
 # The runner's reserve under torch's caching allocator (a variable of the user's that turns expandable segments
 # off: the runner keeps it), fitted on the 8B fit points of grid 1 measured so on 2026-12-01
@@ -220,7 +222,11 @@ def constants(engine: str, allocator: str = "expandable") -> dict[str, float]:
     if engine not in CONSTANTS:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)} or peft")
     extra = reserve_overrides(engine, allocator)
-    return {**CONSTANTS[engine], **extra} if extra else CONSTANTS[engine]
+    if not extra:
+        return CONSTANTS[engine]
+    # a _NOGC value of the engine's own allocator does not outlive the override of its constant
+    return {n: v for n, v in {**CONSTANTS[engine], **extra}.items()
+            if not (n.endswith("_NOGC") and n not in extra and n[:-5] in extra)}
 
 
 def hf_phases(shape: Shape, k: Mapping[str, float], lora: int, save: int, head: bool, b: int, s: int,
@@ -364,10 +370,11 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     # one loss (the whole batch for the HF engines, one chunk for the runner) and the modules_to_save copies'
     # gradients, allocated and freed every step (measured: 0.5-20 GiB over the 2026-11-30 H200 grid).
     loss_tokens = min(cfg["loss_chunk_tokens"], tokens) if runner else tokens
-    reserve = (k["RESERVE_FRAC"] * sum(parts.values()) + k["RESERVE_GIB"] * GiB
-               + k["RESERVE_LOGITS"] * 4.0 * loss_tokens * shape.vocab  # every rank computes its own batch's
-               + k["RESERVE_SAVE"] * (grad_bytes if in_place else 4.0) * save / (nproc if sharded else 1)
-               + k.get("RESERVE_LAYER", 0.0) * 2.0 * layer_params)  # a layer's weights in bf16: the size of the
+    rk = {n: k.get(n + "_NOGC", v) if not gc_on else v for n, v in k.items()}
+    reserve = (rk["RESERVE_FRAC"] * sum(parts.values()) + rk["RESERVE_GIB"] * GiB
+               + rk["RESERVE_LOGITS"] * 4.0 * loss_tokens * shape.vocab  # every rank computes its own batch's
+               + rk["RESERVE_SAVE"] * (grad_bytes if in_place else 4.0) * save / (nproc if sharded else 1)
+               + rk.get("RESERVE_LAYER", 0.0) * 2.0 * layer_params)  # a layer's weights in bf16: the size of the
     # blocks a layer's forward and backward allocate and free (dequantized weights, activations' tensors)
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
                     CONTEXT_BYTES, nproc, sharded, allocator)
