@@ -40,7 +40,7 @@ def test_checks_lists_every_check(capsys):
 def test_json_report_for_this_interpreter(capsys):
     code = cli.main(["check", "--json", "--python", sys.executable, "--only", "python", "packages.pip"])
     data = json.loads(capsys.readouterr().out)
-    assert data["schema_version"] == 4 and data["summary"]["exit_code"] == code
+    assert data["schema_version"] == 5 and data["summary"]["exit_code"] == code
     assert {r["id"] for r in data["results"]} == {"python.interpreter", "python.version",
                                                   "python.environment", "packages.pip"}
     assert set(data["facts"]) == {"python"}  # only the facts the selected checks used

@@ -49,8 +49,8 @@ def test_parameter_arithmetic_matches_domain_facts():
 # card + 5 %), under expandable segments (what the runner and `axolotl train` set when no allocator variable is)
 # and under torch's default caching allocator. A change to the estimator changes these on purpose (a refit:
 # bench/fit_memory.py --write).
-PINNED = {"runner": (12_731, 14_411, 17_247, 18_110), "hf-loop": (25_629, 28_177, 31_013, 32_564),
-          "hf-trainer": (25_765, 28_138, 30_974, 32_523), "peft": (25_629, 28_177, 31_013, 32_564)}
+PINNED = {"runner": (12_731, 14_411, 17_247, 18_110), "hf-loop": (25_629, 27_900, 30_736, 32_273),
+          "hf-trainer": (25_765, 29_034, 31_870, 33_464), "peft": (25_765, 29_034, 31_870, 33_464)}
 PINNED_CACHING = {"runner": (12_731, 15_485, 18_321, 19_237), "hf-loop": (25_629, 30_225, 33_061, 34_714),
                   "hf-trainer": (25_765, 30_701, 33_537, 35_213), "peft": (25_765, 30_701, 33_537, 35_213)}
 
@@ -218,9 +218,9 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     assert "allocator: expandable segments (the runner sets them when no allocator variable is set)" in r.details
     # axolotl: `axolotl train` sets expandable segments too when no allocator variable is set
     hf = memory(dataclasses.replace(facts, engine="peft"), gpus(tmp_path / "m2", RTX5090))
-    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 31.8 GiB")
+    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 32.7 GiB")
     assert hf.data["allocator"] == "expandable" and hf.data["allocator_set_by"] is None
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.2 GiB" in hf.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.4 GiB" in hf.remedy.text
     assert "fsdp" not in hf.remedy.text  # sharding is the runner's; axolotl sets FSDP in its own config
     # a PYTORCH_CUDA_ALLOC_CONF of the user's: torch reads it before axolotl's PYTORCH_ALLOC_CONF (measured, torch
     # 2.11): torch's default caching allocator, a larger reserve
@@ -235,7 +235,7 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     # segments, and the user's setting is named as not read
     newer = memory(config_facts(tmp_path / "newer", env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"},
                                 engine="peft"), gpus(tmp_path / "m5", RTX5090))
-    assert newer.message.startswith("does not fit: needs 31.8 GiB") and newer.data["allocator"] == "expandable"
+    assert newer.message.startswith("does not fit: needs 32.7 GiB") and newer.data["allocator"] == "expandable"
     assert newer.data["allocator_set_by"] is None
     assert "not read: PYTORCH_ALLOC_CONF='max_split_size_mb:512' (torch ≥ 2.9 reads only the first of " \
            "PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, PYTORCH_ALLOC_CONF that is set)" in " ".join(newer.details)
@@ -255,39 +255,45 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
 
 def test_a_fit_inside_the_estimates_known_error_is_a_warning(tmp_path):
     """Fits by the estimate plus its 5 % margin, but not if the run reserves as much more than estimated as the
-    worst held-out run of its engine did (HOLDOUT_ERROR): a warning that says by how much, with ways to leave
-    room. The runner's worst under-estimate (-3.4 %) is inside the margin: it never warns for that."""
+    worst measured run of its engine did (the lower of HOLDOUT_ERROR's and FIT_ERROR's lows: the Hugging Face
+    path's hold-out is round 6 alone, its fitted points went lower): a warning that says by how much, with ways
+    to leave room. The runner's worst under-estimate (-4.7 %) is inside the margin: it never warns for that."""
     hf_facts = config_facts(tmp_path, engine="peft")
     e = estimate(LLAMA8B, SEED, engine="peft")
-    low = E.HOLDOUT_ERROR[("peft", "expandable")][0]
+    low = min(E.HOLDOUT_ERROR[("peft", "expandable")][0], E.FIT_ERROR[("peft", "expandable")][0])
+    assert low == E.FIT_ERROR[("peft", "expandable")][0] < -0.05
     worst = e.reserved / (1 + low) + e.paged + e.context
-    assert e.needed < worst  # the margin does not cover -7 %: there is a band to warn in
+    assert e.needed < worst  # the margin does not cover -5.9 %: there is a band to warn in
     tight = memory(hf_facts, gpus(tmp_path / "m1", dict(RTX5090, mem_free=int((e.needed + worst) / 2))))
-    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 31.8 GiB")
-    assert "reserved up to 7.5% more than estimated, 32.4 GiB here" in tight.message
+    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 32.7 GiB")
+    assert "on measured runs this engine reserved up to 6.3% more than estimated, 32.9 GiB here" in tight.message
     assert tight.data["fits"] is True and tight.data["worst_case_card_bytes"] == round(worst)
     assert tight.data["holdout_error"] == list(E.HOLDOUT_ERROR[("peft", "expandable")])
+    assert tight.data["fit_error"] == list(E.FIT_ERROR[("peft", "expandable")])
     assert tight.remedy.text.startswith("Leave more room: lora_modules_to_save: []")
     roomy = memory(hf_facts, gpus(tmp_path / "m2", dict(RTX5090, mem_total=40 * GiB, mem_free=int(worst) + GiB)))
-    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 31.8 GiB")
+    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 32.7 GiB")
     r = estimate(LLAMA8B, SEED)
     just = memory(config_facts(tmp_path / "r"), gpus(tmp_path / "m3", dict(RTX5090, mem_free=int(r.needed) + 1)))
     assert just.status == Status.OK and just.data["worst_case_card_bytes"] < r.needed
-    assert any(d.startswith("this estimate's error on held-out H200 runs: -3.4 … +21.9 %") for d in just.details)
+    assert any(d.startswith("this estimate's error on H200 runs: -3.4 … +14.9 % of the reserved peak held out, "
+                            "-4.7 … +12.1 % on those it was fitted to") for d in just.details)
 
 
 def test_the_stated_hold_out_error_is_the_measured_one():
-    """HOLDOUT_ERROR (what `check --config` says of its own accuracy) against the H200 hold-out points in
-    bench/results, recomputed: the runner's rows, and the Hugging Face path as --backend axolotl estimates it."""
-    F, rows = _holdout_rows()
-    got = {}
-    for allocator in E.ALLOCATORS:
-        runner = [F.predicted(r).reserved / r["peak_reserved"] - 1 for r in rows
-                  if (r["engine"], r["allocator"]) == ("runner", allocator)]
-        path = [est / measured - 1 for _, est, measured in F.hf_path(rows, allocator)]
-        got[("runner", allocator)] = (round(min(runner), 3), round(max(runner), 3))
-        got[("peft", allocator)] = (round(min(path), 3), round(max(path), 3))
-    assert got == E.HOLDOUT_ERROR
+    """HOLDOUT_ERROR and FIT_ERROR (what `check --config` says of its own accuracy) against the H200 hold-out and
+    fit points in bench/results, recomputed: the runner's rows, and the Hugging Face path as --backend axolotl
+    estimates it."""
+    F, rows = _all_rows()
+    for role, stated in (("holdout", E.HOLDOUT_ERROR), ("fit", E.FIT_ERROR)):
+        got = {}
+        for allocator in E.ALLOCATORS:
+            runner = [F.predicted(r).reserved / r["peak_reserved"] - 1 for r in rows
+                      if (r["engine"], r["allocator"], r["role"]) == ("runner", allocator, role)]
+            path = [est / measured - 1 for _, est, measured in F.hf_path(rows, allocator, role=role)]
+            got[("runner", allocator)] = (round(min(runner), 3), round(max(runner), 3))
+            got[("peft", allocator)] = (round(min(path), 3), round(max(path), 3))
+        assert got == stated, role
 
 
 def test_a_16gb_card_gets_concrete_changes_and_the_gpus_to_shard_over(tmp_path):
@@ -465,20 +471,25 @@ def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypa
     assert abs(E.CONSTANTS["hf-loop"]["LOGIT_BYTES"] - 8.5) < 0.5
 
 
-def _holdout_rows():
+def _all_rows():
+    """bench/fit_memory.py and every measured calibration row, fit and hold-out (each with its role)."""
     files = sorted(RESULTS.glob("h200-calibration-*.jsonl"))
     assert files, "bench/results has the H200 calibration lines (bash bench/h200_calibrate.sh)"
     sys.path.insert(0, str(BENCH))
     import fit_memory as F
-    rows = [r for r in F.load_rows([str(f) for f in files]) if r["role"] == "holdout"]
+    return F, F.load_rows([str(f) for f in files])
+
+
+def _holdout_rows():
+    F, rows = _all_rows()
+    rows = [r for r in rows if r["role"] == "holdout"]
     assert {e: sum(r["engine"] == e for r in rows) >= 10 for e in E.ENGINES} == dict.fromkeys(E.ENGINES, True)
     return F, rows
 
 
-@pytest.mark.xfail(strict=True, reason="issue #18 open: of the hold-out points of rounds 1-5 and the accumulation "
-                   "points, the runner misses ±10 % / -5 % on 4 of 69 (+10.4, +11.8, +18.0, +21.9 %: over), the "
-                   "Hugging Face path under axolotl's allocator setting on 4 of 65 (-7.0, +11.2, +15.4, +16.5 %) "
-                   "(docs/training.md)")
+@pytest.mark.xfail(strict=True, reason="issue #18 open: the runner misses ±10 % / -5 % on 5 of its 89 hold-out "
+                   "points (+10.3 … +14.9 %: all over), the Hugging Face path under axolotl's allocator setting on 3 "
+                   "of its 17 (round 6, blind after its refit: +10.1 … +11.7 %, all over) (docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
     """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh), for the two engines
     `check --config` estimates, each under the allocator setting it runs with when the user sets none: the
@@ -489,7 +500,7 @@ def test_measured_hold_out_points_meet_the_error_budget():
     errs = [(r["id"], F.predicted(r).reserved / r["peak_reserved"] - 1) for r in rows
             if (r["engine"], r["allocator"]) == ("runner", "expandable")]
     errs += [(r["id"], est / measured - 1) for r, est, measured in F.hf_path(rows, "expandable")]
-    assert len(errs) >= 90 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
+    assert len(errs) >= 100 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
 
 
 def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
@@ -501,7 +512,7 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
     more than 5 % above the estimate on several: the allocator's slack above allocated is cache it gives back
     when it must (expandable segments unmap free pages; the caching allocator frees whole cached segments).
     The control, capped at 0.8 × the estimate, runs out on every point: the cap binds."""
-    F, holdout = _holdout_rows()
+    F, holdout = _all_rows()  # the capped points were hold-out points when capped (some are fit points since)
     rows = [json.loads(line) for f in sorted(RESULTS.glob("h200-capped-*.jsonl"))
             for line in f.read_text().splitlines() if '"kind": "point"' in line]
     at_estimate = [r for r in rows if r.get("cap_scale", 1.0) == 1.0 and not r["id"].endswith("/repeat")]
@@ -532,18 +543,42 @@ def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_rounds(blin
     assert len(blind) >= points and [k for k, e in blind.items() if not -0.05 <= e <= 0.10] == []
 
 
-def test_the_hf_path_is_never_under_on_the_blind_round_after_the_phase_model():
-    """Round 5 (GRID5: sizes no round had, measured after the Hugging Face engines' phase model was committed,
-    under axolotl's setting for torch >= 2.9): the Hugging Face path's estimate is nowhere under the larger
-    measured reserved peak, its allocated estimates within -3 … +8 %; the one point outside the budget is an
-    over-estimate (the docs loop, 1B, 480 × 3, modules_to_save, no checkpointing: +16.5 %)."""
+def test_the_runner_on_the_random_blind_round_and_its_accumulation_rule():
+    """Round 6 and 6b (GRID6, GRID6_REST: drawn at random, measured after the runner's accumulation rule was
+    committed and before anything was looked at): 26 points, 21 with accumulation. None is 1.1 % or more under
+    its measured reserved peak; the three outside the budget are over-estimates (8B one-chunk batches with
+    modules_to_save and accumulation, +10.3 and +14.9 %; 1B at 1176 × 8, +10.4 %). The rule (lm_head's gradient
+    already in a one-chunk peak when trained in place) holds blind: those 8B points' allocated estimates within
+    -7 … +3 % (the start-of-session rule, every held gradient added: up to +13.7 %, reserved up to +25.4 %)."""
     F, rows = _holdout_rows()
-    blind = [r for r in rows if "round5" in r["_where"] and r["engine"] in E.HF_PATH]
+    blind = [r for r in rows if "round6" in r["_where"] and r["engine"] == "runner"]
+    assert len(blind) >= 26 and sum(r.get("accum", 1) > 1 for r in blind) >= 20
+    err = {(r["shape"], r["seq"], r["micro"]): F.predicted(r).reserved / r["peak_reserved"] - 1 for r in blind}
+    assert min(err.values()) >= -0.011
+    assert sorted(k for k, e in err.items() if e > 0.10) == [
+        ("llama-3.1-8b", 272, 3), ("llama-3.1-8b", 376, 2), ("llama-3.2-1b", 1176, 8)]
+    one_chunk = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind
+                 if r["shape"] == "llama-3.1-8b" and r["modules_to_save"] and r.get("accum", 1) > 1
+                 and r["seq"] * r["micro"] <= 1024]
+    assert len(one_chunk) >= 6 and -0.075 <= min(one_chunk) and max(one_chunk) <= 0.03, one_chunk
+
+
+def test_the_hf_path_is_never_under_on_the_blind_round_after_its_refit():
+    """Round 6 (GRID6: drawn at random, measured before the Hugging Face engines' expandable reserve was refitted
+    with and without checkpointing apart, and not looked at until that refit was committed; under axolotl's
+    setting for torch >= 2.9): the Hugging Face path's estimate is nowhere under the larger measured reserved peak
+    by more than 0.1 %, its allocated estimates within -5 … +9 %; the three points outside the budget are
+    over-estimates, all on the 1B shape with checkpointing (+10.1 … +11.7 %). Before the refit (round 5's
+    constants) the same round had five outside, up to +15.5 %, two of them on the 8B and 3B shapes."""
+    F, rows = _holdout_rows()
+    blind = [r for r in rows if "round6" in r["_where"] and r["engine"] in E.HF_PATH]
     path = [(r, est / measured - 1) for r, est, measured in F.hf_path(blind, "expandable")]
-    assert len(path) >= 15 and min(e for _, e in path) >= 0
-    assert [(r["shape"], r["seq"], r["micro"]) for r, e in path if e > 0.10] == [("llama-3.2-1b", 480, 3)]
+    assert len(path) >= 17 and min(e for _, e in path) >= -0.001
+    outside = [(r["shape"], r["seq"], r["micro"]) for r, e in path if e > 0.10]
+    assert sorted(outside) == [("llama-3.2-1b", 368, 6), ("llama-3.2-1b", 872, 2), ("llama-3.2-1b", 1400, 1)]
+    assert max(e for _, e in path) < 0.12
     allocated = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind]
-    assert len(allocated) >= 30 and -0.03 <= min(allocated) and max(allocated) <= 0.08
+    assert len(allocated) >= 34 and -0.05 <= min(allocated) and max(allocated) <= 0.09
 
 
 def test_measured_hold_out_allocated_peaks_are_within_15_percent():
@@ -782,8 +817,8 @@ def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rul
     the Hugging Face phases stopped counting the held gradients a second time): accumulation 4-8 on the 8B and 1B
     shapes. The Hugging Face engines' allocated estimates are within -3 … +5 %; counting the held gradients again
     (the rule before) over-estimated the short-sequence points by 9-19 %."""
-    F, rows = _holdout_rows()
-    accum = [r for r in rows if r.get("accum", 1) > 1]
+    F, rows = _all_rows()
+    accum = [r for r in rows if r.get("accum", 1) > 1 and "-accum" in r["_where"]]
     hf = [r for r in accum if r["engine"] in E.HF_PATH]
     assert len(hf) >= 10 and len({r["shape"] for r in hf}) == 2
     now = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in hf]

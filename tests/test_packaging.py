@@ -66,4 +66,4 @@ def test_editable_install(tmp_path):
     info = show(py)
     assert info["pkg"] == str(REPO / "src" / "envdoctor" / "__init__.py")
     assert info["root"] == str(REPO) and info["files"] == expected_files()
-    assert run_check(py)["schema_version"] == 4
+    assert run_check(py)["schema_version"] == 5

@@ -91,7 +91,7 @@ def test_json_report_schema_and_redaction():
     run = sample_run()
     data = json.loads(json.dumps(json_report.build(run, {"python": "/v/bin/python"}, "0.1.0",
                                                    exit_code(run.results, False))))
-    assert data["schema_version"] == 4 and data["summary"] == {
+    assert data["schema_version"] == 5 and data["summary"] == {
         "ok": 1, "warn": 1, "fail": 1, "skip": 0, "error": 1, "exit_code": 1}
     req = data["results"][1]
     assert req["id"] == "packages.requirements" and req["items"][0]["status"] == "fail"

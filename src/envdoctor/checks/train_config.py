@@ -33,7 +33,8 @@ def valid(train_config: TrainConfigFacts) -> Result:
 def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | None = None) -> Result:
     # Imported here: a check without --config never loads the estimator.
     from envdoctor.training.allocator import allocator_in_force, async_backend, refused_in_force
-    from envdoctor.training.estimate import HOLDOUT_ERROR, MARGIN, GiB, Shape, estimate, gpus_to_fit, ways_to_fit
+    from envdoctor.training.estimate import (FIT_ERROR, HOLDOUT_ERROR, MARGIN, GiB, Shape, estimate, gpus_to_fit,
+                                             ways_to_fit)
     cfg, model = train_config.config.resolved(), train_config.model
     # which allocator variable torch reads depends on its version (PYTORCH_ALLOC_CONF from 2.9 on); no torch in
     # the target yet: the one it would install now, a current one
@@ -81,14 +82,18 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
                            allocator=allocator)
         details.append(f"modules_to_save costs {(e.needed - no_save.needed) / GiB:.1f} GiB and "
                        f"{e.save_params:,} trainable parameters: only needed when you add tokens")
-    low, high = HOLDOUT_ERROR[(train_config.engine, allocator)]
-    # what the card holds if this run's reserved peak is as far above its estimate as the worst hold-out run's
-    worst = e.reserved / (1 + min(low, 0.0)) + e.paged + e.context
-    details.append(f"this estimate's error on held-out H200 runs: {low * 100:+.1f} … {high * 100:+.1f} % of the "
-                   f"reserved peak; at the low end the run holds {worst / GiB:.1f} GiB (docs/training.md)")
+    held_low, held_high = HOLDOUT_ERROR[(train_config.engine, allocator)]
+    fit_low, fit_high = FIT_ERROR[(train_config.engine, allocator)]
+    low = min(held_low, fit_low, 0.0)  # the worst under-estimate measured, held out or fitted to
+    # what the card holds if this run's reserved peak is as far above its estimate as the worst measured run's
+    worst = e.reserved / (1 + low) + e.paged + e.context
+    details.append(f"this estimate's error on H200 runs: {held_low * 100:+.1f} … {held_high * 100:+.1f} % of the "
+                   f"reserved peak held out, {fit_low * 100:+.1f} … {fit_high * 100:+.1f} % on those it was fitted "
+                   f"to; at the low end the run holds {worst / GiB:.1f} GiB (docs/training.md)")
     if note:
         details.append(note)
-    data = dict(e.to_data(), allocator_set_by=set_by, holdout_error=[low, high], worst_case_card_bytes=round(worst))
+    data = dict(e.to_data(), allocator_set_by=set_by, holdout_error=[held_low, held_high],
+                fit_error=[fit_low, fit_high], worst_case_card_bytes=round(worst))
     summary = (f"needs {e.needed / GiB:.1f} GiB per GPU ({e.peak / GiB:.1f} allocated, {e.reserved / GiB:.1f} "
                f"reserved, + {(e.paged + e.context) / GiB:.1f} paged optimizer state and CUDA context, + {MARGIN:.0%})")
     free_of = [g.mem_free for g in used]
@@ -114,10 +119,10 @@ def memory(train_config: TrainConfigFacts, gpu: GpuFacts, torch: TorchFacts | No
                     f"; it fits one GPU unsharded too ({whole / GiB:.1f} GiB)")
         if worst > free:  # the margin does not cover the estimate's known error: say so, and how much is missing
             result = warn(f"fits only tightly: {summary} of {free / GiB:.1f} GiB free on {where}{only}; but on "
-                          f"held-out runs this engine reserved up to {-low / (1 + low):.1%} more than estimated, "
+                          f"measured runs this engine reserved up to {-low / (1 + low):.1%} more than estimated, "
                           f"{worst / GiB:.1f} GiB here", details,
                           Remedy(text="Leave more room: " + "; or ".join(
-                              ways_to_fit(shape, cfg, free * (1 + min(low, 0.0)), train_config.engine, e.nproc,
+                              ways_to_fit(shape, cfg, free * (1 + low), train_config.engine, e.nproc,
                                           allocator)[:2] or ["a GPU with more memory"]) + "."))
         else:
             result = ok(f"fits: {summary} of {free / GiB:.1f} GiB free on {where}{only}", details)

@@ -11,7 +11,8 @@ from envdoctor.engine import Run
 from envdoctor.redact import redact
 from envdoctor.report import counts
 
-SCHEMA_VERSION = 4  # 4: config.memory's data names its allocator setting, fact train_config alloc_env;
+SCHEMA_VERSION = 5  # 5: config.memory's data gains fit_error;
+#   4: config.memory's data names its allocator setting, fact train_config alloc_env;
 #   3: results' "data" (config.memory's estimate); 2: "node", remedy "params", facts wsl,
 #   train_config, datasets, base_model, model_dir (docs/report.schema.json)
 
