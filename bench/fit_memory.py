@@ -360,11 +360,12 @@ def verdict(rows: list[dict]) -> list[str]:
         _, said = _budget([predicted(r).reserved / r["peak_reserved"] - 1 for r in held])
         lines.append(f"- {engine} ({allocator}): {len(held)} hold-out points, {said}")
     for allocator in E.ALLOCATORS:
-        path = hf_path(rows, allocator)
-        if path:
-            _, said = _budget([est / measured - 1 for _, est, measured in path])
-            lines.append(f"- Hugging Face path ({allocator}; the larger estimate against the larger measured): "
-                         f"{len(path)} hold-out points, {said}")
+        for role in ("holdout", "fit"):
+            path = hf_path(rows, allocator, role)
+            if path:
+                _, said = _budget([est / measured - 1 for _, est, measured in path])
+                lines.append(f"- Hugging Face path ({allocator}; the larger estimate against the larger measured): "
+                             f"{len(path)} {'hold-out' if role == 'holdout' else 'fit'} points, {said}")
     return lines
 
 

@@ -466,8 +466,9 @@ def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert "### holdout points" in out and "| llama-3.1-8b | runner | expandable | 2048 × 2 | 64 | yes | yes |" in out
     # each engine (the Hugging Face ones under torch's default: the header names no allocator setting) and the
-    # Hugging Face path (the larger of the two)
-    assert out.count(": PASS (±10 %") == 4 and "- Hugging Face path (caching;" in out, out[-600:]
+    # Hugging Face path (the larger of the two), on its hold-out points and on its fit points
+    assert out.count(": PASS (±10 %") == 5 and "- Hugging Face path (caching;" in out, out[-600:]
+    assert "13 fit points, reserved error" in out
     assert abs(E.CONSTANTS["hf-loop"]["LOGIT_BYTES"] - 8.5) < 0.5
 
 
