@@ -16,8 +16,9 @@ if ! $PY -c "import bitsandbytes" 2>/dev/null; then  # the device has no bitsand
 fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
 $PY bench/make_corpus.py
+WORK=${WORK:-/tmp/envdoctor-real-work}; mkdir -p "$WORK"
 for name in ${CONFIGS:-A B C}; do
-  cfg=$OUT/real-$name.yaml
+  cfg=$WORK/real-$name.yaml
   $PY - "$name" "$cfg" <<'CFG'
 import math, random, sys, yaml
 name, path = sys.argv[1], sys.argv[2]
@@ -39,19 +40,19 @@ yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
 print(name, {k: cfg.get(k) for k in ("sequence_len", "micro_batch_size", "lora_r", "gradient_accumulation_steps",
                                       "lora_modules_to_save")})
 CFG
-  $PY -m envdoctor check --config "$cfg" --json > "$OUT/check-$name.json" 2> "$OUT/check-$name.err"
+  $PY -m envdoctor check --config "$cfg" --json > "$WORK/check-$name.json" 2> "$WORK/check-$name.err"
   start=$SECONDS
-  $PY -m envdoctor train "$cfg" > "$OUT/train-$name.log" 2>&1; rc=$?
-  tail -3 "$OUT/train-$name.log"
-  $PY - "$name" "$cfg" "$OUT" "$rc" "$((SECONDS - start))" <<'CMP'
+  $PY -m envdoctor train "$cfg" > "$WORK/train-$name.log" 2>&1; rc=$?
+  tail -3 "$WORK/train-$name.log"
+  $PY - "$name" "$cfg" "$WORK" "$rc" "$((SECONDS - start))" "$OUT" <<'CMP'
 import json, sys, yaml
-name, path, out, rc, secs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+name, path, work, rc, secs, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 cfg = yaml.safe_load(open(path))
-memory = next(r for r in json.load(open(f"{out}/check-{name}.json"))["results"] if r["id"] == "config.memory")
+memory = next(r for r in json.load(open(f"{work}/check-{name}.json"))["results"] if r["id"] == "config.memory")
 est = memory["data"] or {}
 row = {"config": name, "rc": rc, "seconds": secs, "check_status": memory["status"], "check_message": memory["message"],
-       **{k: cfg[k] for k in ("sequence_len", "micro_batch_size", "lora_r", "gradient_accumulation_steps",
-                              "lora_modules_to_save")},
+       **{k: cfg.get(k) for k in ("sequence_len", "micro_batch_size", "lora_r", "gradient_accumulation_steps",
+                                  "lora_modules_to_save")},
        "estimated_allocated": est.get("peak_allocated_bytes"), "estimated_reserved": est.get("peak_reserved_bytes"),
        "allocator": est.get("allocator")}
 try:

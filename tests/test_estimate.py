@@ -617,6 +617,29 @@ def test_the_seeds_accumulation_is_estimated_within_the_budget():
     assert len(seen) == 4 and all(-5 <= e <= 10 for *_, e in seen), seen
 
 
+def test_the_real_runner_is_estimated_within_the_budget():
+    """bench/results/h200-runner-real-2026-12-01.jsonl (`bash bench/h200_runner_real.sh`): `envdoctor train` itself
+    — train/qlora.py's data pipeline, step and validation, not the calibration's loop over the runner's modules —
+    on the 8B shape, against what `envdoctor check --config` estimated for the same file on the same machine: the
+    seed's settings without and with modules_to_save, and a config drawn at random (560 × 3, r 16, accumulation 5,
+    modules_to_save). Reserved +3.8, +3.8, -0.3 %; allocated within -2.3 … -0.9 %. The estimate is recomputed here
+    and must match what the check printed then (a change to the estimator must account for these runs)."""
+    sys.path.insert(0, str(BENCH))
+    import hf_loop
+    rows = [json.loads(line) for line in (RESULTS / "h200-runner-real-2026-12-01.jsonl").read_text().splitlines()]
+    assert [r["config"] for r in rows] == ["A", "B", "C"] and all(r["rc"] == 0 and r["steps"] >= 5 for r in rows)
+    shape = Shape.from_config(hf_loop.SHAPES["llama-3.1-8b"])
+    for r in rows:
+        cfg = hf_loop.base_config(sequence_len=r["sequence_len"], micro_batch_size=r["micro_batch_size"],
+                                  lora_r=r["lora_r"], lora_alpha=2 * r["lora_r"],
+                                  gradient_accumulation_steps=r["gradient_accumulation_steps"],
+                                  lora_modules_to_save=r["lora_modules_to_save"] or [])
+        e = estimate(shape, cfg)
+        assert (round(e.peak), round(e.reserved)) == (r["estimated_allocated"], r["estimated_reserved"]), r["config"]
+        assert -0.05 <= e.reserved / r["measured_reserved"] - 1 <= 0.10, r["config"]
+        assert abs(e.peak / r["measured_allocated"] - 1) <= 0.03, r["config"]
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_trainable_counts_match_the_runners_real_peft_model(tied):
     """The estimator's LoRA and modules_to_save counts against the runner's own attach_lora on a real tiny
