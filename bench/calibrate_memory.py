@@ -218,7 +218,18 @@ GRID6B = {
 # points), measured in one call with round 6b: the 8B runner's other seven points of GRID6, then GRID6B.
 GRID6_REST = {"llama-3.1-8b": GRID6["llama-3.1-8b"][1:] + GRID6B["llama-3.1-8b"],
               "llama-3.2-3b": GRID6B["llama-3.2-3b"], "tiny": GRID6B["tiny"]}
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
+# Round 7 (drawn the same way as round 6, random.Random(20261207), four points a shape): the Hugging Face engines
+# alone, a second blind round for the Hugging Face path's reserve refitted before round 6.
+GRID7 = {
+    "llama-3.1-8b": [(720, 1, 48, False, True, "holdout", 1), (1648, 4, 64, True, True, "holdout", 1),
+                     (528, 4, 128, False, True, "holdout", 4), (704, 5, 12, False, True, "holdout", 8)],
+    "llama-3.2-3b": [(448, 2, 96, False, False, "holdout", 4), (2592, 3, 64, True, True, "holdout", 8),
+                     (432, 1, 24, False, True, "holdout", 8), (392, 1, 48, False, True, "holdout", 8)],
+    "llama-3.2-1b": [(1752, 1, 96, True, True, "holdout", 1), (680, 6, 8, False, True, "holdout", 8),
+                     (680, 6, 16, False, False, "holdout", 4), (1216, 1, 48, True, False, "holdout", 1)],
+    "tiny": [(56, 2, 8, False, True, "holdout", 2)],   # CPU proof
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "7": GRID7, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.
