@@ -358,7 +358,7 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
         # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
         save_grad = grad_bytes if in_place else 4.0
         held = 4.0 * lora + save_grad * save
-        if in_place and "lm_head" in saves and tokens <= cfg["loss_chunk_tokens"]:
+        if in_place and "lm_head" in saves and b * (s - 1) <= cfg["loss_chunk_tokens"]:  # the loss's shifted tokens
             # The runner's fitted peak (SAVE_BYTES_INPLACE) already holds lm_head's gradient when the batch is
             # one loss chunk: that peak comes after the chunk's backward made it. With more chunks it is in the
             # first chunk's backward, before the gradient exists, and every held gradient adds to it. Chosen on
