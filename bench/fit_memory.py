@@ -43,13 +43,17 @@ from envdoctor.training import estimate as E  # noqa: E402
 
 # Hold-out points that became fit points, by (file, engine), and why: the runner's accumulation points of
 # 2026-12-01 chose its accumulation rule (estimate.py: lm_head's gradient already in a one-chunk peak); round 6b
-# (h200-calibration-2026-12-01-round6b.jsonl) was measured after that rule was committed, to test it blind.
+# (in h200-calibration-2026-12-01-round6-rest.jsonl) was measured after that rule was committed, to test it blind.
 FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 # The Hugging Face engines' reserve under expandable segments (RESERVE_EXPANDABLE, with and without
 # checkpointing: *_NOGC) was refitted on 2026-12-01 (third session) on every point measured so before round 6:
-# for those two engines under that setting, only the rounds named here are hold-out (measured after the refit
-# was committed: round 6 before it was looked at, round 7 after); every earlier point of theirs is a fit point.
-HOLDOUT_ONLY = {("hf-loop", "expandable"): ("-round6", "-round7"), ("hf-trainer", "expandable"): ("-round6", "-round7")}
+# for those two engines under that setting, only the files named here are hold-out for the reserve (measured
+# after the refit was committed: round 6 before it was looked at, round 7 after); every earlier point of theirs
+# is a fit point of the reserve ("role"), and keeps its first role for the allocated constants ("alloc_role"),
+# which were not refitted.
+BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round6-8b.jsonl", "h200-calibration-2026-12-01-round6-small.jsonl",
+                     "h200-calibration-2026-12-01-round7.jsonl")
+HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT}
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
 # Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
 # SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs
@@ -94,8 +98,9 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                 row["allocator"] = runner_allocator if row.get("engine") == "runner" else allocator
                 if (Path(path).name, row.get("engine")) in FIT_BY_CHOICE and row.get("role") == "holdout":
                     row["role"] = "fit"
+                row["alloc_role"] = row.get("role")  # the role for the allocated constants
                 blind = HOLDOUT_ONLY.get((row.get("engine"), row["allocator"]))
-                if blind is not None and row.get("role") == "holdout" and not any(b in Path(path).name for b in blind):
+                if blind is not None and row.get("role") == "holdout" and Path(path).name not in blind:
                     row["role"] = "fit"
                 candidates.append((n, row))
         for n, row in candidates:
@@ -253,7 +258,7 @@ def fit(engine: str, rows: list[dict], allocator: str = "caching", allocated_row
     `allocated_rows` (default `rows`): the rows the allocated constants are fitted on — every allocator's fit
     rows of the engine, for the Hugging Face engines."""
     fit_rows = [r for r in rows if r["role"] == "fit"]
-    alloc_rows = [r for r in (allocated_rows or rows) if r["role"] == "fit"]
+    alloc_rows = [r for r in (allocated_rows or rows) if r.get("alloc_role", r["role"]) == "fit"]
     label = f"{engine} ({allocator})"
     if not fit_rows:
         print(f"{label}: no fit rows; constants left as they are\n")

@@ -147,13 +147,13 @@ case $part in
   round6b) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
            own --grid 6b --shapes $BIG --engines runner --budget-s $(cap 200 120)
            own --grid 6b --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
-  # round 6's 8B runner points the round6-8b call skipped, with round 6b, in one call (GRID6_REST)
   # Round 7 (GRID7): the Hugging Face engines alone under axolotl's setting for torch >= 2.9, in one call:
   #   BUDGET=400 bash bench/h200_calibrate.sh round7-hf
   round7-hf) axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
              axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
              axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
              axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  # round 6's 8B runner points the round6-8b call skipped, with round 6b, in one call (GRID6_REST)
   round6-rest) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
            own --grid 6rest --shapes $BIG --engines runner --budget-s $(cap 420 90)
            own --grid 6rest --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;

@@ -165,11 +165,11 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
     `env`: the allocator variables of the environment the run starts from (those torch will not read are named);
     `torch_version`: the target's (None: a current torch)."""
     from envdoctor.training.allocator import torch_reads
-    from envdoctor.training.estimate import HOLDOUT_ERROR
+    from envdoctor.training.estimate import FIT_ERROR, HOLDOUT_ERROR
 
-    def band(engine: str, allocator: str) -> str:
-        low, high = HOLDOUT_ERROR[(engine, allocator)]
-        return f"{low * 100:+.1f} … {high * 100:+.1f} %"
+    def band(engine: str, allocator: str) -> str:  # every measured point's error, held out or fitted to
+        (held_low, held_high), (fit_low, fit_high) = HOLDOUT_ERROR[(engine, allocator)], FIT_ERROR[(engine, allocator)]
+        return f"{min(held_low, fit_low) * 100:+.1f} … {max(held_high, fit_high) * 100:+.1f} %"
     env = env or {}
     reads = torch_reads(torch_version)
     copied = runner and set_by and len(reads) == 1 and not set_by.startswith(f"{reads[0]}=")
@@ -182,7 +182,7 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
             else f"(`axolotl train` sets {'PYTORCH_ALLOC_CONF' if len(reads) > 1 else 'PYTORCH_CUDA_ALLOC_CONF'} "
                  "to them when it is unset)")
     elif runner:
-        measured = (f"estimated from the runner's 8B measurements under it (hold-out error {band('runner', 'caching')}); "
+        measured = (f"estimated from the runner's 8B measurements under it (measured error {band('runner', 'caching')}); "
                     "the runner's own expandable segments reserved 0-2.4 GiB less on that grid")
         # (a variable of the user's decides whenever the runner gets the caching allocator: it sets expandable
         # segments when none is set, and copies one an older torch would not read into the one it does)
@@ -190,7 +190,7 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
                 f"{'' if copied else ', which the runner keeps'}): {measured}")
     else:
         line = (f"allocator: torch's default caching allocator ({set_by}, which axolotl keeps): its reserved peak "
-                "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's hold-out error "
+                "varies by up to ~3 GiB between near-equal configs (the Hugging Face path's measured error "
                 f"{band('peft', 'caching')}, against {band('peft', 'expandable')} with expandable_segments:True in "
                 "it: docs/training.md)")
     # torch reads only the first variable present (≥ 2.9; older: PYTORCH_CUDA_ALLOC_CONF alone); the runner drops
