@@ -18,12 +18,14 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
                        logits, a layer recomputed, the forward without checkpointing, the end of backward), each
                        with the gradients made by then
              ddp       with several processes and no FSDP: DDP's gradient buckets, a fp32 copy of the grads
-             accum     with gradient accumulation: every trainable gradient (fp32) held between micro batches
+             accum     with gradient accumulation: every trainable gradient held between micro batches (the
+                       runner: not lm_head's in place when the batch is one loss chunk: its fitted peak has it)
   reserved   torch.cuda.max_memory_reserved(): allocated plus the allocator's slack, modelled as
              RESERVE_FRAC × allocated + RESERVE_GIB + RESERVE_LOGITS × one loss's fp32 logits + RESERVE_SAVE
              × the modules_to_save copies in fp32 (+ RESERVE_LAYER × one layer's bf16 weights, the runner),
              for the allocator setting in force (allocator.allocator_in_force): expandable segments — what the runner
-             and `axolotl train` set when the user set no variable — or torch's default caching allocator
+             and `axolotl train` set when the user set no variable — or torch's default caching allocator; the
+             Hugging Face engines under expandable segments have a second set without checkpointing (*_NOGC)
   card       reserved + the paged optimizer's state (bitsandbytes' paged AdamW keeps it in CUDA managed
              memory, resident on the card while training, outside torch's counters) + the CUDA context
 A run fits when card × (1 + MARGIN) is at most the free memory of every GPU it uses.
@@ -87,16 +89,20 @@ CONSTANTS: dict[str, dict[str, float]] = {
         RESERVE_FRAC=0.1437, RESERVE_GIB=0.0457, RESERVE_LOGITS=0.1697, RESERVE_SAVE=0.2111),
 }
 # The Hugging Face engines' reserve under expandable segments (what `axolotl train` gives torch when the user
-# has not: allocator_in_force), fitted by bench/fit_memory.py on the H200 lines of 2026-12-01
-# (h200-calibration-2026-12-01-axolotl-alloc-*.jsonl: the same grids, the same code paths, measured with
-# expandable_segments:True,roundup_power2_divisions:16 — axolotl's value for torch < 2.9; with torch ≥ 2.9
-# axolotl 0.19 sets expandable_segments:True alone). CONSTANTS' RESERVE_* are those of torch's default caching
+# has not: allocator_in_force), with checkpointing and without it (*_NOGC: without it the peak is at the end of
+# the forward, with it in backward, and other blocks churn before each), fitted by bench/fit_memory.py on
+# 2026-12-01 (third session) on every point measured under that setting before round 6 (82 of the Hugging Face
+# path: the axolotl-alloc files — expandable_segments:True,roundup_power2_divisions:16, axolotl's value for torch
+# < 2.9 — rounds 4-5 and the accumulation points — expandable_segments:True alone, axolotl 0.19's for torch ≥ 2.9);
+# rounds 6 and 7, measured after, are their hold-out. CONSTANTS' RESERVE_* are those of torch's default caching
 # allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
 RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
     "hf-loop": dict(RESERVE_FRAC=0.05107, RESERVE_GIB=0.382, RESERVE_LOGITS=0.07714, RESERVE_SAVE=0.1041,
-                   RESERVE_FRAC_NOGC=0.03159, RESERVE_GIB_NOGC=1.758e-07, RESERVE_LOGITS_NOGC=1.209e-08, RESERVE_SAVE_NOGC=0.4),
+                    RESERVE_FRAC_NOGC=0.03159, RESERVE_GIB_NOGC=1.758e-07, RESERVE_LOGITS_NOGC=1.209e-08,
+                    RESERVE_SAVE_NOGC=0.4),
     "hf-trainer": dict(RESERVE_FRAC=0.07557, RESERVE_GIB=0.03347, RESERVE_LOGITS=0.4798, RESERVE_SAVE=0.08145,
-                   RESERVE_FRAC_NOGC=0.08627, RESERVE_GIB_NOGC=5.794e-07, RESERVE_LOGITS_NOGC=2.936e-06, RESERVE_SAVE_NOGC=0.06677),
+                       RESERVE_FRAC_NOGC=0.08627, RESERVE_GIB_NOGC=5.794e-07, RESERVE_LOGITS_NOGC=2.936e-06,
+                       RESERVE_SAVE_NOGC=0.06677),
 }
 # The runner's reserve under torch's caching allocator (a variable of the user's that turns expandable segments
 # off: the runner keeps it), fitted on the 8B fit points of grid 1 measured so on 2026-12-01
