@@ -57,8 +57,9 @@ HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "ex
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
 # Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
 # SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs
-# loop does not autocast (an fp32 residual stream: seq² measured with and without checkpointing).
-HELD_BY_ENGINE = {"hf-trainer": {"ATT_GC", "ATT_SAVED"}}
+# loop does not autocast (an fp32 residual stream: seq² measured with and without checkpointing). Trainer's
+# SAVE_GRAD is held at the fp32 gradients' 4 B: no Trainer point peaks at the end of backward to fit it on.
+HELD_BY_ENGINE = {"hf-trainer": {"ATT_GC", "ATT_SAVED", "SAVE_GRAD"}}
 ESTIMATE_PY = Path(E.__file__)
 
 

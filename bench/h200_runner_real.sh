@@ -22,6 +22,7 @@ WORK=${WORK:-/tmp/envdoctor-real-work}; mkdir -p "$WORK"
 : > "$OUT/runner-real.jsonl"   # this call's configs only
 for name in ${CONFIGS:-A B C D}; do
   cfg=$WORK/real-$name.yaml
+  rm -f "$cfg"   # never an earlier call's file, if writing this one fails
   $PY - "$name" "$cfg" <<'CFG'
 import math, random, sys, yaml
 name, path = sys.argv[1], sys.argv[2]
@@ -54,11 +55,11 @@ CFG
   $PY - "$name" "$cfg" "$WORK" "$rc" "$((SECONDS - start))" "$OUT" <<'CMP'
 import json, sys, yaml
 name, path, work, rc, secs, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-cfg = yaml.safe_load(open(path))
-row = {"config": name, "rc": rc, "seconds": secs,
-       **{k: cfg.get(k) for k in ("sequence_len", "micro_batch_size", "lora_r", "gradient_accumulation_steps",
-                                  "lora_modules_to_save")}}
+row = {"config": name, "rc": rc, "seconds": secs}
 try:  # whatever fails, the config keeps its line, with the error
+    cfg = yaml.safe_load(open(path))
+    row.update({k: cfg.get(k) for k in ("sequence_len", "micro_batch_size", "lora_r", "gradient_accumulation_steps",
+                                        "lora_modules_to_save")})
     memory = next(r for r in json.load(open(f"{work}/check-{name}.json"))["results"] if r["id"] == "config.memory")
     est = memory["data"] or {}
     row.update(check_status=memory["status"], check_message=memory["message"],
@@ -70,7 +71,7 @@ try:  # whatever fails, the config keeps its line, with the error
                measured_reserved=s["peak_gpu_reserved_gib_per_rank"][0] * 2**30)
     row.update(allocated_error=round(row["estimated_allocated"] / row["measured_allocated"] - 1, 4),
                reserved_error=round(row["estimated_reserved"] / row["measured_reserved"] - 1, 4))
-except (OSError, KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError) as exc:
+except (OSError, KeyError, TypeError, ValueError, AttributeError, StopIteration, ZeroDivisionError, yaml.YAMLError) as exc:
     row["error"] = repr(exc)
 print(json.dumps(row))
 open(f"{out}/runner-real.jsonl", "a").write(json.dumps(row) + "\n")

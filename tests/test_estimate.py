@@ -256,7 +256,7 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
 def test_a_fit_inside_the_estimates_known_error_is_a_warning(tmp_path):
     """Fits by the estimate plus its 5 % margin, but not if the run reserves as much more than estimated as the
     worst measured run of its engine did (the lower of HOLDOUT_ERROR's and FIT_ERROR's lows: the Hugging Face
-    path's hold-out is round 6 alone, its fitted points went lower): a warning that says by how much, with ways
+    path's hold-out is rounds 6-7, its fitted points went lower): a warning that says by how much, with ways
     to leave room. The runner's worst under-estimate (-4.7 %) is inside the margin: it never warns for that."""
     hf_facts = config_facts(tmp_path, engine="peft")
     e = estimate(LLAMA8B, SEED, engine="peft")

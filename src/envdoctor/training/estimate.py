@@ -115,7 +115,7 @@ ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default 
 # measured − 1, per engine as `check --config` estimates it ("peft": the larger of the two Hugging Face engines
 # against the larger measured) and allocator: the band a user's run can fall in. FIT_ERROR: the same on the
 # points the constants were fitted to (measured errors too: since the Hugging Face engines' expandable reserve
-# was refitted on every point before round 6, their hold-out is round 6 alone, 17 points, and the fitted
+# was refitted on every point before round 6, their hold-out is rounds 6 and 7, 26 points, and the fitted
 # points' lowest error is the worse one). A fit inside the lower of the two lows is a warning (checks/train_config.py).
 # tests/test_estimate.py recomputes both from bench/results (bench/fit_memory.py's verdict), so a refit or new
 # data must update them.
