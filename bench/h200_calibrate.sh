@@ -44,6 +44,13 @@ left() { echo $(( total - (SECONDS - start) )); }
 cal() { $PY bench/calibrate_memory.py --device $DEVICE --out $OUT/calibration.jsonl "$@" 2>&1 \
           | grep -vE "Warning|warnings.warn|^ *state\[|Loading weights|Writing model shards|^\{'train_runtime"; }
 cap() { local l=$(( $(left) - $2 )); echo $(( l < $1 ? l : $1 )); }  # at most $1 s, leaving $2 s for what follows
+# The allocator setting of a part's process: the runner under its own (it sets expandable segments when no
+# variable is set); the Hugging Face engines under axolotl 0.19's for torch >= 2.9 (PYTORCH_ALLOC_CONF alone),
+# or under axolotl's for torch < 2.9 (both variables, roundup_power2_divisions:16: the capped runs)
+own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
+axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
+axo28() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True,roundup_power2_divisions:16
+            export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_ALLOC_CONF; cal "$@" ); }
 case $part in
   all) cal --shapes $BIG --engines hf-loop,hf-trainer --budget-s 265
        cal --shapes $BIG --engines runner --budget-s $(cap 125 140)
@@ -86,34 +93,28 @@ case $part in
          cal --grid 3 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
   # Round 4 (GRID4, a blind hold-out): the runner under its own setting, the HF engines under axolotl's:
   #   ALLOC=axolotl bash bench/h200_calibrate.sh round4
-  round4) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }  # the runner sets its own
-          own --grid 4 --shapes $BIG --engines runner --budget-s $(cap 90 380)
+  round4) own --grid 4 --shapes $BIG --engines runner --budget-s $(cap 90 380)
           cal --grid 4 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 170 210)
           own --grid 4 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(cap 50 160)
           cal --grid 4 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 70 90)
           own --grid 4 --shapes $SMALL --engines runner --budget-s $(cap 35 55)
           cal --grid 4 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
   # what a first round4 call had no time left to build (its budget guesses a first build high), next call:
-  round4-rest) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-          own --grid 4 --shapes $BIG --engines runner --budget-s $(cap 170 260)
+  round4-rest) own --grid 4 --shapes $BIG --engines runner --budget-s $(cap 170 260)
           own --grid 4 --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(cap 110 150)
           cal --grid 4 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 120 50)
           own --grid 4 --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
   # The hold-out points the estimate is most under, capped at the estimated reserved peak (--cap-at-estimate),
   # under axolotl's allocator setting, then under torch's default (no ALLOC):
   #   bash bench/h200_calibrate.sh capped
-  capped) axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True,roundup_power2_divisions:16
-                    export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_ALLOC_CONF; cal "$@" ); }
-          axo --grid cap --shapes $BIG --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 130 230)
-          axo --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 60 180)
+  capped) axo28 --grid cap --shapes $BIG --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 130 230)
+          axo28 --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 60 180)
           cal --grid cap --shapes $BIG --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 120 60)
           cal --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(( $(left) - 10 )) ;;
   # what the first `capped` call had no time left for (the 1B shape under axolotl's setting), and a control:
   # the same points capped at 0.8 × the estimate, below their allocated peak, must run out of memory
-  capped-rest) axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True,roundup_power2_divisions:16
-                         export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_ALLOC_CONF; cal "$@" ); }
-          axo --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 120 100)
-          axo --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --cap-scale 0.8 \
+  capped-rest) axo28 --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --budget-s $(cap 120 100)
+          axo28 --grid cap --shapes $SMALL --engines hf-loop,hf-trainer --cap-at-estimate --cap-scale 0.8 \
               --budget-s $(( $(left) - 10 )) ;;
   # The runner under a user's variable that turns expandable segments off (it keeps the user's setting): grid 1, 8B
   runner-caching) ( export PYTORCH_ALLOC_CONF=expandable_segments:False; unset PYTORCH_CUDA_ALLOC_CONF
@@ -121,56 +122,41 @@ case $part in
   # Round 5 (GRID5, a blind hold-out after the phase model): the runner under its own setting, the HF engines under
   # axolotl's for torch >= 2.9 (PYTORCH_ALLOC_CONF=expandable_segments:True alone), two calls:
   #   bash bench/h200_calibrate.sh round5-8b ; bash bench/h200_calibrate.sh round5-small
-  round5-8b) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-             axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-             own --grid 5 --shapes $BIG --engines runner --budget-s $(cap 150 360)
+  round5-8b) own --grid 5 --shapes $BIG --engines runner --budget-s $(cap 150 360)
              axo --grid 5 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
-  round5-small) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-                axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-                own --grid 5 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 170 330)
+  round5-small) own --grid 5 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 170 330)
                 axo --grid 5 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 170 150)
                 axo --grid 5 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
   # Round 6 (GRID6, a blind hold-out drawn at random): the runner under its own setting, the HF engines under
   # axolotl's for torch >= 2.9 (PYTORCH_ALLOC_CONF=expandable_segments:True alone), two calls:
   #   bash bench/h200_calibrate.sh round6-8b ; bash bench/h200_calibrate.sh round6-small
-  round6-8b) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-             axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-             own --grid 6 --shapes $BIG --engines runner --budget-s $(cap 170 340)
+  round6-8b) own --grid 6 --shapes $BIG --engines runner --budget-s $(cap 170 340)
              axo --grid 6 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
-  round6-small) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-                axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-                own --grid 6 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 170 330)
+  round6-small) own --grid 6 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 170 330)
                 axo --grid 6 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 160 160)
                 axo --grid 6 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 10 )) ;;
   # Round 6b (GRID6B): the runner alone on one-chunk batches with accumulation, 8B then 3B:
   #   bash bench/h200_calibrate.sh round6b
-  round6b) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-           own --grid 6b --shapes $BIG --engines runner --budget-s $(cap 200 120)
+  round6b) own --grid 6b --shapes $BIG --engines runner --budget-s $(cap 200 120)
            own --grid 6b --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Round 7 (GRID7): the Hugging Face engines alone under axolotl's setting for torch >= 2.9, in one call:
   #   BUDGET=400 bash bench/h200_calibrate.sh round7-hf
-  round7-hf) axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-             axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
+  round7-hf) axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
              axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
              axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   # round 6's 8B runner points the round6-8b call skipped, with round 6b, in one call (GRID6_REST)
-  round6-rest) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-           own --grid 6rest --shapes $BIG --engines runner --budget-s $(cap 420 90)
+  round6-rest) own --grid 6rest --shapes $BIG --engines runner --budget-s $(cap 420 90)
            own --grid 6rest --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Gradient accumulation (GRID_ACCUM): the runner under its own setting, the HF engines under axolotl's for torch >= 2.9
   #   bash bench/h200_calibrate.sh accum
-  accum) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-         axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-         axo --grid accum --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 230 200)
+  accum) axo --grid accum --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 230 200)
          own --grid accum --shapes $BIG --engines runner --budget-s $(cap 110 90)
          axo --grid accum --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(cap 60 30)
          own --grid accum --shapes $SMALL --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Traced (GRID_TRACE, --trace): where the slack comes from — the runner under its own setting, the Hugging Face
   # engines under axolotl's (torch >= 2.9: expandable_segments:True alone); each row gets a "trace" summary
   #   bash bench/h200_calibrate.sh trace
-  trace) own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-         axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
-         axo --grid trace --trace --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 330)
+  trace) axo --grid trace --trace --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 330)
          own --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 130 190)
          axo --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines hf-loop,hf-trainer --budget-s $(cap 130 50)
          own --grid trace --trace --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
