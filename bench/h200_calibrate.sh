@@ -141,12 +141,6 @@ case $part in
            own --grid 6b --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Round 7 (GRID7): the Hugging Face engines alone under axolotl's setting for torch >= 2.9, in one call:
   #   BUDGET=400 bash bench/h200_calibrate.sh round7-hf
-  # The runner after release_free_pages (its free pages given back after each optimizer step): grid 1 on 8B, the
-  # one-chunk accumulation points of round 6b, the traced small points, against the same points measured before:
-  #   bash bench/h200_calibrate.sh release
-  release) own --grid 1 --shapes $BIG --engines runner --budget-s $(cap 210 300)
-           own --grid 6b --shapes $BIG,${MID:-llama-3.2-3b} --engines runner --budget-s $(cap 170 120)
-           own --grid trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(( $(left) - 8 )) ;;
   round7-hf) axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
              axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
              axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;

@@ -310,9 +310,6 @@ def run_steps(t: Trainable, cfg: dict, steps: int, device: str, vocab: int) -> d
         opt.step()
         opt.zero_grad(set_to_none=True)
         float(loss.detach())  # waits for the device
-        if t.engine == "runner":  # as train/qlora.py after each optimizer step
-            from envdoctor_runner.modeling import release_free_pages
-            release_free_pages(device)
         if step:
             took += time.perf_counter() - start
     out = _memory(device, opt)

@@ -83,7 +83,7 @@ def main() -> int:
     import torch
     from envdoctor_runner import distributed
     from envdoctor_runner.loss import CausalLMLoss
-    from envdoctor_runner.modeling import build_model, build_optimizer, build_tokenizer, dtypes, release_free_pages
+    from envdoctor_runner.modeling import build_model, build_optimizer, build_tokenizer, dtypes
     from envdoctor_runner.progress import Progress
     world = distributed.init()  # torchrun / accelerate launch set RANK and WORLD_SIZE; alone: one process
     device = distributed.device(world)
@@ -237,7 +237,6 @@ def main() -> int:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            release_free_pages(device)
             state["step"] += 1
             loss_sum, count, all_tokens = distributed.totals([loss_sum, count, tokens], world)
             mean_loss = loss_sum / count  # the mean of this step's micro-batch losses, as one process logs it

@@ -589,12 +589,3 @@ def build_optimizer(cfg: dict, model, device: str, notes: list[str]):
     if name not in ("adamw_torch", "adamw_torch_fused"):
         notes.append(f"optimizer {name} needs a CUDA GPU: using torch AdamW")
     return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
-
-
-def release_free_pages(device: str) -> None:
-    """After each optimizer step: give the allocator's free pages back to the driver (torch.cuda.empty_cache(),
-    which under expandable segments unmaps them), so a step's reserved peak is its own and not what the holes
-    the previous step left (a freed modules_to_save gradient, a loss chunk) add to it. The step has synchronized
-    already (its loss is read); the next step maps what it needs again."""
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
