@@ -229,7 +229,25 @@ GRID7 = {
                      (680, 6, 16, False, False, "holdout", 4), (1216, 1, 48, True, False, "holdout", 1)],
     "tiny": [(56, 2, 8, False, True, "holdout", 2)],   # CPU proof
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "7": GRID7, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
+# Round 8 (2026-12-01, fourth session): the blind hold-out of the runner's reserve with its peak-gated terms and of
+# the Hugging Face path's reserve refitted on rounds 1-7 (with Trainer's FIXED_HEAD), measured after both were
+# committed. Drawn by `python bench/draw_round.py 20261208 llama-3.1-8b=8 llama-3.2-3b=4 llama-3.2-1b=4`, then one
+# point added a shape where the draw did not reach an end of issue #18's span: 8B seq 7800 (the draw's longest was
+# 4920), 1B micro batch 8 (its largest was 6).
+GRID8 = {
+    "llama-3.1-8b": [(1504, 1, 48, False, True, "holdout", 1), (2176, 4, 128, False, True, "holdout", 8),
+                     (320, 4, 12, False, True, "holdout", 1), (1200, 6, 8, False, True, "holdout", 1),
+                     (280, 6, 24, True, True, "holdout", 1), (4920, 1, 32, True, True, "holdout", 2),
+                     (3376, 1, 32, False, True, "holdout", 1), (336, 3, 16, True, False, "holdout", 4),
+                     (7800, 1, 96, True, True, "holdout", 2)],
+    "llama-3.2-3b": [(1872, 4, 48, True, True, "holdout", 1), (3720, 3, 24, True, True, "holdout", 1),
+                     (256, 2, 48, True, True, "holdout", 1), (3960, 4, 48, True, True, "holdout", 1)],
+    "llama-3.2-1b": [(264, 3, 112, True, False, "holdout", 1), (3088, 3, 128, True, True, "holdout", 8),
+                     (376, 3, 12, False, True, "holdout", 1), (504, 6, 16, True, False, "holdout", 2),
+                     (1024, 8, 24, False, True, "holdout", 1)],
+    "tiny": [(48, 3, 16, True, True, "holdout", 2)],   # CPU proof
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.

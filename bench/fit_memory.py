@@ -46,14 +46,15 @@ from envdoctor.training import estimate as E  # noqa: E402
 # (in h200-calibration-2026-12-01-round6-rest.jsonl) was measured after that rule was committed, to test it blind.
 FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 # The Hugging Face engines' reserve under expandable segments (RESERVE_EXPANDABLE, with and without
-# checkpointing: *_NOGC) was refitted on 2026-12-01 (third session) on every point measured so before round 6:
-# for those two engines under that setting, only the files named here are hold-out for the reserve (measured
-# after the refit was committed: round 6 before it was looked at, round 7 after); every earlier point of theirs
-# is a fit point of the reserve ("role"), and keeps its first role for the allocated constants ("alloc_role"),
-# which were not refitted.
-BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round6-8b.jsonl", "h200-calibration-2026-12-01-round6-small.jsonl",
-                     "h200-calibration-2026-12-01-round7.jsonl")
-HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT}
+# checkpointing: *_NOGC) was refitted on 2026-12-01 (fourth session) on every point measured so in rounds 1-7
+# (108 points of the path), when Trainer's fixed part became the lm_head's bf16 copy (FIXED_HEAD, chosen on the
+# residuals of every Trainer point, rounds 6 and 7 included): for those two engines under that setting, only the
+# files whose names start as here are hold-out for the reserve (measured after that refit was committed); every
+# earlier point of theirs is a fit point of the reserve ("role"), and keeps its first role for the allocated
+# constants ("alloc_role").
+BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round8",)
+HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT,
+                ("runner", "expandable"): BLIND_AFTER_REFIT}
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
 # Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
 # SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs
@@ -101,7 +102,7 @@ def load_rows(paths: list[str], accept_unguarded: bool = False, ignored: list[st
                     row["role"] = "fit"
                 row["alloc_role"] = row.get("role")  # the role for the allocated constants
                 blind = HOLDOUT_ONLY.get((row.get("engine"), row["allocator"]))
-                if blind is not None and row.get("role") == "holdout" and Path(path).name not in blind:
+                if blind is not None and row.get("role") == "holdout" and not Path(path).name.startswith(blind):
                     row["role"] = "fit"
                 candidates.append((n, row))
         for n, row in candidates:
@@ -251,13 +252,14 @@ def polish(slots: list[tuple[dict, str]], objective, rounds: int = 3, iters: int
     return best[1]
 
 
-def fit(engine: str, rows: list[dict], allocator: str = "caching", allocated_rows: list[dict] | None = None) -> None:
+def fit(engine: str, rows: list[dict], allocator: str = "caching", allocated_rows: list[dict] | None = None,
+        reserve_only: bool = False) -> None:
     """Fit `engine`'s constants on the "fit" rows measured under `allocator`. Where the engine has reserve
     constants for that allocator beside CONSTANTS (estimate.reserve_overrides: the Hugging Face engines under
     expandable segments, the runner under the caching allocator), its allocated constants are those fitted
     under its first allocator (the allocator changes the slack, not the tensors): only those are fitted.
     `allocated_rows` (default `rows`): the rows the allocated constants are fitted on — every allocator's fit
-    rows of the engine, for the Hugging Face engines."""
+    rows of the engine, for the Hugging Face engines. `reserve_only`: the RESERVE_* constants alone."""
     fit_rows = [r for r in rows if r["role"] == "fit"]
     alloc_rows = [r for r in (allocated_rows or rows) if r.get("alloc_role", r["role"]) == "fit"]
     label = f"{engine} ({allocator})"
@@ -265,8 +267,8 @@ def fit(engine: str, rows: list[dict], allocator: str = "caching", allocated_row
         print(f"{label}: no fit rows; constants left as they are\n")
         return
     overrides = E.reserve_overrides(engine, allocator)
-    reserve_only = overrides is not None
-    reserve = list(overrides) if reserve_only else [
+    reserve_only = reserve_only or overrides is not None
+    reserve = list(overrides) if overrides is not None else [
         n for n in E.CONSTANTS[engine] if n.startswith("RESERVE_")]
     held = HELD | HELD_BY_ENGINE.get(engine, set())
     names = [] if reserve_only else [n for n in E.CONSTANTS[engine] if n not in held and n not in reserve]
@@ -415,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allocator", choices=E.ALLOCATORS, help="only the points measured under this allocator "
                     "setting (expandable: expandable segments; caching: torch's default)")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--reserve-only", action="store_true", help="fit the RESERVE_* constants alone (the allocated "
+                    "ones as they are)")
     ap.add_argument("--accept-unguarded", action="store_true",
                     help="also take points measured without calibrate_memory.py's guards (lines made without a GPU)")
     args = ap.parse_args(argv)
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_fit:
         for engine, allocator in pairs:
             fit(engine, [r for r in rows if (r["engine"], r["allocator"]) == (engine, allocator)], allocator,
-                [r for r in rows if r["engine"] == engine] if engine in E.HF_PATH else None)
+                [r for r in rows if r["engine"] == engine] if engine in E.HF_PATH else None, args.reserve_only)
         if all((e, "expandable") in pairs for e in E.HF_PATH):
             fit_hf_path(rows)
     for role in ("fit", "holdout"):

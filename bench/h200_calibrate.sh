@@ -141,6 +141,14 @@ case $part in
            own --grid 6b --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Round 7 (GRID7): the Hugging Face engines alone under axolotl's setting for torch >= 2.9, in one call:
   #   BUDGET=400 bash bench/h200_calibrate.sh round7-hf
+  # Round 8 (GRID8, the blind hold-out of the refit of 2026-12-01, fourth session): the runner under its own
+  # setting, the Hugging Face engines under axolotl's for torch >= 2.9, two calls:
+  #   bash bench/h200_calibrate.sh round8-8b ; bash bench/h200_calibrate.sh round8-small
+  round8-8b) own --grid 8 --shapes $BIG --engines runner --budget-s $(cap 160 380)
+             axo --grid 8 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  round8-small) own --grid 8 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 150 200)
+                axo --grid 8 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 110 90)
+                axo --grid 8 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   round7-hf) axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
              axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
              axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
