@@ -247,7 +247,21 @@ GRID8 = {
                      (1024, 8, 24, False, True, "holdout", 1)],
     "tiny": [(48, 3, 16, True, True, "holdout", 2)],   # CPU proof
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
+# What round8-8b's runner process had no time left for (one of its nine points measured): the other eight.
+GRID8_REST = {"llama-3.1-8b": GRID8["llama-3.1-8b"][1:], "tiny": GRID8["tiny"]}
+# Round 9 (2026-12-01, fourth session): a second blind round of the same constants as round 8 (nothing changed after
+# round 8 was seen), drawn by `python bench/draw_round.py 20261209 llama-3.1-8b=6 llama-3.2-3b=3 llama-3.2-1b=3`.
+GRID9 = {
+    "llama-3.1-8b": [(696, 6, 32, False, True, "holdout", 8), (2960, 1, 64, False, True, "holdout", 2),
+                     (1064, 4, 80, False, True, "holdout", 8), (288, 3, 112, False, False, "holdout", 1),
+                     (1672, 4, 32, False, True, "holdout", 8), (672, 2, 16, True, True, "holdout", 1)],
+    "llama-3.2-3b": [(3752, 3, 80, True, True, "holdout", 1), (720, 4, 80, False, True, "holdout", 8),
+                     (768, 1, 12, False, True, "holdout", 1)],
+    "llama-3.2-1b": [(584, 4, 64, True, True, "holdout", 1), (2256, 1, 64, True, True, "holdout", 4),
+                     (1376, 4, 112, False, True, "holdout", 4)],
+    "tiny": [(40, 3, 8, False, True, "holdout", 2)],   # CPU proof
+}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.

@@ -49,10 +49,11 @@ FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 # checkpointing: *_NOGC) was refitted on 2026-12-01 (fourth session) on every point measured so in rounds 1-7
 # (108 points of the path), when Trainer's fixed part became the lm_head's bf16 copy (FIXED_HEAD, chosen on the
 # residuals of every Trainer point, rounds 6 and 7 included): for those two engines under that setting, only the
-# files whose names start as here are hold-out for the reserve (measured after that refit was committed); every
+# files whose names start as here are hold-out for the reserve (rounds 8 and 9, measured after that refit was
+# committed, round 9 also after round 8 was seen, with nothing changed); every
 # earlier point of theirs is a fit point of the reserve ("role"), and keeps its first role for the allocated
 # constants ("alloc_role").
-BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round8",)
+BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round8", "h200-calibration-2026-12-01-round9")
 HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT,
                 ("runner", "expandable"): BLIND_AFTER_REFIT}
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks

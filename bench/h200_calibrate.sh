@@ -146,9 +146,18 @@ case $part in
   #   bash bench/h200_calibrate.sh round8-8b ; bash bench/h200_calibrate.sh round8-small
   round8-8b) own --grid 8 --shapes $BIG --engines runner --budget-s $(cap 160 380)
              axo --grid 8 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  # what round8-8b's runner process had no time left for (its budget guessed the long accumulation points high):
+  round8-runner) own --grid 8rest --shapes $BIG --engines runner --budget-s $(( $(left) - 8 )) ;;
   round8-small) own --grid 8 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 150 200)
                 axo --grid 8 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 110 90)
                 axo --grid 8 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  # Round 9 (GRID9, a second blind round of round 8's constants), two calls:
+  #   BUDGET=480 bash bench/h200_calibrate.sh round9-8b ; BUDGET=300 bash bench/h200_calibrate.sh round9-small
+  round9-8b) own --grid 9 --shapes $BIG --engines runner --budget-s $(cap 190 260)
+             axo --grid 9 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  round9-small) own --grid 9 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 100 180)
+                axo --grid 9 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 75)
+                axo --grid 9 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   round7-hf) axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
              axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
              axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
