@@ -155,6 +155,8 @@ case $part in
   #   BUDGET=480 bash bench/h200_calibrate.sh round9-8b ; BUDGET=300 bash bench/h200_calibrate.sh round9-small
   round9-8b) own --grid 9 --shapes $BIG --engines runner --budget-s $(cap 190 260)
              axo --grid 9 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  # what round9-8b's runner process had no time left for (its budget would not build the 8B base), alone:
+  round9-runner) own --grid 9 --shapes $BIG --engines runner --budget-s $(( $(left) - 5 )) ;;
   round9-small) own --grid 9 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 100 180)
                 axo --grid 9 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 75)
                 axo --grid 9 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
