@@ -212,37 +212,37 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     facts = config_facts(tmp_path)
     assert valid(facts).status == Status.OK and facts.model_from == "envdoctor's table of known shapes"
     r = memory(facts, gpus(tmp_path / "m", RTX5090))
-    assert r.status == Status.OK and r.message.startswith("fits: needs 17.7 GiB per GPU") and "31.0 GiB free" in r.message
+    assert r.status == Status.OK and r.message.startswith("fits: needs 17.1 GiB per GPU") and "31.0 GiB free" in r.message
     assert r.data["fits"] is True and r.data["gpus"] == [0] and r.data["engine"] == "runner"
     assert any(d.startswith("modules_to_save costs") for d in r.details)
     assert "allocator: expandable segments (the runner sets them when no allocator variable is set)" in r.details
     # axolotl: `axolotl train` sets expandable segments too when no allocator variable is set
     hf = memory(dataclasses.replace(facts, engine="peft"), gpus(tmp_path / "m2", RTX5090))
-    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 32.7 GiB")
+    assert hf.status == Status.FAIL and hf.message.startswith("does not fit: needs 32.8 GiB")
     assert hf.data["allocator"] == "expandable" and hf.data["allocator_set_by"] is None
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.4 GiB" in hf.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.0 GiB" in hf.remedy.text
     assert "fsdp" not in hf.remedy.text  # sharding is the runner's; axolotl sets FSDP in its own config
     # a PYTORCH_CUDA_ALLOC_CONF of the user's: torch reads it before axolotl's PYTORCH_ALLOC_CONF (measured, torch
     # 2.11): torch's default caching allocator, a larger reserve
     own = config_facts(tmp_path / "own", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}, engine="peft")
     caching = memory(own, gpus(tmp_path / "m3", RTX5090))
-    assert caching.message.startswith("does not fit: needs 34.4 GiB") and caching.data["allocator"] == "caching"
+    assert caching.message.startswith("does not fit: needs 35.1 GiB") and caching.data["allocator"] == "caching"
     assert caching.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 22.1 GiB" in caching.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 21.4 GiB" in caching.remedy.text
     assert any(d.startswith("allocator: torch's default caching allocator (PYTORCH_CUDA_ALLOC_CONF=") for d in
                caching.details)
     # only PYTORCH_ALLOC_CONF: axolotl then sets PYTORCH_CUDA_ALLOC_CONF, which torch reads first: its expandable
     # segments, and the user's setting is named as not read
     newer = memory(config_facts(tmp_path / "newer", env={"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"},
                                 engine="peft"), gpus(tmp_path / "m5", RTX5090))
-    assert newer.message.startswith("does not fit: needs 32.7 GiB") and newer.data["allocator"] == "expandable"
+    assert newer.message.startswith("does not fit: needs 32.8 GiB") and newer.data["allocator"] == "expandable"
     assert newer.data["allocator_set_by"] is None
     assert "not read: PYTORCH_ALLOC_CONF='max_split_size_mb:512' (torch ≥ 2.9 reads only the first of " \
            "PYTORCH_CUDA_ALLOC_CONF, PYTORCH_HIP_ALLOC_CONF, PYTORCH_ALLOC_CONF that is set)" in " ".join(newer.details)
     # a torch older than 2.9 (the target's, from its version.py) reads PYTORCH_CUDA_ALLOC_CONF alone: the user's
     old_torch = memory(config_facts(tmp_path / "older2", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"},
                                     engine="peft"), gpus(tmp_path / "m6", RTX5090), TorchFacts(True, "2.8.0+cu128"))
-    assert old_torch.message.startswith("does not fit: needs 34.4 GiB") and old_torch.data["allocator"] == "caching"
+    assert old_torch.message.startswith("does not fit: needs 35.1 GiB") and old_torch.data["allocator"] == "caching"
     assert old_torch.data["allocator_set_by"] == "PYTORCH_CUDA_ALLOC_CONF='max_split_size_mb:512'"
     assert torch_minor(TorchFacts(True, "2.11.0+cu130")) == (2, 11) and torch_minor(TorchFacts(False)) is None
     # the runner keeps the user's setting too: its reserve under the caching allocator, larger
@@ -255,29 +255,32 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
 
 def test_a_fit_inside_the_estimates_known_error_is_a_warning(tmp_path):
     """Fits by the estimate plus its 5 % margin, but not if the run reserves as much more than estimated as the
-    worst measured run of its engine did (the lower of HOLDOUT_ERROR's and FIT_ERROR's lows: the Hugging Face
-    path's hold-out is rounds 6-7, its fitted points went lower): a warning that says by how much, with ways
-    to leave room. The runner's worst under-estimate (-4.7 %) is inside the margin: it never warns for that."""
-    hf_facts = config_facts(tmp_path, engine="peft")
-    e = estimate(LLAMA8B, SEED, engine="peft")
-    low = min(E.HOLDOUT_ERROR[("peft", "expandable")][0], E.FIT_ERROR[("peft", "expandable")][0])
-    assert low == E.FIT_ERROR[("peft", "expandable")][0] < -0.05
+    worst measured run of its engine did (the lower of HOLDOUT_ERROR's and FIT_ERROR's lows): a warning that says
+    by how much, with ways to leave room. The runner's worst is a blind point of round 8 (-8.1 %: 3B 256 × 2 with
+    modules_to_save), beyond the margin; the Hugging Face path's (-4.8 %, a fitted point; -4.2 % blind) is inside
+    it: it never warns for that."""
+    facts = config_facts(tmp_path)
+    e = estimate(LLAMA8B, SEED)
+    low = min(E.HOLDOUT_ERROR[("runner", "expandable")][0], E.FIT_ERROR[("runner", "expandable")][0])
+    assert low == E.HOLDOUT_ERROR[("runner", "expandable")][0] < -0.05
     worst = e.reserved / (1 + low) + e.paged + e.context
-    assert e.needed < worst  # the margin does not cover -5.9 %: there is a band to warn in
-    tight = memory(hf_facts, gpus(tmp_path / "m1", dict(RTX5090, mem_free=int((e.needed + worst) / 2))))
-    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 32.7 GiB")
-    assert "on measured runs this engine reserved up to 6.3% more than estimated, 32.9 GiB here" in tight.message
+    assert e.needed < worst  # the margin does not cover -8.1 %: there is a band to warn in
+    tight = memory(facts, gpus(tmp_path / "m1", dict(RTX5090, mem_free=int((e.needed + worst) / 2))))
+    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 17.1 GiB")
+    assert "on measured runs this engine reserved up to 8.8% more than estimated, 17.5 GiB here" in tight.message
     assert tight.data["fits"] is True and tight.data["worst_case_card_bytes"] == round(worst)
-    assert tight.data["holdout_error"] == list(E.HOLDOUT_ERROR[("peft", "expandable")])
-    assert tight.data["fit_error"] == list(E.FIT_ERROR[("peft", "expandable")])
-    assert tight.remedy.text.startswith("Leave more room: lora_modules_to_save: []")
-    roomy = memory(hf_facts, gpus(tmp_path / "m2", dict(RTX5090, mem_total=40 * GiB, mem_free=int(worst) + GiB)))
-    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 32.7 GiB")
-    r = estimate(LLAMA8B, SEED)
-    just = memory(config_facts(tmp_path / "r"), gpus(tmp_path / "m3", dict(RTX5090, mem_free=int(r.needed) + 1)))
-    assert just.status == Status.OK and just.data["worst_case_card_bytes"] < r.needed
-    assert any(d.startswith("this estimate's error on H200 runs: -3.4 … +14.9 % of the reserved peak held out, "
-                            "-4.7 … +12.1 % on those it was fitted to") for d in just.details)
+    assert tight.data["holdout_error"] == list(E.HOLDOUT_ERROR[("runner", "expandable")])
+    assert tight.data["fit_error"] == list(E.FIT_ERROR[("runner", "expandable")])
+    assert tight.remedy.text.startswith("Leave more room: lora_modules_to_save: [] (only needed for new tokens) → "
+                                        "11.5 GiB")
+    roomy = memory(facts, gpus(tmp_path / "m2", dict(RTX5090, mem_free=int(worst) + GiB)))
+    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 17.1 GiB")
+    p = estimate(LLAMA8B, SEED, engine="peft")
+    just = memory(config_facts(tmp_path / "hf", engine="peft"),
+                  gpus(tmp_path / "m3", dict(RTX5090, mem_total=40 * GiB, mem_free=int(p.needed) + 1)))
+    assert just.status == Status.OK and just.data["worst_case_card_bytes"] < p.needed
+    assert any(d.startswith("this estimate's error on H200 runs: -4.2 … +9.5 % of the reserved peak held out, "
+                            "-4.8 … +9.6 % on those it was fitted to") for d in just.details)
 
 
 def test_the_stated_hold_out_error_is_the_measured_one():
@@ -300,7 +303,7 @@ def test_a_16gb_card_gets_concrete_changes_and_the_gpus_to_shard_over(tmp_path):
     small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
     r = memory(config_facts(tmp_path), gpus(tmp_path / "m", small))
     assert r.status == Status.FAIL and "but GPU 0 (16 GB card) has 15.0 GiB free" in r.message
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 11.7 GiB" in r.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 11.5 GiB" in r.remedy.text
     assert f"fsdp: true over {r.data['gpus_to_fit_sharded']} GPUs (`envdoctor train --fsdp --nproc" in r.remedy.text
 
 
@@ -414,7 +417,7 @@ def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
     small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
     code, text = train_dry_run(tmp_path, small)
     assert code == 1 and "refusing to start a run that cannot work" in text
-    assert "[✗] config.memory: does not fit: needs 17.7 GiB per GPU" in text
+    assert "[✗] config.memory: does not fit: needs 17.1 GiB per GPU" in text
     assert not (tmp_path / "out" / "config.resolved.json").exists()
 
 
@@ -451,6 +454,7 @@ def test_fit_memory_recovers_constants_from_calibration_lines(tmp_path, monkeypa
     import calibrate_memory as C
     import fit_memory as F
     monkeypatch.setattr(E, "CONSTANTS", copy.deepcopy(E.CONSTANTS))
+    monkeypatch.setattr(F, "HOLDOUT_ONLY", {})  # no file here is an H200 round: every hold-out row stays one
     truth = copy.deepcopy(E.CONSTANTS)
     truth["runner"].update(SAVE_BYTES_RUNNER=11.0, ACT_RUNNER=1.4, RESERVE_FRAC=0.12, RESERVE_GIB=0.6)
     truth["hf-loop"].update(ACT_SCALE=2.0, LOGIT_BYTES=8.5, SAVE_GRAD=6.0, RESERVE_FRAC=0.1, RESERVE_GIB=1.0)
@@ -491,9 +495,9 @@ def _holdout_rows():
     return F, rows
 
 
-@pytest.mark.xfail(strict=True, reason="issue #18 open: the runner misses ±10 % / -5 % on 5 of its 89 hold-out "
-                   "points (+10.3 … +14.9 %: all over), the Hugging Face path under axolotl's allocator setting on 4 "
-                   "of its 26 (rounds 6-7, blind after its refit: +10.1 … +11.7 %, all over) (docs/training.md)")
+@pytest.mark.xfail(strict=True, reason="issue #18 open: the runner misses ±10 % / -5 % on 2 of its 30 blind points "
+                   "(rounds 8-9: 3B 256 × 2 -8.1 %, 3B 3960 × 4 +10.8 %); the Hugging Face path is inside on all "
+                   "30 of its own (docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
     """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh), for the two engines
     `check --config` estimates, each under the allocator setting it runs with when the user sets none: the
@@ -504,7 +508,7 @@ def test_measured_hold_out_points_meet_the_error_budget():
     errs = [(r["id"], F.predicted(r).reserved / r["peak_reserved"] - 1) for r in rows
             if (r["engine"], r["allocator"]) == ("runner", "expandable")]
     errs += [(r["id"], est / measured - 1) for r, est, measured in F.hf_path(rows, "expandable")]
-    assert len(errs) >= 100 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
+    assert len(errs) >= 60 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
 
 
 def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
@@ -512,7 +516,8 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
     points the estimate was most under, run again with torch's allocator capped at the estimated reserved peak.
     Every one completes but one — capped below its allocated peak itself, which the estimate of that day
     under-estimated (the docs loop without checkpointing on the 1B shape: 79.4 GiB measured, 75.2 estimated; the
-    phase model that followed estimates it within 1 %, not under) — though the uncapped run had reserved
+    phase model that followed, as refitted in the fourth session of 2026-12-01, estimates it 1.2 % under) — though
+    the uncapped run had reserved
     more than 5 % above the estimate on several: the allocator's slack above allocated is cache it gives back
     when it must (expandable segments unmap free pages; the caching allocator frees whole cached segments).
     The control, capped at 0.8 × the estimate, runs out on every point: the cap binds."""
@@ -531,60 +536,58 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
     loop = uncapped[("llama-3.2-1b/hf-loop/1800x5/r12/no-mts/no-ckpt", "expandable")]
     ran_out = next(r for r in at_estimate if r["id"] == loop["id"] and r["estimated_allocator"] == "expandable")
     assert loop["peak_allocated"] > ran_out["cap_bytes"]  # the cap was below what the run must allocate
-    assert 0 <= F.predicted(loop).peak / loop["peak_allocated"] - 1 < 0.01
+    assert -0.013 < F.predicted(loop).peak / loop["peak_allocated"] - 1 < -0.011
 
 
-@pytest.mark.parametrize("blind_round, points", [("round3", 10), ("round5", 15)])
-def test_the_runner_is_never_under_and_meets_the_budget_on_the_blind_rounds(blind_round, points):
-    """What holds for the runner (its own allocator setting, expandable segments): no hold-out point of any
-    round more than 5 % under its measured reserved peak, and every point of rounds 3 and 5 — sizes no round
-    had, measured after the constants were fixed (bench/calibrate_memory.py GRID3, GRID5) — within ±10 % / -5 %."""
-    F, rows = _holdout_rows()
-    runner = [r for r in rows if (r["engine"], r["allocator"]) == ("runner", "expandable")]
-    err = {(r["_where"], r["id"]): F.predicted(r).reserved / r["peak_reserved"] - 1 for r in runner}
-    assert [k for k, e in err.items() if e < -0.05] == []
-    blind = {k: e for k, e in err.items() if blind_round in k[0]}
-    assert len(blind) >= points and [k for k, e in blind.items() if not -0.05 <= e <= 0.10] == []
+def test_the_refit_holds_every_point_it_was_fitted_on():
+    """The reserve refit of 2026-12-01 (fourth session) on every point of rounds 1-7 under each engine's setting
+    when the user sets none: the runner's 115 (its terms gated by where its peak is) and the Hugging Face path's
+    108 (Trainer's fixed part the lm_head's bf16 copy) all inside ±10 % / -5 %. An earlier form of the runner's
+    reserve (one set of terms whatever the peak) could not hold its own fit points inside."""
+    F, rows = _all_rows()
+    fitted = [r for r in rows if r["role"] == "fit" and r["allocator"] == "expandable"]
+    runner = [F.predicted(r).reserved / r["peak_reserved"] - 1 for r in fitted if r["engine"] == "runner"]
+    path = [est / measured - 1 for _, est, measured in F.hf_path(fitted, "expandable", role="fit")]
+    assert len(runner) >= 115 and len(path) >= 108
+    assert all(-0.05 <= e <= 0.10 for e in runner + path)
 
 
-def test_the_runner_on_the_random_blind_round_and_its_accumulation_rule():
-    """Round 6 and 6b (GRID6, GRID6_REST: drawn at random, measured after the runner's accumulation rule was
-    committed and before anything was looked at): 26 points, 21 with accumulation. None is 1.1 % or more under
-    its measured reserved peak; the three outside the budget are over-estimates (8B one-chunk batches with
-    modules_to_save and accumulation, +10.3 and +14.9 %; 1B at 1176 × 8, +10.4 %). The rule (lm_head's gradient
-    already in a one-chunk peak when trained in place) holds blind: those 8B points' allocated estimates within
-    -7 … +3 % (the start-of-session rule, every held gradient added: up to +13.7 %, reserved up to +25.4 %)."""
-    F, rows = _holdout_rows()
+def test_the_blind_rounds_after_the_refit():
+    """Rounds 8 and 9 (GRID8, GRID9: drawn at random by bench/draw_round.py, plus two points that reach the span's
+    ends; measured after the refit was committed, round 9 also after round 8 was seen with nothing changed), each
+    engine under its setting when the user sets none. The Hugging Face path: 30 of 30 inside, none more than
+    4.2 % under. The runner: 28 of 30; the two outside are both on the tied 3B shape with modules_to_save and
+    checkpointing, one each way — 256 × 2 kept 1.84 GiB of slack where 1.19 was estimated (-8.1 %), 3960 × 4
+    kept 0.49 where 1.17 was, its allocated peak 5.9 % over (+10.8 %). Allocated on these rounds: the runner
+    -4.1 … +11.9 % (1B 264 × 3 with modules_to_save, no checkpointing), the Hugging Face engines -1.8 … +7.1 %."""
+    F, rows = _all_rows()
+    blind = [r for r in rows if r["role"] == "holdout" and r["allocator"] == "expandable"]
+    assert {r["_where"].split(":")[0].rsplit("-", 1)[0][-6:] for r in blind} == {"round8", "round9"}
+    path = [(r, est / measured - 1) for r, est, measured in F.hf_path(blind, "expandable")]
+    assert len(path) == 30 and all(-0.05 <= e <= 0.10 for _, e in path) and min(e for _, e in path) > -0.043
+    runner = {(r["shape"], r["seq"], r["micro"]): F.predicted(r).reserved / r["peak_reserved"] - 1
+              for r in blind if r["engine"] == "runner"}
+    assert len(runner) == 30
+    assert {k: round(e * 100, 1) for k, e in runner.items() if not -0.05 <= e <= 0.10} == {
+        ("llama-3.2-3b", 256, 2): -8.1, ("llama-3.2-3b", 3960, 4): 10.8}
+    allocated = {e: [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind if r["engine"] in engines]
+                 for e, engines in (("runner", ("runner",)), ("hf", E.HF_PATH))}
+    assert -0.042 < min(allocated["runner"]) and max(allocated["runner"]) < 0.12
+    assert -0.019 < min(allocated["hf"]) and max(allocated["hf"]) < 0.072
+
+
+def test_the_runners_one_chunk_rule_held_blind_on_round_6b():
+    """Round 6b (GRID6_REST: drawn at random, measured after the runner's accumulation rule was committed and
+    before anything was looked at): lm_head's gradient already in a one-chunk peak when trained in place. Those
+    8B points' allocated estimates are within -7 … +3 % (the start-of-session rule, every held gradient added:
+    up to +13.7 %). Their reserve is a fit point of the refit since."""
+    F, rows = _all_rows()
     blind = [r for r in rows if "round6" in r["_where"] and r["engine"] == "runner"]
     assert len(blind) >= 26 and sum(r.get("accum", 1) > 1 for r in blind) >= 20
-    err = {(r["shape"], r["seq"], r["micro"]): F.predicted(r).reserved / r["peak_reserved"] - 1 for r in blind}
-    assert min(err.values()) >= -0.011
-    assert sorted(k for k, e in err.items() if e > 0.10) == [
-        ("llama-3.1-8b", 272, 3), ("llama-3.1-8b", 376, 2), ("llama-3.2-1b", 1176, 8)]
     one_chunk = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind
                  if r["shape"] == "llama-3.1-8b" and r["modules_to_save"] and r.get("accum", 1) > 1
                  and r["seq"] * r["micro"] <= 1024]
     assert len(one_chunk) >= 6 and -0.075 <= min(one_chunk) and max(one_chunk) <= 0.03, one_chunk
-
-
-def test_the_hf_path_is_never_under_on_the_blind_rounds_after_its_refit():
-    """Round 6 (GRID6: drawn at random, measured before the Hugging Face engines' expandable reserve was refitted
-    with and without checkpointing apart, and not looked at until that refit was committed) and round 7 (GRID7,
-    drawn the same way, measured after), under axolotl's setting for torch >= 2.9: the Hugging Face path's
-    estimate is nowhere under the larger measured reserved peak by more than 0.1 %, its allocated estimates within
-    -5 … +9 %; the four points outside the budget are over-estimates, all on the 1B shape with checkpointing
-    (+10.1 … +11.7 %). Before the refit (round 5's constants) round 6 alone had five outside, up to +15.5 %, two
-    of them on the 8B and 3B shapes."""
-    F, rows = _holdout_rows()
-    blind = [r for r in rows if ("round6" in r["_where"] or "round7" in r["_where"]) and r["engine"] in E.HF_PATH]
-    path = [(r, est / measured - 1) for r, est, measured in F.hf_path(blind, "expandable")]
-    assert len(path) >= 26 and min(e for _, e in path) >= -0.001
-    outside = [(r["shape"], r["seq"], r["micro"]) for r, e in path if e > 0.10]
-    assert sorted(outside) == [("llama-3.2-1b", 368, 6), ("llama-3.2-1b", 872, 2), ("llama-3.2-1b", 1400, 1),
-                               ("llama-3.2-1b", 1752, 1)]
-    assert max(e for _, e in path) < 0.12
-    allocated = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind]
-    assert len(allocated) >= 52 and -0.05 <= min(allocated) and max(allocated) <= 0.09
 
 
 def test_measured_hold_out_allocated_peaks_are_within_15_percent():
@@ -630,11 +633,11 @@ def test_the_real_runner_against_its_estimate():
     — train/qlora.py's data pipeline, step and validation, not the calibration's loop over the runner's modules —
     on the 8B shape, against what `envdoctor check --config` estimated for the same file on the same machine: the
     seed's settings without and with modules_to_save, a config drawn at random (560 × 3, r 16, accumulation 5,
-    modules_to_save): reserved +3.8, +3.8, -0.3 %, allocated -2.3 … -0.9 %; and D, one loss chunk (512 × 2) with
-    modules_to_save and accumulation 4, measured after the one-chunk rule: allocated +3.0 %, reserved +12.0 % —
-    over, outside the budget, the same miss as the calibration's one-chunk points (the runner keeps 0.7 GiB of
-    slack there where the estimate keeps 1.6). The estimates are recomputed here and must match what the check
-    printed then (a change to the estimator must account for these runs)."""
+    modules_to_save): allocated -2.3 … -0.9 %; and D, one loss chunk (512 × 2) with modules_to_save and
+    accumulation 4: allocated +3.0 %. The allocated estimates are recomputed here and must match what the check
+    printed then. The reserved estimates the check printed then were +3.8, +3.8, -0.3 and +12.0 % (D over, outside
+    the budget: the runner keeps 0.7 GiB of slack there where that estimate kept 1.6); the reserve refitted in the
+    fourth session (its terms gated by where the peak is) gives +2.1, -0.3, -4.7 and +6.7 %, every one inside."""
     sys.path.insert(0, str(BENCH))
     import hf_loop
     rows = [json.loads(line) for line in (RESULTS / "h200-runner-real-2026-12-01.jsonl").read_text().splitlines()]
@@ -647,10 +650,10 @@ def test_the_real_runner_against_its_estimate():
                                   gradient_accumulation_steps=r["gradient_accumulation_steps"],
                                   lora_modules_to_save=r["lora_modules_to_save"] or [])
         e = estimate(shape, cfg)
-        assert (round(e.peak), round(e.reserved)) == (r["estimated_allocated"], r["estimated_reserved"]), r["config"]
+        assert round(e.peak) == r["estimated_allocated"], r["config"]
         assert abs(e.peak / r["measured_allocated"] - 1) <= 0.031, r["config"]
-        reserved[r["config"]] = e.reserved / r["measured_reserved"] - 1
-    assert all(-0.05 <= reserved[c] <= 0.10 for c in "ABC") and 0.10 < reserved["D"] < 0.13, reserved
+        reserved[r["config"]] = round((e.reserved / r["measured_reserved"] - 1) * 100, 1)
+    assert reserved == {"A": 2.1, "B": -0.3, "C": -4.7, "D": 6.7}, reserved
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -680,7 +683,7 @@ def test_a_config_that_fits_only_sharded_says_so(tmp_path):
     facts.config.data["fsdp"] = True  # the other checks judge FSDP with a 4-bit base; the arithmetic is per GPU
     r = memory(facts, gpus(tmp_path / "m", *cards))
     assert r.status == Status.OK and r.data["sharded"] and r.data["nproc"] == n
-    assert "; only sharded: unsharded it needs 17.7 GiB" in r.message
+    assert "; only sharded: unsharded it needs 17.1 GiB" in r.message
 
 
 def test_fsdp_on_one_process_keeps_the_modules_to_save_copies_as_the_runner_does():
@@ -804,7 +807,7 @@ def test_the_async_backend_is_named_as_unmeasured_and_the_stated_bands_are_the_m
     line = next(d for d in r.details if d.startswith("allocator: torch's default caching allocator"))
     # every measured point's error, held out or fitted to (the tables, not a figure typed once)
     assert f"measured error {min(held_low, fit_low) * 100:+.1f} … {max(held_high, fit_high) * 100:+.1f} %" in line
-    assert "-11.1 … +15.3 %, against -5.9 … +11.8 %" in line
+    assert "-8.3 … +14.8 %, against -4.8 … +9.6 %" in line
     plain = memory(config_facts(tmp_path / "p", engine="peft"), gpus(tmp_path / "m2", RTX5090))
     assert not any("cudaMallocAsync" in d for d in plain.details)
 
@@ -882,7 +885,8 @@ def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rul
     """bench/results/h200-calibration-2026-12-01-accum.jsonl (`bash bench/h200_calibrate.sh accum`, measured after
     the Hugging Face phases stopped counting the held gradients a second time): accumulation 4-8 on the 8B and 1B
     shapes. The Hugging Face engines' allocated estimates are within -3 … +5 %; counting the held gradients again
-    (the rule before) over-estimated the short-sequence points by 9-19 %."""
+    (the rule before) over-estimated the short-sequence points by 9-19 % with the constants of that day, by
+    9-15 % with today's."""
     F, rows = _all_rows()
     accum = [r for r in rows if r.get("accum", 1) > 1 and "-accum" in r["_where"]]
     hf = [r for r in accum if r["engine"] in E.HF_PATH]
@@ -893,7 +897,7 @@ def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rul
     with monkeypatch.context() as m:
         m.setattr(E, "hf_phases", lambda *a, held=False, **k: original(*a, **k))
         before = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in hf]
-    assert sorted(before)[-6] > 0.09 and max(before) > 0.15
+    assert sorted(before)[-6] > 0.09 and max(before) > 0.14
 
 
 def test_the_runners_accumulation_counts_lm_heads_gradient_once_in_a_one_chunk_peak():
