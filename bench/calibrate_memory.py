@@ -232,7 +232,7 @@ GRID7 = {
 # Round 8 (2026-12-01, fourth session): the blind hold-out of the runner's reserve with its peak-gated terms and of
 # the Hugging Face path's reserve refitted on rounds 1-7 (with Trainer's FIXED_HEAD), measured after both were
 # committed. Drawn by `python bench/draw_round.py 20261208 llama-3.1-8b=8 llama-3.2-3b=4 llama-3.2-1b=4`, then one
-# point added a shape where the draw did not reach an end of issue #18's span: 8B seq 7800 (the draw's longest was
+# point added on each shape where the draw did not reach an end of issue #18's span: 8B seq 7800 (the draw's longest was
 # 4920), 1B micro batch 8 (its largest was 6).
 GRID8 = {
     "llama-3.1-8b": [(1504, 1, 48, False, True, "holdout", 1), (2176, 4, 128, False, True, "holdout", 8),
@@ -261,7 +261,9 @@ GRID9 = {
                      (1376, 4, 112, False, True, "holdout", 4)],
     "tiny": [(40, 3, 8, False, True, "holdout", 2)],   # CPU proof
 }
-GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B, "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "accum": GRID_ACCUM, "cap": GRID_CAP, "trace": GRID_TRACE}
+GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B,
+         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "accum": GRID_ACCUM,
+         "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
 # base per GB of bf16 weights (init + save + quantized load), and a point per token of a step.

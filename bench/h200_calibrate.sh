@@ -143,7 +143,7 @@ case $part in
   #   BUDGET=400 bash bench/h200_calibrate.sh round7-hf
   # Round 8 (GRID8, the blind hold-out of the refit of 2026-12-01, fourth session): the runner under its own
   # setting, the Hugging Face engines under axolotl's for torch >= 2.9, two calls:
-  #   bash bench/h200_calibrate.sh round8-8b ; bash bench/h200_calibrate.sh round8-small
+  #   BUDGET=560 bash bench/h200_calibrate.sh round8-8b ; BUDGET=540 bash bench/h200_calibrate.sh round8-small
   round8-8b) own --grid 8 --shapes $BIG --engines runner --budget-s $(cap 160 380)
              axo --grid 8 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   # what round8-8b's runner process had no time left for (its budget guessed the long accumulation points high):
@@ -152,7 +152,7 @@ case $part in
                 axo --grid 8 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 110 90)
                 axo --grid 8 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   # Round 9 (GRID9, a second blind round of round 8's constants), two calls:
-  #   BUDGET=480 bash bench/h200_calibrate.sh round9-8b ; BUDGET=300 bash bench/h200_calibrate.sh round9-small
+  #   BUDGET=460 bash bench/h200_calibrate.sh round9-8b ; BUDGET=320 bash bench/h200_calibrate.sh round9-small
   round9-8b) own --grid 9 --shapes $BIG --engines runner --budget-s $(cap 190 260)
              axo --grid 9 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   # what round9-8b's runner process had no time left for (its budget would not build the 8B base), alone:

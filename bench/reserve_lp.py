@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """How far a config-only reserve can go: a linear program over the measured points of one engine under
-expandable segments. The reserve is estimate.py's form — allocated estimate + a sum of non-negative constants ×
-terms of the config — and the program maximises the margin t by which every point stays inside issue #18's
-budget: estimate / measured − 1 within [−5 % + t, +10 % − t]. t < 0: no set of constants holds every point
+expandable segments. The reserve has the form of estimate.py's — allocated estimate + a sum of non-negative
+constants × terms of the config, here a superset of the estimator's (below) — and the program maximises the
+margin t by which every point stays inside issue #18's budget: estimate / measured − 1 within
+[−5 % + t, +10 % − t]. t < 0: no set of constants holds every point
 inside, whatever a fit does; t ≥ 0 but small: a blind round can still put a point just outside.
 
-    PYTHONPATH=src python bench/reserve_lp.py bench/results/h200-calibration-*.jsonl [--engine runner|hf-loop|hf-trainer]
+    PYTHONPATH=src python bench/reserve_lp.py bench/results/h200-calibration-*.jsonl
+        [--engine runner|hf-loop|hf-trainer]
         [--measured-allocated]   (the measured allocated peak in place of the estimate: the reserve's terms alone)
 
 Needs scipy (pip install scipy): a bench tool, not a dependency of envdoctor. Every point of the files clean by
@@ -33,21 +35,25 @@ GiB = E.GiB
 
 def runner_terms(r: dict, allocated: float) -> dict[str, float]:
     cfg, sh = point_config(r), E.Shape.from_config(SHAPES[r["shape"]])
-    k = E.CONSTANTS["runner"]
     tokens = r["seq"] * r["micro"]
     chunk = min(cfg["loss_chunk_tokens"], tokens)
-    elems = 2 * E._layer_elements(sh, cfg["lora_dropout"] > 0)
-    loss_phase = k["CHUNK_BYTES"] * chunk * sh.vocab + k["LOSS_HIDDEN"] * tokens * sh.hidden
-    loss_peak = not r["gradient_checkpointing"] or loss_phase >= k["ACT_RUNNER"] * tokens * elems
+    loss, layer = E.runner_phases(sh, E.CONSTANTS["runner"], tokens, chunk, cfg["lora_dropout"] > 0)
+    loss_peak = not r["gradient_checkpointing"] or loss > layer
     save = (2 if r["modules_to_save"] else 0) * sh.vocab * sh.hidden
     accum = cfg["gradient_accumulation_steps"] > 1
     return {"GiB": GiB, "allocated": allocated, "chunk logits": 4.0 * chunk * sh.vocab,
             "chunk logits, loss peak": 4.0 * chunk * sh.vocab * loss_peak,
+            "save grads": (4.0 if sh.tied else 2.0) * save,
             "save grads, loss peak, no accumulation": 2.0 * save * (not accum) * (not sh.tied) * loss_peak,
             "save grads, accumulation": 2.0 * save * accum * (not sh.tied),
             "save copies (tied)": 4.0 * save * sh.tied,
-            "layer weights": 2.0 * sum(i * o for i, o in sh.linears().values()),
+            "layer weights": layer_weights(sh),
             "checkpointing": GiB * r["gradient_checkpointing"]}
+
+
+def layer_weights(sh: E.Shape) -> float:
+    """One decoder layer's linears in bf16, bytes."""
+    return 2.0 * sum(i * o for i, o in sh.linears().values())
 
 
 def hf_terms(r: dict, allocated: float) -> dict[str, float]:
@@ -61,7 +67,7 @@ def hf_terms(r: dict, allocated: float) -> dict[str, float]:
                     f"logits, {tag}": 4.0 * tokens * sh.vocab * on, f"save, {tag}": 4.0 * save * on,
                     f"tied copies, {tag}": 4.0 * save * on * sh.tied,
                     f"activations, {tag}": 2.0 * tokens * sh.hidden * sh.layers * on,
-                    f"layer weights, {tag}": 2.0 * sum(i * o for i, o in sh.linears().values()) * on,
+                    f"layer weights, {tag}": layer_weights(sh) * on,
                     f"accumulation, {tag}": 4.0 * save * on * accum})
     return out
 

@@ -536,14 +536,13 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
     loop = uncapped[("llama-3.2-1b/hf-loop/1800x5/r12/no-mts/no-ckpt", "expandable")]
     ran_out = next(r for r in at_estimate if r["id"] == loop["id"] and r["estimated_allocator"] == "expandable")
     assert loop["peak_allocated"] > ran_out["cap_bytes"]  # the cap was below what the run must allocate
-    assert -0.013 < F.predicted(loop).peak / loop["peak_allocated"] - 1 < -0.011
+    assert -0.015 <= F.predicted(loop).peak / loop["peak_allocated"] - 1 <= 0.01  # before the loop's refit: 0 … +1 %
 
 
 def test_the_refit_holds_every_point_it_was_fitted_on():
     """The reserve refit of 2026-12-01 (fourth session) on every point of rounds 1-7 under each engine's setting
     when the user sets none: the runner's 115 (its terms gated by where its peak is) and the Hugging Face path's
-    108 (Trainer's fixed part the lm_head's bf16 copy) all inside ±10 % / -5 %. An earlier form of the runner's
-    reserve (one set of terms whatever the peak) could not hold its own fit points inside."""
+    108 (Trainer's fixed part the lm_head's bf16 copy) all inside ±10 % / -5 %."""
     F, rows = _all_rows()
     fitted = [r for r in rows if r["role"] == "fit" and r["allocator"] == "expandable"]
     runner = [F.predicted(r).reserved / r["peak_reserved"] - 1 for r in fitted if r["engine"] == "runner"]
@@ -562,7 +561,7 @@ def test_the_blind_rounds_after_the_refit():
     -4.1 … +11.9 % (1B 264 × 3 with modules_to_save, no checkpointing), the Hugging Face engines -1.8 … +7.1 %."""
     F, rows = _all_rows()
     blind = [r for r in rows if r["role"] == "holdout" and r["allocator"] == "expandable"]
-    assert {r["_where"].split(":")[0].rsplit("-", 1)[0][-6:] for r in blind} == {"round8", "round9"}
+    assert all(Path(r["_where"].split(":")[0]).name.startswith(F.BLIND_AFTER_REFIT) for r in blind)
     path = [(r, est / measured - 1) for r, est, measured in F.hf_path(blind, "expandable")]
     assert len(path) == 30 and all(-0.05 <= e <= 0.10 for _, e in path) and min(e for _, e in path) > -0.043
     runner = {(r["shape"], r["seq"], r["micro"]): F.predicted(r).reserved / r["peak_reserved"] - 1
@@ -574,6 +573,38 @@ def test_the_blind_rounds_after_the_refit():
                  for e, engines in (("runner", ("runner",)), ("hf", E.HF_PATH))}
     assert -0.042 < min(allocated["runner"]) and max(allocated["runner"]) < 0.12
     assert -0.019 < min(allocated["hf"]) and max(allocated["hf"]) < 0.072
+
+
+def test_the_runners_gated_reserve_terms_count_under_its_own_setting_only(monkeypatch):
+    """The runner's reserve terms gated by where its peak is were measured under expandable segments only: under
+    torch's caching allocator (a user's variable) they are 0 whatever CONSTANTS holds, and a refit there holds
+    them (bench/fit_memory.py HELD_RESERVE). Under its own setting each one moves the estimate."""
+    gated = ("RESERVE_CHUNK_PEAK", "RESERVE_SAVE_STEP", "RESERVE_SAVE_COPY", "RESERVE_GC_GIB")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import fit_memory as F
+    assert all(E.constants("runner", "caching")[n] == 0 for n in gated)
+    assert F.HELD_RESERVE[("runner", "caching")] == set(gated)
+    tied = Shape.from_config(dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                                  num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
+                                  tie_word_embeddings=True))
+    before = {a: estimate(s, SEED, allocator=a).reserved for s in (LLAMA8B, tied) for a in E.ALLOCATORS}
+    for n in gated:
+        monkeypatch.setitem(E.CONSTANTS["runner"], n, E.CONSTANTS["runner"][n] + 1.0)
+    after = {a: estimate(s, SEED, allocator=a).reserved for s in (LLAMA8B, tied) for a in E.ALLOCATORS}
+    assert after["caching"] == before["caching"] and after["expandable"] > before["expandable"]
+
+
+def test_the_blind_rounds_are_the_draws_they_say():
+    """GRID8 and GRID9 are what bench/draw_round.py draws from their seeds (plus round 8's two span points)."""
+    sys.path.insert(0, str(BENCH))
+    import calibrate_memory as C
+    import draw_round
+    for seed, grid, sizes in ((20261208, C.GRID8, {"llama-3.1-8b": 8, "llama-3.2-3b": 4, "llama-3.2-1b": 4}),
+                              (20261209, C.GRID9, {"llama-3.1-8b": 6, "llama-3.2-3b": 3, "llama-3.2-1b": 3})):
+        rng = draw_round.random.Random(seed)
+        for shape, n in sizes.items():
+            assert [draw_round.draw(rng, shape) for _ in range(n)] == grid[shape][:n], (seed, shape)
+    assert [len(C.GRID8[s]) for s in ("llama-3.1-8b", "llama-3.2-3b", "llama-3.2-1b")] == [9, 4, 5]
 
 
 def test_the_runners_one_chunk_rule_held_blind_on_round_6b():
@@ -592,7 +623,7 @@ def test_the_runners_one_chunk_rule_held_blind_on_round_6b():
 
 def test_measured_hold_out_allocated_peaks_are_within_15_percent():
     """What the estimator does meet on every hold-out point of its allocated constants (bench/fit_memory.py
-    "alloc_role": the Hugging Face engines' reserve refit did not refit them): the allocated peak within ±15 %."""
+    "alloc_role": the reserve refits keep each row's first role for these): the allocated peak within ±15 %."""
     F, rows = _all_rows()
     rows = [r for r in rows if r["alloc_role"] == "holdout"]
     assert len(rows) >= 300

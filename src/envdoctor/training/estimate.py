@@ -23,7 +23,8 @@ What runs out is the card, so an estimate has three layers (all bytes, per GPU):
   reserved   torch.cuda.max_memory_reserved(): allocated plus the allocator's slack, modelled as
              RESERVE_FRAC × allocated + RESERVE_GIB + RESERVE_LOGITS × one loss's fp32 logits + RESERVE_SAVE
              × the modules_to_save copies in fp32 (+ RESERVE_LAYER × one layer's bf16 weights, the runner, and
-             its terms for the block left free at its peak: a loss chunk's logits, a modules_to_save gradient),
+             its terms for the block left free at its peak, gated by where that peak is: a loss chunk's logits,
+             the in-place modules_to_save gradient, the copies' gradients, checkpointing's recompute),
              for the allocator setting in force (allocator.allocator_in_force): expandable segments — what the runner
              and `axolotl train` set when the user set no variable — or torch's default caching allocator; the
              Hugging Face engines under expandable segments have a second set without checkpointing (*_NOGC)
@@ -57,10 +58,11 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # everywhere (the allocator's slack is not a smooth function of the config): docs/training.md.
 # The Hugging Face engines' allocated constants (ACT_SCALE … FIXED_HEAD: the phase model, hf_phases) were refitted
 # on 2026-12-01 on the fit points of rounds 1-3 under both allocators (bench/results/README.md says exactly how),
-# again in the fourth session when Trainer's fixed part became autocast's bf16 copy of lm_head (FIXED_HEAD).
+# again in the fourth session when Trainer's fixed part became autocast's bf16 copy of lm_head (FIXED_HEAD); with
+# them Trainer's reserve under the caching allocator (CONSTANTS' RESERVE_*, on its caching fit points).
 # The runner's RESERVE_* (its own expandable segments) were refitted then on all 115 of its points of rounds 1-7
 # (`fit_memory.py … --engine runner --allocator expandable --reserve-only --write`), with the terms gated by
-# where its peak is (RESERVE_CHUNK_PEAK, RESERVE_SAVE_STEP: estimate() says why); rounds 8-9 are their hold-out.
+# where its peak is (RESERVE_CHUNK_PEAK … RESERVE_GC_GIB: estimate() says why); rounds 8-9 are their hold-out.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
         CHUNK_BYTES=12.35,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
@@ -99,9 +101,9 @@ CONSTANTS: dict[str, dict[str, float]] = {
 # the forward, with it in backward, and other blocks churn before each), fitted by bench/fit_memory.py on
 # 2026-12-01 (fourth session) on every point measured under that setting in rounds 1-7 (108 of the Hugging Face
 # path: the axolotl-alloc files — expandable_segments:True,roundup_power2_divisions:16, axolotl's value for torch
-# < 2.9 — rounds 4-7 and the accumulation points — expandable_segments:True alone, axolotl 0.19's for torch ≥ 2.9);
-# rounds 8 and 9, measured after, are their hold-out. CONSTANTS' RESERVE_* are those of torch's default caching
-# allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
+# < 2.9 — rounds 4-7 and the accumulation points — expandable_segments:True alone, axolotl 0.19's for torch
+# ≥ 2.9); rounds 8 and 9, measured after, are their hold-out. CONSTANTS' RESERVE_* are those of torch's default
+# caching allocator (what a loop a user writes runs under). The runner sets expandable segments itself.
 RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
     "hf-loop": dict(RESERVE_FRAC=0.06388, RESERVE_GIB=0.1287, RESERVE_LOGITS=6.354e-07, RESERVE_SAVE=0.2392,
                     RESERVE_FRAC_NOGC=0.06203, RESERVE_GIB_NOGC=0.08206, RESERVE_LOGITS_NOGC=0.09738,
@@ -112,10 +114,12 @@ RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
 }
 # The runner's reserve under torch's caching allocator (a variable of the user's that turns expandable segments
 # off: the runner keeps it), fitted on the 8B fit points of grid 1 measured so on 2026-12-01
-# (h200-calibration-2026-12-01-runner-caching.jsonl). CONSTANTS' runner RESERVE_* are those of its own setting.
+# (h200-calibration-2026-12-01-runner-caching.jsonl). CONSTANTS' runner RESERVE_* are those of its own setting;
+# the gated terms were measured under expandable segments only: 0 here (bench/fit_memory.py holds them).
 RESERVE_CACHING: dict[str, dict[str, float]] = {
-    "runner": dict(RESERVE_FRAC=0.05, RESERVE_GIB=0, RESERVE_LOGITS=1.268, RESERVE_SAVE=0.7395, RESERVE_LAYER=0.0001714,
-                   RESERVE_CHUNK_PEAK=0, RESERVE_SAVE_STEP=0, RESERVE_SAVE_COPY=0, RESERVE_GC_GIB=0),
+    "runner": dict(RESERVE_FRAC=0.05, RESERVE_GIB=0, RESERVE_LOGITS=1.268, RESERVE_SAVE=0.7395,
+                   RESERVE_LAYER=0.0001714, RESERVE_CHUNK_PEAK=0, RESERVE_SAVE_STEP=0, RESERVE_SAVE_COPY=0,
+                   RESERVE_GC_GIB=0),
 }
 ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default caching allocator
 # The reserved-peak error of these constants on the H200 hold-out points, (lowest, highest) of estimate /
@@ -229,6 +233,14 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
+def runner_phases(shape: Shape, k: Mapping[str, float], tokens: int, chunk: int, dropout: bool) -> tuple[float, float]:
+    """The runner's two candidate peaks in backward, bytes beyond what it keeps throughout: the loss phase (one
+    chunk's logits, and the whole batch's final hidden states — the shifted copy the chunks read, its gradient —
+    while the chunks run) and one layer recomputed (checkpointing)."""
+    loss = k["CHUNK_BYTES"] * chunk * shape.vocab + k["LOSS_HIDDEN"] * tokens * shape.hidden
+    return loss, k["ACT_RUNNER"] * tokens * 2 * _layer_elements(shape, dropout)
+
+
 def reserve_overrides(engine: str, allocator: str) -> dict[str, float] | None:
     """The RESERVE_* constants `engine` has for `allocator` beside its CONSTANTS (whose RESERVE_* are those of
     the allocator it was first calibrated under: the runner's own expandable segments, the Hugging Face
@@ -331,17 +343,13 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     in_place = runner and not cfg.get("fsdp") and not shape.tied and (cfg["optimizer"] in EIGHT_BIT or not half)
     grad_bytes = 2.0 if half else 4.0
     if runner:
-        elems = 2 * _layer_elements(shape, dropout)
         chunk = min(cfg["loss_chunk_tokens"], tokens)
-        # the loss phase: one chunk's logits, and the whole batch's final hidden states (the shifted copy the
-        # chunks read, its gradient) while the chunks run
-        loss_phase = k["CHUNK_BYTES"] * chunk * shape.vocab + k["LOSS_HIDDEN"] * tokens * shape.hidden
+        loss_phase, layer_phase = runner_phases(shape, k, tokens, chunk, dropout)
         if gc_on:  # the backward peak is one layer's recompute or one chunk's logits, whichever is larger
-            layer_phase = k["ACT_RUNNER"] * tokens * elems
             act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
             loss_phase = loss_phase if loss_phase > layer_phase else 0.0
         else:
-            act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * elems
+            act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * 2 * _layer_elements(shape, dropout)
         logits = loss_phase
         save_bytes = k["SAVE_BYTES_INPLACE"] if in_place else k["SAVE_BYTES_RUNNER"]
     else:  # the Hugging Face engines: fp32 copies; activations, logits and gradients are hf_phases' parts
@@ -402,7 +410,9 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     if runner:  # under expandable segments the runner's slack at its peak is a free range the size of a block the
         # step allocates and frees (bench/results/README.md, allocator traces): one loss chunk's logits when the
         # loss is the peak, the in-place modules_to_save gradient freed by each step (held, with accumulation),
-        # the copies' gradients (a tied shape), and what checkpointing's recompute churns
+        # the copies' gradients (fitted on the tied shapes, the only copies measured; applied to any copies — FSDP,
+        # fp32 weights with a 32-bit AdamW — unmeasured, on the safe side), and what checkpointing's recompute
+        # churns
         loss_peak = not gc_on or logits > 0
         reserve += (rk.get("RESERVE_CHUNK_PEAK", 0.0) * 4.0 * loss_tokens * shape.vocab * loss_peak
                     + rk.get("RESERVE_SAVE_STEP", 0.0) * grad_bytes * save * (
