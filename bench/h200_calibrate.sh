@@ -139,8 +139,14 @@ case $part in
   #   bash bench/h200_calibrate.sh round6b
   round6b) own --grid 6b --shapes $BIG --engines runner --budget-s $(cap 200 120)
            own --grid 6b --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
+  # round 6's 8B runner points the round6-8b call skipped, with round 6b, in one call (GRID6_REST)
+  round6-rest) own --grid 6rest --shapes $BIG --engines runner --budget-s $(cap 420 90)
+           own --grid 6rest --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Round 7 (GRID7): the Hugging Face engines alone under axolotl's setting for torch >= 2.9, in one call:
   #   BUDGET=400 bash bench/h200_calibrate.sh round7-hf
+  round7-hf) axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
+             axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
+             axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
   # Round 8 (GRID8, the blind hold-out of the refit of 2026-12-01, fourth session): the runner under its own
   # setting, the Hugging Face engines under axolotl's for torch >= 2.9, two calls:
   #   BUDGET=560 bash bench/h200_calibrate.sh round8-8b ; BUDGET=540 bash bench/h200_calibrate.sh round8-small
@@ -160,12 +166,6 @@ case $part in
   round9-small) own --grid 9 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 100 180)
                 axo --grid 9 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 75)
                 axo --grid 9 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
-  round7-hf) axo --grid 7 --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 200 190)
-             axo --grid 7 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 85)
-             axo --grid 7 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
-  # round 6's 8B runner points the round6-8b call skipped, with round 6b, in one call (GRID6_REST)
-  round6-rest) own --grid 6rest --shapes $BIG --engines runner --budget-s $(cap 420 90)
-           own --grid 6rest --shapes ${MID:-llama-3.2-3b} --engines runner --budget-s $(( $(left) - 10 )) ;;
   # Gradient accumulation (GRID_ACCUM): the runner under its own setting, the HF engines under axolotl's for torch >= 2.9
   #   bash bench/h200_calibrate.sh accum
   accum) axo --grid accum --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 230 200)
