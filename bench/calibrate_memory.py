@@ -261,8 +261,22 @@ GRID9 = {
                      (1376, 4, 112, False, True, "holdout", 4)],
     "tiny": [(40, 3, 8, False, True, "holdout", 2)],   # CPU proof
 }
+# Round 10 (2026-12-01, fifth session): the blind hold-out of the runner with its one-pass loss (head_loss.py),
+# with rounds 8-9 again, drawn by `python bench/draw_round.py 20261210 llama-3.1-8b=8 llama-3.2-3b=4 llama-3.2-1b=4`
+# before any point of the new runner was measured.
+GRID10 = {
+    "llama-3.1-8b": [(744, 2, 16, False, False, "holdout", 1), (1216, 1, 128, False, True, "holdout", 1),
+                     (600, 8, 8, True, True, "holdout", 4), (1832, 6, 112, True, True, "holdout", 4),
+                     (5336, 1, 80, True, True, "holdout", 1), (472, 3, 12, True, False, "holdout", 4),
+                     (384, 6, 96, True, True, "holdout", 1), (2248, 4, 80, True, True, "holdout", 1)],
+    "llama-3.2-3b": [(384, 8, 8, False, True, "holdout", 1), (1008, 7, 8, True, True, "holdout", 2),
+                     (1432, 5, 12, True, True, "holdout", 1), (4144, 2, 64, False, True, "holdout", 1)],
+    "llama-3.2-1b": [(672, 1, 112, True, False, "holdout", 4), (488, 8, 12, False, True, "holdout", 1),
+                     (280, 5, 64, False, False, "holdout", 1), (272, 3, 128, True, True, "holdout", 8)],
+    "tiny": [(56, 2, 8, True, True, "holdout", 2)],   # CPU proof
+}
 GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B,
-         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "accum": GRID_ACCUM,
+         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "10": GRID10, "accum": GRID_ACCUM,
          "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
@@ -306,6 +320,25 @@ def points(shapes: list[str], engines: list[str], roles: list[str], max_points: 
                     out.append(dict(shape=shape, family=family, engine=engine, seq=seq, micro=micro, r=r,
                                     modules_to_save=mts, gradient_checkpointing=gc_on, role=role,
                                     **({"accum": accum[0]} if accum and accum[0] > 1 else {})))
+    return out
+
+
+def grid_names(text: str) -> str:
+    """--grid's value: names of GRIDS joined by commas."""
+    bad = [g for g in text.split(",") if g not in GRIDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown grid(s) {bad}; known: {sorted(GRIDS)}")
+    return text
+
+
+def joined(names: str) -> dict:
+    """The grids named (comma-joined) as one, shape by shape in the order named; a point that two grids share
+    (same seq, micro, r, modules_to_save, checkpointing, accumulation) is measured once, with the first one's role."""
+    out: dict[str, list] = {}
+    for name in names.split(","):
+        for shape, pts in GRIDS[name].items():
+            seen = {(*g[:5], *(g[6:] or (1,))) for g in out.get(shape, [])}
+            out.setdefault(shape, []).extend(g for g in pts if (*g[:5], *(g[6:] or (1,))) not in seen)
     return out
 
 
@@ -497,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default="llama-3.1-8b,llama-3.2-3b,llama-3.2-1b")
     ap.add_argument("--engines", default=",".join(hf_loop.ENGINES))
     ap.add_argument("--roles", default="fit,holdout")
-    ap.add_argument("--grid", choices=sorted(GRIDS), default="1", help="which grid of points (GRID, GRID2)")
+    ap.add_argument("--grid", type=grid_names, default="1",
+                    help="which grid of points (GRID, GRID2, ...): a name, or names joined by commas (one base for all)")
     ap.add_argument("--max-points", type=int, default=0, help="at most this many grid points per shape (0: all)")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per point (the first is the warm-up)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop cleanly before this many seconds")
@@ -536,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     from envdoctor.training.estimate import Shape  # noqa: F401 - fail early without PYTHONPATH=src
     if args.point:
         return _child(args)
-    todo = points(shapes, engines, args.roles.split(","), args.max_points, GRIDS[args.grid])
+    todo = points(shapes, engines, args.roles.split(","), args.max_points, joined(args.grid))
     out = open(args.out, "a", buffering=1)
     out.write(json.dumps(dict(header(args.device, args.liger), **guards_header(), fresh_process=args.fresh_process,
                               grid=args.grid))

@@ -48,6 +48,13 @@ cap() { local l=$(( $(left) - $2 )); echo $(( l < $1 ? l : $1 )); }  # at most $
 # variable is set); the Hugging Face engines under axolotl 0.19's for torch >= 2.9 (PYTORCH_ALLOC_CONF alone),
 # or under axolotl's for torch < 2.9 (both variables, roundup_power2_divisions:16: the capped runs)
 own() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
+# A blind round: the runner under its own setting, its lines in $OUT/blind.jsonl and its output in $OUT/blind.log,
+# neither printed here (they are read once the fit they test is committed); only how many points were written
+blind() { ( unset PYTORCH_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF
+            $PY bench/calibrate_memory.py --device $DEVICE --out $OUT/blind.jsonl --engines runner "$@" \
+              >> $OUT/blind.log 2>&1 )
+          echo "blind: $(grep -c '"kind": "point"' $OUT/blind.jsonl 2>/dev/null) points in $OUT/blind.jsonl (not shown)"; }
+FITGRIDS=1,2,3,4,5,6,6b,accum  # every grid the runner's constants were fitted on (rounds 1-7)
 axo() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True; unset PYTORCH_CUDA_ALLOC_CONF; cal "$@" ); }
 axo28() { ( export PYTORCH_ALLOC_CONF=expandable_segments:True,roundup_power2_divisions:16
             export PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_ALLOC_CONF; cal "$@" ); }
@@ -166,6 +173,18 @@ case $part in
   round9-small) own --grid 9 --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 100 180)
                 axo --grid 9 --shapes ${MID:-llama-3.2-3b} --engines hf-loop,hf-trainer --budget-s $(cap 100 75)
                 axo --grid 9 --shapes $SMALL --engines hf-loop,hf-trainer --budget-s $(( $(left) - 8 )) ;;
+  # The runner after its one-pass loss (train/envdoctor_runner/head_loss.py, 2026-12-01, fifth session): all its
+  # points of the fit grids again (one base per shape), and the blind rounds 8, 9 and 10 (blind(): not shown), in
+  # three calls; the last one with the fit grid 1 of the 8B shape under torch's caching allocator:
+  #   BUDGET=560 bash bench/h200_calibrate.sh runner3-small ; BUDGET=560 bash bench/h200_calibrate.sh runner3-8b
+  #   BUDGET=560 bash bench/h200_calibrate.sh runner3-8b-blind
+  runner3-small) timeout 90 $PY bench/head_loss_check.py --device $DEVICE | tee $OUT/head_loss_check.jsonl
+                 own --grid $FITGRIDS --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 400 130)
+                 blind --grid 8,9,10 --shapes ${MID:-llama-3.2-3b},$SMALL --budget-s $(( $(left) - 8 )) ;;
+  runner3-8b) own --grid $FITGRIDS --shapes $BIG --engines runner --budget-s $(( $(left) - 8 )) ;;
+  runner3-8b-blind) blind --grid 8,9,10 --shapes $BIG --budget-s $(cap 330 150)
+                    ( export PYTORCH_ALLOC_CONF=expandable_segments:False; unset PYTORCH_CUDA_ALLOC_CONF
+                      cal --shapes $BIG --engines runner --budget-s $(( $(left) - 8 )) ) ;;
   # Gradient accumulation (GRID_ACCUM): the runner under its own setting, the HF engines under axolotl's for torch >= 2.9
   #   bash bench/h200_calibrate.sh accum
   accum) axo --grid accum --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 230 200)
@@ -179,7 +198,7 @@ case $part in
          own --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 130 190)
          axo --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines hf-loop,hf-trainer --budget-s $(cap 130 50)
          own --grid trace --trace --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|round5-8b|round5-small|round6-8b|round6-small|round6b|round6-rest|round7-hf|accum|trace]"; exit 2 ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|round5-8b|round5-small|round6-8b|round6-small|round6b|round6-rest|round7-hf|round8-8b|round8-runner|round8-small|round9-8b|round9-runner|round9-small|runner3-small|runner3-8b|runner3-8b-blind|accum|trace]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl

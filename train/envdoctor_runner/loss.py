@@ -2,8 +2,10 @@
 
 For a 128k vocabulary, 2 × 2048 tokens make 0.5 G logits: 1 GiB in bf16, 2 GiB more as fp32 for the
 softmax, and as much again for its gradient. Here the lm_head and the cross-entropy run on chunks of
-tokens under activation checkpointing: a chunk's logits exist only while that chunk is computed (and
-recomputed in backward), so the peak holds one chunk's logits, not all of them.
+tokens, so the peak holds one chunk's logits, not all of them: for a plain linear head in one pass that makes
+the gradients as it goes (head_loss.py); for any other head (LoRA on lm_head, a head FSDP gathers) under
+activation checkpointing, a chunk's logits existing only while that chunk is computed (and recomputed in
+backward).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from envdoctor_runner.head_loss import head_cross_entropy, plain_head
 
 
 def _chunk_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
@@ -32,8 +36,17 @@ def chunked_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, head: torc
     `LlamaForCausalLM(labels=...)` computes it."""
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     y = labels[:, 1:].reshape(-1)
+    plain = plain_head(head) if torch.is_grad_enabled() else None
+    if plain is not None:
+        return head_cross_entropy(h, y, plain, chunk)
+    return checkpointed_cross_entropy(h, y, head, chunk)
+
+
+def checkpointed_cross_entropy(h: torch.Tensor, y: torch.Tensor, head: torch.nn.Module, chunk: int) -> torch.Tensor:
+    """The same over flat hidden states (N, H) and labels (N,), through any head module: each chunk under
+    activation checkpointing (without gradients, plainly)."""
     count = (y != -100).sum().clamp(min=1)
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk):
         piece = (h[i:i + chunk], y[i:i + chunk], head)
         total = total + (checkpoint(_chunk_loss, *piece, use_reentrant=False) if torch.is_grad_enabled()
