@@ -45,6 +45,10 @@ from envdoctor.training import estimate as E  # noqa: E402
 # 2026-12-01 chose its accumulation rule (estimate.py: lm_head's gradient already in a one-chunk peak); round 6b
 # (in h200-calibration-2026-12-01-round6-rest.jsonl) was measured after that rule was committed, to test it blind.
 FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
+# The runner after its one-pass loss (head_loss.py, fifth session): every point of the rounds 1-7 grids measured
+# again is a fit point, for the allocated constants too; its hold-out is the blind rounds 8, 9 and 10 (RUNNER_BLIND)
+FIT_BY_CHOICE |= {(f"h200-calibration-2026-12-01-runner3-{part}.jsonl", "runner") for part in ("small", "8b", "caching")}
+RUNNER_BLIND = ("h200-calibration-2026-12-01-runner3-blind",)
 # The Hugging Face engines' reserve under expandable segments (RESERVE_EXPANDABLE, with and without
 # checkpointing: *_NOGC) was refitted on 2026-12-01 (fourth session) on every point measured so in rounds 1-7
 # (108 points of the path), when Trainer's fixed part became the lm_head's bf16 copy (FIXED_HEAD, chosen on the
@@ -56,12 +60,8 @@ FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 # allocated constants ("alloc_role": Trainer's rounds 4-7 rows among them helped choose FIXED_HEAD).
 BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round8", "h200-calibration-2026-12-01-round9")
 HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT,
-                ("runner", "expandable"): BLIND_AFTER_REFIT}
+                ("runner", "expandable"): RUNNER_BLIND, ("runner", "caching"): RUNNER_BLIND}
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
-# Reserve constants held where they were not measured: the runner's gated terms (measured under expandable
-# segments) stay 0 under the caching allocator, whose 8B fit points predate them.
-HELD_RESERVE = {("runner", "caching"): {"RESERVE_CHUNK_PEAK", "RESERVE_SAVE_STEP", "RESERVE_SAVE_COPY",
-                                        "RESERVE_GC_GIB"}}
 # Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
 # SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs
 # loop does not autocast (an fp32 residual stream: seq² measured with and without checkpointing). Trainer's
@@ -275,7 +275,7 @@ def fit(engine: str, rows: list[dict], allocator: str = "caching", allocated_row
     overrides = E.reserve_overrides(engine, allocator)
     reserve_only = reserve_only or overrides is not None
     reserve = [n for n in (overrides if overrides is not None else E.CONSTANTS[engine])
-               if n.startswith("RESERVE_") and n not in HELD_RESERVE.get((engine, allocator), ())]
+               if n.startswith("RESERVE_")]
     held = HELD | HELD_BY_ENGINE.get(engine, set())
     names = [] if reserve_only else [n for n in E.CONSTANTS[engine] if n not in held and n not in reserve]
     w = 0.0

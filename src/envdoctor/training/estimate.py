@@ -60,20 +60,24 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # on 2026-12-01 on the fit points of rounds 1-3 under both allocators (bench/results/README.md says exactly how),
 # again in the fourth session when Trainer's fixed part became autocast's bf16 copy of lm_head (FIXED_HEAD); with
 # them Trainer's reserve under the caching allocator (CONSTANTS' RESERVE_*, on its caching fit points).
-# The runner's RESERVE_* (its own expandable segments) were refitted then on all 115 of its points of rounds 1-7
-# (`fit_memory.py … --engine runner --allocator expandable --reserve-only --write`), with the terms gated by
-# where its peak is (RESERVE_CHUNK_PEAK … RESERVE_GC_GIB: estimate() says why); rounds 8-9 are their hold-out.
+# The runner's constants, allocated and reserve, were fitted in the fifth session (2026-12-01) after its loss became
+# one pass (train/envdoctor_runner/head_loss.py): on all 120 of its points of the rounds 1-7 grids measured again
+# with it (`fit_memory.py … --engine runner --allocator expandable --write`); the blind rounds 8, 9 and 10, measured
+# in the same calls but read only after this fit was committed, are their hold-out. The terms of the fourth
+# session's reserve gated by where the peak was (a loss chunk's logits, the modules_to_save gradients freed by each
+# step, checkpointing's churn) fitted to ~0 with the one-pass loss: they are gone.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
-        CHUNK_BYTES=12.35,        # bytes per logit of one loss chunk (bf16 + fp32 logits, fp32 gradient)
-        LOSS_HIDDEN=3.924,        # bytes per hidden element per token of the batch in the loss phase
-        LORA_BYTES=4.149,         # per LoRA parameter at the peak (fp32 weight and gradient, bf16 casts)
-        ACT_RUNNER=1.01,          # × _layer_elements × 2 B per token: one layer recomputed in backward
-        ACT_RUNNER_FULL=0.7662,   # the same per layer, all layers kept (no checkpointing)
-        SAVE_BYTES_RUNNER=7.065,  # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
-        SAVE_BYTES_INPLACE=1.349, # per modules_to_save parameter trained in place (its gradient, transients)
-        RESERVE_FRAC=0.0005788, RESERVE_GIB=0.0151, RESERVE_LOGITS=0.2027, RESERVE_SAVE=0.03572, RESERVE_LAYER=1.456,
-        RESERVE_CHUNK_PEAK=0.2903, RESERVE_SAVE_STEP=0.2918, RESERVE_SAVE_COPY=0.1752, RESERVE_GC_GIB=0.1598),
+        CHUNK_BYTES=5.246,        # bytes per logit of one loss chunk (its bf16 and fp32 buffers: the gradient in place)
+        LOSS_HIDDEN=0.007456,     # bytes per hidden element per token of the batch in the loss phase (fitted ~0)
+        LORA_BYTES=5.337,         # per LoRA parameter at the peak (fp32 weight and gradient, bf16 casts)
+        ACT_RUNNER=0.923,         # × _layer_elements × 2 B per token: one layer recomputed in backward
+        ACT_RUNNER_FULL=0.794,    # the same per layer, all layers kept (no checkpointing)
+        SAVE_BYTES_RUNNER=6.873,  # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
+        SAVE_BYTES_INPLACE=1.188, # per modules_to_save parameter trained in place (its gradient, transients)
+        HEAD_LOSS=0.5134,         # × head_bytes: a trained lm_head's buffers in the loss (head_loss.py)
+        FIXED_GIB=0.1322,         # GiB held whatever the config (workspaces, kernels' buffers)
+        RESERVE_FRAC=2.859e-07, RESERVE_GIB=0.02378, RESERVE_LOGITS=0.1636, RESERVE_SAVE=9.729e-08, RESERVE_LAYER=1.559),
     "hf-loop": dict(
         ACT_SCALE=1.399,          # × the saved elements per token per layer (_layer_elements), no checkpointing
         ACT_GC=0.3312,            # the same for the one layer recomputed in backward (checkpointing)
@@ -114,12 +118,11 @@ RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
 }
 # The runner's reserve under torch's caching allocator (a variable of the user's that turns expandable segments
 # off: the runner keeps it), fitted on the 8B fit points of grid 1 measured so on 2026-12-01
-# (h200-calibration-2026-12-01-runner-caching.jsonl). CONSTANTS' runner RESERVE_* are those of its own setting;
-# the gated terms were measured under expandable segments only: 0 here (bench/fit_memory.py holds them).
+# (h200-calibration-2026-12-01-runner3-caching.jsonl, with the one-pass loss). CONSTANTS' runner RESERVE_* are
+# those of its own setting.
 RESERVE_CACHING: dict[str, dict[str, float]] = {
-    "runner": dict(RESERVE_FRAC=0.05, RESERVE_GIB=0, RESERVE_LOGITS=1.268, RESERVE_SAVE=0.7395,
-                   RESERVE_LAYER=0.0001714, RESERVE_CHUNK_PEAK=0, RESERVE_SAVE_STEP=0, RESERVE_SAVE_COPY=0,
-                   RESERVE_GC_GIB=0),
+    "runner": dict(RESERVE_FRAC=0.04472, RESERVE_GIB=1.829e-06, RESERVE_LOGITS=0.7862, RESERVE_SAVE=0.2733,
+                   RESERVE_LAYER=0.1763),
 }
 ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default caching allocator
 # The reserved-peak error of these constants on the H200 hold-out points, (lowest, highest) of estimate /
@@ -233,12 +236,14 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
-def runner_phases(shape: Shape, k: Mapping[str, float], tokens: int, chunk: int, dropout: bool) -> tuple[float, float]:
-    """The runner's two candidate peaks in backward, bytes beyond what it keeps throughout: the loss phase (one
-    chunk's logits, and the whole batch's final hidden states — the shifted copy the chunks read, its gradient —
-    while the chunks run) and one layer recomputed (checkpointing)."""
+def runner_phases(shape: Shape, k: Mapping[str, float], tokens: int, chunk: int, dropout: bool,
+                  head_bytes: float = 0.0) -> tuple[float, float]:
+    """The runner's two candidate peaks, bytes beyond what it keeps throughout: the loss phase (one chunk's
+    logits, and the whole batch's final hidden states — the shifted copy the loss reads, its gradient — and, for
+    a trained lm_head, `head_bytes`: what head_loss.py allocates for it while the loss runs) and one layer
+    recomputed (checkpointing)."""
     loss = k["CHUNK_BYTES"] * chunk * shape.vocab + k["LOSS_HIDDEN"] * tokens * shape.hidden
-    return loss, k["ACT_RUNNER"] * tokens * 2 * _layer_elements(shape, dropout)
+    return loss + k.get("HEAD_LOSS", 0.0) * head_bytes, k["ACT_RUNNER"] * tokens * 2 * _layer_elements(shape, dropout)
 
 
 def reserve_overrides(engine: str, allocator: str) -> dict[str, float] | None:
@@ -344,7 +349,12 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     grad_bytes = 2.0 if half else 4.0
     if runner:
         chunk = min(cfg["loss_chunk_tokens"], tokens)
-        loss_phase, layer_phase = runner_phases(shape, k, tokens, chunk, dropout)
+        # head_loss.py, for a trained lm_head: its gradient in the weight's dtype (whole: under FSDP it is the
+        # gathered weight's), and for an fp32 copy on a bf16 stream the weight's bf16 cast and the buffer of a
+        # chunk's product (2 B each)
+        head_bytes = 0.0 if "lm_head" not in saves else embed * (
+            grad_bytes if in_place else 4.0 + (4.0 if half else 0.0))
+        loss_phase, layer_phase = runner_phases(shape, k, tokens, chunk, dropout, head_bytes)
         if gc_on:  # the backward peak is one layer's recompute or one chunk's logits, whichever is larger
             act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
             loss_phase = loss_phase if loss_phase > layer_phase else 0.0
@@ -391,6 +401,7 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     if runner:
         parts["activations"] = act
         parts["logits and loss"] = logits
+        parts["fixed (workspaces, kernels' buffers)"] = k["FIXED_GIB"] * GiB
     else:
         parts["fixed (workspaces, kernels' buffers)"] = (k["FIXED_GIB"] * GiB
                                                          + k.get("FIXED_HEAD", 0.0) * shape.vocab * shape.hidden)
@@ -407,18 +418,6 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
                + rk["RESERVE_SAVE"] * (grad_bytes if in_place else 4.0) * save / (nproc if sharded else 1)
                + rk.get("RESERVE_LAYER", 0.0) * 2.0 * layer_params)  # a layer's weights in bf16: the size of the
     # blocks a layer's forward and backward allocate and free (dequantized weights, activations' tensors)
-    if runner:  # under expandable segments the runner's slack at its peak is a free range the size of a block the
-        # step allocates and frees (bench/results/README.md, allocator traces): one loss chunk's logits when the
-        # loss is the peak, the in-place modules_to_save gradient freed by each step (held, with accumulation),
-        # the copies' gradients (fitted on the tied shapes, the only copies measured; applied to any copies — FSDP,
-        # fp32 weights with a 32-bit AdamW — unmeasured, on the safe side), and what checkpointing's recompute
-        # churns
-        loss_peak = not gc_on or logits > 0
-        reserve += (rk.get("RESERVE_CHUNK_PEAK", 0.0) * 4.0 * loss_tokens * shape.vocab * loss_peak
-                    + rk.get("RESERVE_SAVE_STEP", 0.0) * grad_bytes * save * (
-                        in_place and loss_peak and cfg["gradient_accumulation_steps"] == 1)
-                    + rk.get("RESERVE_SAVE_COPY", 0.0) * 4.0 * save * (not in_place) / (nproc if sharded else 1)
-                    + rk.get("RESERVE_GC_GIB", 0.0) * GiB * gc_on)
     return Estimate(lora, save, lora * 2 + save * 2, lora * 4 + save * 4, parts, engine, reserve, paged,
                     CONTEXT_BYTES, nproc, sharded, allocator)
 
