@@ -275,8 +275,28 @@ GRID10 = {
                      (280, 5, 64, False, False, "holdout", 1), (272, 3, 128, True, True, "holdout", 8)],
     "tiny": [(56, 2, 8, True, True, "holdout", 2)],   # CPU proof
 }
+# Round 11 (2026-12-01, fifth session): the blind hold-out of the runner's phase model (estimate.runner_phases),
+# fitted on rounds 1-10 of the one-pass runner and committed before this round was drawn: drawn by
+# `python bench/draw_round.py 20261211 llama-3.1-8b=10 llama-3.2-3b=5 llama-3.2-1b=5`, then the two ends of the
+# span the draw missed (8B seq 8192 at micro batch 1, 1B seq 256), their other fields drawn by draw_round.draw
+# from random.Random(2026121100).
+GRID11 = {
+    "llama-3.1-8b": [(1368, 2, 128, False, True, "holdout", 4), (400, 4, 80, False, True, "holdout", 1),
+                     (6296, 2, 48, False, True, "holdout", 2), (304, 5, 16, True, False, "holdout", 1),
+                     (520, 3, 48, False, True, "holdout", 4), (960, 8, 128, True, True, "holdout", 1),
+                     (1608, 8, 80, False, True, "holdout", 2), (4384, 2, 24, True, True, "holdout", 8),
+                     (2176, 5, 64, True, True, "holdout", 1), (1224, 3, 112, False, True, "holdout", 1),
+                     (8192, 1, 32, True, True, "holdout", 1)],
+    "llama-3.2-3b": [(2368, 2, 24, True, True, "holdout", 2), (6128, 1, 8, False, True, "holdout", 1),
+                     (2824, 1, 24, False, True, "holdout", 8), (320, 8, 48, False, True, "holdout", 4),
+                     (2912, 5, 8, True, True, "holdout", 8)],
+    "llama-3.2-1b": [(640, 1, 24, False, True, "holdout", 4), (1944, 2, 112, False, True, "holdout", 8),
+                     (280, 5, 128, False, True, "holdout", 4), (584, 5, 48, False, False, "holdout", 1),
+                     (696, 3, 80, False, True, "holdout", 1), (256, 5, 48, True, True, "holdout", 2)],
+    "tiny": [(64, 2, 8, True, True, "holdout", 2)],   # CPU proof
+}
 GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B,
-         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "10": GRID10, "accum": GRID_ACCUM,
+         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "10": GRID10, "11": GRID11, "accum": GRID_ACCUM,
          "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a

@@ -46,18 +46,12 @@ from envdoctor.training import estimate as E  # noqa: E402
 # (in h200-calibration-2026-12-01-round6-rest.jsonl) was measured after that rule was committed, to test it blind.
 FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 # The runner after its one-pass loss (head_loss.py, fifth session): every point of the rounds 1-7 grids measured
-# again is a fit point, for the allocated constants too; its hold-out is the blind rounds 8, 9 and 10 (RUNNER_BLIND)
-FIT_BY_CHOICE |= {(f"h200-calibration-2026-12-01-runner3-{part}.jsonl", "runner") for part in ("small", "8b", "caching")}
-RUNNER_BLIND = ("h200-calibration-2026-12-01-runner3-blind",)
-# The Hugging Face engines' reserve under expandable segments (RESERVE_EXPANDABLE, with and without
-# checkpointing: *_NOGC) was refitted on 2026-12-01 (fourth session) on every point measured so in rounds 1-7
-# (108 points of the path), when Trainer's fixed part became the lm_head's bf16 copy (FIXED_HEAD, chosen on the
-# residuals of every Trainer point, rounds 6 and 7 included), and the runner's reserve under its own expandable
-# segments with its terms gated by where the peak is, on all 115 of its points of rounds 1-7: for those three
-# engines under that setting, only the files whose names start as here are hold-out for the reserve (rounds 8
-# and 9, measured after that refit was committed, round 9 also after round 8 was seen, with nothing changed);
-# every earlier point of theirs is a fit point of the reserve ("role"), and keeps its first role for the
-# allocated constants ("alloc_role": Trainer's rounds 4-7 rows among them helped choose FIXED_HEAD).
+# again is a fit point, for the allocated constants too; so are the blind rounds 8, 9 and 10 measured with it, once
+# read (the first fit, a5c95e9, held 43 of their 46 points inside: bench/results/README.md); its hold-out is round
+# 11 (RUNNER_BLIND), drawn and measured after the phase model (runner_phases) was fitted and committed.
+FIT_BY_CHOICE |= {(f"h200-calibration-2026-12-01-runner3-{part}.jsonl", "runner")
+                  for part in ("small", "8b", "caching", "blind-small", "blind-8b")}
+RUNNER_BLIND = ("h200-calibration-2026-12-01-runner3-round11",)
 BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round8", "h200-calibration-2026-12-01-round9")
 HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT,
                 ("runner", "expandable"): RUNNER_BLIND, ("runner", "caching"): RUNNER_BLIND}

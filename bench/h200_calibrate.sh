@@ -185,6 +185,10 @@ case $part in
   runner3-8b-blind) blind --grid 8,9,10 --shapes $BIG --budget-s $(cap 330 150)
                     ( export PYTORCH_ALLOC_CONF=expandable_segments:False; unset PYTORCH_CUDA_ALLOC_CONF
                       cal --shapes $BIG --engines runner --budget-s $(( $(left) - 8 )) ) ;;
+  # Round 11 (GRID11): the blind hold-out of the runner's phase model, in one call (blind(): not shown):
+  #   BUDGET=540 bash bench/h200_calibrate.sh round11
+  round11) blind --grid 11 --shapes $BIG --budget-s $(cap 330 150)
+           blind --grid 11 --shapes ${MID:-llama-3.2-3b},$SMALL --budget-s $(( $(left) - 8 )) ;;
   # Gradient accumulation (GRID_ACCUM): the runner under its own setting, the HF engines under axolotl's for torch >= 2.9
   #   bash bench/h200_calibrate.sh accum
   accum) axo --grid accum --shapes $BIG --engines hf-loop,hf-trainer --budget-s $(cap 230 200)
@@ -198,10 +202,11 @@ case $part in
          own --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines runner --budget-s $(cap 130 190)
          axo --grid trace --trace --shapes ${MID:-llama-3.2-3b},$SMALL --engines hf-loop,hf-trainer --budget-s $(cap 130 50)
          own --grid trace --trace --shapes $BIG --engines runner --budget-s $(( $(left) - 10 )) ;;
-  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|round5-8b|round5-small|round6-8b|round6-small|round6b|round6-rest|round7-hf|round8-8b|round8-runner|round8-small|round9-8b|round9-runner|round9-small|runner3-small|runner3-8b|runner3-8b-blind|accum|trace]"; exit 2 ;;
+  *) echo "usage: bash bench/h200_calibrate.sh [all|8b-hf|8b-runner|small|liger|round2-8b|round2-3b|runner-r1|runner-r2|round3-8b|round3-small|axo-1|axo-2|round4|round4-rest|capped|capped-rest|runner-caching|round5-8b|round5-small|round6-8b|round6-small|round6b|round6-rest|round7-hf|round8-8b|round8-runner|round8-small|round9-8b|round9-runner|round9-small|runner3-small|runner3-8b|runner3-8b-blind|round11|accum|trace]"; exit 2 ;;
 esac
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader
 f=$OUT/calibration.jsonl
+[ -f $f ] || exit 0  # a blind part writes blind.jsonl only
 echo "points: $(grep -c '"kind": "point"' $f) ($(grep -c '"refused": true' $f) refused, $(grep -c '"role": "repeat"' $f) repeats)" \
      "blocks: $(grep -c '"kind": "block"' $f), contaminated: $(grep '"kind": "block"' $f | grep -c '"contaminated": true')" \
      "in $((SECONDS - start)) s"

@@ -68,16 +68,18 @@ MARGIN = 0.05                         # of the card total: the stated margin "fi
 # step, checkpointing's churn) fitted to ~0 with the one-pass loss: they are gone.
 CONSTANTS: dict[str, dict[str, float]] = {
     "runner": dict(
-        CHUNK_BYTES=5.246,        # bytes per logit of one loss chunk (its bf16 and fp32 buffers: the gradient in place)
-        LOSS_HIDDEN=0.007456,     # bytes per hidden element per token of the batch in the loss phase (fitted ~0)
-        LORA_BYTES=5.337,         # per LoRA parameter at the peak (fp32 weight and gradient, bf16 casts)
-        ACT_RUNNER=0.923,         # × _layer_elements × 2 B per token: one layer recomputed in backward
-        ACT_RUNNER_FULL=0.794,    # the same per layer, all layers kept (no checkpointing)
-        SAVE_BYTES_RUNNER=6.873,  # per modules_to_save parameter at the peak (fp32 copy, part of its grads)
-        SAVE_BYTES_INPLACE=1.188, # per modules_to_save parameter trained in place (its gradient, transients)
-        HEAD_LOSS=0.5134,         # × head_bytes: a trained lm_head's buffers in the loss (head_loss.py)
-        FIXED_GIB=0.1322,         # GiB held whatever the config (workspaces, kernels' buffers)
-        RESERVE_FRAC=2.859e-07, RESERVE_GIB=0.02378, RESERVE_LOGITS=0.1636, RESERVE_SAVE=9.729e-08, RESERVE_LAYER=1.559),
+        CHUNK_BYTES=5.934,        # bytes per logit of one loss chunk (its bf16 and fp32 buffers: the gradient in place)
+        LOSS_HIDDEN=13.51,     # bytes per hidden element per token of the batch in the loss phase (fitted ~0)
+        LORA_BYTES=5.463,         # per LoRA parameter at the peak (fp32 weight and gradient, bf16 casts)
+        ACT_RUNNER=0.959,         # × _layer_elements × 2 B per token: one layer recomputed in backward
+        ACT_RUNNER_FULL=0.7927,    # the same per layer, all layers kept (no checkpointing)
+        SAVE_BYTES_RUNNER=4.068,    # per modules_to_save parameter: its fp32 copy
+        SAVE_BYTES_INPLACE=1.229e-06,   # per modules_to_save parameter trained in place (the weight is the original's)
+        SAVE_GRAD=0.9213,            # × the modules_to_save gradients at the end of backward (runner_phases)
+        LORA_GRAD=0.002134,            # × the LoRA gradients while the layers run backward (runner_phases)
+        HEAD_LOSS=0.945,         # × head_bytes: a trained lm_head's buffers in the loss (head_loss.py)
+        FIXED_GIB=0.05187,         # GiB held whatever the config (workspaces, kernels' buffers)
+        RESERVE_FRAC=5.25e-06, RESERVE_GIB=0.01073, RESERVE_LOGITS=0.1594, RESERVE_SAVE=0.2301, RESERVE_LAYER=1.152),
     "hf-loop": dict(
         ACT_SCALE=1.399,          # × the saved elements per token per layer (_layer_elements), no checkpointing
         ACT_GC=0.3312,            # the same for the one layer recomputed in backward (checkpointing)
@@ -121,8 +123,8 @@ RESERVE_EXPANDABLE: dict[str, dict[str, float]] = {
 # (h200-calibration-2026-12-01-runner3-caching.jsonl, with the one-pass loss). CONSTANTS' runner RESERVE_* are
 # those of its own setting.
 RESERVE_CACHING: dict[str, dict[str, float]] = {
-    "runner": dict(RESERVE_FRAC=0.04472, RESERVE_GIB=1.829e-06, RESERVE_LOGITS=0.7862, RESERVE_SAVE=0.2733,
-                   RESERVE_LAYER=0.1763),
+    "runner": dict(RESERVE_FRAC=0.03401, RESERVE_GIB=0.1188, RESERVE_LOGITS=0.7688, RESERVE_SAVE=0.4831,
+                   RESERVE_LAYER=0.1378),
 }
 ALLOCATORS = ("expandable", "caching")   # expandable segments; torch's default caching allocator
 # The reserved-peak error of these constants on the H200 hold-out points, (lowest, highest) of estimate /
@@ -236,14 +238,38 @@ def _layer_elements(shape: Shape, dropout: bool) -> float:
     return 13 * h + 2 * kv + 5 * i + ((6 * h + i) if dropout else 0)
 
 
-def runner_phases(shape: Shape, k: Mapping[str, float], tokens: int, chunk: int, dropout: bool,
-                  head_bytes: float = 0.0) -> tuple[float, float]:
-    """The runner's two candidate peaks, bytes beyond what it keeps throughout: the loss phase (one chunk's
-    logits, and the whole batch's final hidden states — the shifted copy the loss reads, its gradient — and, for
-    a trained lm_head, `head_bytes`: what head_loss.py allocates for it while the loss runs) and one layer
-    recomputed (checkpointing)."""
-    loss = k["CHUNK_BYTES"] * chunk * shape.vocab + k["LOSS_HIDDEN"] * tokens * shape.hidden
-    return loss + k.get("HEAD_LOSS", 0.0) * head_bytes, k["ACT_RUNNER"] * tokens * 2 * _layer_elements(shape, dropout)
+def runner_phases(shape: Shape, k: Mapping[str, float], tokens: int, chunk: int, dropout: bool, gc_on: bool,
+                  lora: int, head: bool, embed: bool, grad_bytes: float, cast_bytes: float, shards: int = 1,
+                  held: bool = False) -> dict[str, dict[str, float]]:
+    """What one micro batch of the runner holds beside its weights, phase by phase (bytes by part): the peak is
+    the largest. `head` / `embed`: lm_head / embed_tokens trained (modules_to_save), their gradients
+    `grad_bytes` a parameter; `cast_bytes`: the bf16 cast of an fp32 lm_head and head_loss.py's product buffer.
+      loss        the saved activations (checkpointing: every layer's input), one chunk's logits and the batch's
+                  final hidden states (CHUNK_BYTES a logit, LOSS_HIDDEN a hidden element), and head_loss.py's
+                  buffers for a trained lm_head: its gradient, made while the loss is computed (HEAD_LOSS)
+      layers      (checkpointing) the layer inputs, one layer recomputed (ACT_RUNNER), the LoRA gradients made
+                  so far (LORA_GRAD × all of them) and lm_head's gradient
+      embeddings  the end of backward: every LoRA and modules_to_save gradient (SAVE_GRAD × theirs: the
+                  embedding backward's dense gradient, lm_head's)
+    `held`: with gradient accumulation every gradient is held from the first micro batch on; a later micro
+    batch's phases add only what is made and summed into them (lm_head's in the loss, embed_tokens' at the end)."""
+    vh = shape.vocab * shape.hidden
+    elems = _layer_elements(shape, dropout)
+    g_head, g_embed, g_lora = grad_bytes * vh * head, grad_bytes * vh * embed, 4.0 * lora / shards
+    keep = {"gradients held across micro batches": g_lora + (g_head + g_embed) / shards} if held else {}
+    saved = (tokens * 2 * shape.layers * shape.hidden if gc_on
+             else k["ACT_RUNNER_FULL"] * shape.layers * tokens * 2 * elems)
+    phases = {"loss": {"activations": saved, "logits and loss": k["CHUNK_BYTES"] * chunk * shape.vocab
+                       + k["LOSS_HIDDEN"] * tokens * shape.hidden,
+                       "lm_head's gradient and buffers (loss)": k["HEAD_LOSS"] * (g_head + cast_bytes), **keep}}
+    if gc_on:
+        phases["layers"] = {"activations": saved + k["ACT_RUNNER"] * tokens * 2 * elems,
+                            "LoRA gradients": 0.0 if held else k["LORA_GRAD"] * g_lora,
+                            "modules_to_save gradients": 0.0 if held else g_head, **keep}
+    phases["embeddings"] = {"LoRA gradients": 0.0 if held else g_lora,
+                            "modules_to_save gradients": k["SAVE_GRAD"] * (g_embed if held else g_head + g_embed),
+                            **keep}
+    return phases
 
 
 def reserve_overrides(engine: str, allocator: str) -> dict[str, float] | None:
@@ -347,25 +373,11 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     # FSDP on one process too: the runner keeps the copies whenever fsdp is on (the model is sharded "over one").
     in_place = runner and not cfg.get("fsdp") and not shape.tied and (cfg["optimizer"] in EIGHT_BIT or not half)
     grad_bytes = 2.0 if half else 4.0
-    if runner:
-        chunk = min(cfg["loss_chunk_tokens"], tokens)
-        # head_loss.py, for a trained lm_head: its gradient in the weight's dtype (whole: under FSDP it is the
-        # gathered weight's), and for an fp32 copy on a bf16 stream the weight's bf16 cast and the buffer of a
-        # chunk's product (2 B each)
-        head_bytes = 0.0 if "lm_head" not in saves else embed * (
-            grad_bytes if in_place else 4.0 + (4.0 if half else 0.0))
-        loss_phase, layer_phase = runner_phases(shape, k, tokens, chunk, dropout, head_bytes)
-        if gc_on:  # the backward peak is one layer's recompute or one chunk's logits, whichever is larger
-            act = tokens * 2 * shape.layers * shape.hidden + (layer_phase if layer_phase >= loss_phase else 0.0)
-            loss_phase = loss_phase if loss_phase > layer_phase else 0.0
-        else:
-            act = k["ACT_RUNNER_FULL"] * shape.layers * tokens * 2 * _layer_elements(shape, dropout)
-        logits = loss_phase
-        save_bytes = k["SAVE_BYTES_INPLACE"] if in_place else k["SAVE_BYTES_RUNNER"]
-    else:  # the Hugging Face engines: fp32 copies; activations, logits and gradients are hf_phases' parts
-        save_bytes = 4.0
+    # the runner's modules_to_save: fp32 copies (SAVE_BYTES_RUNNER a parameter) or trained in place (the
+    # originals' bf16 weights, counted with the embeddings: SAVE_BYTES_INPLACE); the Hugging Face engines' copies
+    save_bytes = (k["SAVE_BYTES_INPLACE"] if in_place else k["SAVE_BYTES_RUNNER"]) if runner else 4.0
     embed_bytes = embed * heads * (2.0 if runner else 4.0)
-    # fp32 weights (+ gradients: the runner's fitted LORA_BYTES; the Hugging Face engines' gradients are a phase's)
+    # fp32 weights (the runner's fitted LORA_BYTES: with its bf16 casts); the gradients are parts of a phase
     lora_bytes = lora * (k.get("LORA_BYTES", 4.0) + opt)
     save_total = save * (save_bytes + opt)
     parts = {}
@@ -378,35 +390,27 @@ def estimate(shape: Shape, cfg: dict, micro_batch: int | None = None, seq: int |
     else:
         parts["base (4-bit linears)" if four_bit else f"base ({'bf16' if half else 'fp32'} linears)"] = base
         parts["embeddings + lm_head (bf16)" if runner else "embeddings + lm_head (fp32)"] = embed_bytes
-        # the Hugging Face engines' gradients are parts of the phase at the peak (hf_phases), not of these
-        grads = "grads, " if runner else ""
-        parts[f"LoRA weights, {grads}optimizer"] = lora_bytes
-        parts[f"modules_to_save weights, {grads}optimizer"] = save_total
+        # the gradients are parts of the phase at the peak (runner_phases, hf_phases), not of these
+        parts["LoRA weights, optimizer"] = lora_bytes
+        parts["modules_to_save weights, optimizer"] = save_total
         paged = (lora + save) * paged_per
         if nproc > 1:
             parts["DDP gradient buckets"] = lora * 4.0 + save * (grad_bytes if in_place else 4.0)
-    if cfg["gradient_accumulation_steps"] > 1:  # the fp32 gradients live from the first micro batch to the
-        # step, through every later micro batch's peak (measured on the H200, issue #17's table at accumulation
-        # 4 against the grid's 1: +0.68 GiB with LoRA r64 only, +4.49 with modules_to_save — 4 B a parameter)
-        save_grad = grad_bytes if in_place else 4.0
-        held = 4.0 * lora + save_grad * save
-        if in_place and "lm_head" in saves and b * (s - 1) <= cfg["loss_chunk_tokens"]:  # the loss's shifted tokens
-            # The runner's fitted peak (SAVE_BYTES_INPLACE) already holds lm_head's gradient when the batch is
-            # one loss chunk: that peak comes after the chunk's backward made it. With more chunks it is in the
-            # first chunk's backward, before the gradient exists, and every held gradient adds to it. Chosen on
-            # the 8B accumulation points of 2026-12-01 (allocated +9.0 and +12.7 % over before, -1.0 and +2.3
-            # after); the copies' (a tied shape, FSDP) keep every held gradient: there it went under (-4.6 %).
-            held -= save_grad * embed
-        parts["gradients held across micro batches"] = held / (nproc if sharded else 1)
+    held = cfg["gradient_accumulation_steps"] > 1  # every gradient lives from the first micro batch to the step
     if runner:
-        parts["activations"] = act
-        parts["logits and loss"] = logits
+        head, embed_trained = "lm_head" in saves, "embed_tokens" in saves
+        save_grad = grad_bytes if in_place else 4.0
+        # head_loss.py for an fp32 lm_head copy on a bf16 stream: the weight's bf16 cast and a product buffer
+        cast = 4.0 * embed if head and not in_place and half else 0.0
+        phase = runner_phases(shape, k, tokens, min(cfg["loss_chunk_tokens"], tokens), dropout, gc_on, lora, head,
+                              embed_trained, save_grad, cast, nproc if sharded else 1, held)
+        parts.update(max(phase.values(), key=lambda p: sum(p.values())))
         parts["fixed (workspaces, kernels' buffers)"] = k["FIXED_GIB"] * GiB
     else:
         parts["fixed (workspaces, kernels' buffers)"] = (k["FIXED_GIB"] * GiB
                                                          + k.get("FIXED_HEAD", 0.0) * shape.vocab * shape.hidden)
         phase = hf_phases(shape, k, lora, save, "lm_head" in saves, b, s, gc_on, dropout,
-                          nproc if sharded else 1, held=cfg["gradient_accumulation_steps"] > 1)
+                          nproc if sharded else 1, held=held)
         parts.update(max(phase.values(), key=lambda p: sum(p.values())))
     # The caching allocator's slack grows with the largest blocks freed and split again: the fp32 logits of
     # one loss (the whole batch for the HF engines, one chunk for the runner) and the modules_to_save copies'
