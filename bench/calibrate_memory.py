@@ -296,7 +296,8 @@ GRID11 = {
     "tiny": [(64, 2, 8, True, True, "holdout", 2)],   # CPU proof
 }
 GRIDS = {"1": GRID, "2": GRID2, "3": GRID3, "4": GRID4, "5": GRID5, "6": GRID6, "6b": GRID6B,
-         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "10": GRID10, "11": GRID11, "accum": GRID_ACCUM,
+         "6rest": GRID6_REST, "7": GRID7, "8": GRID8, "8rest": GRID8_REST, "9": GRID9, "10": GRID10, "11": GRID11,
+         "accum": GRID_ACCUM,
          "cap": GRID_CAP, "trace": GRID_TRACE}
 TRACE_ENTRIES = 3_000_000
 # Guesses for the first measurement of their kind, seconds (then the largest seen is used): building a
@@ -551,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default=",".join(hf_loop.ENGINES))
     ap.add_argument("--roles", default="fit,holdout")
     ap.add_argument("--grid", type=grid_names, default="1",
-                    help="which grid of points (GRID, GRID2, ...): a name, or names joined by commas (one base for all)")
+                    help="which grid of points (GRID, GRID2, ...): a name, or names joined by commas (one base for "
+                         "all)")
     ap.add_argument("--max-points", type=int, default=0, help="at most this many grid points per shape (0: all)")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per point (the first is the warm-up)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop cleanly before this many seconds")

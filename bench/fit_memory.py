@@ -49,12 +49,14 @@ FIT_BY_CHOICE = {("h200-calibration-2026-12-01-accum.jsonl", "runner")}
 # again is a fit point, for the allocated constants too; so are the blind rounds 8, 9 and 10 measured with it, once
 # read (the first fit, a5c95e9, held 43 of their 46 points inside: bench/results/README.md); its hold-out is round
 # 11 (RUNNER_BLIND), drawn and measured after the phase model (runner_phases) was fitted and committed.
+# (Under the caching allocator its grid 1 keeps its roles: the reserve is fitted on the fit points, held out on
+# the others.)
 FIT_BY_CHOICE |= {(f"h200-calibration-2026-12-01-runner3-{part}.jsonl", "runner")
-                  for part in ("small", "8b", "caching", "blind-small", "blind-8b")}
+                  for part in ("small", "8b", "blind-small", "blind-8b")}
 RUNNER_BLIND = ("h200-calibration-2026-12-01-runner3-round11",)
 BLIND_AFTER_REFIT = ("h200-calibration-2026-12-01-round8", "h200-calibration-2026-12-01-round9")
 HOLDOUT_ONLY = {("hf-loop", "expandable"): BLIND_AFTER_REFIT, ("hf-trainer", "expandable"): BLIND_AFTER_REFIT,
-                ("runner", "expandable"): RUNNER_BLIND, ("runner", "caching"): RUNNER_BLIND}
+                ("runner", "expandable"): RUNNER_BLIND}
 HELD: set[str] = set()  # every RESERVE_* constant is fitted second, on the reserved peaks
 # Held per engine, by how the engine runs: Trainer with bf16 autocasts, so attention gets bf16 q/k/v and
 # SDPA's flash kernel, which keeps no seq² tensor, recomputed or saved (ATT_GC = ATT_SAVED = 0); the docs

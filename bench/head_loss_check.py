@@ -34,8 +34,10 @@ def run(fn, hidden, labels, head, chunk, device, repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         took.append(time.perf_counter() - start)
-    peak = dict(peak_allocated_gib=round((torch.cuda.max_memory_allocated() - before) / 2**30, 3),
-                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3)) if device.startswith("cuda") else {}
+    peak = {}
+    if device.startswith("cuda"):
+        peak = dict(peak_allocated_gib=round((torch.cuda.max_memory_allocated() - before) / 2**30, 3),
+                    peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3))
     return loss.detach(), hidden.grad.clone(), (head.weight.grad.clone() if head.weight.grad is not None else None), \
         dict(ms=round(1000 * min(took), 2), **peak)
 

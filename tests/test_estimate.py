@@ -49,9 +49,9 @@ def test_parameter_arithmetic_matches_domain_facts():
 # card + 5 %), under expandable segments (what the runner and `axolotl train` set when no allocator variable is)
 # and under torch's default caching allocator. A change to the estimator changes these on purpose (a refit:
 # bench/fit_memory.py --write).
-PINNED = {"runner": (12_731, 13_842, 16_678, 17_512), "hf-loop": (25_606, 28_332, 31_168, 32_727),
+PINNED = {"runner": (11_939, 12_971, 15_807, 16_597), "hf-loop": (25_606, 28_332, 31_168, 32_727),
           "hf-trainer": (26_404, 29_126, 31_962, 33_560), "peft": (26_404, 29_126, 31_962, 33_560)}
-PINNED_CACHING = {"runner": (12_731, 15_485, 18_321, 19_237), "hf-loop": (25_606, 30_202, 33_038, 34_690),
+PINNED_CACHING = {"runner": (11_939, 13_388, 16_224, 17_035), "hf-loop": (25_606, 30_202, 33_038, 34_690),
                   "hf-trainer": (26_404, 31_415, 34_251, 35_964), "peft": (26_404, 31_415, 34_251, 35_964)}
 
 
@@ -212,7 +212,7 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
     facts = config_facts(tmp_path)
     assert valid(facts).status == Status.OK and facts.model_from == "envdoctor's table of known shapes"
     r = memory(facts, gpus(tmp_path / "m", RTX5090))
-    assert r.status == Status.OK and r.message.startswith("fits: needs 17.1 GiB per GPU") and "31.0 GiB free" in r.message
+    assert r.status == Status.OK and r.message.startswith("fits: needs 16.2 GiB per GPU") and "31.0 GiB free" in r.message
     assert r.data["fits"] is True and r.data["gpus"] == [0] and r.data["engine"] == "runner"
     assert any(d.startswith("modules_to_save costs") for d in r.details)
     assert "allocator: expandable segments (the runner sets them when no allocator variable is set)" in r.details
@@ -256,31 +256,41 @@ def test_a_32gb_card_fits_the_runner_and_not_the_hf_path(tmp_path):
 def test_a_fit_inside_the_estimates_known_error_is_a_warning(tmp_path):
     """Fits by the estimate plus its 5 % margin, but not if the run reserves as much more than estimated as the
     worst measured run of its engine did (the lower of HOLDOUT_ERROR's and FIT_ERROR's lows): a warning that says
-    by how much, with ways to leave room. The runner's worst is a blind point of round 8 (-8.1 %: 3B 256 × 2 with
-    modules_to_save), beyond the margin; the Hugging Face path's (-4.8 %, a fitted point; -4.2 % blind) is inside
-    it: it never warns for that."""
-    facts = config_facts(tmp_path)
-    e = estimate(LLAMA8B, SEED)
-    low = min(E.HOLDOUT_ERROR[("runner", "expandable")][0], E.FIT_ERROR[("runner", "expandable")][0])
-    assert low == E.HOLDOUT_ERROR[("runner", "expandable")][0] < -0.05
+    by how much, with ways to leave room. The runner's worst under its own setting (-4.1 %, a fitted point; -0.4 %
+    blind) and the Hugging Face path's under axolotl's (-4.8 %, fitted; -4.2 % blind) are inside the margin: those
+    never warn. A loop of your own under torch's caching allocator (-8.3 % held out) has a band to warn in."""
+    for engine in ("runner", "peft"):
+        e = estimate(LLAMA8B, SEED, engine=engine)
+        low = min(E.HOLDOUT_ERROR[(engine, "expandable")][0], E.FIT_ERROR[(engine, "expandable")][0])
+        assert -0.05 < low and e.reserved / (1 + low) + e.paged + e.context <= e.needed, engine
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    facts = config_facts(tmp_path, env=env, engine="peft")
+    e = estimate(LLAMA8B, SEED, engine="peft", allocator="caching")
+    low = min(E.HOLDOUT_ERROR[("peft", "caching")][0], E.FIT_ERROR[("peft", "caching")][0])
+    assert low == E.HOLDOUT_ERROR[("peft", "caching")][0] < -0.05
     worst = e.reserved / (1 + low) + e.paged + e.context
-    assert e.needed < worst  # the margin does not cover -8.1 %: there is a band to warn in
-    tight = memory(facts, gpus(tmp_path / "m1", dict(RTX5090, mem_free=int((e.needed + worst) / 2))))
-    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 17.1 GiB")
-    assert "on measured runs this engine reserved up to 8.8% more than estimated, 17.5 GiB here" in tight.message
+    assert e.needed < worst  # the margin does not cover -8.3 %: there is a band to warn in
+    big = dict(RTX5090, mem_total=48 * GiB)
+    tight = memory(facts, gpus(tmp_path / "m1", dict(big, mem_free=int((e.needed + worst) / 2))))
+    assert tight.status == Status.WARN and tight.message.startswith("fits only tightly: needs 35.1 GiB")
+    assert "on measured runs this engine reserved up to 9.1% more than estimated, 36.2 GiB here" in tight.message
     assert tight.data["fits"] is True and tight.data["worst_case_card_bytes"] == round(worst)
-    assert tight.data["holdout_error"] == list(E.HOLDOUT_ERROR[("runner", "expandable")])
-    assert tight.data["fit_error"] == list(E.FIT_ERROR[("runner", "expandable")])
-    assert tight.remedy.text.startswith("Leave more room: lora_modules_to_save: [] (only needed for new tokens) → "
-                                        "11.5 GiB")
-    roomy = memory(facts, gpus(tmp_path / "m2", dict(RTX5090, mem_free=int(worst) + GiB)))
-    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 17.1 GiB")
+    assert tight.data["holdout_error"] == list(E.HOLDOUT_ERROR[("peft", "caching")])
+    assert tight.data["fit_error"] == list(E.FIT_ERROR[("peft", "caching")])
+    assert tight.remedy.text.startswith("Leave more room: lora_modules_to_save: [] (only needed for new tokens) → ")
+    roomy = memory(facts, gpus(tmp_path / "m2", dict(big, mem_free=int(worst) + GiB)))
+    assert roomy.status == Status.OK and roomy.message.startswith("fits: needs 35.1 GiB")
     p = estimate(LLAMA8B, SEED, engine="peft")
     just = memory(config_facts(tmp_path / "hf", engine="peft"),
                   gpus(tmp_path / "m3", dict(RTX5090, mem_total=40 * GiB, mem_free=int(p.needed) + 1)))
     assert just.status == Status.OK and just.data["worst_case_card_bytes"] < p.needed
     assert any(d.startswith("this estimate's error on H200 runs: -4.2 … +9.5 % of the reserved peak held out, "
                             "-4.8 … +9.6 % on those it was fitted to") for d in just.details)
+    mine = memory(config_facts(tmp_path / "r"), gpus(tmp_path / "m4", dict(RTX5090, mem_free=int(estimate(
+        LLAMA8B, SEED).needed) + 1)))
+    assert mine.status == Status.OK and any(d.startswith(
+        "this estimate's error on H200 runs: -0.4 … +7.3 % of the reserved peak held out, -4.1 … +8.3 % on those "
+        "it was fitted to") for d in mine.details)
 
 
 def test_the_stated_hold_out_error_is_the_measured_one():
@@ -303,7 +313,7 @@ def test_a_16gb_card_gets_concrete_changes_and_the_gpus_to_shard_over(tmp_path):
     small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
     r = memory(config_facts(tmp_path), gpus(tmp_path / "m", small))
     assert r.status == Status.FAIL and "but GPU 0 (16 GB card) has 15.0 GiB free" in r.message
-    assert "lora_modules_to_save: [] (only needed for new tokens) → 11.5 GiB" in r.remedy.text
+    assert "lora_modules_to_save: [] (only needed for new tokens) → 10.9 GiB" in r.remedy.text
     assert f"fsdp: true over {r.data['gpus_to_fit_sharded']} GPUs (`envdoctor train --fsdp --nproc" in r.remedy.text
 
 
@@ -392,9 +402,9 @@ def test_check_config_backend_switch_and_the_json_data(tmp_path):
     assert data["peak_reserved_bytes"] == round(estimate(LLAMA8B, SEED, engine="peft", allocator="caching").reserved)
 
 
-def train_dry_run(tmp_path, card: dict, env: dict | None = None) -> tuple[int, str]:
-    """`envdoctor train --dry-run` of the seed's config (the runner) on a machine with one GPU `card` and the
-    environment `env`: (exit code, what it printed). The target interpreter is this one, really run."""
+def train_dry_run(tmp_path, card: dict, env: dict | None = None, backend: str = "runner") -> tuple[int, str]:
+    """`envdoctor train --dry-run` of the seed's config (the runner, or `backend`) on a machine with one GPU `card`
+    and the environment `env`: (exit code, what it printed). The target interpreter is this one, really run."""
     from envdoctor.commands.train import run_train
     from envdoctor.system import System as Real
 
@@ -406,7 +416,7 @@ def train_dry_run(tmp_path, card: dict, env: dict | None = None) -> tuple[int, s
                         env={"HOME": "/home/u", "PATH": "/usr/bin", **(env or {})},
                         commands={sys.executable: lambda argv, timeout: real.run(argv, timeout)})
     args = SimpleNamespace(demo=False, config=str(config), force=False, resume=False, dry_run=True, output_dir=None,
-                           backend="runner", nproc=None, fsdp=False)
+                           backend=backend, nproc=None, fsdp=False)
     out = io.StringIO()
     code = run_train(args, system, Context(sys.executable, "test"), out)
     return code, out.getvalue()
@@ -417,7 +427,7 @@ def test_train_preflight_refuses_a_config_that_does_not_fit(tmp_path):
     small = dict(RTX5090, name="16 GB card", mem_total=16 * GiB, mem_free=15 * GiB)
     code, text = train_dry_run(tmp_path, small)
     assert code == 1 and "refusing to start a run that cannot work" in text
-    assert "[✗] config.memory: does not fit: needs 17.1 GiB per GPU" in text
+    assert "[✗] config.memory: does not fit: needs 16.2 GiB per GPU" in text
     assert not (tmp_path / "out" / "config.resolved.json").exists()
 
 
@@ -434,16 +444,16 @@ def test_train_preflight_refuses_an_allocator_value_torch_refuses(tmp_path):
     assert "config.memory ok" in text and "[✗] config.memory" not in text, text
 
 
-def test_train_preflight_says_when_a_run_fits_only_tightly(tmp_path):
-    """The runner under a variable of the user's that turns expandable segments off (it keeps it): its estimate's
-    low end (-7.3 % on held-out runs) is past the 5 % margin; on a card between the two the preflight prints
-    why it is tight, and the warning is not among its reasons to refuse (this machine has others: a CPU torch,
-    no base model)."""
+def test_train_preflight_says_when_a_run_fits_only_tightly(tmp_path, monkeypatch):
+    """On a card between the estimate with its margin and the estimate at its engine's worst measured error, the
+    preflight prints why the run is tight, and the warning is not among its reasons to refuse (this machine has
+    others: a CPU torch, no base model). The runner's measured lows are inside the 5 % margin (-4.1 % under its
+    own setting, -5.1 % under a user's caching allocator: no band), so its stated low is widened here."""
+    monkeypatch.setitem(E.HOLDOUT_ERROR, ("runner", "caching"), (-0.09, 0.04))
     e = estimate(LLAMA8B, SEED, allocator="caching")
-    low = E.HOLDOUT_ERROR[("runner", "caching")][0]
-    card = dict(RTX5090, mem_free=int((e.needed + e.reserved / (1 + low) + e.paged + e.context) / 2))
+    card = dict(RTX5090, mem_free=int((e.needed + e.reserved / (1 - 0.09) + e.paged + e.context) / 2))
     _, text = train_dry_run(tmp_path, card, {"PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"})
-    assert "config.memory warn" in text and "[!] config.memory: fits only tightly: needs 18.8 GiB" in text, text
+    assert "config.memory warn" in text and "[!] config.memory: fits only tightly: needs 16.6 GiB" in text, text
     assert "Leave more room: lora_modules_to_save: []" in text and "[✗] config.memory" not in text
 
 
@@ -495,20 +505,18 @@ def _holdout_rows():
     return F, rows
 
 
-@pytest.mark.xfail(strict=True, reason="issue #18 open: the runner misses ±10 % / -5 % on 2 of its 30 blind points "
-                   "(rounds 8-9: 3B 256 × 2 -8.1 %, 3B 3960 × 4 +10.8 %); the Hugging Face path is inside on all "
-                   "30 of its own (docs/training.md)")
 def test_measured_hold_out_points_meet_the_error_budget():
     """Issue #18's acceptance on the H200 lines in bench/results (bench/h200_calibrate.sh), for the two engines
     `check --config` estimates, each under the allocator setting it runs with when the user sets none: the
     runner, and the Hugging Face path (the larger of the docs loop's and Trainer's estimates, against the larger
     of their measured peaks) under expandable segments. Every hold-out point within ±10 % of the measured
-    reserved peak, none more than 5 % under."""
+    reserved peak, none more than 5 % under: the runner's round 11 (22 points, drawn and measured after its phase
+    model was committed), the Hugging Face path's rounds 8 and 9 (30)."""
     F, rows = _holdout_rows()
     errs = [(r["id"], F.predicted(r).reserved / r["peak_reserved"] - 1) for r in rows
             if (r["engine"], r["allocator"]) == ("runner", "expandable")]
     errs += [(r["id"], est / measured - 1) for r, est, measured in F.hf_path(rows, "expandable")]
-    assert len(errs) >= 60 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
+    assert len(errs) >= 52 and [(k, round(e * 100, 1)) for k, e in errs if not -0.05 <= e <= 0.10] == []
 
 
 def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
@@ -540,85 +548,59 @@ def test_capped_at_the_estimate_the_runs_fit_and_below_it_they_run_out():
 
 
 def test_the_refit_holds_every_point_it_was_fitted_on():
-    """The reserve refit of 2026-12-01 (fourth session) on every point of rounds 1-7 under each engine's setting
-    when the user sets none: the runner's 115 (its terms gated by where its peak is) and the Hugging Face path's
-    108 (Trainer's fixed part the lm_head's bf16 copy) all inside ±10 % / -5 %."""
+    """Under each engine's setting when the user sets none: the runner's phase model fitted on the 166 points of
+    rounds 1-10 of its one-pass loss (fifth session), the Hugging Face path's reserve refitted in the fourth
+    session on its 108 of rounds 1-7 (Trainer's fixed part the lm_head's bf16 copy): all inside ±10 % / -5 %."""
     F, rows = _all_rows()
     fitted = [r for r in rows if r["role"] == "fit" and r["allocator"] == "expandable"]
     runner = [F.predicted(r).reserved / r["peak_reserved"] - 1 for r in fitted if r["engine"] == "runner"]
     path = [est / measured - 1 for _, est, measured in F.hf_path(fitted, "expandable", role="fit")]
-    assert len(runner) >= 115 and len(path) >= 108
+    assert len(runner) == 166 and len(path) >= 108
     assert all(-0.05 <= e <= 0.10 for e in runner + path)
 
 
 def test_the_blind_rounds_after_the_refit():
-    """Rounds 8 and 9 (GRID8, GRID9: drawn at random by bench/draw_round.py, plus two points that reach the span's
-    ends; measured after the refit was committed, round 9 also after round 8 was seen with nothing changed), each
-    engine under its setting when the user sets none. The Hugging Face path: 30 of 30 inside, none more than
-    4.2 % under. The runner: 28 of 30; the two outside are both on the tied 3B shape with modules_to_save and
-    checkpointing, one each way — 256 × 2 kept 1.84 GiB of slack where 1.19 was estimated (-8.1 %), 3960 × 4
-    kept 0.49 where 1.17 was, its allocated peak 5.9 % over (+10.8 %). Allocated on these rounds: the runner
-    -4.1 … +11.9 % (1B 264 × 3 with modules_to_save, no checkpointing), the Hugging Face engines -1.8 … +7.1 %."""
+    """The Hugging Face path on rounds 8 and 9 (GRID8, GRID9: drawn at random by bench/draw_round.py, plus two
+    points that reach the span's ends; measured after its refit was committed, round 9 also after round 8 was seen
+    with nothing changed), under axolotl's setting: 30 of 30 inside, none more than 4.2 % under; allocated -1.8 …
+    +7.1 %. The runner with its one-pass loss on round 11 (GRID11, drawn and measured after its phase model was
+    committed), under its own setting: 22 of 22 inside, -0.4 … +7.3 %; allocated -1.4 … +3.8 %."""
     F, rows = _all_rows()
     blind = [r for r in rows if r["role"] == "holdout" and r["allocator"] == "expandable"]
-    assert all(Path(r["_where"].split(":")[0]).name.startswith(F.BLIND_AFTER_REFIT) for r in blind)
+    where = {r["engine"]: set() for r in blind}
+    for r in blind:
+        where[r["engine"]].add(Path(r["_where"].split(":")[0]).name)
+    assert all(n.startswith(F.BLIND_AFTER_REFIT) for e in E.HF_PATH for n in where[e])
+    assert where["runner"] == {F.RUNNER_BLIND[0] + ".jsonl"}
     path = [(r, est / measured - 1) for r, est, measured in F.hf_path(blind, "expandable")]
     assert len(path) == 30 and all(-0.05 <= e <= 0.10 for _, e in path) and min(e for _, e in path) > -0.043
-    runner = {(r["shape"], r["seq"], r["micro"]): F.predicted(r).reserved / r["peak_reserved"] - 1
-              for r in blind if r["engine"] == "runner"}
-    assert len(runner) == 30
-    assert {k: round(e * 100, 1) for k, e in runner.items() if not -0.05 <= e <= 0.10} == {
-        ("llama-3.2-3b", 256, 2): -8.1, ("llama-3.2-3b", 3960, 4): 10.8}
+    runner = [F.predicted(r).reserved / r["peak_reserved"] - 1 for r in blind if r["engine"] == "runner"]
+    assert len(runner) == 22 and -0.005 < min(runner) and max(runner) < 0.074
     allocated = {e: [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind if r["engine"] in engines]
                  for e, engines in (("runner", ("runner",)), ("hf", E.HF_PATH))}
-    assert -0.042 < min(allocated["runner"]) and max(allocated["runner"]) < 0.12
+    assert -0.015 < min(allocated["runner"]) and max(allocated["runner"]) < 0.039
     assert -0.019 < min(allocated["hf"]) and max(allocated["hf"]) < 0.072
 
 
-def test_the_runners_gated_reserve_terms_count_under_its_own_setting_only(monkeypatch):
-    """The runner's reserve terms gated by where its peak is were measured under expandable segments only: under
-    torch's caching allocator (a user's variable) they are 0 whatever CONSTANTS holds, and a refit there holds
-    them (bench/fit_memory.py HELD_RESERVE). Under its own setting each one moves the estimate."""
-    gated = ("RESERVE_CHUNK_PEAK", "RESERVE_SAVE_STEP", "RESERVE_SAVE_COPY", "RESERVE_GC_GIB")
-    monkeypatch.syspath_prepend(str(BENCH))
-    import fit_memory as F
-    assert all(E.constants("runner", "caching")[n] == 0 for n in gated)
-    assert F.HELD_RESERVE[("runner", "caching")] == set(gated)
-    tied = Shape.from_config(dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                                  num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
-                                  tie_word_embeddings=True))
-    before = {a: estimate(s, SEED, allocator=a).reserved for s in (LLAMA8B, tied) for a in E.ALLOCATORS}
-    for n in gated:
-        monkeypatch.setitem(E.CONSTANTS["runner"], n, E.CONSTANTS["runner"][n] + 1.0)
-    after = {a: estimate(s, SEED, allocator=a).reserved for s in (LLAMA8B, tied) for a in E.ALLOCATORS}
-    assert after["caching"] == before["caching"] and after["expandable"] > before["expandable"]
-
-
 def test_the_blind_rounds_are_the_draws_they_say():
-    """GRID8 and GRID9 are what bench/draw_round.py draws from their seeds (plus round 8's two span points)."""
+    """GRID8 … GRID11 are what bench/draw_round.py draws from their seeds (plus the span points of rounds 8 and 11,
+    round 11's drawn from their own seed)."""
     sys.path.insert(0, str(BENCH))
     import calibrate_memory as C
     import draw_round
     for seed, grid, sizes in ((20261208, C.GRID8, {"llama-3.1-8b": 8, "llama-3.2-3b": 4, "llama-3.2-1b": 4}),
-                              (20261209, C.GRID9, {"llama-3.1-8b": 6, "llama-3.2-3b": 3, "llama-3.2-1b": 3})):
+                              (20261209, C.GRID9, {"llama-3.1-8b": 6, "llama-3.2-3b": 3, "llama-3.2-1b": 3}),
+                              (20261210, C.GRID10, {"llama-3.1-8b": 8, "llama-3.2-3b": 4, "llama-3.2-1b": 4}),
+                              (20261211, C.GRID11, {"llama-3.1-8b": 10, "llama-3.2-3b": 5, "llama-3.2-1b": 5})):
         rng = draw_round.random.Random(seed)
         for shape, n in sizes.items():
             assert [draw_round.draw(rng, shape) for _ in range(n)] == grid[shape][:n], (seed, shape)
     assert [len(C.GRID8[s]) for s in ("llama-3.1-8b", "llama-3.2-3b", "llama-3.2-1b")] == [9, 4, 5]
-
-
-def test_the_runners_one_chunk_rule_held_blind_on_round_6b():
-    """Round 6b (GRID6_REST: drawn at random, measured after the runner's accumulation rule was committed and
-    before anything was looked at): lm_head's gradient already in a one-chunk peak when trained in place. Those
-    8B points' allocated estimates are within -7 … +3 % (the start-of-session rule, every held gradient added:
-    up to +13.7 %). Their reserve is a fit point of the refit since."""
-    F, rows = _all_rows()
-    blind = [r for r in rows if "round6" in r["_where"] and r["engine"] == "runner"]
-    assert len(blind) >= 26 and sum(r.get("accum", 1) > 1 for r in blind) >= 20
-    one_chunk = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in blind
-                 if r["shape"] == "llama-3.1-8b" and r["modules_to_save"] and r.get("accum", 1) > 1
-                 and r["seq"] * r["micro"] <= 1024]
-    assert len(one_chunk) >= 6 and -0.075 <= min(one_chunk) and max(one_chunk) <= 0.03, one_chunk
+    ends = draw_round.random.Random(2026121100)
+    eight = draw_round.draw(ends, "llama-3.1-8b")
+    assert C.GRID11["llama-3.1-8b"][-1] == (8192, 1) + eight[2:]
+    one = next(p for p in iter(lambda: draw_round.draw(ends, "llama-3.2-1b"), None) if 256 * p[1] <= 16384)
+    assert C.GRID11["llama-3.2-1b"][-1] == (256,) + one[1:]
 
 
 def test_measured_hold_out_allocated_peaks_are_within_15_percent():
@@ -635,7 +617,9 @@ def test_measured_hold_out_allocated_peaks_are_within_15_percent():
 def test_the_seeds_accumulation_is_estimated_within_the_budget():
     """Issue #17's table (bench/train_table_run.py, another bench than the calibration's, never fitted on):
     the Llama-3.1-8B shape at seq 2048, micro batch 2 and the seed's accumulation 4, with and without the
-    seed's modules_to_save. Gradients live across micro batches: estimated within -5 % / +10 % reserved."""
+    seed's modules_to_save. Gradients live across micro batches: estimated within -5 % / +10 % reserved. Its
+    runner rows are of the runner before its one-pass loss (its chunks checkpointed): not this runner's; the
+    same two configs run by `envdoctor train` itself are test_the_real_runner_against_its_estimate's A and B."""
     sys.path.insert(0, str(BENCH))
     import hf_loop
     shape = Shape.from_config(hf_loop.SHAPES["llama-3.1-8b"])
@@ -643,9 +627,9 @@ def test_the_seeds_accumulation_is_estimated_within_the_budget():
     # the runner as it trains now (in-place modules_to_save, autocast, expandable segments): the second table
     for path in sorted((RESULTS / "2026-11-30-h200-train-table-inplace").glob("part*-train_table.jsonl")):
         for row in map(json.loads, path.read_text().splitlines()):
-            engine = {"plain": "hf-loop", "runner": "runner"}.get(row["engine"])
+            engine = {"plain": "hf-loop"}.get(row["engine"])
             if engine is None:
-                continue  # the Liger variant: not an engine the estimator models
+                continue  # the Liger variant: not an engine the estimator models; the runner before head_loss.py
             s = row["setup"]
             cfg = hf_loop.base_config(sequence_len=s["seq"], micro_batch_size=s["micro_batch"], lora_r=s["lora_r"],
                                       lora_alpha=2 * s["lora_r"], gradient_accumulation_steps=s["accum"],
@@ -656,35 +640,34 @@ def test_the_seeds_accumulation_is_estimated_within_the_budget():
                          else A.torch_allocator({"PYTORCH_ALLOC_CONF": setting})[0])
             err = estimate(shape, cfg, engine=engine, allocator=allocator).reserved / row["peak_reserved"] - 1
             seen.append((row["config"], engine, round(err * 100, 1)))
-    assert len(seen) == 4 and all(-5 <= e <= 10 for *_, e in seen), seen
+    assert len(seen) == 2 and all(-5 <= e <= 10 for *_, e in seen), seen
 
 
 def test_the_real_runner_against_its_estimate():
-    """bench/results/h200-runner-real-2026-12-01.jsonl (`bash bench/h200_runner_real.sh`): `envdoctor train` itself
-    — train/qlora.py's data pipeline, step and validation, not the calibration's loop over the runner's modules —
-    on the 8B shape, against what `envdoctor check --config` estimated for the same file on the same machine: the
-    seed's settings without and with modules_to_save, a config drawn at random (560 × 3, r 16, accumulation 5,
-    modules_to_save): allocated -2.3 … -0.9 %; and D, one loss chunk (512 × 2) with modules_to_save and
-    accumulation 4: allocated +3.0 %. The allocated estimates are recomputed here and must match what the check
-    printed then. The reserved estimates the check printed then were +3.8, +3.8, -0.3 and +12.0 % (D over, outside
-    the budget: the runner keeps 0.7 GiB of slack there where that estimate kept 1.6); the reserve refitted in the
-    fourth session (its terms gated by where the peak is) gives +2.1, -0.3, -4.7 and +6.7 %, every one inside."""
+    """bench/results/h200-runner-real-2026-12-01-b.jsonl (`bash bench/h200_runner_real.sh`, fifth session, the
+    one-pass loss): `envdoctor train` itself — train/qlora.py's data pipeline, step and validation, not the
+    calibration's loop over the runner's modules — on the 8B shape, against what `envdoctor check --config`
+    estimated for the same file on the same machine: A, the seed's settings without modules_to_save; B, the
+    seed's; C, drawn at random (560 × 3, r 16, accumulation 5, modules_to_save); D, one loss chunk (512 × 2) with
+    modules_to_save and accumulation 4. Allocated -0.6 … +1.4 %, reserved +2.3 … +3.9 %: every one inside. The
+    estimates are recomputed here and must match what the check printed then. (The third session's runs of the
+    runner before its one-pass loss: bench/results/superseded/h200-runner-real-2026-12-01-runner-v2.jsonl.)"""
     sys.path.insert(0, str(BENCH))
     import hf_loop
-    rows = [json.loads(line) for line in (RESULTS / "h200-runner-real-2026-12-01.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (RESULTS / "h200-runner-real-2026-12-01-b.jsonl").read_text().splitlines()]
     assert [r["config"] for r in rows] == ["A", "B", "C", "D"] and all(r["rc"] == 0 and r["steps"] >= 5 for r in rows)
     shape = Shape.from_config(hf_loop.SHAPES["llama-3.1-8b"])
-    reserved = {}
+    errors = {}
     for r in rows:
         cfg = hf_loop.base_config(sequence_len=r["sequence_len"], micro_batch_size=r["micro_batch_size"],
                                   lora_r=r["lora_r"], lora_alpha=2 * r["lora_r"],
                                   gradient_accumulation_steps=r["gradient_accumulation_steps"],
                                   lora_modules_to_save=r["lora_modules_to_save"] or [])
         e = estimate(shape, cfg)
-        assert round(e.peak) == r["estimated_allocated"], r["config"]
-        assert abs(e.peak / r["measured_allocated"] - 1) <= 0.031, r["config"]
-        reserved[r["config"]] = round((e.reserved / r["measured_reserved"] - 1) * 100, 1)
-    assert reserved == {"A": 2.1, "B": -0.3, "C": -4.7, "D": 6.7}, reserved
+        assert (round(e.peak), round(e.reserved)) == (r["estimated_allocated"], r["estimated_reserved"]), r["config"]
+        errors[r["config"]] = tuple(round((x / m - 1) * 100, 1) for x, m in
+                                    ((e.peak, r["measured_allocated"]), (e.reserved, r["measured_reserved"])))
+    assert errors == {"A": (1.0, 2.5), "B": (1.4, 3.9), "C": (-0.6, 2.4), "D": (0.2, 3.5)}, errors
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -714,7 +697,7 @@ def test_a_config_that_fits_only_sharded_says_so(tmp_path):
     facts.config.data["fsdp"] = True  # the other checks judge FSDP with a 4-bit base; the arithmetic is per GPU
     r = memory(facts, gpus(tmp_path / "m", *cards))
     assert r.status == Status.OK and r.data["sharded"] and r.data["nproc"] == n
-    assert "; only sharded: unsharded it needs 17.1 GiB" in r.message
+    assert "; only sharded: unsharded it needs 16.2 GiB" in r.message
 
 
 def test_fsdp_on_one_process_keeps_the_modules_to_save_copies_as_the_runner_does():
@@ -724,7 +707,7 @@ def test_fsdp_on_one_process_keeps_the_modules_to_save_copies_as_the_runner_does
     k = E.CONSTANTS["runner"]
     plain = estimate(LLAMA8B, SEED)
     one = estimate(LLAMA8B, dict(SEED, fsdp=True), nproc=1)
-    part = "modules_to_save weights, grads, optimizer"
+    part = "modules_to_save weights, optimizer"
     assert plain.parts[part] == plain.save_params * (k["SAVE_BYTES_INPLACE"] + E.OPT_BYTES[SEED["optimizer"]])
     assert one.parts[part] == one.save_params * (k["SAVE_BYTES_RUNNER"] + E.OPT_BYTES[SEED["optimizer"]])
     assert one.needed > plain.needed
@@ -931,30 +914,39 @@ def test_with_accumulation_the_hf_phases_match_what_was_measured_and_the_old_rul
     assert sorted(before)[-6] > 0.09 and max(before) > 0.14
 
 
-def test_the_runners_accumulation_counts_lm_heads_gradient_once_in_a_one_chunk_peak():
-    """The runner's rule: with accumulation every gradient is held, but when the batch is one loss chunk and
-    lm_head is trained in place, its fitted peak already holds lm_head's gradient (the peak comes after the
-    chunk's backward made it), so that one is not added again; with more chunks, or the copies of a tied shape
-    (fp32, SAVE_BYTES_RUNNER), every held gradient is added. On the runner's accumulation points of
-    h200-calibration-2026-12-01-accum.jsonl (which chose the rule: fit points by choice, bench/fit_memory.py
-    FIT_BY_CHOICE) the 8B ones go from +9.0 and +12.7 % over to within ±2.5 %; round 6b tests it blind."""
+def test_the_runners_phases_hold_each_gradient_where_it_exists():
+    """estimate.runner_phases: without accumulation the loss holds lm_head's gradient as head_loss.py makes it (and,
+    for an fp32 copy on a bf16 stream, its bf16 cast and product buffer), the layers' backward holds it and the
+    LoRA gradients made so far, the end of backward every trained gradient; with accumulation every gradient is
+    held from the first micro batch (in the weights' dtype: bf16 in place, fp32 for a tied shape's copies) and a
+    later micro batch adds only what it makes. On the runner's accumulation points measured with the one-pass loss
+    (rounds 1-10), the allocated peak is within -1.6 … +3.1 %."""
     sys.path.insert(0, str(BENCH))
     import fit_memory as F
     from hf_loop import SHAPES
-    eight_b = Shape.from_config(SHAPES["llama-3.1-8b"])
+    k = E.CONSTANTS["runner"]
+    eight_b, tied = Shape.from_config(SHAPES["llama-3.1-8b"]), Shape.from_config(SHAPES["llama-3.2-1b"])
     vh = eight_b.vocab * eight_b.hidden
-    one = dict(SEED, sequence_len=512, micro_batch_size=1, gradient_accumulation_steps=8)
-    e = estimate(eight_b, one)
-    assert e.parts["gradients held across micro batches"] == 4.0 * e.lora_params + 2.0 * e.save_params - 2.0 * vh
-    two_chunks = estimate(eight_b, dict(one, sequence_len=2048))
-    assert two_chunks.parts["gradients held across micro batches"] == 4.0 * e.lora_params + 2.0 * e.save_params
-    no_head = estimate(eight_b, dict(one, lora_modules_to_save=["embed_tokens"]))
-    assert no_head.parts["gradients held across micro batches"] == 4.0 * no_head.lora_params + 2.0 * vh
-    tied = Shape.from_config(SHAPES["llama-3.2-1b"])
-    t = estimate(tied, one)
+    lora = estimate(eight_b, SEED).lora_params
+    args = (eight_b, k, 4096, 1024, False, True, lora, True, True)
+    alone = E.runner_phases(*args, 2.0, 0.0)
+    assert alone["loss"]["lm_head's gradient and buffers (loss)"] == k["HEAD_LOSS"] * 2.0 * vh
+    assert alone["layers"]["modules_to_save gradients"] == 2.0 * vh
+    assert alone["embeddings"]["modules_to_save gradients"] == k["SAVE_GRAD"] * 4.0 * vh
+    assert alone["embeddings"]["LoRA gradients"] == 4.0 * lora
+    assert "gradients held across micro batches" not in alone["loss"]
+    held = E.runner_phases(*args, 2.0, 0.0, held=True)
+    assert all(p["gradients held across micro batches"] == 4.0 * lora + 4.0 * vh for p in held.values())
+    assert held["layers"]["modules_to_save gradients"] == held["layers"]["LoRA gradients"] == 0.0
+    assert held["embeddings"]["modules_to_save gradients"] == k["SAVE_GRAD"] * 2.0 * vh  # embed_tokens' new one
+    tvh = tied.vocab * tied.hidden
+    copy = E.runner_phases(tied, k, 4096, 1024, False, True, lora, True, False, 4.0, 4.0 * tvh)
+    assert copy["loss"]["lm_head's gradient and buffers (loss)"] == k["HEAD_LOSS"] * 8.0 * tvh
+    seed = estimate(eight_b, SEED)  # accumulation 4: the seed's peak holds every gradient
+    assert seed.parts["gradients held across micro batches"] == 4.0 * seed.lora_params + 2.0 * seed.save_params
+    t = estimate(tied, dict(SEED, gradient_accumulation_steps=2))
     assert t.parts["gradients held across micro batches"] == 4.0 * t.lora_params + 4.0 * t.save_params
-    rows = [r for r in F.load_rows([str(RESULTS / "h200-calibration-2026-12-01-accum.jsonl")])
-            if r["engine"] == "runner"]
-    assert {r["role"] for r in rows} == {"fit"} and len(rows) >= 6
-    big = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in rows if r["shape"] == "llama-3.1-8b"]
-    assert len(big) == 4 and all(-0.025 <= x <= 0.025 for x in big), big
+    _, rows = _all_rows()
+    accum = [F.predicted(r).peak / r["peak_allocated"] - 1 for r in rows if r["engine"] == "runner"
+             and r["allocator"] == "expandable" and r["role"] == "fit" and r.get("accum", 1) > 1]
+    assert len(accum) >= 40 and -0.017 <= min(accum) and max(accum) <= 0.032, (min(accum), max(accum))

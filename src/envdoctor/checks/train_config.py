@@ -183,7 +183,7 @@ def allocator_line(allocator: str, set_by: str | None, runner: bool, env: dict[s
                  "to them when it is unset)")
     elif runner:
         measured = (f"estimated from the runner's 8B measurements under it (measured error {band('runner', 'caching')}); "
-                    "the runner's own expandable segments reserved 0-2.4 GiB less on that grid")
+                    "the runner's own expandable segments reserved 0.0-1.5 GiB less on that grid")
         # (a variable of the user's decides whenever the runner gets the caching allocator: it sets expandable
         # segments when none is set, and copies one an older torch would not read into the one it does)
         line = (f"allocator: torch's default caching allocator ({set_by or 'a variable of yours'}"
