@@ -31,14 +31,14 @@ from fit_memory import SHAPES, load_rows, predicted  # noqa: E402
 from envdoctor.training import estimate as E  # noqa: E402
 
 GiB = E.GiB
+LOSS_PART = "lm_head's gradient and buffers (loss)"  # a part of runner_phases' loss phase only
 
 
 def runner_terms(r: dict, allocated: float) -> dict[str, float]:
     cfg, sh = point_config(r), E.Shape.from_config(SHAPES[r["shape"]])
     tokens = r["seq"] * r["micro"]
     chunk = min(cfg["loss_chunk_tokens"], tokens)
-    loss, layer = E.runner_phases(sh, E.CONSTANTS["runner"], tokens, chunk, cfg["lora_dropout"] > 0)
-    loss_peak = not r["gradient_checkpointing"] or loss > layer
+    loss_peak = LOSS_PART in predicted(r).parts  # the estimate's peak phase is the loss (estimate.runner_phases)
     save = (2 if r["modules_to_save"] else 0) * sh.vocab * sh.hidden
     accum = cfg["gradient_accumulation_steps"] > 1
     return {"GiB": GiB, "allocated": allocated, "chunk logits": 4.0 * chunk * sh.vocab,
