@@ -245,3 +245,17 @@ def test_a_capped_point_without_an_estimate_is_an_error_not_an_uncapped_run(tmp_
     points = [x for x in lines if x["kind"] == "point"]
     assert points and all(p["role"] == "capped" for p in points)
     assert all((p.get("error") or "").startswith("RuntimeError: no estimate to cap at") for p in points), points
+
+
+def test_grids_joined_by_commas_measure_a_shared_point_once_with_the_first_grids_role():
+    """--grid 8,8rest (GRID8_REST is GRID8's 8B points but the first): one list per shape, each point once; an
+    unknown name is refused by argparse with the names it knows."""
+    import argparse
+    both = C.joined("8,8rest")
+    assert both["llama-3.1-8b"] == C.GRID8["llama-3.1-8b"] and both["tiny"] == C.GRID8["tiny"]
+    fits = C.joined("1,2")
+    assert len(fits["llama-3.1-8b"]) == len(C.GRID["llama-3.1-8b"]) + len(
+        [g for g in C.GRID2["llama-3.1-8b"] if g[:5] not in {p[:5] for p in C.GRID["llama-3.1-8b"]}])
+    assert C.grid_names("1,6b,accum") == "1,6b,accum"
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown grid\(s\) \['12'\]"):
+        C.grid_names("11,12")
